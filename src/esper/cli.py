@@ -1,0 +1,120 @@
+"""The `esper` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from esper import __version__
+
+
+def _cmd_blueprints(args: argparse.Namespace, console: Console) -> int:
+    from esper.kasmina.blueprints import BlueprintRegistry
+    from esper.kasmina.blueprints.registry import TOPOLOGIES
+
+    dims = {"cnn": 32, "transformer": 64}
+    table = Table(title="Blueprints")
+    for column in ("topology", "name", "params (estimate)", "params (actual)", "description"):
+        table.add_column(column)
+    for topology in [args.topology] if args.topology else TOPOLOGIES:
+        for spec in BlueprintRegistry.list_specs(topology):
+            actual = f"{spec.actual_param_count(dims[topology]):,} @ dim {dims[topology]}"
+            table.add_row(topology, spec.name, f"{spec.param_estimate:,}", actual, spec.description)
+    console.print(table)
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
+    from esper.runtime import list_tasks
+
+    for spec in list_tasks():
+        console.print(spec.describe(), highlight=False)
+    return 0
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    options = {"data_dir": args.data_dir, "download": args.download or None, "path": args.text_path}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
+    from esper.jobs.heuristic import run_heuristic
+    from esper.jobs.report import print_summary
+
+    if args.resume:
+        run_dir, config = Path(args.resume), None
+    else:
+        file_values = read_config_file(args.config) if args.config else {}
+        overrides = {
+            "task": args.task,
+            "epochs": args.epochs,
+            "slots": args.slots,
+            "seed": args.seed,
+            "blueprints": args.blueprints,
+            "checkpoint_every": args.checkpoint_every,
+            "baseline": args.baseline or None,
+            "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
+        }
+        config = build_config(HeuristicRunConfig, file_values, overrides)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir or f"runs/heuristic-{config.task}-{stamp}")
+    summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    print_summary(summary, console)
+    console.print(f"Run folder: {run_dir}", highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    blueprints = commands.add_parser("blueprints", help="list the blueprint registry")
+    blueprints.add_argument("--topology", choices=["cnn", "transformer"])
+    blueprints.set_defaults(func=_cmd_blueprints)
+
+    tasks = commands.add_parser("tasks", help="list the tasks")
+    tasks.set_defaults(func=_cmd_tasks)
+
+    train = commands.add_parser("train", help="train a grown network or a controller")
+    modes = train.add_subparsers(dest="mode", required=True)
+    heuristic = modes.add_parser("heuristic", help="grow a host under the heuristic controller")
+    heuristic.add_argument("--task", help="task name (see `esper tasks`); default digits")
+    heuristic.add_argument("--epochs", type=int, help="epochs (default: the task's)")
+    heuristic.add_argument("--slots", nargs="+", help="injection points to plant seeds in")
+    heuristic.add_argument("--seed", type=int, help="random seed (default 0)")
+    heuristic.add_argument("--blueprints", nargs="+", help="blueprints the heuristic may plant")
+    heuristic.add_argument("--run-dir", help="run folder (default runs/heuristic-TASK-TIME)")
+    heuristic.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
+    heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    heuristic.add_argument("--baseline", action="store_true", help="also train the host alone and compare")
+    heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
+    heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
+    heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")
+    heuristic.add_argument("--text-path", help="UTF-8 text file (textfile task)")
+    heuristic.add_argument("--quiet", action="store_true", help="no live progress")
+    heuristic.set_defaults(func=_cmd_train_heuristic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: checkpoints so far are kept; continue with --resume RUN_DIR")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

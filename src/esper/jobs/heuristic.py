@@ -1,0 +1,189 @@
+"""`esper train heuristic`: grow a host under the heuristic controller, with a run folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from esper import __version__
+from esper.kasmina.blueprints import BlueprintRegistry
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa import BlueprintAnalytics, JsonlEventOutput, JsonlWriter, RichConsoleOutput, TelemetryHub, read_jsonl
+from esper.runtime import get_task
+from esper.runtime.session import build_trainer
+from esper.runtime.tasks import TaskSpec
+from esper.tamiyo import BlueprintRotation, HeuristicConfig, HeuristicController, NoGrowthController
+from esper.jobs.config import HeuristicRunConfig
+from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
+from esper.leyline import Controller
+from esper.tolaria import MorphogeneticTrainer
+
+
+def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
+    available = [s.name for s in BlueprintRegistry.list_specs(spec.topology)]
+    if requested is None:
+        return available
+    unknown = [b for b in requested if b not in available]
+    if unknown:
+        raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
+    return list(requested)
+
+
+def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
+    known = {f.name for f in fields(HeuristicConfig)} - {"tracker"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"Unknown heuristic key(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
+    return HeuristicConfig(**overrides)
+
+
+def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
+    return {
+        slot_id: None if (report := slot.report()) is None else report.to_dict()
+        for slot_id, slot in trainer.slots.items()
+    }
+
+
+def run_epochs(
+    trainer: MorphogeneticTrainer,
+    controller: Controller,
+    total_epochs: int,
+    on_epoch: Any = None,
+) -> None:
+    """The epoch loop shared by the grown run and its host-only baseline."""
+    while trainer.epoch < total_epochs:
+        record = trainer.run_epoch()
+        actions = controller.decide(trainer.signals(record, total_epochs))
+        outcomes = trainer.apply(actions)
+        trainer.end_epoch()
+        if on_epoch is not None:
+            on_epoch(record, outcomes)
+
+
+def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epochs: int, console: Console | None) -> dict[str, Any]:
+    """The same host, data order and budget with nothing grown: the honest comparison."""
+    hub = TelemetryHub()
+    if console is not None:
+        hub.add_output(RichConsoleOutput(console))
+    trainer = build_trainer(spec, data, config.seed, config.slots)
+    history: list[float] = []
+    hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
+
+    def on_epoch(record, _outcomes) -> None:
+        history.append(record.val_accuracy)
+        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
+
+    run_epochs(trainer, NoGrowthController(), epochs, on_epoch)
+    hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED))
+    hub.close()
+    return {"final_val_accuracy": history[-1], "best_val_accuracy": max(history), "val_accuracy": history, "host_params": trainer.model.host_param_count()}
+
+
+def summarize(folder: RunFolder, trainer: MorphogeneticTrainer, config: HeuristicRunConfig, epochs: int, seconds: float, baseline: dict[str, Any] | None) -> dict[str, Any]:
+    analytics = BlueprintAnalytics()
+    for record in read_jsonl(folder.events_path):
+        analytics.handle(TelemetryEvent.from_dict(record))
+    per_blueprint = analytics.summary()
+    metrics = read_jsonl(folder.metrics_path)
+    summary = {
+        "mode": "heuristic",
+        "task": config.task,
+        "seed": config.seed,
+        "epochs": epochs,
+        "status": "complete",
+        "final_val_accuracy": metrics[-1]["val_accuracy"],
+        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
+        "host_params": trainer.model.host_param_count(),
+        "params_added": trainer.model.seed_param_count(),
+        "seeds": {k: sum(b[k] for b in per_blueprint.values()) for k in ("germinated", "fossilized", "culled")},
+        "blueprints": per_blueprint,
+        "rollbacks": trainer.governor.rollbacks,
+        "final_slots": slot_snapshot(trainer),
+        "wall_seconds_this_session": round(seconds, 2),
+        "esper_version": __version__,
+    }
+    write_json(folder.summary_path, summary)
+    return summary
+
+
+def run_heuristic(
+    config: HeuristicRunConfig | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json."""
+    folder = RunFolder(run_dir)
+    if resume:
+        saved = read_json(folder.config_path)
+        if saved.get("mode") != "heuristic":
+            raise ValueError(f"{folder.path} is a '{saved.get('mode')}' run, not a heuristic run")
+        config = HeuristicRunConfig(**saved["config"])
+    assert config is not None
+    spec = get_task(config.task)
+    data = spec.load_data(**config.task_options)
+    epochs = config.epochs or spec.epochs
+    blueprints = resolve_blueprints(spec, config.blueprints)
+    controller = HeuristicController(BlueprintRotation(blueprints), heuristic_config(config.heuristic))
+    if not resume:
+        folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "esper_version": __version__})
+
+    hub = TelemetryHub()
+    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
+    checkpoint = folder.latest_checkpoint() if resume else None
+    if checkpoint is not None:
+        payload = folder.load_checkpoint(checkpoint)
+        trainer.load_state_dict(payload["trainer"])
+        controller.load_state_dict(payload["controller"])
+    if resume:
+        # Before any output opens the logs: lines past the checkpoint are written again.
+        folder.truncate_logs(trainer.epoch)
+    hub.add_output(JsonlEventOutput(folder.events_path))
+    if console is not None:
+        hub.add_output(RichConsoleOutput(console))
+
+    def save(path: Path) -> None:
+        folder.save_checkpoint({"trainer": trainer.state_dict(), "controller": controller.state_dict()}, path)
+
+    metrics = JsonlWriter(folder.metrics_path)
+
+    def on_epoch(record, outcomes) -> None:
+        metrics.write(
+            {
+                **record.to_dict(),
+                "slots": slot_snapshot(trainer),
+                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+            }
+        )
+        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
+        if trainer.epoch % config.checkpoint_every == 0:
+            save(folder.checkpoint_path(trainer.epoch))
+
+    started = time.perf_counter()
+    hub.emit(
+        TelemetryEvent(
+            TelemetryEventType.RUN_STARTED,
+            data={"total_epochs": epochs, "task": config.task, "mode": "heuristic", "start_epoch": trainer.epoch},
+        )
+    )
+    try:
+        run_epochs(trainer, controller, epochs, on_epoch)
+        save(folder.checkpoint_dir / FINAL_CHECKPOINT)
+        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
+    finally:
+        metrics.close()
+        hub.close()
+    baseline = None
+    if config.baseline:
+        baseline_path = folder.path / "baseline.json"
+        if baseline_path.exists():
+            baseline = read_json(baseline_path)
+        else:
+            baseline = train_host_only(spec, data, config, epochs, console)
+            write_json(baseline_path, baseline)
+    return summarize(folder, trainer, config, epochs, time.perf_counter() - started, baseline)

@@ -1,0 +1,684 @@
+"""A seed slot: one place in the host where a seed is planted, trained, blended and judged.
+
+`SeedState` and `SeedMetrics` are the seed's record; `QualityGates` decide whether it
+may enter its next stage; `SeedSlot` is the `nn.Module` that holds the seed and
+applies it to the host's features according to the stage.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from esper.kasmina.blueprints import BlueprintRegistry
+from esper.kasmina.isolation import (
+    AlphaSchedule,
+    GradientIsolationMonitor,
+    blend_with_isolation,
+    ste_forward,
+)
+from esper.leyline import (
+    ACTIVE_STAGES,
+    GateLevel,
+    GateResult,
+    SeedReport,
+    SeedStage,
+    TaskConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+    is_valid_transition,
+)
+
+STAGE_HISTORY_LEN = 32
+# The forward pass uses the seed's output in these stages (GERMINATED seeds are not yet trained).
+_SEED_RUNS = frozenset(
+    {
+        SeedStage.TRAINING,
+        SeedStage.BLENDING,
+        SeedStage.SHADOWING,
+        SeedStage.PROBATIONARY,
+        SeedStage.FOSSILIZED,
+    }
+)
+# The stage a seed moves to next when nothing goes wrong.
+NEXT_STAGE = {
+    SeedStage.DORMANT: SeedStage.GERMINATED,
+    SeedStage.GERMINATED: SeedStage.TRAINING,
+    SeedStage.TRAINING: SeedStage.BLENDING,
+    SeedStage.BLENDING: SeedStage.SHADOWING,
+    SeedStage.SHADOWING: SeedStage.PROBATIONARY,
+    SeedStage.PROBATIONARY: SeedStage.FOSSILIZED,
+    SeedStage.CULLED: SeedStage.EMBARGOED,
+    SeedStage.EMBARGOED: SeedStage.RESETTING,
+    SeedStage.RESETTING: SeedStage.DORMANT,
+}
+_GRADIENT_EMA = 0.9
+
+
+@dataclass(slots=True)
+class SeedMetrics:
+    epochs_total: int = 0
+    epochs_in_current_stage: int = 0
+    initial_val_accuracy: float = 0.0
+    current_val_accuracy: float = 0.0
+    best_val_accuracy: float = 0.0
+    accuracy_at_stage_start: float = 0.0
+    accuracy_at_blending_start: float = 0.0
+    isolation_violations: int = 0
+    gradient_norm_avg: float = 0.0
+    current_alpha: float = 0.0
+    alpha_ramp_step: int = 0
+    counterfactual_contribution: float | None = None
+    seed_gradient_norm_ratio: float = 0.0
+    accuracy_samples: int = 0
+    gradient_samples: int = 0
+
+    @property
+    def improvement_since_stage_start(self) -> float:
+        return self.current_val_accuracy - self.accuracy_at_stage_start
+
+    @improvement_since_stage_start.setter
+    def improvement_since_stage_start(self, value: float) -> None:
+        # Keep the derived quantity consistent: move the reference point, not a copy.
+        self.accuracy_at_stage_start = self.current_val_accuracy - value
+
+    @property
+    def total_improvement(self) -> float:
+        return self.current_val_accuracy - self.initial_val_accuracy
+
+    @total_improvement.setter
+    def total_improvement(self, value: float) -> None:
+        self.initial_val_accuracy = self.current_val_accuracy - value
+
+    def record_accuracy(self, accuracy: float) -> None:
+        if self.accuracy_samples == 0:
+            self.initial_val_accuracy = accuracy
+            self.accuracy_at_stage_start = accuracy
+            self.accuracy_at_blending_start = accuracy
+            self.best_val_accuracy = accuracy
+        self.current_val_accuracy = accuracy
+        self.best_val_accuracy = max(self.best_val_accuracy, accuracy)
+        self.accuracy_samples += 1
+
+    def record_gradient_norms(self, host_norm: float, seed_norm: float) -> None:
+        """Exponential moving average of the seed's gradient norm and its ratio to the host's."""
+        ratio = seed_norm / max(host_norm, 1e-12)
+        if self.gradient_samples == 0:
+            self.gradient_norm_avg, self.seed_gradient_norm_ratio = seed_norm, ratio
+        else:
+            keep = _GRADIENT_EMA
+            self.gradient_norm_avg = keep * self.gradient_norm_avg + (1 - keep) * seed_norm
+            self.seed_gradient_norm_ratio = keep * self.seed_gradient_norm_ratio + (1 - keep) * ratio
+        self.gradient_samples += 1
+
+
+@dataclass(slots=True, kw_only=True)
+class SeedState:
+    seed_id: str
+    blueprint_id: str
+    slot_id: str = ""
+    stage: SeedStage = SeedStage.DORMANT
+    previous_stage: SeedStage = SeedStage.UNKNOWN
+    alpha: float = 0.0
+    metrics: SeedMetrics = field(default_factory=SeedMetrics)
+    blending_steps_total: int = 0
+    is_healthy: bool = True
+    shape_verified: bool = False
+    stage_history: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=STAGE_HISTORY_LEN)
+    )
+
+    @property
+    def blending_progress(self) -> float:
+        if self.blending_steps_total == 0:
+            return 0.0
+        return min(self.metrics.alpha_ramp_step / self.blending_steps_total, 1.0)
+
+    def can_transition_to(self, stage: SeedStage) -> bool:
+        return is_valid_transition(self.stage, stage)
+
+    def transition(self, stage: SeedStage) -> bool:
+        """Move to `stage` if the lifecycle allows it; returns whether it moved."""
+        if not self.can_transition_to(stage):
+            return False
+        metrics = self.metrics
+        self.stage_history.append((int(stage), metrics.epochs_total))
+        self.previous_stage, self.stage = self.stage, stage
+        metrics.epochs_in_current_stage = 0
+        metrics.accuracy_at_stage_start = metrics.current_val_accuracy
+        if stage == SeedStage.BLENDING:
+            metrics.accuracy_at_blending_start = metrics.current_val_accuracy
+        return True
+
+
+class QualityGates:
+    """The checks a seed must pass to enter each stage (G0..G5)."""
+
+    def __init__(
+        self,
+        min_training_improvement: float = 0.0,
+        max_isolation_violations: int = 0,
+        min_training_epochs: int = 2,
+        min_seed_gradient_ratio: float = 0.05,
+        min_blend_alpha: float = 0.95,
+        min_shadowing_epochs: int = 1,
+        min_contribution: float = 0.0,
+    ) -> None:
+        self.min_training_improvement = min_training_improvement
+        self.max_isolation_violations = max_isolation_violations
+        self.min_training_epochs = min_training_epochs
+        self.min_seed_gradient_ratio = min_seed_gradient_ratio
+        self.min_blend_alpha = min_blend_alpha
+        self.min_shadowing_epochs = min_shadowing_epochs
+        self.min_contribution = min_contribution
+
+    def check_gate(self, state: SeedState, target_stage: SeedStage) -> GateResult:
+        match target_stage:
+            case SeedStage.GERMINATED:
+                return self._check_g0(state)
+            case SeedStage.TRAINING:
+                return self._check_g1(state)
+            case SeedStage.BLENDING:
+                return self._check_g2(state)
+            case SeedStage.SHADOWING:
+                return self._check_g3(state)
+            case SeedStage.PROBATIONARY:
+                return self._check_g4(state)
+            case SeedStage.FOSSILIZED:
+                return self._check_g5(state)
+            case _:
+                return GateResult(gate=None, passed=True, score=1.0, message=f"no gate guards {target_stage.name}")
+
+    @staticmethod
+    def _result(gate: GateLevel, checks: list[tuple[bool, str]]) -> GateResult:
+        passed = [name for ok, name in checks if ok]
+        failed = [name for ok, name in checks if not ok]
+        verdict = "passed" if not failed else "failed: " + ", ".join(failed)
+        return GateResult(
+            gate=gate,
+            passed=not failed,
+            score=len(passed) / len(checks),
+            checks_passed=passed,
+            checks_failed=failed,
+            message=f"{gate.name} {verdict}",
+        )
+
+    def _check_g0(self, state: SeedState) -> GateResult:
+        return self._result(
+            GateLevel.G0,
+            [
+                (bool(state.seed_id), "seed_id_present" if state.seed_id else "seed_id_missing"),
+                (
+                    bool(state.blueprint_id),
+                    "blueprint_id_present" if state.blueprint_id else "blueprint_id_missing",
+                ),
+                (state.shape_verified, "shape_preserved" if state.shape_verified else "shape_unverified"),
+            ],
+        )
+
+    def _check_g1(self, state: SeedState) -> GateResult:
+        done = state.stage == SeedStage.GERMINATED
+        return self._result(
+            GateLevel.G1, [(done, "germinated" if done else f"not_germinated (stage {state.stage.name})")]
+        )
+
+    def _check_g2(self, state: SeedState) -> GateResult:
+        m = state.metrics
+        improvement = m.improvement_since_stage_start
+        ratio = m.seed_gradient_norm_ratio
+        return self._result(
+            GateLevel.G2,
+            [
+                (
+                    improvement >= self.min_training_improvement,
+                    f"improvement {improvement:+.4f} vs min {self.min_training_improvement:+.4f}",
+                ),
+                (
+                    m.isolation_violations <= self.max_isolation_violations,
+                    f"isolation_violations {m.isolation_violations} vs max {self.max_isolation_violations}",
+                ),
+                (
+                    m.epochs_in_current_stage >= self.min_training_epochs,
+                    f"training_epochs {m.epochs_in_current_stage} vs min {self.min_training_epochs}",
+                ),
+                (
+                    ratio >= self.min_seed_gradient_ratio,
+                    (
+                        f"seed_gradient_ok {ratio:.4f}"
+                        if ratio >= self.min_seed_gradient_ratio
+                        else f"seed_gradient_low {ratio:.4f} < {self.min_seed_gradient_ratio}"
+                    ),
+                ),
+            ],
+        )
+
+    def _check_g3(self, state: SeedState) -> GateResult:
+        alpha = state.alpha
+        return self._result(
+            GateLevel.G3, [(alpha >= self.min_blend_alpha, f"alpha {alpha:.3f} vs min {self.min_blend_alpha}")]
+        )
+
+    def _check_g4(self, state: SeedState) -> GateResult:
+        m = state.metrics
+        return self._result(
+            GateLevel.G4,
+            [
+                (
+                    m.epochs_in_current_stage >= self.min_shadowing_epochs,
+                    f"shadowing_epochs {m.epochs_in_current_stage} vs min {self.min_shadowing_epochs}",
+                ),
+                (
+                    m.counterfactual_contribution is not None,
+                    "counterfactual_measured"
+                    if m.counterfactual_contribution is not None
+                    else "counterfactual_missing",
+                ),
+            ],
+        )
+
+    def _check_g5(self, state: SeedState) -> GateResult:
+        contribution = state.metrics.counterfactual_contribution
+        measured = contribution is not None
+        return self._result(
+            GateLevel.G5,
+            [
+                (measured, "counterfactual_measured" if measured else "counterfactual_missing"),
+                (
+                    measured and contribution > self.min_contribution,
+                    f"contribution {contribution if measured else float('nan'):+.4f} "
+                    f"vs min {self.min_contribution:+.4f}",
+                ),
+                (state.is_healthy, "healthy" if state.is_healthy else "unhealthy"),
+            ],
+        )
+
+
+class SeedSlot(nn.Module):
+    """Holds at most one seed at an injection point and runs its lifecycle.
+
+    `state`, `alpha` and `isolate_gradients` are read on every forward pass, so code
+    may set them directly (`slot.state.stage = SeedStage.TRAINING`) and the next
+    forward honours them.
+    """
+
+    def __init__(
+        self,
+        slot_id: str,
+        channels: int,
+        device: str | torch.device = "cpu",
+        gates: QualityGates | None = None,
+        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        fast_mode: bool = False,
+        task_config: TaskConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.slot_id = slot_id
+        self.channels = channels
+        self.gates = gates or QualityGates()
+        self.on_telemetry = on_telemetry
+        self.fast_mode = fast_mode
+        self._explicit_config = task_config is not None
+        self.task_config = task_config or TaskConfig()
+        self.state: SeedState | None = None
+        self.seed: nn.Module | None = None
+        self.isolate_gradients = True
+        self.epoch = 0
+        self.seeds_planted = 0
+        self.seed_topology = self.task_config.topology
+        self.isolation_monitor = GradientIsolationMonitor()
+        self._alpha_override: float | None = None
+        self._alpha_schedule: AlphaSchedule | None = None
+        self._probe_cache: dict[str, Tensor] = {}
+        # Follows the module across .to(device); the shape-probe cache is keyed on it.
+        self.register_buffer("_device_anchor", torch.empty(0, device=device), persistent=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    @property
+    def alpha(self) -> float:
+        if self._alpha_override is not None:
+            return self._alpha_override
+        return self.state.alpha if self.state is not None else 0.0
+
+    @property
+    def stage(self) -> SeedStage:
+        return self.state.stage if self.state is not None else SeedStage.DORMANT
+
+    @property
+    def is_occupied(self) -> bool:
+        return self.state is not None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, host_features: Tensor) -> Tensor:
+        state = self.state
+        if self.seed is None or state is None or state.stage not in _SEED_RUNS:
+            return host_features
+        alpha = self.alpha
+        incubating = state.stage == SeedStage.TRAINING and alpha == 0.0
+        # Nothing of the seed reaches the output: skip it (counterfactuals, eval in the incubator).
+        if (incubating and not torch.is_grad_enabled()) or self._alpha_override == 0.0:
+            return host_features
+        seed_input = host_features.detach() if self.isolate_gradients else host_features
+        seed_features = self.seed(seed_input)
+        if incubating:
+            return ste_forward(host_features, seed_features)
+        return blend_with_isolation(host_features, seed_features, alpha, detach_host=False)
+
+    @contextmanager
+    def force_alpha(self, value: float) -> Iterator[None]:
+        """Temporarily run the slot at `value` (0.0 gives the host alone: the counterfactual)."""
+        previous = self._alpha_override
+        self._alpha_override = float(value)
+        try:
+            yield
+        finally:
+            self._alpha_override = previous
+
+    # ------------------------------------------------------------------ lifecycle
+    def germinate(
+        self, blueprint_id: str, seed_id: str | None = None, host_module: nn.Module | None = None
+    ) -> SeedState:
+        """Plant a new seed from `blueprint_id`. The slot must be DORMANT (empty)."""
+        if self.state is not None:
+            self._raise_occupied()
+        topology = self._topology(host_module)
+        self.seed_topology = topology
+        kwargs = self.task_config.blueprint_kwargs.get(blueprint_id, {})
+        seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs).to(self.device)
+        self._verify_shape(seed, topology, blueprint_id)
+        self.seeds_planted += 1
+        state = SeedState(
+            seed_id=seed_id or f"{self.slot_id}-seed{self.seeds_planted}",
+            blueprint_id=blueprint_id,
+            slot_id=self.slot_id,
+            shape_verified=True,
+        )
+        gate = self.gates.check_gate(state, SeedStage.GERMINATED)
+        if not gate.passed:
+            raise ValueError(f"Cannot germinate in slot '{self.slot_id}': {gate.message}")
+        state.transition(SeedStage.GERMINATED)
+        self.seed, self.state = seed, state
+        self.isolate_gradients = True
+        self._alpha_schedule = None
+        if host_module is not None:
+            self.isolation_monitor.register(host_module, seed)
+        self._emit(
+            TelemetryEventType.SEED_GERMINATED,
+            f"germinated {blueprint_id}",
+            params=self.seed_param_count(),
+            topology=topology,
+        )
+        return state
+
+    def advance_stage(self, target_stage: SeedStage | None = None) -> GateResult:
+        """Try to move to `target_stage` (default: the next stage) through its gate."""
+        state = self.state
+        if state is None:
+            return GateResult(gate=None, passed=False, checks_failed=["no_seed"], message="slot is empty")
+        target = NEXT_STAGE.get(state.stage) if target_stage is None else target_stage
+        if target is None or not state.can_transition_to(target):
+            name = target.name if target is not None else "nothing"
+            return GateResult(
+                gate=None,
+                passed=False,
+                checks_failed=["invalid_transition"],
+                message=f"{state.stage.name} -> {name} is not a legal transition",
+            )
+        result = self.gates.check_gate(state, target)
+        if result.passed:
+            self._enter(target)
+        return result
+
+    def cull(self, reason: str = "") -> bool:
+        """Remove a live seed; FOSSILIZED seeds (and empty slots) cannot be culled."""
+        state = self.state
+        if state is None or state.stage not in ACTIVE_STAGES:
+            return False
+        self._enter(SeedStage.CULLED, reason=reason)
+        return True
+
+    def step_epoch(self) -> None:
+        """Advance the lifecycle clock by one epoch: mechanical gates, alpha ramp, embargo."""
+        state = self.state
+        if state is not None:
+            self._step_lifecycle(state)
+        self.epoch += 1
+
+    def _step_lifecycle(self, state: SeedState) -> None:
+        metrics = state.metrics
+        metrics.epochs_total += 1
+        metrics.epochs_in_current_stage += 1
+        config = self.task_config
+        match state.stage:
+            case SeedStage.GERMINATED:
+                self.advance_stage(SeedStage.TRAINING)
+            case SeedStage.TRAINING:
+                if (
+                    not self.advance_stage(SeedStage.BLENDING).passed
+                    and metrics.epochs_in_current_stage >= config.max_training_epochs
+                ):
+                    self.cull(f"stalled: G2 not passed in {config.max_training_epochs} epochs")
+            case SeedStage.BLENDING:
+                metrics.alpha_ramp_step += 1
+                assert self._alpha_schedule is not None, "BLENDING without an alpha schedule"
+                self.set_alpha(self._alpha_schedule(metrics.alpha_ramp_step))
+                self.advance_stage(SeedStage.SHADOWING)
+            case SeedStage.SHADOWING:
+                self.advance_stage(SeedStage.PROBATIONARY)
+            case SeedStage.PROBATIONARY:
+                if metrics.epochs_in_current_stage >= config.max_probation_epochs:
+                    self.cull(f"probation expired after {config.max_probation_epochs} epochs")
+            case SeedStage.CULLED:
+                self._enter(SeedStage.EMBARGOED)
+            case SeedStage.EMBARGOED:
+                if metrics.epochs_in_current_stage >= config.embargo_epochs:
+                    self._enter(SeedStage.RESETTING)
+            case SeedStage.RESETTING:
+                self._enter(SeedStage.DORMANT)
+
+    def start_blending(self, total_steps: int | None = None) -> None:
+        """Start the alpha ramp (normally on entering BLENDING)."""
+        if self.state is None:
+            raise RuntimeError(f"Slot '{self.slot_id}' has no seed to blend")
+        steps = total_steps or self.task_config.blending_epochs
+        self._alpha_schedule = AlphaSchedule(steps)
+        self.state.blending_steps_total = steps
+        self.state.metrics.alpha_ramp_step = 0
+        self.set_alpha(self._alpha_schedule(0))
+
+    def set_alpha(self, value: float) -> None:
+        if self.state is None:
+            raise RuntimeError(f"Slot '{self.slot_id}' has no seed; alpha cannot be set")
+        value = min(max(float(value), 0.0), 1.0)
+        self.state.alpha = value
+        self.state.metrics.current_alpha = value
+
+    # ------------------------------------------------------------------ checkpointing
+    def lifecycle_state(self) -> dict[str, Any]:
+        """Plain data describing the slot's lifecycle (the seed's weights live in state_dict)."""
+        state = self.state
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "seeds_planted": self.seeds_planted,
+            "isolate_gradients": self.isolate_gradients,
+            "topology": self.seed_topology,
+            "seed": None,
+        }
+        if state is not None:
+            record["seed"] = {
+                "seed_id": state.seed_id,
+                "blueprint_id": state.blueprint_id,
+                "stage": int(state.stage),
+                "previous_stage": int(state.previous_stage),
+                "alpha": state.alpha,
+                "blending_steps_total": state.blending_steps_total,
+                "is_healthy": state.is_healthy,
+                "shape_verified": state.shape_verified,
+                "stage_history": [list(item) for item in state.stage_history],
+                "metrics": {name: getattr(state.metrics, name) for name in SeedMetrics.__dataclass_fields__},
+                "has_module": self.seed is not None,
+            }
+        return record
+
+    def load_lifecycle_state(self, record: dict[str, Any], host_module: nn.Module | None = None) -> None:
+        """Rebuild the slot (and an empty seed module to load weights into) from `lifecycle_state`."""
+        self.epoch = record["epoch"]
+        self.seeds_planted = record["seeds_planted"]
+        self.isolate_gradients = record["isolate_gradients"]
+        self.seed_topology = record["topology"]
+        self.seed, self.state, self._alpha_schedule = None, None, None
+        saved = record["seed"]
+        if saved is None:
+            return
+        state = SeedState(
+            seed_id=saved["seed_id"],
+            blueprint_id=saved["blueprint_id"],
+            slot_id=self.slot_id,
+            stage=SeedStage(saved["stage"]),
+            previous_stage=SeedStage(saved["previous_stage"]),
+            alpha=saved["alpha"],
+            metrics=SeedMetrics(**saved["metrics"]),
+            blending_steps_total=saved["blending_steps_total"],
+            is_healthy=saved["is_healthy"],
+            shape_verified=saved["shape_verified"],
+        )
+        state.stage_history.extend(tuple(item) for item in saved["stage_history"])
+        self.state = state
+        if saved["has_module"]:
+            kwargs = self.task_config.blueprint_kwargs.get(state.blueprint_id, {})
+            self.seed = BlueprintRegistry.create(
+                self.seed_topology, state.blueprint_id, self.channels, **kwargs
+            ).to(self.device)
+            if host_module is not None:
+                self.isolation_monitor.register(host_module, self.seed)
+        if state.blending_steps_total:
+            self._alpha_schedule = AlphaSchedule(state.blending_steps_total)
+
+    # ------------------------------------------------------------------ measurement
+    def record_gradient_norms(self) -> tuple[float, float] | None:
+        """Read host/seed gradient norms now (after backward) into the seed's metrics."""
+        if self.state is None or self.seed is None or not self.isolation_monitor._seed_params:
+            return None
+        host_norm, seed_norm = self.isolation_monitor.grad_norms()
+        self.state.metrics.record_gradient_norms(host_norm, seed_norm)
+        return host_norm, seed_norm
+
+    def seed_param_count(self) -> int:
+        return sum(p.numel() for p in self.seed.parameters()) if self.seed is not None else 0
+
+    def report(self) -> SeedReport | None:
+        state = self.state
+        if state is None:
+            return None
+        return SeedReport(
+            seed_id=state.seed_id,
+            blueprint_id=state.blueprint_id,
+            slot_id=self.slot_id,
+            stage=state.stage,
+            epochs_total=state.metrics.epochs_total,
+            params=self.seed_param_count(),
+            alpha=state.alpha,
+            counterfactual_contribution=state.metrics.counterfactual_contribution,
+            seed_gradient_norm_ratio=state.metrics.seed_gradient_norm_ratio,
+            is_healthy=state.is_healthy,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _enter(self, stage: SeedStage, reason: str = "") -> None:
+        state = self.state
+        assert state is not None and state.transition(stage), f"illegal move to {stage.name}"
+        match stage:
+            case SeedStage.TRAINING:
+                self.set_alpha(0.0)
+            case SeedStage.BLENDING:
+                self.start_blending()
+            case SeedStage.FOSSILIZED:
+                # The seed is now part of the host: let the host learn through it.
+                self.isolate_gradients = False
+            case SeedStage.CULLED:
+                self.seed = None
+                self.isolation_monitor = GradientIsolationMonitor()
+        event_type = {
+            SeedStage.FOSSILIZED: TelemetryEventType.SEED_FOSSILIZED,
+            SeedStage.CULLED: TelemetryEventType.SEED_CULLED,
+            SeedStage.DORMANT: TelemetryEventType.SEED_RESET,
+        }.get(stage, TelemetryEventType.SEED_STAGE_CHANGED)
+        self._emit(
+            event_type,
+            reason or f"{state.previous_stage.name} -> {stage.name}",
+            stage=stage.name,
+            previous_stage=state.previous_stage.name,
+            counterfactual_contribution=state.metrics.counterfactual_contribution,
+        )
+        if stage == SeedStage.DORMANT:
+            self.state = None
+
+    def _raise_occupied(self) -> None:
+        state = self.state
+        assert state is not None
+        if state.stage == SeedStage.EMBARGOED:
+            left = self.task_config.embargo_epochs - state.metrics.epochs_in_current_stage
+            raise RuntimeError(
+                f"Slot '{self.slot_id}' is embargoed after culling {state.seed_id}: "
+                f"it can germinate again in {max(left, 0) + 1} epoch(s) (after RESETTING)."
+            )
+        raise RuntimeError(
+            f"Slot '{self.slot_id}' is occupied by {state.seed_id} ({state.blueprint_id}, "
+            f"{state.stage.name}); cull it or choose another slot."
+        )
+
+    def _topology(self, host_module: nn.Module | None) -> str:
+        if self._explicit_config or host_module is None:
+            return self.task_config.topology
+        return getattr(host_module, "topology", self.task_config.topology)
+
+    def _get_shape_probe(self, topology: str) -> Tensor:
+        """A cached input for shape checks; dropped when the slot moves to another device."""
+        device = self.device
+        probe = self._probe_cache.get(topology)
+        if probe is not None and probe.device == device:
+            return probe
+        if probe is not None:
+            self._probe_cache.clear()
+        shape = (2, self.channels, 8, 8) if topology == "cnn" else (2, 8, self.channels)
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(shape, generator=generator).to(device)
+        self._probe_cache[topology] = probe
+        return probe
+
+    def _verify_shape(self, seed: nn.Module, topology: str, blueprint_id: str) -> None:
+        probe = self._get_shape_probe(topology)
+        was_training = seed.training
+        seed.eval()
+        with torch.no_grad():
+            out = seed(probe)
+        seed.train(was_training)
+        if out.shape != probe.shape:
+            raise ValueError(
+                f"Blueprint '{blueprint_id}' changes the feature shape {tuple(probe.shape)} -> "
+                f"{tuple(out.shape)}; a seed must preserve its input shape."
+            )
+
+    def _emit(self, event_type: TelemetryEventType, message: str = "", **data: Any) -> None:
+        if self.fast_mode or self.on_telemetry is None or self.state is None:
+            return
+        self.on_telemetry(
+            TelemetryEvent(
+                event_type=event_type,
+                epoch=self.epoch,
+                slot_id=self.slot_id,
+                seed_id=self.state.seed_id,
+                blueprint_id=self.state.blueprint_id,
+                message=message,
+                data=data,
+            )
+        )

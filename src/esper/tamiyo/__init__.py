@@ -1,0 +1,16 @@
+"""Controllers: the signal tracker and the heuristic policy."""
+
+from esper.tamiyo.baseline import NoGrowthController
+from esper.tamiyo.blueprints import BlueprintChooser, BlueprintRotation
+from esper.tamiyo.heuristic import HeuristicConfig, HeuristicController
+from esper.tamiyo.tracker import SignalTracker, TrackerConfig
+
+__all__ = [
+    "BlueprintChooser",
+    "BlueprintRotation",
+    "HeuristicConfig",
+    "HeuristicController",
+    "NoGrowthController",
+    "SignalTracker",
+    "TrackerConfig",
+]

@@ -1,0 +1,134 @@
+"""The hand-written controller: grow on plateau, keep what helps, cull what hurts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from esper.leyline import (
+    FAILURE_STAGES,
+    Action,
+    ActionKind,
+    EpochSignals,
+    SeedReport,
+    SeedStage,
+)
+from esper.tamiyo.blueprints import BlueprintChooser
+from esper.tamiyo.tracker import SignalTracker, TrackerConfig
+
+_GROWING = frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING})
+
+
+@dataclass(frozen=True, slots=True)
+class HeuristicConfig:
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    fossilize_above: float = 0.002  # counterfactual contribution needed to keep a seed
+    cull_below: float = -0.01  # a blended seed whose contribution falls below this is culled
+    germination_cooldown: int = 2  # epochs between germinations
+    max_growing: int = 1  # seeds allowed in GERMINATED/TRAINING/BLENDING at once
+    min_epochs_left: int = 8  # no germination when fewer epochs remain (no time to finish)
+    rent_weight: float = 0.05  # outcome reward = contribution - rent_weight * log(1 + params/host)
+
+
+class HeuristicController:
+    """Implements the `Controller` protocol with fixed rules.
+
+    The blueprint chooser is injected (rotation by default, simic's UCB1 curriculum
+    when asked), so tamiyo never imports upward.
+    """
+
+    def __init__(self, chooser: BlueprintChooser, config: HeuristicConfig | None = None) -> None:
+        self.chooser = chooser
+        self.config = config or HeuristicConfig()
+        self.tracker = SignalTracker(self.config.tracker)
+        self.last_germination_epoch: int | None = None
+        # seed_id -> blueprint for seeds whose outcome has not been reported to the chooser yet.
+        self.pending: dict[str, str] = {}
+        self.last_report: dict[str, SeedReport] = {}
+
+    def decide(self, signals: EpochSignals) -> list[Action]:
+        self.tracker.update(signals)
+        self._record_outcomes(signals)
+        actions = [a for slot_id, report in signals.slots.items() if (a := self._judge(slot_id, report))]
+        germinate = self._maybe_germinate(signals)
+        if germinate is not None:
+            actions.append(germinate)
+        return actions
+
+    def _judge(self, slot_id: str, report: SeedReport | None) -> Action | None:
+        if report is None or report.counterfactual_contribution is None:
+            return None
+        contribution = report.counterfactual_contribution
+        config = self.config
+        if report.stage == SeedStage.PROBATIONARY and contribution > config.fossilize_above:
+            return Action(ActionKind.FOSSILIZE, slot_id, reason=f"contribution {contribution:+.4f}")
+        if report.stage in (SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY) and (
+            contribution < config.cull_below
+        ):
+            return Action(ActionKind.CULL, slot_id, reason=f"hurts: contribution {contribution:+.4f}")
+        return None
+
+    def _maybe_germinate(self, signals: EpochSignals) -> Action | None:
+        config = self.config
+        reports = signals.slots.values()
+        free = [slot_id for slot_id, report in signals.slots.items() if report is None]
+        growing = sum(1 for r in reports if r is not None and r.stage in _GROWING)
+        cooling = (
+            self.last_germination_epoch is not None
+            and signals.epoch - self.last_germination_epoch < config.germination_cooldown
+        )
+        if (
+            not free
+            or growing >= config.max_growing
+            or cooling
+            or signals.total_epochs - signals.epoch - 1 < config.min_epochs_left
+            or not (self.tracker.on_plateau and self.tracker.stabilized)
+        ):
+            return None
+        blueprint = self.chooser.select_blueprint()
+        self.last_germination_epoch = signals.epoch
+        return Action(ActionKind.GERMINATE, free[0], blueprint, reason="plateau")
+
+    def _record_outcomes(self, signals: EpochSignals) -> None:
+        """Tell the chooser how each finished seed fared (fossilized = success)."""
+        live_ids = set()
+        for report in signals.slots.values():
+            if report is None:
+                continue
+            live_ids.add(report.seed_id)
+            self.last_report[report.seed_id] = report
+            if report.stage not in FAILURE_STAGES and report.stage != SeedStage.FOSSILIZED:
+                self.pending.setdefault(report.seed_id, report.blueprint_id)
+                continue
+            if report.seed_id in self.pending:
+                self._resolve(report.seed_id, report, signals.host_params)
+        # A seed that vanished between two epochs was culled and reset.
+        for seed_id in [s for s in self.pending if s not in live_ids]:
+            self._resolve(seed_id, self.last_report[seed_id], signals.host_params, culled=True)
+
+    def _resolve(self, seed_id: str, report: SeedReport, host_params: int, culled: bool = False) -> None:
+        blueprint = self.pending.pop(seed_id)
+        success = not culled and report.stage == SeedStage.FOSSILIZED
+        contribution = report.counterfactual_contribution or 0.0
+        rent = self.config.rent_weight * math.log1p(report.params / max(host_params, 1))
+        self.chooser.record_outcome(blueprint, success, contribution - rent if success else -rent)
+        self.last_report.pop(seed_id, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tracker": self.tracker.state_dict(),
+            "chooser": self.chooser.state_dict(),
+            "last_germination_epoch": self.last_germination_epoch,
+            "pending": dict(self.pending),
+            "last_report": {k: v.to_dict() for k, v in self.last_report.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.chooser.load_state_dict(state["chooser"])
+        self.last_germination_epoch = state["last_germination_epoch"]
+        self.pending = dict(state["pending"])
+        self.last_report = {
+            k: SeedReport(**{**v, "stage": SeedStage[v["stage"]]}) for k, v in state["last_report"].items()
+        }

@@ -1,0 +1,205 @@
+"""One epoch of morphogenetic training: host and seed optimisers, validation, counterfactuals.
+
+The host and the seeds have separate optimisers. Seeds share one optimiser with a
+param group per slot, so a new seed is added (and a culled one removed) without
+touching the host optimiser or its momentum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esper.kasmina.host import MorphogeneticModel
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import ACTIVE_STAGES, SeedStage
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+# Counterfactuals are measured for seeds whose output is mixed into the host's.
+_MEASURED_STAGES = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
+
+
+@dataclass(frozen=True, slots=True)
+class OptimConfig:
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
+    host_lr: float = 0.05
+    seed_lr: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float | None = 5.0
+    # Seed/host gradient norms are read every N steps (each read syncs with the device).
+    grad_stats_every: int = 4
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got '{self.optimizer}'")
+        if self.host_lr <= 0 or self.seed_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+
+
+def _make_optimizer(config: OptimConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+class Optimizers:
+    """Host optimiser plus one seed optimiser with a param group per slot."""
+
+    def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
+        self.config = config
+        self.host = _make_optimizer(config, model.host_parameters(), config.host_lr)
+        # An optimiser needs at least one group at construction; this one stays empty.
+        self.seeds = _make_optimizer(config, [torch.zeros(0, requires_grad=True)], config.seed_lr)
+        self.seeds.param_groups.clear()
+        self.seeds.state.clear()
+
+    def slot_order(self) -> list[str]:
+        return [group["slot_id"] for group in self.seeds.param_groups]
+
+    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None:
+        if slot_id in self.slot_order():
+            raise RuntimeError(f"slot '{slot_id}' already has a seed param group")
+        self.seeds.add_param_group({"params": params, "slot_id": slot_id})
+
+    def remove_seed(self, slot_id: str) -> None:
+        for group in list(self.seeds.param_groups):
+            if group["slot_id"] == slot_id:
+                for param in group["params"]:
+                    self.seeds.state.pop(param, None)
+                self.seeds.param_groups.remove(group)
+
+    def move_seed_to_host(self, slot_id: str) -> None:
+        """A fossilized seed is host from now on: it trains at the host's pace."""
+        group = next(g for g in self.seeds.param_groups if g["slot_id"] == slot_id)
+        params = group["params"]
+        self.remove_seed(slot_id)
+        self.host.add_param_group({"params": params, "lr": self.config.host_lr, "slot_id": slot_id})
+
+    def zero_grad(self) -> None:
+        self.host.zero_grad(set_to_none=True)
+        self.seeds.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.host.step()
+        if self.seeds.param_groups:
+            self.seeds.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host.state_dict(),
+            "seeds": self.seeds.state_dict(),
+            "host_extra_slots": [g["slot_id"] for g in self.host.param_groups[1:]],
+            "seed_slots": self.slot_order(),
+        }
+
+
+def loss_and_correct(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy and the number of correct predictions (classes or next tokens)."""
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1)
+    loss = F.cross_entropy(flat_logits, flat_targets)
+    correct = (flat_logits.argmax(dim=-1) == flat_targets).sum()
+    return loss, correct
+
+
+@dataclass(slots=True)
+class EpochStats:
+    loss: float
+    accuracy: float
+    steps: int
+
+
+def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimizers) -> EpochStats:
+    """Train host and live seeds for one pass over `batches`.
+
+    Live seeds' gradient norms (relative to the host's) are read every
+    `grad_stats_every` steps into their metrics; this is what G2 checks.
+    """
+    model.train()
+    config = optimizers.config
+    live = [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
+    for slot in live:
+        if slot.stage == SeedStage.TRAINING and not slot.isolate_gradients:
+            # The incubator runs without isolation: the host learns from the seed's path.
+            slot.state.metrics.isolation_violations += 1
+    params = [p for group in optimizers.host.param_groups for p in group["params"]]
+    params += [p for group in optimizers.seeds.param_groups for p in group["params"]]
+    loss_sum = torch.zeros(())
+    correct_sum = torch.zeros((), dtype=torch.long)
+    count = 0
+    steps = 0
+    for inputs, targets in batches:
+        logits = model(inputs)
+        loss, correct = loss_and_correct(logits, targets)
+        optimizers.zero_grad()
+        loss.backward()
+        if steps % config.grad_stats_every == 0:
+            for slot in live:
+                slot.record_gradient_norms()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizers.step()
+        loss_sum += loss.detach() * targets.numel()
+        correct_sum += correct
+        count += targets.numel()
+        steps += 1
+    if count == 0:
+        raise ValueError("train_epoch got no batches: the training loader is empty")
+    return EpochStats(loss=loss_sum.item() / count, accuracy=correct_sum.item() / count, steps=steps)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, batches: Batches) -> EpochStats:
+    model.eval()
+    loss_sum = torch.zeros(())
+    correct_sum = torch.zeros((), dtype=torch.long)
+    count = 0
+    steps = 0
+    for inputs, targets in batches:
+        loss, correct = loss_and_correct(model(inputs), targets)
+        loss_sum += loss * targets.numel()
+        correct_sum += correct
+        count += targets.numel()
+        steps += 1
+    if count == 0:
+        raise ValueError("validate got no batches: the validation loader is empty")
+    return EpochStats(loss=loss_sum.item() / count, accuracy=correct_sum.item() / count, steps=steps)
+
+
+@dataclass(slots=True)
+class ValidationResult:
+    loss: float
+    accuracy: float
+    # slot id -> accuracy with the slot as is minus accuracy with its alpha forced to 0.
+    contributions: dict[str, float] = field(default_factory=dict)
+
+
+def validate_with_counterfactuals(model: MorphogeneticModel, batches: Batches) -> ValidationResult:
+    """Validation accuracy, plus each blended seed's counterfactual contribution.
+
+    The contribution of a slot is measured with only that slot's alpha at 0; the
+    other slots stay as they are. It is written into the seed's metrics.
+    """
+    base = validate(model, batches)
+    result = ValidationResult(loss=base.loss, accuracy=base.accuracy)
+    for slot_id, slot in model.seed_slots.items():
+        if slot.stage not in _MEASURED_STAGES:
+            continue
+        with slot.force_alpha(0.0):
+            without = validate(model, batches)
+        contribution = base.accuracy - without.accuracy
+        result.contributions[slot_id] = contribution
+        slot.state.metrics.counterfactual_contribution = contribution
+    return result
+
+
+def record_validation(slots: Iterable[SeedSlot], accuracy: float) -> None:
+    for slot in slots:
+        if slot.state is not None:
+            slot.state.metrics.record_accuracy(accuracy)

@@ -1,0 +1,283 @@
+"""Hosts with injection points, compile-friendliness, and MorphogeneticModel with several slots."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import SeedStage
+
+VOCAB = 23
+
+
+def _randomize(module: nn.Module, seed: int = 1, std: float = 0.3) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def _images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _tokens(batch: int = 2, length: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)
+
+
+def _small_transformer(**kwargs) -> TransformerHost:
+    torch.manual_seed(0)
+    options = {"vocab_size": VOCAB, "n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 16}
+    options.update(kwargs)
+    return TransformerHost(**options)
+
+
+class Recorder(nn.Module):
+    """A stand-in slot that records the shape it sees and passes features through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[torch.Size] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(x.shape)
+        return x
+
+
+# ---------------------------------------------------------------- CNNHost
+def test_cnn_host_output_shape() -> None:
+    torch.manual_seed(0)
+    host = CNNHost()
+    assert host(_images()).shape == (2, 10)
+    host = CNNHost(num_classes=7, n_blocks=2, base_channels=4)
+    assert host(_images(3, 16)).shape == (3, 7)
+
+
+def test_cnn_host_slot_keys_and_injection_points() -> None:
+    host = CNNHost(n_blocks=3, base_channels=8)
+    assert isinstance(host._slot_keys, tuple)
+    assert isinstance(host.injection_points, dict)
+    # A slot after every block but the first.
+    assert len(host.injection_points) == 2
+    assert all(isinstance(k, str) and isinstance(v, int) for k, v in host.injection_points.items())
+    # Each injection point reports the channel count of the features seen there.
+    recorders = {key: Recorder() for key in host.injection_points}
+    for key, rec in recorders.items():
+        host.register_slot(key, rec)
+    host(_images(2, 16))
+    for key, rec in recorders.items():
+        assert len(rec.shapes) == 1
+        assert rec.shapes[0][1] == host.injection_points[key]
+    # The points follow the blocks: channels double after each one.
+    assert sorted(host.injection_points.values()) == [16, 32]
+
+
+def test_cnn_host_forward_does_no_string_formatting() -> None:
+    source = inspect.getsource(CNNHost.forward)
+    assert 'f"' not in source and "f'" not in source and ".format(" not in source
+
+
+def test_cnn_host_unknown_slot_raises() -> None:
+    host = CNNHost(n_blocks=2, base_channels=4)
+    with pytest.raises(ValueError, match="nowhere"):
+        host.register_slot("nowhere", Recorder())
+    with pytest.raises(ValueError):
+        host.unregister_slot(next(iter(host.injection_points)))  # nothing registered there
+
+
+def test_register_and_unregister_slot_changes_forward() -> None:
+    torch.manual_seed(0)
+    host = CNNHost(n_blocks=2, base_channels=4).eval()
+    x = _images(2, 16)
+    plain = host(x)
+
+    class Zero(nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(h)
+
+    key = next(iter(host.injection_points))
+    host.register_slot(key, Zero())
+    assert not torch.allclose(host(x), plain)
+    host.unregister_slot(key)
+    assert torch.equal(host(x), plain)
+
+
+def test_cnn_host_compiles_fullgraph_eager_backend() -> None:
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=10, n_blocks=3, base_channels=8).eval()
+    x = _images()
+    compiled = torch.compile(host, fullgraph=True, backend="eager")
+    out = compiled(x)
+    assert out.shape == (2, 10)
+    torch.testing.assert_close(out, host(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cnn_host_compiles_with_inductor() -> None:
+    torch.manual_seed(0)
+    host = CNNHost(num_classes=10, n_blocks=3).eval()
+    x = _images()
+    compiled = torch.compile(host, fullgraph=True)
+    with torch.no_grad():
+        out = compiled(x)
+        expected = host(x)
+    assert out.shape == (2, 10)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- TransformerHost
+def test_transformer_host_output_shape() -> None:
+    host = _small_transformer()
+    assert host(_tokens()).shape == (2, 16, VOCAB)
+    assert host(_tokens(3, 5)).shape == (3, 5, VOCAB)
+
+
+def test_transformer_host_injection_points() -> None:
+    host = _small_transformer(n_layer=3)
+    assert isinstance(host._slot_keys, tuple)
+    assert len(host.injection_points) == 3  # a slot after every layer
+    assert set(host.injection_points.values()) == {16}
+    recorders = {key: Recorder() for key in host.injection_points}
+    for key, rec in recorders.items():
+        host.register_slot(key, rec)
+    host(_tokens(2, 7))
+    for rec in recorders.values():
+        assert rec.shapes == [torch.Size((2, 7, 16))]
+
+
+def test_transformer_host_rejects_long_sequences() -> None:
+    host = _small_transformer(block_size=8)
+    with pytest.raises(ValueError, match=r"Sequence length 9 exceeds block_size 8"):
+        host(_tokens(2, 9))
+    assert host(_tokens(2, 8)).shape == (2, 8, VOCAB)  # exactly block_size is fine
+
+
+def test_transformer_host_is_causal() -> None:
+    host = _small_transformer().eval()
+    a = _tokens(1, 12)
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % VOCAB
+    with torch.no_grad():
+        torch.testing.assert_close(host(a)[:, :8], host(b)[:, :8])
+
+
+def test_transformer_host_compiles_fullgraph_eager_backend() -> None:
+    host = _small_transformer().eval()
+    x = _tokens()
+    compiled = torch.compile(host, fullgraph=True, backend="eager")
+    out = compiled(x)
+    assert out.shape == (2, 16, VOCAB)
+    torch.testing.assert_close(out, host(x), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- MorphogeneticModel
+def _cnn_model(slot_ids=None) -> MorphogeneticModel:
+    torch.manual_seed(0)
+    return MorphogeneticModel(CNNHost(num_classes=5, n_blocks=3, base_channels=4), slot_ids)
+
+
+def test_model_has_one_slot_per_point() -> None:
+    model = _cnn_model()
+    host = model.host
+    assert set(model.seed_slots) == set(host.injection_points)
+    for key, slot in model.seed_slots.items():
+        assert isinstance(slot, SeedSlot)
+        assert slot.slot_id == key
+        assert slot.channels == host.injection_points[key]
+    only = _cnn_model([next(iter(CNNHost(n_blocks=3, base_channels=4).injection_points))])
+    assert len(only.seed_slots) == 1
+
+
+def test_model_unknown_slot_raises() -> None:
+    with pytest.raises(ValueError, match="nowhere"):
+        _cnn_model(["nowhere"])
+
+
+def test_model_germinate_and_parameter_split() -> None:
+    model = _cnn_model()
+    keys = list(model.seed_slots)
+    assert len(keys) == 2
+    assert model.seed_parameters() == []
+    host_ids = {id(p) for p in model.host_parameters()}
+    assert host_ids == {id(p) for p in model.parameters()}
+
+    state_a = model.germinate(keys[0], "conv_light", "seed-a")
+    state_b = model.germinate(keys[1], "norm", "seed-b")
+    assert state_a.stage == SeedStage.GERMINATED and state_a.slot_id == keys[0]
+    assert state_b.seed_id == "seed-b" and state_b.blueprint_id == "norm"
+    assert model.seed_slots[keys[0]].seed is not None
+
+    host_params = model.host_parameters()
+    seed_params = model.seed_parameters()
+    host_ids = {id(p) for p in host_params}
+    seed_ids = {id(p) for p in seed_params}
+    all_ids = {id(p) for p in model.parameters()}
+    assert seed_ids and host_ids
+    assert host_ids.isdisjoint(seed_ids)
+    assert host_ids | seed_ids == all_ids
+    assert len(host_params) == len(host_ids) and len(seed_params) == len(seed_ids)
+    per_slot = [{id(p) for p in model.seed_parameters(k)} for k in keys]
+    assert per_slot[0] | per_slot[1] == seed_ids and per_slot[0].isdisjoint(per_slot[1])
+    assert per_slot[0] == {id(p) for p in model.seed_slots[keys[0]].seed.parameters()}
+    assert model.seed_param_count() == sum(p.numel() for p in seed_params)
+    assert model.host_param_count() == sum(p.numel() for p in host_params)
+
+
+def test_model_transformer_parameter_split_with_tied_weights() -> None:
+    model = MorphogeneticModel(_small_transformer())
+    keys = list(model.seed_slots)
+    model.germinate(keys[0], "lora")
+    model.germinate(keys[1], "mlp")
+    host_ids = {id(p) for p in model.host_parameters()}
+    seed_ids = {id(p) for p in model.seed_parameters()}
+    assert host_ids.isdisjoint(seed_ids)
+    assert host_ids | seed_ids == {id(p) for p in model.parameters()}
+
+
+def test_model_germinated_seed_in_the_incubator_leaves_output_unchanged() -> None:
+    model = _cnn_model().eval()
+    x = _images(2, 16)
+    before = model(x).detach()
+    key = list(model.seed_slots)[0]
+    model.germinate(key, "conv_light")
+    slot = model.seed_slots[key]
+    _randomize(slot.seed)
+    slot.state.stage = SeedStage.TRAINING
+    slot.state.alpha = 0.0
+    assert torch.equal(model(x), before)
+
+
+def test_model_with_training_and_blending_seeds_compiles() -> None:
+    model = _cnn_model()
+    k_train, k_blend = list(model.seed_slots)
+    model.germinate(k_train, "conv_light")
+    model.germinate(k_blend, "depthwise")
+    for i, key in enumerate((k_train, k_blend)):
+        _randomize(model.seed_slots[key].seed, seed=10 + i)
+    model.seed_slots[k_train].state.stage = SeedStage.TRAINING
+    model.seed_slots[k_train].state.alpha = 0.0
+    model.seed_slots[k_blend].state.stage = SeedStage.BLENDING
+    model.seed_slots[k_blend].state.alpha = 0.4
+    model.eval()
+    x = _images(2, 16)
+    eager = model(x)
+    with model.seed_slots[k_blend].force_alpha(0.0):
+        host_only = model(x)
+    assert not torch.allclose(eager, host_only)  # the blending seed really contributes
+
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-6)
+    # Gradients flow through the compiled graph to both seeds and the host.
+    out.sum().backward()
+    for key in (k_train, k_blend):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in model.seed_slots[key].seed.parameters())
+    assert any(p.grad is not None for p in model.host_parameters())
