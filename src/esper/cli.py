@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -59,6 +60,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "blueprints": args.blueprints,
             "checkpoint_every": args.checkpoint_every,
             "baseline": args.baseline or None,
+            "tensorboard": args.tensorboard or None,
             "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
@@ -70,9 +72,30 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.html_report import write_report
+
+    page = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    console.print(f"Report: {page}", highlight=False)
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.runs_index import runs_table
+
+    console.print(runs_table(Path(args.dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
     parser.add_argument("--version", action="version", version=f"esper {__version__}")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="PyTorch CPU threads (default 1: the embedded tasks' small hosts run fastest on one)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     blueprints = commands.add_parser("blueprints", help="list the blueprint registry")
@@ -94,17 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     heuristic.add_argument("--baseline", action="store_true", help="also train the host alone and compare")
+    heuristic.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
     heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")
     heuristic.add_argument("--text-path", help="UTF-8 text file (textfile task)")
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     heuristic.set_defaults(func=_cmd_train_heuristic)
+
+    report = commands.add_parser("report", help="plots and an HTML page from run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
+    report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
+    report.set_defaults(func=_cmd_report)
+
+    runs = commands.add_parser("runs", help="list the run folders in DIR")
+    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
+    runs.set_defaults(func=_cmd_runs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        raise SystemExit("esper: --threads must be >= 1")
+    torch.set_num_threads(args.threads)
     console = Console()
     try:
         return args.func(args, console)

@@ -245,7 +245,7 @@ def test_model_germinated_seed_in_the_incubator_leaves_output_unchanged() -> Non
     model = _cnn_model().eval()
     x = _images(2, 16)
     before = model(x).detach()
-    key = list(model.seed_slots)[0]
+    key = next(iter(model.seed_slots))
     model.germinate(key, "conv_light")
     slot = model.seed_slots[key]
     _randomize(slot.seed)
@@ -278,6 +278,61 @@ def test_model_with_training_and_blending_seeds_compiles() -> None:
     # Gradients flow through the compiled graph to both seeds and the host.
     out.sum().backward()
     for key in (k_train, k_blend):
-        assert any(p.grad is not None and p.grad.abs().sum() > 0
-                   for p in model.seed_slots[key].seed.parameters())
+        assert any(
+            p.grad is not None and p.grad.abs().sum() > 0
+            for p in model.seed_slots[key].seed.parameters()
+        )
     assert any(p.grad is not None for p in model.host_parameters())
+
+
+def test_compiled_model_honours_later_state_changes() -> None:
+    model = _cnn_model().eval()
+    key = list(model.seed_slots)[-1]
+    model.germinate(key, "conv_light")
+    slot = model.seed_slots[key]
+    _randomize(slot.seed, seed=3)
+    slot.state.stage = SeedStage.BLENDING
+    slot.state.alpha = 0.2
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = _images(2, 16)
+    outputs = []
+    for change in ("alpha", "incubator", "force_alpha", "cull"):
+        if change == "alpha":
+            slot.state.alpha = 0.7
+        elif change == "incubator":
+            slot.state.stage = SeedStage.TRAINING
+            slot.state.alpha = 0.0
+        elif change == "cull":
+            assert slot.cull()
+        if change == "force_alpha":
+            slot.state.stage = SeedStage.BLENDING
+            slot.state.alpha = 0.5
+            with slot.force_alpha(0.0):
+                got, expected = compiled(x), model(x)
+        else:
+            got, expected = compiled(x), model(x)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=change)
+        outputs.append(expected.detach())
+    assert not torch.allclose(outputs[0], outputs[1])  # alpha 0.7 differs from the host
+
+
+def test_model_gradient_ratio_uses_only_host_parameters() -> None:
+    model = _cnn_model()
+    keys = list(model.seed_slots)
+    for i, key in enumerate(keys):
+        model.germinate(key, "conv_light")
+        slot = model.seed_slots[key]
+        _randomize(slot.seed, seed=20 + i)
+        slot.state.stage = SeedStage.TRAINING
+    model(_images(2, 16)).pow(2).sum().backward()
+    host_ref = torch.linalg.vector_norm(
+        torch.cat([p.grad.flatten() for p in model.host_parameters()])
+    )
+    for key in keys:
+        slot = model.seed_slots[key]
+        seed_ref = torch.linalg.vector_norm(
+            torch.cat([p.grad.flatten() for p in slot.seed.parameters()])
+        )
+        host_norm, seed_norm = slot.record_gradient_norms()
+        assert seed_norm == pytest.approx(float(seed_ref), rel=1e-5)
+        assert host_norm == pytest.approx(float(host_ref), rel=1e-5), key

@@ -21,6 +21,7 @@ class HeuristicRunConfig:
     blueprints: list[str] | None = None  # None: every blueprint of the task's topology
     checkpoint_every: int = 5
     baseline: bool = False
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard
     task_options: dict[str, Any] = field(default_factory=dict)
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
 

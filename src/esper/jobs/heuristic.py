@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,14 @@ from esper.nissa import BlueprintAnalytics, JsonlEventOutput, JsonlWriter, RichC
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
-from esper.tamiyo import BlueprintRotation, HeuristicConfig, HeuristicController, NoGrowthController
-from esper.jobs.config import HeuristicRunConfig
+from esper.tamiyo import (
+    BlueprintRotation,
+    HeuristicConfig,
+    HeuristicController,
+    NoGrowthController,
+    TrackerConfig,
+)
+from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.leyline import Controller
 from esper.tolaria import MorphogeneticTrainer
@@ -34,11 +39,10 @@ def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]
 
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
-    known = {f.name for f in fields(HeuristicConfig)} - {"tracker"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"Unknown heuristic key(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
-    return HeuristicConfig(**overrides)
+    """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
+    overrides = dict(overrides)
+    tracker = build_config(TrackerConfig, overrides.pop("tracker", {}), {})
+    return build_config(HeuristicConfig, overrides, {"tracker": tracker})
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
@@ -146,6 +150,10 @@ def run_heuristic(
     hub.add_output(JsonlEventOutput(folder.events_path))
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
+    if config.tensorboard:
+        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
+
+        hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
 
     def save(path: Path) -> None:
         folder.save_checkpoint({"trainer": trainer.state_dict(), "controller": controller.state_dict()}, path)
@@ -153,14 +161,14 @@ def run_heuristic(
     metrics = JsonlWriter(folder.metrics_path)
 
     def on_epoch(record, outcomes) -> None:
+        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
         metrics.write(
             {
-                **record.to_dict(),
-                "slots": slot_snapshot(trainer),
+                **epoch_data,
                 "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
             }
         )
-        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
+        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
         if trainer.epoch % config.checkpoint_every == 0:
             save(folder.checkpoint_path(trainer.epoch))
 

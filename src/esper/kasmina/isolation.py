@@ -69,7 +69,8 @@ class AlphaSchedule:
         progress = min(max(step / self.total_steps, 0.0), 1.0)
         sigmoid = 1.0 / (1.0 + math.exp(-self._k * (progress - 0.5)))
         fraction = (sigmoid - self._low) / (self._high - self._low)
-        return self.start + (self.end - self.start) * fraction
+        # Written as a weighted sum so fraction 0 and 1 give `start` and `end` exactly.
+        return self.start * (1.0 - fraction) + self.end * fraction
 
 
 def _grad_norm(params: list[nn.Parameter], device: torch.device) -> Tensor:
@@ -96,10 +97,12 @@ class GradientIsolationMonitor:
         self.violations = 0
 
     def register(self, host_module: nn.Module, seed_module: nn.Module) -> None:
-        seed_ids = {id(p) for p in seed_module.parameters()}
         self._seed_params = list(seed_module.parameters())
-        # A host that contains the slot (and so the seed) must not count seed params as host.
-        self._host_params = [p for p in host_module.parameters() if id(p) not in seed_ids]
+        # A host that holds slots must count none of their seeds (this one or others) as host.
+        own = getattr(host_module, "host_parameters", None)
+        candidates = own() if own is not None else host_module.parameters()
+        seed_ids = {id(p) for p in self._seed_params}
+        self._host_params = [p for p in candidates if id(p) not in seed_ids]
 
     def grad_norms(self) -> tuple[float, float]:
         """(host_grad_norm, seed_grad_norm) of the current `.grad` fields."""

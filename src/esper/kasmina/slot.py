@@ -600,10 +600,13 @@ class SeedSlot(nn.Module):
             case SeedStage.TRAINING:
                 self.set_alpha(0.0)
             case SeedStage.BLENDING:
-                self.start_blending()
-            case SeedStage.FOSSILIZED:
-                # The seed is now part of the host: let the host learn through it.
+                # Isolation protects the host while the seed incubates; once the seed's
+                # output is mixed in, the host must learn through it (as it will once fossilized).
                 self.isolate_gradients = False
+                self.start_blending()
+            case SeedStage.SHADOWING:
+                # G3 lets the seed in at alpha >= 0.95; from here on it runs at full alpha.
+                self.set_alpha(1.0)
             case SeedStage.CULLED:
                 self.seed = None
                 self.isolation_monitor = GradientIsolationMonitor()
@@ -630,6 +633,11 @@ class SeedSlot(nn.Module):
             raise RuntimeError(
                 f"Slot '{self.slot_id}' is embargoed after culling {state.seed_id}: "
                 f"it can germinate again in {max(left, 0) + 1} epoch(s) (after RESETTING)."
+            )
+        if state.stage in (SeedStage.CULLED, SeedStage.RESETTING):
+            raise RuntimeError(
+                f"Slot '{self.slot_id}' is still clearing culled {state.seed_id} ({state.stage.name}); "
+                "it can germinate again once it is DORMANT."
             )
         raise RuntimeError(
             f"Slot '{self.slot_id}' is occupied by {state.seed_id} ({state.blueprint_id}, "

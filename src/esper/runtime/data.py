@@ -53,7 +53,9 @@ class InMemoryLoader:
         min_batch_size: int = 1,
     ) -> None:
         if len(inputs) != len(targets):
-            raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+            raise ValueError(
+                f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches is not None and max_batches < 1:
@@ -117,11 +119,20 @@ class TaskData:
     ) -> tuple[InMemoryLoader, InMemoryLoader]:
         """Shuffled training loader and an in-order validation loader."""
         train = InMemoryLoader(
-            self.train_inputs, self.train_targets, batch_size, shuffle=True, seed=seed,
-            max_batches=max_train_batches, min_batch_size=2,
+            self.train_inputs,
+            self.train_targets,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            max_batches=max_train_batches,
+            min_batch_size=2,
         )
         val = InMemoryLoader(
-            self.val_inputs, self.val_targets, batch_size, shuffle=False, seed=seed,
+            self.val_inputs,
+            self.val_targets,
+            batch_size,
+            shuffle=False,
+            seed=seed,
             max_batches=max_val_batches,
         )
         return train, val
@@ -154,7 +165,10 @@ def image_task_data(
     for images in (train_images, val_images):
         images.sub_(mean).div_(std)
     return TaskData(
-        train_images, train_labels.long(), val_images, val_labels.long(),
+        train_images,
+        train_labels.long(),
+        val_images,
+        val_labels.long(),
         metadata={
             "num_classes": num_classes,
             "in_channels": train_images.shape[1],
@@ -234,7 +248,10 @@ def char_lm_data(text: str, block_size: int, source: str) -> TaskData:
             f"{10 * block_size + 1:,} for one training and one validation window"
         )
     return TaskData(
-        train_x, train_y, val_x, val_y,
+        train_x,
+        train_y,
+        val_x,
+        val_y,
         metadata={
             "vocab_size": len(vocab),
             "block_size": block_size,

@@ -68,11 +68,16 @@ class Optimizers:
         self.seeds.add_param_group({"params": params, "slot_id": slot_id})
 
     def remove_seed(self, slot_id: str) -> None:
-        for group in list(self.seeds.param_groups):
+        # Rebuild the list instead of `list.remove`: that compares groups with ==, which
+        # compares their parameter tensors and fails when shapes differ.
+        kept = []
+        for group in self.seeds.param_groups:
             if group["slot_id"] == slot_id:
                 for param in group["params"]:
                     self.seeds.state.pop(param, None)
-                self.seeds.param_groups.remove(group)
+            else:
+                kept.append(group)
+        self.seeds.param_groups[:] = kept
 
     def move_seed_to_host(self, slot_id: str) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""

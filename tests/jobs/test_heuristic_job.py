@@ -1,0 +1,132 @@
+"""The heuristic job end to end: run folder, lifecycle events, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper.jobs.config import HeuristicRunConfig, build_config
+from esper.jobs.heuristic import run_heuristic
+from esper.jobs.run_folder import RunFolder
+from esper.leyline import LIFECYCLE_EVENTS, TelemetryEventType
+from esper.nissa import read_jsonl
+from esper.tolaria import MorphogeneticTrainer
+
+# Eager enough that seeds are planted, blended and judged inside a 14-epoch run.
+FAST_HEURISTIC = {
+    "min_epochs_left": 0,
+    "germination_cooldown": 1,
+    "tracker": {"plateau_patience": 1, "warmup_epochs": 2, "min_delta": 0.02},
+}
+
+
+def _config(**overrides) -> HeuristicRunConfig:
+    values = {"task": "digits", "epochs": 14, "seed": 3, "checkpoint_every": 4, "heuristic": FAST_HEURISTIC}
+    return HeuristicRunConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    summary = run_heuristic(_config(baseline=True), run_dir)
+    return run_dir, summary
+
+
+def test_run_folder_has_every_artifact(finished_run) -> None:
+    run_dir, summary = finished_run
+    for name in ("config.json", "events.jsonl", "metrics.jsonl", "summary.json", "baseline.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.pt")) == [
+        "epoch_0004.pt", "epoch_0008.pt", "epoch_0012.pt"
+    ]
+    payload = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)
+    assert payload["trainer"]["epoch"] == 14
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary, default=str))
+    assert summary["host_only_val_accuracy"] is not None
+    assert 0.0 < summary["final_val_accuracy"] <= 1.0
+
+
+def test_metrics_and_lifecycle_events_are_complete(finished_run) -> None:
+    run_dir, summary = finished_run
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == list(range(14))
+    events = read_jsonl(run_dir / "events.jsonl")
+    lifecycle = [e for e in events if TelemetryEventType(e["event_type"]) in LIFECYCLE_EVENTS]
+    assert lifecycle, "the fast heuristic should have planted at least one seed"
+    for event in lifecycle:
+        for key in ("slot_id", "seed_id", "blueprint_id", "epoch"):
+            assert event[key] is not None, (key, event)
+    germinated = sum(e["event_type"] == "seed_germinated" for e in events)
+    assert summary["seeds"]["germinated"] == germinated
+
+
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(finished_run, tmp_path, monkeypatch) -> None:
+    full_dir, _ = finished_run
+    run_dir = tmp_path / "interrupted"
+    real_end_epoch = MorphogeneticTrainer.end_epoch
+
+    def crash_after_nine(self):
+        real_end_epoch(self)
+        if self.epoch == 9:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", crash_after_nine)
+    with pytest.raises(KeyboardInterrupt):
+        run_heuristic(_config(baseline=True), run_dir)
+    monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", real_end_epoch)
+    assert not (run_dir / "summary.json").exists()
+    assert len(read_jsonl(run_dir / "metrics.jsonl")) == 8  # epoch 9's line never got written
+
+    resumed = run_heuristic(None, run_dir, resume=True)
+
+    def strip(records):
+        """Drop wall-clock fields and run start/finish markers (a resumed run starts twice)."""
+        kept = []
+        for record in records:
+            if record.get("event_type") in ("run_started", "run_finished"):
+                continue
+            record = {k: v for k, v in record.items() if k not in ("seconds", "timestamp")}
+            if isinstance(record.get("data"), dict):
+                record["data"] = {k: v for k, v in record["data"].items() if k != "seconds"}
+            kept.append(record)
+        return kept
+
+    for name in ("metrics.jsonl", "events.jsonl"):
+        assert strip(read_jsonl(run_dir / name)) == strip(read_jsonl(full_dir / name)), name
+    full = torch.load(full_dir / "checkpoints" / "final.pt", weights_only=True)["trainer"]["model"]
+    again = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["trainer"]["model"]
+    assert full.keys() == again.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+    assert resumed["final_val_accuracy"] == json.loads((full_dir / "summary.json").read_text())["final_val_accuracy"]
+
+
+def test_existing_run_folder_is_not_overwritten(finished_run) -> None:
+    run_dir, _ = finished_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_heuristic(_config(), run_dir)
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_unknown_config_keys_are_named() -> None:
+    with pytest.raises(ValueError, match="epochz"):
+        build_config(HeuristicRunConfig, {"epochz": 3}, {})
+    with pytest.raises(ValueError, match="fossilise_above"):
+        run_heuristic(_config(heuristic={"fossilise_above": 0.1}), Path("/nonexistent/never-created"))
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        run_heuristic(None, tmp_path / "nothing", resume=True)
+
+
+def test_truncate_logs_keeps_earlier_epochs(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.metrics_path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(5)))
+    folder.truncate_logs(3)
+    assert [r["epoch"] for r in read_jsonl(folder.metrics_path)] == [0, 1, 2]

@@ -1,0 +1,81 @@
+"""Tamiyo: plateau tracking, blueprint rotation, and the heuristic's decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.tamiyo import BlueprintRotation, HeuristicConfig, HeuristicController, SignalTracker, TrackerConfig
+
+
+def _signals(epoch: int, acc: float, loss: float = 0.1, slots=None, total: int = 40) -> EpochSignals:
+    return EpochSignals(
+        epoch=epoch, total_epochs=total, train_loss=loss, train_accuracy=acc, val_loss=loss,
+        val_accuracy=acc, host_params=1000, seed_params=0,
+        slots=slots if slots is not None else {"a": None, "b": None},
+    )
+
+
+def _report(stage: SeedStage, contribution: float | None, seed_id: str = "a-seed1", blueprint: str = "norm") -> SeedReport:
+    return SeedReport(
+        seed_id=seed_id, blueprint_id=blueprint, slot_id="a", stage=stage, epochs_total=5, params=10,
+        alpha=1.0, counterfactual_contribution=contribution, seed_gradient_norm_ratio=0.2, is_healthy=True,
+    )
+
+
+def test_tracker_detects_plateau_after_patience() -> None:
+    tracker = SignalTracker(TrackerConfig(plateau_patience=2, min_delta=0.01, warmup_epochs=1))
+    for epoch, acc in enumerate([0.5, 0.7, 0.705, 0.7]):
+        tracker.update(_signals(epoch, acc))
+    assert tracker.on_plateau and tracker.plateau_count == 1
+    tracker.update(_signals(4, 0.8))
+    assert not tracker.on_plateau
+
+
+def test_rotation_cycles_and_penalises_culled_blueprints() -> None:
+    rotation = BlueprintRotation(["a", "b", "c"], cull_penalty=2)
+    assert [rotation.select_blueprint() for _ in range(3)] == ["a", "b", "c"]
+    rotation.record_outcome("a", success=False, reward=-0.1)
+    assert rotation.select_blueprint() == "b"  # "a" sits out
+    assert rotation.select_blueprint() == "c"
+    assert rotation.select_blueprint() == "a"  # penalty served
+    with pytest.raises(ValueError, match="Known"):
+        rotation.record_outcome("zzz", success=True, reward=0.0)
+
+
+def _controller(**overrides) -> HeuristicController:
+    tracker = TrackerConfig(plateau_patience=1, warmup_epochs=1, min_delta=0.01)
+    return HeuristicController(BlueprintRotation(["norm", "attention"]), HeuristicConfig(tracker=tracker, **overrides))
+
+
+def test_germinates_on_plateau_into_a_free_slot() -> None:
+    controller = _controller(min_epochs_left=0)
+    assert controller.decide(_signals(0, 0.5)) == []
+    actions = controller.decide(_signals(1, 0.5))
+    assert [(a.kind, a.slot_id, a.blueprint_id) for a in actions] == [(ActionKind.GERMINATE, "a", "norm")]
+
+
+def test_no_germination_without_time_left() -> None:
+    controller = _controller(min_epochs_left=10)
+    controller.decide(_signals(30, 0.5))
+    assert controller.decide(_signals(31, 0.5)) == []
+
+
+def test_fossilizes_helpful_and_culls_harmful_seeds() -> None:
+    controller = _controller(fossilize_above=0.01, cull_below=-0.01)
+    good = controller.decide(_signals(5, 0.9, slots={"a": _report(SeedStage.PROBATIONARY, 0.05), "b": None}))
+    assert any(a.kind == ActionKind.FOSSILIZE and a.slot_id == "a" for a in good)
+    bad = controller.decide(
+        _signals(6, 0.9, slots={"a": _report(SeedStage.BLENDING, -0.05, seed_id="a-seed2"), "b": None})
+    )
+    assert any(a.kind == ActionKind.CULL and a.slot_id == "a" for a in bad)
+
+
+def test_outcomes_reach_the_chooser_and_state_round_trips() -> None:
+    controller = _controller()
+    controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}))
+    controller.decide(_signals(2, 0.9, slots={"a": _report(SeedStage.EMBARGOED, None), "b": None}))
+    assert controller.chooser.penalty["norm"] > 0  # culled -> penalised
+    clone = _controller()
+    clone.load_state_dict(controller.state_dict())
+    assert clone.state_dict() == controller.state_dict()

@@ -1,0 +1,139 @@
+"""Tolaria: optimiser groups, counterfactual validation on a constructed case, the governor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from esper.kasmina.blueprints import BlueprintRegistry
+from esper.kasmina.host import MorphogeneticModel, _SlottedHost
+from esper.leyline import Action, ActionKind, SeedStage, TaskConfig, TelemetryEventType
+from esper.runtime import get_task
+from esper.runtime.session import build_trainer
+from esper.tolaria import validate_with_counterfactuals
+
+
+class ToyHost(_SlottedHost):
+    """Logits are the (B, 2) input itself, passed through one slot."""
+
+    topology = "cnn"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.injection_points = {"s": 2}
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._apply_slot("s", x * self.scale)
+
+
+class Offset(nn.Module):
+    """Adds [0, 1] along the feature axis: turns a tie into a vote for class 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x + torch.tensor([0.0, 1.0]).view(shape)
+
+
+@pytest.fixture
+def offset_blueprint():
+    BlueprintRegistry.register("toy_offset", "cnn", param_estimate=0)(lambda dim: Offset())
+    try:
+        yield "toy_offset"
+    finally:
+        BlueprintRegistry.unregister("cnn", "toy_offset")
+
+
+def test_counterfactual_equals_known_offset_effect(offset_blueprint: str) -> None:
+    model = MorphogeneticModel(ToyHost(), ["s"], task_config=TaskConfig())
+    slot = model.seed_slots["s"]
+    slot.germinate(offset_blueprint)
+    slot.state.stage = SeedStage.BLENDING
+    slot.state.alpha = 1.0
+    inputs = torch.zeros(8, 2)  # host alone: a tie -> argmax 0
+    targets = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])  # 6/8 are class 1
+    result = validate_with_counterfactuals(model, [(inputs, targets)])
+    assert result.accuracy == pytest.approx(0.75)  # the seed votes 1 everywhere
+    assert result.contributions == {"s": pytest.approx(0.75 - 0.25)}
+    assert slot.state.metrics.counterfactual_contribution == pytest.approx(0.5)
+    assert slot.alpha == 1.0  # force_alpha restored
+
+
+def test_counterfactual_is_per_slot_and_skips_incubating_seeds() -> None:
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    slots = trainer.slots
+    slots["block2"].germinate("norm", host_module=trainer.model.host)
+    slots["block2"].state.stage = SeedStage.TRAINING
+    result = validate_with_counterfactuals(trainer.model, trainer.val_loader)
+    assert result.contributions == {}
+
+
+def _digits_trainer(events: list | None = None):
+    spec = get_task("digits")
+    return build_trainer(spec, spec.load_data(), seed=0, on_telemetry=None if events is None else events.append)
+
+
+def test_seed_param_groups_follow_the_lifecycle() -> None:
+    trainer = _digits_trainer()
+    host_group_params = len(trainer.optimizers.host.param_groups[0]["params"])
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    assert trainer.optimizers.slot_order() == ["block2"]
+    trainer.apply([Action(ActionKind.GERMINATE, "block3", "norm")])
+    assert trainer.optimizers.slot_order() == ["block2", "block3"]
+    trainer.apply([Action(ActionKind.CULL, "block2")])
+    assert trainer.optimizers.slot_order() == ["block3"]
+    # The host optimiser was never rebuilt.
+    assert len(trainer.optimizers.host.param_groups[0]["params"]) == host_group_params
+
+
+def test_training_moves_seed_and_host_and_measures_gradient_ratio() -> None:
+    trainer = _digits_trainer()
+    trainer.run_epoch()
+    trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()  # GERMINATED -> TRAINING
+    slot = trainer.slots["block2"]
+    before = [p.detach().clone() for p in slot.seed.parameters()]
+    trainer.run_epoch()
+    after = list(slot.seed.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    ratio = slot.state.metrics.seed_gradient_norm_ratio
+    assert ratio > 0 and math.isfinite(ratio)
+
+
+def test_governor_rolls_back_on_nan_culls_the_seed_and_the_run_continues() -> None:
+    events: list = []
+    trainer = _digits_trainer(events)
+    for _ in range(2):
+        trainer.run_epoch()
+        trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()
+    snapshot_host = [p.detach().clone() for p in trainer.model.host_parameters()]
+    slot = trainer.slots["block2"]
+    assert slot.stage == SeedStage.TRAINING
+    with torch.no_grad():
+        next(slot.seed.parameters()).fill_(float("nan"))  # the seed goes bad
+    record = trainer.run_epoch()
+    assert record.rollback is not None and "non-finite" in record.rollback
+    assert slot.stage == SeedStage.CULLED
+    assert trainer.optimizers.slot_order() == []
+    for restored, saved in zip(trainer.model.host_parameters(), snapshot_host):
+        assert torch.equal(restored, saved)
+    assert math.isfinite(record.val_loss)
+    rollbacks = [e for e in events if e.event_type == TelemetryEventType.GOVERNOR_ROLLBACK]
+    assert len(rollbacks) == 1 and rollbacks[0].data["slots"] == ["block2"]
+    trainer.end_epoch()
+    follow_up = trainer.run_epoch()
+    assert follow_up.rollback is None and math.isfinite(follow_up.train_loss)
+
+
+def test_governor_detects_loss_explosion() -> None:
+    trainer = _digits_trainer()
+    trainer.governor.good_losses = [0.1, 0.1, 0.1]
+    assert trainer.governor.diagnose(0.11, 0.2) is None
+    assert "explosion" in trainer.governor.diagnose(5.0, 0.2)
