@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage
-from esper.tamiyo import BlueprintRotation, HeuristicConfig, HeuristicController, SignalTracker, TrackerConfig
+from esper.tamiyo import (
+    BlueprintRotation,
+    HeuristicConfig,
+    HeuristicController,
+    SignalTracker,
+    TrackerConfig,
+)
 
 
 def _signals(epoch: int, acc: float, loss: float = 0.1, slots=None, total: int = 40) -> EpochSignals:

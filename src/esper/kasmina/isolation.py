@@ -8,6 +8,7 @@ Both are pure tensor ops so they compile with `fullgraph=True`.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 

@@ -291,8 +291,10 @@ class QualityGates:
                 (measured, "counterfactual_measured" if measured else "counterfactual_missing"),
                 (
                     measured and contribution > self.min_contribution,
-                    f"contribution {contribution if measured else float('nan'):+.4f} "
-                    f"vs min {self.min_contribution:+.4f}",
+                    (
+                        f"contribution {contribution if measured else float('nan'):+.4f} "
+                        f"vs min {self.min_contribution:+.4f}"
+                    ),
                 ),
                 (state.is_healthy, "healthy" if state.is_healthy else "unhealthy"),
             ],

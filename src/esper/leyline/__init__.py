@@ -22,8 +22,6 @@ from esper.leyline.telemetry import LIFECYCLE_EVENTS, TelemetryEvent, TelemetryE
 __all__ = [
     "ACTIVE_STAGES",
     "BLENDED_STAGES",
-    "Controller",
-    "EpochSignals",
     "FAILURE_STAGES",
     "GATE_FOR_STAGE",
     "LIFECYCLE_EVENTS",
@@ -31,6 +29,8 @@ __all__ = [
     "WAIT",
     "Action",
     "ActionKind",
+    "Controller",
+    "EpochSignals",
     "GateLevel",
     "GateResult",
     "SeedReport",

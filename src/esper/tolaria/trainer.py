@@ -120,6 +120,27 @@ class EpochStats:
     steps: int
 
 
+class _Totals:
+    """Sums loss and correct counts on-device; one host sync when the epoch ends."""
+
+    def __init__(self) -> None:
+        self.loss = torch.zeros(())
+        self.correct = torch.zeros((), dtype=torch.long)
+        self.count = 0
+        self.steps = 0
+
+    def add(self, loss: Tensor, correct: Tensor, targets: Tensor) -> None:
+        self.loss += loss.detach() * targets.numel()
+        self.correct += correct
+        self.count += targets.numel()
+        self.steps += 1
+
+    def stats(self, what: str) -> EpochStats:
+        if self.count == 0:
+            raise ValueError(f"{what} got no batches: its loader is empty")
+        return EpochStats(self.loss.item() / self.count, self.correct.item() / self.count, self.steps)
+
+
 def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimizers) -> EpochStats:
     """Train host and live seeds for one pass over `batches`.
 
@@ -135,46 +156,30 @@ def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimiz
             slot.state.metrics.isolation_violations += 1
     params = [p for group in optimizers.host.param_groups for p in group["params"]]
     params += [p for group in optimizers.seeds.param_groups for p in group["params"]]
-    loss_sum = torch.zeros(())
-    correct_sum = torch.zeros((), dtype=torch.long)
-    count = 0
-    steps = 0
+    totals = _Totals()
     for inputs, targets in batches:
         logits = model(inputs)
         loss, correct = loss_and_correct(logits, targets)
         optimizers.zero_grad()
         loss.backward()
-        if steps % config.grad_stats_every == 0:
+        if totals.steps % config.grad_stats_every == 0:
             for slot in live:
                 slot.record_gradient_norms()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizers.step()
-        loss_sum += loss.detach() * targets.numel()
-        correct_sum += correct
-        count += targets.numel()
-        steps += 1
-    if count == 0:
-        raise ValueError("train_epoch got no batches: the training loader is empty")
-    return EpochStats(loss=loss_sum.item() / count, accuracy=correct_sum.item() / count, steps=steps)
+        totals.add(loss, correct, targets)
+    return totals.stats("train_epoch")
 
 
 @torch.no_grad()
 def validate(model: nn.Module, batches: Batches) -> EpochStats:
     model.eval()
-    loss_sum = torch.zeros(())
-    correct_sum = torch.zeros((), dtype=torch.long)
-    count = 0
-    steps = 0
+    totals = _Totals()
     for inputs, targets in batches:
         loss, correct = loss_and_correct(model(inputs), targets)
-        loss_sum += loss * targets.numel()
-        correct_sum += correct
-        count += targets.numel()
-        steps += 1
-    if count == 0:
-        raise ValueError("validate got no batches: the validation loader is empty")
-    return EpochStats(loss=loss_sum.item() / count, accuracy=correct_sum.item() / count, steps=steps)
+        totals.add(loss, correct, targets)
+    return totals.stats("validate")
 
 
 @dataclass(slots=True)
