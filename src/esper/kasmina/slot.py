@@ -1,41 +1,41 @@
 """A seed slot: one place in the host where a seed is planted, trained, blended and judged.
 
-`SeedState` and `SeedMetrics` are the seed's record; `QualityGates` decide whether it
-may enter its next stage; `SeedSlot` is the `nn.Module` that holds the seed and
-applies it to the host's features according to the stage.
+`SeedState` and `SeedMetrics` (state.py) are the seed's record; `QualityGates`
+(gates.py) decide whether it may enter its next stage; `SeedSlot` is the
+`nn.Module` that holds the seed and applies it to the host's features according
+to the stage. All four are importable from here, as the public API promises.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
+from esper.kasmina.gates import QualityGates
 from esper.kasmina.isolation import (
     AlphaSchedule,
     GradientIsolationMonitor,
     blend_with_isolation,
     ste_forward,
 )
+from esper.kasmina.state import SeedMetrics, SeedState
 from esper.leyline import (
     ACTIVE_STAGES,
-    GateLevel,
     GateResult,
     SeedReport,
     SeedStage,
     TaskConfig,
     TelemetryEvent,
     TelemetryEventType,
-    is_valid_transition,
 )
 
-STAGE_HISTORY_LEN = 32
+__all__ = ["NEXT_STAGE", "QualityGates", "SeedMetrics", "SeedSlot", "SeedState"]
+
 # The forward pass uses the seed's output in these stages (GERMINATED seeds are not yet trained).
 _SEED_RUNS = frozenset(
     {
@@ -58,247 +58,7 @@ NEXT_STAGE = {
     SeedStage.EMBARGOED: SeedStage.RESETTING,
     SeedStage.RESETTING: SeedStage.DORMANT,
 }
-_GRADIENT_EMA = 0.9
 
-
-@dataclass(slots=True)
-class SeedMetrics:
-    epochs_total: int = 0
-    epochs_in_current_stage: int = 0
-    initial_val_accuracy: float = 0.0
-    current_val_accuracy: float = 0.0
-    best_val_accuracy: float = 0.0
-    accuracy_at_stage_start: float = 0.0
-    accuracy_at_blending_start: float = 0.0
-    isolation_violations: int = 0
-    gradient_norm_avg: float = 0.0
-    current_alpha: float = 0.0
-    alpha_ramp_step: int = 0
-    counterfactual_contribution: float | None = None
-    seed_gradient_norm_ratio: float = 0.0
-    accuracy_samples: int = 0
-    gradient_samples: int = 0
-
-    @property
-    def improvement_since_stage_start(self) -> float:
-        return self.current_val_accuracy - self.accuracy_at_stage_start
-
-    @improvement_since_stage_start.setter
-    def improvement_since_stage_start(self, value: float) -> None:
-        # Keep the derived quantity consistent: move the reference point, not a copy.
-        self.accuracy_at_stage_start = self.current_val_accuracy - value
-
-    @property
-    def total_improvement(self) -> float:
-        return self.current_val_accuracy - self.initial_val_accuracy
-
-    @total_improvement.setter
-    def total_improvement(self, value: float) -> None:
-        self.initial_val_accuracy = self.current_val_accuracy - value
-
-    def record_accuracy(self, accuracy: float) -> None:
-        if self.accuracy_samples == 0:
-            self.initial_val_accuracy = accuracy
-            self.accuracy_at_stage_start = accuracy
-            self.accuracy_at_blending_start = accuracy
-            self.best_val_accuracy = accuracy
-        self.current_val_accuracy = accuracy
-        self.best_val_accuracy = max(self.best_val_accuracy, accuracy)
-        self.accuracy_samples += 1
-
-    def record_gradient_norms(self, host_norm: float, seed_norm: float) -> None:
-        """Exponential moving average of the seed's gradient norm and its ratio to the host's."""
-        ratio = seed_norm / max(host_norm, 1e-12)
-        if self.gradient_samples == 0:
-            self.gradient_norm_avg, self.seed_gradient_norm_ratio = seed_norm, ratio
-        else:
-            keep = _GRADIENT_EMA
-            self.gradient_norm_avg = keep * self.gradient_norm_avg + (1 - keep) * seed_norm
-            self.seed_gradient_norm_ratio = keep * self.seed_gradient_norm_ratio + (1 - keep) * ratio
-        self.gradient_samples += 1
-
-
-@dataclass(slots=True, kw_only=True)
-class SeedState:
-    seed_id: str
-    blueprint_id: str
-    slot_id: str = ""
-    stage: SeedStage = SeedStage.DORMANT
-    previous_stage: SeedStage = SeedStage.UNKNOWN
-    alpha: float = 0.0
-    metrics: SeedMetrics = field(default_factory=SeedMetrics)
-    blending_steps_total: int = 0
-    is_healthy: bool = True
-    shape_verified: bool = False
-    stage_history: deque[tuple[int, int]] = field(
-        default_factory=lambda: deque(maxlen=STAGE_HISTORY_LEN)
-    )
-
-    @property
-    def blending_progress(self) -> float:
-        if self.blending_steps_total == 0:
-            return 0.0
-        return min(self.metrics.alpha_ramp_step / self.blending_steps_total, 1.0)
-
-    def can_transition_to(self, stage: SeedStage) -> bool:
-        return is_valid_transition(self.stage, stage)
-
-    def transition(self, stage: SeedStage) -> bool:
-        """Move to `stage` if the lifecycle allows it; returns whether it moved."""
-        if not self.can_transition_to(stage):
-            return False
-        metrics = self.metrics
-        self.stage_history.append((int(stage), metrics.epochs_total))
-        self.previous_stage, self.stage = self.stage, stage
-        metrics.epochs_in_current_stage = 0
-        metrics.accuracy_at_stage_start = metrics.current_val_accuracy
-        if stage == SeedStage.BLENDING:
-            metrics.accuracy_at_blending_start = metrics.current_val_accuracy
-        return True
-
-
-class QualityGates:
-    """The checks a seed must pass to enter each stage (G0..G5)."""
-
-    def __init__(
-        self,
-        min_training_improvement: float = 0.0,
-        max_isolation_violations: int = 0,
-        min_training_epochs: int = 2,
-        min_seed_gradient_ratio: float = 0.05,
-        min_blend_alpha: float = 0.95,
-        min_shadowing_epochs: int = 1,
-        min_contribution: float = 0.0,
-    ) -> None:
-        self.min_training_improvement = min_training_improvement
-        self.max_isolation_violations = max_isolation_violations
-        self.min_training_epochs = min_training_epochs
-        self.min_seed_gradient_ratio = min_seed_gradient_ratio
-        self.min_blend_alpha = min_blend_alpha
-        self.min_shadowing_epochs = min_shadowing_epochs
-        self.min_contribution = min_contribution
-
-    def check_gate(self, state: SeedState, target_stage: SeedStage) -> GateResult:
-        match target_stage:
-            case SeedStage.GERMINATED:
-                return self._check_g0(state)
-            case SeedStage.TRAINING:
-                return self._check_g1(state)
-            case SeedStage.BLENDING:
-                return self._check_g2(state)
-            case SeedStage.SHADOWING:
-                return self._check_g3(state)
-            case SeedStage.PROBATIONARY:
-                return self._check_g4(state)
-            case SeedStage.FOSSILIZED:
-                return self._check_g5(state)
-            case _:
-                return GateResult(gate=None, passed=True, score=1.0, message=f"no gate guards {target_stage.name}")
-
-    @staticmethod
-    def _result(gate: GateLevel, checks: list[tuple[bool, str]]) -> GateResult:
-        passed = [name for ok, name in checks if ok]
-        failed = [name for ok, name in checks if not ok]
-        verdict = "passed" if not failed else "failed: " + ", ".join(failed)
-        return GateResult(
-            gate=gate,
-            passed=not failed,
-            score=len(passed) / len(checks),
-            checks_passed=passed,
-            checks_failed=failed,
-            message=f"{gate.name} {verdict}",
-        )
-
-    def _check_g0(self, state: SeedState) -> GateResult:
-        return self._result(
-            GateLevel.G0,
-            [
-                (bool(state.seed_id), "seed_id_present" if state.seed_id else "seed_id_missing"),
-                (
-                    bool(state.blueprint_id),
-                    "blueprint_id_present" if state.blueprint_id else "blueprint_id_missing",
-                ),
-                (state.shape_verified, "shape_preserved" if state.shape_verified else "shape_unverified"),
-            ],
-        )
-
-    def _check_g1(self, state: SeedState) -> GateResult:
-        done = state.stage == SeedStage.GERMINATED
-        return self._result(
-            GateLevel.G1, [(done, "germinated" if done else f"not_germinated (stage {state.stage.name})")]
-        )
-
-    def _check_g2(self, state: SeedState) -> GateResult:
-        m = state.metrics
-        improvement = m.improvement_since_stage_start
-        ratio = m.seed_gradient_norm_ratio
-        return self._result(
-            GateLevel.G2,
-            [
-                (
-                    improvement >= self.min_training_improvement,
-                    f"improvement {improvement:+.4f} vs min {self.min_training_improvement:+.4f}",
-                ),
-                (
-                    m.isolation_violations <= self.max_isolation_violations,
-                    f"isolation_violations {m.isolation_violations} vs max {self.max_isolation_violations}",
-                ),
-                (
-                    m.epochs_in_current_stage >= self.min_training_epochs,
-                    f"training_epochs {m.epochs_in_current_stage} vs min {self.min_training_epochs}",
-                ),
-                (
-                    ratio >= self.min_seed_gradient_ratio,
-                    (
-                        f"seed_gradient_ok {ratio:.4f}"
-                        if ratio >= self.min_seed_gradient_ratio
-                        else f"seed_gradient_low {ratio:.4f} < {self.min_seed_gradient_ratio}"
-                    ),
-                ),
-            ],
-        )
-
-    def _check_g3(self, state: SeedState) -> GateResult:
-        alpha = state.alpha
-        return self._result(
-            GateLevel.G3, [(alpha >= self.min_blend_alpha, f"alpha {alpha:.3f} vs min {self.min_blend_alpha}")]
-        )
-
-    def _check_g4(self, state: SeedState) -> GateResult:
-        m = state.metrics
-        return self._result(
-            GateLevel.G4,
-            [
-                (
-                    m.epochs_in_current_stage >= self.min_shadowing_epochs,
-                    f"shadowing_epochs {m.epochs_in_current_stage} vs min {self.min_shadowing_epochs}",
-                ),
-                (
-                    m.counterfactual_contribution is not None,
-                    "counterfactual_measured"
-                    if m.counterfactual_contribution is not None
-                    else "counterfactual_missing",
-                ),
-            ],
-        )
-
-    def _check_g5(self, state: SeedState) -> GateResult:
-        contribution = state.metrics.counterfactual_contribution
-        measured = contribution is not None
-        return self._result(
-            GateLevel.G5,
-            [
-                (measured, "counterfactual_measured" if measured else "counterfactual_missing"),
-                (
-                    measured and contribution > self.min_contribution,
-                    (
-                        f"contribution {contribution if measured else float('nan'):+.4f} "
-                        f"vs min {self.min_contribution:+.4f}"
-                    ),
-                ),
-                (state.is_healthy, "healthy" if state.is_healthy else "unhealthy"),
-            ],
-        )
 
 
 class SeedSlot(nn.Module):
