@@ -26,6 +26,9 @@ _EPOCH_SCALARS = {
     "seed_params": "params/seeds",
 }
 
+# Keys of a PPO_UPDATE that are its step, not a curve.
+_STEP_KEYS = frozenset({"round", "epoch"})
+
 
 def _numbers(prefix: str, data: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
     """``(tag, value)`` for every number in ``data``, nested dicts joined with ``/``.
@@ -59,7 +62,8 @@ class TensorBoardOutput:
             self._epoch(event.epoch, event.data)
         elif kind == TelemetryEventType.PPO_UPDATE:
             step = event.data.get("round", event.epoch)
-            for tag, value in _numbers("ppo", event.data):
+            scalars = {k: v for k, v in event.data.items() if k not in _STEP_KEYS}
+            for tag, value in _numbers("ppo", scalars):
                 self._writer.add_scalar(tag, value, step)
         elif kind in LIFECYCLE_EVENTS or kind == TelemetryEventType.GOVERNOR_ROLLBACK:
             self._writer.add_text("lifecycle", format_event_line(event).plain, event.epoch)
