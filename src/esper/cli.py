@@ -61,6 +61,8 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "checkpoint_every": args.checkpoint_every,
             "baseline": args.baseline or None,
             "tensorboard": args.tensorboard or None,
+            "chooser": args.chooser,
+            "curriculum": args.curriculum,
             "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")
     heuristic.add_argument("--text-path", help="UTF-8 text file (textfile task)")
+    heuristic.add_argument(
+        "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
+    )
+    heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     heuristic.set_defaults(func=_cmd_train_heuristic)
 

@@ -15,11 +15,13 @@ from esper.leyline import LIFECYCLE_EVENTS, TelemetryEventType
 from esper.nissa import read_jsonl
 from esper.tolaria import MorphogeneticTrainer
 
-# Eager enough that seeds are planted, blended and judged inside a 14-epoch run.
+# Eager enough that seeds are planted, blended and judged inside a 14-epoch run:
+# any gain under 10 points counts as a plateau, and any measured seed is kept.
 FAST_HEURISTIC = {
     "min_epochs_left": 0,
     "germination_cooldown": 1,
-    "tracker": {"plateau_patience": 1, "warmup_epochs": 2, "min_delta": 0.02},
+    "fossilize_above": -1.0,
+    "tracker": {"plateau_patience": 1, "warmup_epochs": 1, "min_delta": 0.1, "stable_loss_change": 10.0},
 }
 
 
@@ -130,3 +132,31 @@ def test_truncate_logs_keeps_earlier_epochs(tmp_path) -> None:
     folder.metrics_path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(5)))
     folder.truncate_logs(3)
     assert [r["epoch"] for r in read_jsonl(folder.metrics_path)] == [0, 1, 2]
+
+
+def test_curriculum_is_saved_and_carried_into_the_next_run(finished_run, tmp_path) -> None:
+    run_dir, summary = finished_run
+    saved = json.loads((run_dir / "curriculum.json").read_text())
+    # Every seed whose fate was decided was reported to the curriculum as one trial.
+    decided = summary["seeds"]["fossilized"] + summary["seeds"]["culled"]
+    assert sum(saved["trials"]) == decided > 0
+    follow_up = tmp_path / "next"
+    run_heuristic(_config(epochs=3, curriculum=str(run_dir / "curriculum.json")), follow_up)
+    carried = json.loads((follow_up / "curriculum.json").read_text())
+    assert sum(carried["trials"]) >= sum(saved["trials"])
+
+
+def test_curriculum_for_other_blueprints_is_refused(finished_run, tmp_path) -> None:
+    run_dir, _ = finished_run
+    with pytest.raises(ValueError, match="same --blueprints"):
+        run_heuristic(
+            _config(blueprints=["norm", "attention"], curriculum=str(run_dir / "curriculum.json")),
+            tmp_path / "x",
+        )
+
+
+def test_rotation_chooser_writes_no_curriculum(tmp_path) -> None:
+    run_heuristic(_config(epochs=2, chooser="rotation"), tmp_path / "rot")
+    assert not (tmp_path / "rot" / "curriculum.json").exists()
+    with pytest.raises(ValueError, match="chooser"):
+        _config(chooser="bandit")

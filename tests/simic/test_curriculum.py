@@ -123,3 +123,13 @@ def test_from_state_dict_rejects_inconsistent_state():
     del state["trials"]
     with pytest.raises(ValueError, match="missing keys"):
         BlueprintCurriculum.from_state_dict(state)
+
+
+def test_load_state_dict_takes_over_in_place_and_checks_blueprints() -> None:
+    source = BlueprintCurriculum(["a", "b"], [1.0, 2.0])
+    source.record_outcome("b", success=True, reward=3.0)
+    target = BlueprintCurriculum(["a", "b"], [1.0, 2.0])
+    target.load_state_dict(source.state_dict())
+    assert target.get_ucb_scores() == source.get_ucb_scores()
+    with pytest.raises(ValueError, match="blueprints"):
+        BlueprintCurriculum(["a", "c"], [1.0, 2.0]).load_state_dict(source.state_dict())

@@ -22,12 +22,18 @@ class HeuristicRunConfig:
     checkpoint_every: int = 5
     baseline: bool = False
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard
+    chooser: str = "curriculum"  # how the heuristic picks blueprints: "curriculum" (UCB1) or "rotation"
+    curriculum: str | None = None  # a curriculum.json from an earlier run to start from
     task_options: dict[str, Any] = field(default_factory=dict)
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.chooser not in ("curriculum", "rotation"):
+            raise ValueError(f"chooser must be 'curriculum' or 'rotation', got '{self.chooser}'")
+        if self.curriculum is not None and self.chooser != "curriculum":
+            raise ValueError("a curriculum file needs chooser 'curriculum'")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

@@ -9,23 +9,33 @@ from typing import Any
 from rich.console import Console
 
 from esper import __version__
+from esper.jobs.config import HeuristicRunConfig, build_config
+from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa import BlueprintAnalytics, JsonlEventOutput, JsonlWriter, RichConsoleOutput, TelemetryHub, read_jsonl
+from esper.leyline import Controller, TelemetryEvent, TelemetryEventType
+from esper.nissa import (
+    BlueprintAnalytics,
+    JsonlEventOutput,
+    JsonlWriter,
+    RichConsoleOutput,
+    TelemetryHub,
+    read_jsonl,
+)
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
+from esper.simic.curriculum import BlueprintCurriculum
 from esper.tamiyo import (
+    BlueprintChooser,
     BlueprintRotation,
     HeuristicConfig,
     HeuristicController,
     NoGrowthController,
     TrackerConfig,
 )
-from esper.jobs.config import HeuristicRunConfig, build_config
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
-from esper.leyline import Controller
 from esper.tolaria import MorphogeneticTrainer
+
+CURRICULUM_FILE = "curriculum.json"
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
@@ -36,6 +46,23 @@ def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]
     if unknown:
         raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
     return list(requested)
+
+
+def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
+    """The heuristic's blueprint chooser: simic's UCB1 curriculum (default) or plain rotation."""
+    if config.chooser == "rotation":
+        return BlueprintRotation(blueprints)
+    complexity = [BlueprintRegistry.get(spec.topology, name).param_estimate for name in blueprints]
+    curriculum = BlueprintCurriculum(blueprints, complexity)
+    if config.curriculum is not None:
+        saved = BlueprintCurriculum.load(config.curriculum)
+        if sorted(saved.blueprints) != sorted(blueprints):
+            raise ValueError(
+                f"curriculum {config.curriculum} covers {saved.blueprints}, this run uses {blueprints}; "
+                "pass the same --blueprints (and task topology) as the run that wrote it"
+            )
+        curriculum = saved
+    return curriculum
 
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
@@ -133,7 +160,7 @@ def run_heuristic(
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
     blueprints = resolve_blueprints(spec, config.blueprints)
-    controller = HeuristicController(BlueprintRotation(blueprints), heuristic_config(config.heuristic))
+    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
     if not resume:
         folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "esper_version": __version__})
 
@@ -182,6 +209,9 @@ def run_heuristic(
     try:
         run_epochs(trainer, controller, epochs, on_epoch)
         save(folder.checkpoint_dir / FINAL_CHECKPOINT)
+        if isinstance(controller.chooser, BlueprintCurriculum):
+            # What this run learned about blueprints, for the next run's --curriculum.
+            controller.chooser.save(folder.path / CURRICULUM_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
     finally:
         metrics.close()

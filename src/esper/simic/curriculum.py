@@ -160,6 +160,19 @@ class BlueprintCurriculum:
         curriculum._total_reward = [float(r) for r in state["total_reward"]]
         return curriculum
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take over a saved state in place (the controller protocol); blueprints must match."""
+        saved = type(self).from_state_dict(state)
+        if saved.blueprints != self.blueprints:
+            raise ValueError(
+                f"curriculum state covers blueprints {saved.blueprints}, this curriculum {self.blueprints}"
+            )
+        self.complexity, self._normalised = saved.complexity, saved._normalised
+        self.exploration_weight = saved.exploration_weight
+        self.complexity_penalty = saved.complexity_penalty
+        self._trials, self._successes = saved._trials, saved._successes
+        self._total_reward = saved._total_reward
+
     def save(self, path: str | Path) -> None:
         """Write the state as JSON so a later run can resume the curriculum."""
         Path(path).write_text(json.dumps(self.state_dict(), indent=2))

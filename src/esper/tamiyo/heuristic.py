@@ -28,7 +28,8 @@ class HeuristicConfig:
     germination_cooldown: int = 2  # epochs between germinations
     max_growing: int = 1  # seeds allowed in GERMINATED/TRAINING/BLENDING at once
     min_epochs_left: int = 8  # no germination when fewer epochs remain (no time to finish)
-    rent_weight: float = 0.05  # outcome reward = contribution - rent_weight * log(1 + params/host)
+    # Outcome reward, in accuracy points: 100 * (contribution - rent_weight * log(1 + params/host)).
+    rent_weight: float = 0.05
 
 
 class HeuristicController:
@@ -112,7 +113,8 @@ class HeuristicController:
         success = not culled and report.stage == SeedStage.FOSSILIZED
         contribution = report.counterfactual_contribution or 0.0
         rent = self.config.rent_weight * math.log1p(report.params / max(host_params, 1))
-        self.chooser.record_outcome(blueprint, success, contribution - rent if success else -rent)
+        reward = 100 * (contribution - rent if success else -rent)
+        self.chooser.record_outcome(blueprint, success, reward)
         self.last_report.pop(seed_id, None)
 
     def state_dict(self) -> dict[str, Any]:
