@@ -89,6 +89,33 @@ def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.config import build_config, read_config_file
+    from esper.jobs.ppo import PPORunConfig, overrides_from_args, run_ppo
+
+    if args.resume:
+        run_dir, config = Path(args.resume), None
+    else:
+        file_values = read_config_file(args.config) if args.config else {}
+        config = build_config(PPORunConfig, file_values, overrides_from_args(args, file_values))
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir or f"runs/ppo-{config.task}-{stamp}")
+    summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    console.print(
+        f"return: first rounds {summary['first_rounds_return']:+.3f}, last rounds {summary['last_rounds_return']:+.3f}",
+        highlight=False,
+    )
+    console.print(f"Policy: {summary['policy']}\nRun folder: {run_dir}", highlight=False)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.evaluate import evaluate
+
+    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training for PyTorch.")
     parser.add_argument("--version", action="version", version=f"esper {__version__}")
@@ -130,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     heuristic.set_defaults(func=_cmd_train_heuristic)
+
+    ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
+    from esper.jobs.ppo import add_arguments as add_ppo_arguments
+
+    add_ppo_arguments(ppo)
+    ppo.set_defaults(func=_cmd_train_ppo)
+
+    evaluate = commands.add_parser("evaluate", help="run a controller on held-out episodes vs. the host alone")
+    evaluate.add_argument("--policy", required=True, help="policy.pt from `esper train ppo`, or heuristic, or random")
+    evaluate.add_argument("--task", help="task (default: the policy's, or digits)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    evaluate.add_argument("--seed", type=int, default=0, help="episode i uses seed 10000 + SEED + i (default 0)")
+    evaluate.add_argument("--episode-length", type=int, help="epochs per episode (default: the policy's, or 25)")
+    evaluate.add_argument("--json", help="also write the report to this JSON file")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     report = commands.add_parser("report", help="plots and an HTML page from run folders")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")

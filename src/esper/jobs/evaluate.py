@@ -1,0 +1,157 @@
+"""`esper evaluate`: run a controller on fresh, held-out episodes and compare it with the host alone.
+
+Controllers: a policy.pt from `esper train ppo`, "heuristic" (tamiyo's rules)
+or "random" (uniform over possible actions). Episode i runs on seed
+`EVAL_SEED_OFFSET + seed + i`, never used for training, and the same seed is
+also run with `NoGrowthController`: same host init, same data order, nothing
+grown; that is the host-only accuracy. Every episode is scored with the same
+reward function PPO trains on (`simic.rewards`), so returns are comparable
+across controllers; a policy.pt brings its own reward config and episode length.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from esper.jobs.config import HeuristicRunConfig, build_config
+from esper.jobs.heuristic import make_chooser, resolve_blueprints
+from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
+from esper.jobs.run_folder import write_json
+from esper.leyline import Controller
+from esper.runtime import get_task
+from esper.simic.actions import ActionSpace
+from esper.simic.policy import PolicyController, RandomController
+from esper.simic.rewards import RewardConfig
+from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, MorphogeneticEnv
+from esper.tamiyo import HeuristicController, NoGrowthController
+
+BUILTIN = ("heuristic", "random")
+MEASURES = ("final_val_accuracy", "host_only_val_accuracy", "params_added", "return", "host_only_return", "return_over_host_only")
+
+
+@dataclass(slots=True)
+class EvaluationSetup:
+    """What a controller name resolves to: how to make a fresh one, and the episode it plays."""
+
+    make: Callable[[int], Controller]  # episode seed -> a controller with no memory of earlier episodes
+    task: str
+    episode_length: int
+    slots: tuple[str, ...]
+    reward: RewardConfig
+
+
+def resolve(policy: str, task: str | None, episode_length: int | None) -> EvaluationSetup:
+    if policy in BUILTIN:
+        spec = get_task(task or "digits")
+        blueprints = resolve_blueprints(spec, None)
+        space = ActionSpace(spec.slots, blueprints)
+
+        def make(seed: int) -> Controller:
+            if policy == "random":
+                return RandomController(space, seed)
+            # Exactly what `esper train heuristic` runs by default.
+            return HeuristicController(make_chooser(spec, blueprints, HeuristicRunConfig(task=spec.name)))
+
+        return EvaluationSetup(make, spec.name, episode_length or DEFAULT_EPISODE_LENGTH, spec.slots, RewardConfig())
+    loaded = PolicyController.load(policy)
+    info = loaded.info
+    if task is not None and task != info["task"]:
+        raise ValueError(f"{policy} was trained on task '{info['task']}', not '{task}'")
+
+    def make(seed: int) -> Controller:
+        loaded.reset()  # greedy, so one loaded policy with its history cleared is a fresh one
+        return loaded
+
+    return EvaluationSetup(
+        make,
+        info["task"],
+        episode_length or info["episode_length"],
+        tuple(info["slot_ids"]),
+        build_config(RewardConfig, info["reward"], {}),
+    )
+
+
+def play(env: MorphogeneticEnv, controller: Controller, seed: int) -> EpisodeStats:
+    """One episode under `controller`: decide on each epoch's signals, as in any job."""
+    signals, done = env.reset(seed), False
+    while not done:
+        signals, _, done = env.step(controller.decide(signals))
+    return env.stats
+
+
+def evaluate(
+    policy: str,
+    task: str | None = None,
+    episodes: int = 10,
+    seed: int = 0,
+    episode_length: int | None = None,
+    json_path: str | Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Play `episodes` held-out episodes with `policy` and with the host alone; returns the report."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    setup = resolve(policy, task, episode_length)
+    spec = get_task(setup.task)
+    env = MorphogeneticEnv(spec, spec.load_data(), setup.episode_length, setup.slots, setup.reward)
+    seeds = [EVAL_SEED_OFFSET + seed + i for i in range(episodes)]
+    rows = []
+    for episode_seed in track(seeds, description=f"evaluate {policy}", console=console, disable=console is None):
+        grown = play(env, setup.make(episode_seed), episode_seed).to_dict()
+        host = play(env, NoGrowthController(), episode_seed)
+        rows.append({
+            **grown,
+            "host_only_val_accuracy": host.final_val_accuracy,
+            "host_only_return": host.episode_return,
+            # Paired on the same seed, so the host's own (seed-dependent) progress cancels out.
+            "return_over_host_only": grown["return"] - host.episode_return,
+        })
+    actions = Counter()
+    outcomes = Counter()
+    for row in rows:
+        actions.update(row["actions"])
+        outcomes.update(row["seeds"])
+    report = {
+        "policy": policy,
+        "task": setup.task,
+        "episodes": episodes,
+        "episode_length": setup.episode_length,
+        "seeds": seeds,
+        **{m: mean_std([float(r[m]) for r in rows]) for m in MEASURES},
+        "actions_per_episode": {k: v / episodes for k, v in sorted(actions.items())},
+        "seed_outcomes": dict(outcomes),
+        "per_episode": rows,
+    }
+    if json_path is not None:
+        write_json(Path(json_path), report)
+    if console is not None:
+        print_report(report, console)
+    return report
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{report['policy']} on {report['task']}: {report['episodes']} held-out episodes of {report['episode_length']} epochs")
+    table.add_column("measure")
+    table.add_column("mean ± std", justify="right")
+    for measure in MEASURES:
+        value = report[measure]
+        fmt = "{:.2%}" if "accuracy" in measure else "{:,.0f}" if measure == "params_added" else "{:+.3f}"
+        table.add_row(measure.replace("_", " "), f"{fmt.format(value['mean'])} ± {fmt.format(value['std'])}")
+    outcomes = report["seed_outcomes"]
+    table.add_row("seeds germinated / fossilized / culled / undecided (total)",
+                  " / ".join(str(outcomes.get(k, 0)) for k in ("germinated", "fossilized", "culled", "undecided")))  # fmt: skip
+    console.print(table)
+    actions = Table(title="actions per episode")
+    actions.add_column("action")
+    actions.add_column("mean count", justify="right")
+    for name, count in report["actions_per_episode"].items():
+        actions.add_row(name, f"{count:.2f}")
+    console.print(actions)

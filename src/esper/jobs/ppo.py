@@ -1,0 +1,276 @@
+"""`esper train ppo`: learn the controller with PPO over K lockstep environments, with a run folder.
+
+Each round plays one episode (a fresh host trained for `episode_length` epochs)
+in every environment, then runs one PPO update. The run folder follows the main
+job's conventions (`jobs.run_folder`): config.json, events.jsonl, metrics.jsonl
+(one line per round), checkpoints/ every `checkpoint_every` rounds, summary.json
+with "mode": "ppo", and `--resume`. The policy is written to policy.pt at every
+checkpoint and at the end (see `simic.policy` for its content).
+
+Log lines carry the round both as "round" and as "epoch", so the run folder's
+`truncate_logs` drops the rounds after the checkpoint on resume unchanged, and
+checkpoint files are named by round through `RunFolder.checkpoint_path`.
+
+Training episodes use seeds below `EVAL_SEED_OFFSET` (episode k of round r:
+seed*1000 + r*K + k, modulo the offset), so `esper evaluate` never sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from esper import __version__
+from esper.jobs.config import build_config
+from esper.jobs.heuristic import resolve_blueprints
+from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
+from esper.runtime import get_task
+from esper.simic.features import RunningNorm
+from esper.simic.networks import ActorCritic, NetworkConfig
+from esper.simic.policy import policy_payload
+from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
+from esper.simic.rewards import COMPONENTS, RewardConfig
+from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, VecEnv
+
+POLICY_FILE = "policy.pt"
+DEFAULT_EPISODE_LENGTH = 25
+
+
+@dataclass(slots=True)
+class PPORunConfig:
+    task: str = "digits"
+    rounds: int = 100  # PPO updates; each plays one episode per environment
+    envs: int = 8  # K environments in lockstep
+    episode_length: int = DEFAULT_EPISODE_LENGTH  # host epochs per episode
+    seed: int = 0
+    slots: list[str] | None = None  # None: the task's default slots
+    blueprints: list[str] | None = None  # None: every blueprint of the task's topology
+    checkpoint_every: int = 5  # rounds
+    ppo: dict[str, Any] = field(default_factory=dict)  # PPOConfig overrides
+    network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig overrides
+    reward: dict[str, Any] = field(default_factory=dict)  # RewardConfig overrides
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "envs", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.episode_length < 2:
+            raise ValueError(f"episode_length must be >= 2, got {self.episode_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def parts(self) -> tuple[PPOConfig, NetworkConfig, RewardConfig]:
+        """The typed configs; the reward's shaping discount defaults to PPO's gamma."""
+        ppo = build_config(PPOConfig, self.ppo, {})
+        network = build_config(NetworkConfig, self.network, {})
+        reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {})
+        return ppo, network, reward
+
+
+def training_seed(run_seed: int, round_index: int, env_index: int, n_envs: int) -> int:
+    return (run_seed * 1000 + round_index * n_envs + env_index) % EVAL_SEED_OFFSET
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def round_metrics(round_index: int, rollout: Rollout, episodes: list[EpisodeStats], update: dict[str, float]) -> dict[str, Any]:
+    """One metrics.jsonl line: returns, the update's numbers, reward components and actions."""
+    per_step = rollout.components.mean(dim=1)  # (T, C): mean over environments
+    actions = Counter()
+    seeds = Counter()
+    for episode in episodes:
+        actions.update(episode.actions)
+        seeds.update(episode.seeds)
+    return {
+        "round": round_index,
+        "epoch": round_index,
+        "return": mean_std([e.episode_return for e in episodes]),
+        "final_val_accuracy": mean_std([e.final_val_accuracy for e in episodes]),
+        "params_added": mean_std([float(e.params_added) for e in episodes]),
+        **update,
+        "rewards": {c: statistics.fmean(e.rewards[c] for e in episodes) for c in COMPONENTS},
+        "rewards_per_step": {c: per_step[:, i].tolist() for i, c in enumerate(COMPONENTS)},
+        "actions": {name: count / len(episodes) for name, count in sorted(actions.items())},
+        "seeds": {name: count / len(episodes) for name, count in seeds.items()},
+        "rollbacks": sum(e.rollbacks for e in episodes),
+    }
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}", style="bold", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json."""
+    folder = RunFolder(run_dir)
+    if resume:
+        saved = read_json(folder.config_path)
+        if saved.get("mode") != "ppo":
+            raise ValueError(f"{folder.path} is a '{saved.get('mode')}' run, not a ppo run")
+        config = PPORunConfig(**saved["config"])
+    assert config is not None
+    ppo_config, network_config, reward_config = config.parts()
+    spec = get_task(config.task)
+    data = spec.load_data(**config.task_options)
+    blueprints = resolve_blueprints(spec, config.blueprints)
+    env = VecEnv(spec, data, config.envs, config.episode_length, blueprints, config.slots, reward_config)
+    torch.manual_seed(config.seed)
+    model = ActorCritic(env.layout.size, len(env.space), network_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
+    norm = RunningNorm(env.layout.size)
+    generator = torch.Generator().manual_seed(config.seed)
+    start_round = 0
+    if not resume:
+        folder.create({"mode": "ppo", "config": config.to_dict(), "esper_version": __version__})
+    elif (checkpoint := folder.latest_checkpoint()) is not None:
+        state = folder.load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        norm.load_state_dict(state["normalizer"])
+        generator.set_state(state["generator"])
+        start_round = state["round"]
+    if resume:
+        folder.truncate_logs(start_round)
+
+    hub = TelemetryHub()
+    hub.add_output(JsonlEventOutput(folder.events_path))
+
+    def save(rounds_done: int, path: Path) -> None:
+        state = {"round": rounds_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "normalizer": norm.state_dict(), "generator": generator.get_state()}  # fmt: skip
+        folder.save_checkpoint(state, path)
+        policy = policy_payload(model, norm, env.layout, env.space, task=config.task, round=rounds_done,
+                                episode_length=config.episode_length, reward=asdict(reward_config))  # fmt: skip
+        folder.save_checkpoint(policy, folder.path / POLICY_FILE)
+        hub.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=rounds_done - 1, message=str(path)))
+
+    metrics = JsonlWriter(folder.metrics_path)
+    progress = _progress(console) if console is not None else None
+    started = time.perf_counter()
+    hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"mode": "ppo", "task": config.task, "total_rounds": config.rounds, "start_round": start_round}))
+    returns: list[float] = []
+    try:
+        if progress is not None:
+            progress.start()
+            bar = progress.add_task(f"ppo {config.task}", total=config.rounds, completed=start_round, info="")
+        for round_index in range(start_round, config.rounds):
+            round_started = time.perf_counter()
+            seeds = [training_seed(config.seed, round_index, k, config.envs) for k in range(config.envs)]
+            model.eval()
+            rollout = collect_rollout(env, model, norm, seeds, generator)
+            model.train()
+            update = ppo_update(model, optimizer, rollout, ppo_config, generator)
+            record = round_metrics(round_index, rollout, env.episode_stats(), update)
+            record["seconds"] = round(time.perf_counter() - round_started, 3)
+            metrics.write(record)
+            returns.append(record["return"]["mean"])
+            hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index, data={k: v for k, v in record.items() if k != "rewards_per_step"}))
+            if progress is not None:
+                info = f"return {record['return']['mean']:+.3f}  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"
+                progress.update(bar, advance=1, info=info)
+            if (round_index + 1) % config.checkpoint_every == 0:
+                save(round_index + 1, folder.checkpoint_path(round_index + 1))
+        save(config.rounds, folder.checkpoint_dir / FINAL_CHECKPOINT)
+        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"rounds": config.rounds}))
+    finally:
+        if progress is not None:
+            progress.stop()
+        metrics.close()
+        hub.close()
+    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round)
+
+
+def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_this_session: int) -> dict[str, Any]:
+    rounds = [r["return"]["mean"] for r in read_jsonl(folder.metrics_path)]
+    window = max(len(rounds) // 10, 1)
+    summary = {
+        "mode": "ppo",
+        "task": config.task,
+        "seed": config.seed,
+        "rounds": config.rounds,
+        "envs": config.envs,
+        "episode_length": config.episode_length,
+        "episodes": config.rounds * config.envs,
+        "status": "complete",
+        "first_rounds_return": statistics.fmean(rounds[:window]),
+        "last_rounds_return": statistics.fmean(rounds[-window:]),
+        "best_round_return": max(rounds),
+        "policy": str(folder.path / POLICY_FILE),
+        "rounds_this_session": rounds_this_session,
+        "wall_seconds_this_session": round(seconds, 2),
+        "esper_version": __version__,
+    }
+    write_json(folder.summary_path, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+_FLAGGED = ((PPOConfig, "ppo", "--"), (NetworkConfig, "network", "--network-"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`esper train ppo` flags: the run's own, then one per PPOConfig / NetworkConfig field."""
+    parser.add_argument("--task", help="task name (see `esper tasks`); default digits")
+    parser.add_argument("--rounds", type=int, help="PPO rounds (default 100)")
+    parser.add_argument("--envs", type=int, help="environments in lockstep (default 8)")
+    parser.add_argument("--episode-length", type=int, help=f"host epochs per episode (default {DEFAULT_EPISODE_LENGTH})")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--slots", nargs="+", help="injection points the policy controls")
+    parser.add_argument("--blueprints", nargs="+", help="blueprints the policy may plant")
+    parser.add_argument("--checkpoint-every", type=int, help="checkpoint every K rounds (default 5)")
+    parser.add_argument("--run-dir", help="run folder (default runs/ppo-TASK-TIME)")
+    parser.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
+    parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    parser.add_argument("--quiet", action="store_true", help="no live progress")
+    for cls, group_name, prefix in _FLAGGED:
+        group = parser.add_argument_group(f"{cls.__name__} (see its docstring)")
+        for f in fields(cls):
+            flag, dest = prefix + f.name.replace("_", "-"), f"{group_name}__{f.name}"
+            metavar = f.name.upper()
+            if isinstance(f.default, bool):
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=f"default {f.default}")
+            else:
+                kind = float if f.default is None else type(f.default)
+                group.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=f"default {f.default}")
+    parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
+
+
+def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
+    """CLI values for `build_config(PPORunConfig, ...)`; nested config flags merge over the file's."""
+    overrides: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every")
+    }
+    for _, group_name, _ in _FLAGGED:
+        given = {
+            key.split("__", 1)[1]: value
+            for key, value in vars(args).items()
+            if key.startswith(f"{group_name}__") and value is not None
+        }
+        overrides[group_name] = {**file_values.get(group_name, {}), **given} or None
+    if args.no_target_kl:
+        overrides["ppo"] = {**(overrides["ppo"] or {}), "target_kl": None}
+    return overrides

@@ -1,0 +1,134 @@
+"""Learned and random controllers behind the plain `Controller` protocol, and policy.pt.
+
+A trained policy is only usable together with what defines its inputs and
+outputs, so policy.pt holds, besides the network's state dict: the network
+config, the observation layout (slot ids, blueprints, feature names), the action
+names, the `RunningNorm` statistics, the task, episode length and reward config
+it was trained with. Everything is tensors or plain Python data, so it loads
+with `torch.load(weights_only=True)`.
+
+`PolicyController` runs such a policy in any job that takes a `Controller` (the
+heuristic job's loop, `esper evaluate`): it keeps its own `Observer`, so it needs
+nothing but the `EpochSignals` it is given. `RandomController` picks uniformly
+among the physically possible actions: the floor a learned policy must clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper.leyline import Action, ActionKind, EpochSignals
+from esper.simic.actions import ActionSpace
+from esper.simic.features import FeatureLayout, Observer, RunningNorm
+from esper.simic.networks import ActorCritic, NetworkConfig, State
+
+POLICY_FORMAT = "esper-policy-v1"
+
+
+def policy_payload(
+    model: ActorCritic, norm: RunningNorm, layout: FeatureLayout, space: ActionSpace, **info: Any
+) -> dict[str, Any]:
+    """policy.pt's content; `info` adds plain data (task, episode_length, reward, round...)."""
+    return {
+        "format": POLICY_FORMAT,
+        "model": model.state_dict(),
+        "network": asdict(model.config),
+        "slot_ids": list(layout.slot_ids),
+        "blueprints": list(layout.blueprints),
+        "feature_names": layout.names(),
+        "action_names": space.names(),
+        "normalizer": norm.state_dict(),
+        **info,
+    }
+
+
+def _to_actions(space: ActionSpace, index: int, reason: str) -> list[Action]:
+    action = space.action(index, reason)
+    return [] if action.kind == ActionKind.WAIT else [action]
+
+
+class PolicyController:
+    """A trained actor-critic as a `Controller`: greedy by default, sampling if asked."""
+
+    def __init__(
+        self,
+        model: ActorCritic,
+        norm: RunningNorm,
+        layout: FeatureLayout,
+        deterministic: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        self.norm = norm
+        self.layout = layout
+        self.space = ActionSpace(layout.slot_ids, layout.blueprints)
+        self.deterministic = deterministic
+        self.generator = torch.Generator().manual_seed(seed)
+        self.observer = Observer(layout)
+        self.state: State = None
+        self.info: dict[str, Any] = {}  # policy.pt's plain data (task, episode_length, ...) when loaded
+
+    @classmethod
+    def load(cls, path: str | Path, deterministic: bool = True, seed: int = 0) -> PolicyController:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"policy file {path} does not exist (train one with `esper train ppo`)")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != POLICY_FORMAT:
+            raise ValueError(f"{path} is not an Esper policy file (format {payload.get('format')!r})")
+        layout = FeatureLayout(tuple(payload["slot_ids"]), tuple(payload["blueprints"]))
+        model = ActorCritic(layout.size, len(payload["action_names"]), NetworkConfig(**payload["network"]))
+        model.load_state_dict(payload["model"])
+        norm = RunningNorm(layout.size)
+        norm.load_state_dict(payload["normalizer"])
+        controller = cls(model, norm, layout, deterministic, seed)
+        controller.info = {k: v for k, v in payload.items() if k not in ("model", "normalizer")}
+        return controller
+
+    def reset(self) -> None:
+        """Forget the previous run (history and recurrent state) before a new one."""
+        self.observer.reset()
+        self.state = None
+
+    @torch.no_grad()
+    def decide(self, signals: EpochSignals) -> list[Action]:
+        obs = self.norm(self.observer.observe(signals)).view(1, 1, -1)
+        mask = self.space.mask(signals).view(1, 1, -1)
+        logits, _, self.state = self.model(obs, mask, self.state)
+        logits = logits.view(-1)
+        if self.deterministic:
+            index = int(logits.argmax())
+        else:
+            index = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator))
+        return _to_actions(self.space, index, "policy")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"observer": self.observer.state_dict(), "recurrent": self.state, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.observer.load_state_dict(state["observer"])
+        self.state = state["recurrent"]
+        self.generator.set_state(state["generator"])
+
+
+class RandomController:
+    """Uniform over the actions the mask allows (WAIT included) each epoch."""
+
+    def __init__(self, space: ActionSpace, seed: int = 0) -> None:
+        self.space = space
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def decide(self, signals: EpochSignals) -> list[Action]:
+        valid = self.space.mask(signals).nonzero().view(-1)
+        choice = valid[torch.randint(len(valid), (1,), generator=self.generator)]
+        return _to_actions(self.space, int(choice), "random")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,190 @@
+"""Environments: a host being trained is the environment, one step is one host epoch.
+
+`MorphogeneticEnv` runs one episode at a time: a fresh host (its own trainer,
+slots, optimisers, data order and governor, seeded per episode) trained for
+`episode_length` epochs. After each epoch but the last, the controller's actions
+are applied and the next epoch runs; the reward for those actions is read from
+that next epoch's signals (`simic.rewards`). It takes any list of `Action`s, so
+the same episode loop serves the PPO policy, the heuristic, the random policy
+and the host-only baseline (`jobs.evaluate`).
+
+`VecEnv` runs K of them in lockstep in one process: all episodes have the same
+length, so they start and end together, one PPO round collects exactly one
+episode per environment, and the policy does one batched forward per step.
+Environments are stepped one after the other (the host epochs are the cost; the
+hosts are tiny, so one intra-op thread each is fastest on a small machine).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from esper.leyline import ACTIVE_STAGES, Action, ActionKind, EpochSignals, SeedStage
+from esper.runtime.data import TaskData
+from esper.runtime.session import build_trainer
+from esper.runtime.tasks import TaskSpec
+from esper.simic.actions import ActionSpace, action_name
+from esper.simic.features import FeatureLayout, Observer
+from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
+from esper.tolaria import MorphogeneticTrainer
+
+# Held-out evaluation seeds start here; training episodes use seeds below it.
+EVAL_SEED_OFFSET = 10_000
+
+
+@dataclass(slots=True)
+class EpisodeStats:
+    """What one finished episode did: the numbers `esper evaluate` and the PPO metrics report."""
+
+    seed: int
+    final_val_accuracy: float = 0.0
+    params_added: int = 0
+    host_params: int = 0
+    episode_return: float = 0.0
+    rewards: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
+    actions: Counter[str] = field(default_factory=Counter)
+    seeds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("germinated", "fossilized", "culled", "undecided"), 0))
+    rollbacks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "final_val_accuracy": self.final_val_accuracy,
+            "params_added": self.params_added,
+            "host_params": self.host_params,
+            "return": self.episode_return,
+            "rewards": dict(self.rewards),
+            "actions": dict(self.actions),
+            "seeds": dict(self.seeds),
+            "rollbacks": self.rollbacks,
+        }
+
+
+class MorphogeneticEnv:
+    """One host trained for `episode_length` epochs per episode, under outside control."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        data: TaskData,
+        episode_length: int,
+        slots: Sequence[str] | None = None,
+        reward: RewardConfig | None = None,
+    ) -> None:
+        if episode_length < 2:
+            raise ValueError(f"episode_length must be >= 2 epochs (one decision), got {episode_length}")
+        self.spec = spec
+        self.data = data
+        self.episode_length = episode_length
+        self.slots = tuple(slots or spec.slots)
+        self.rewards = RewardTracker(reward)
+        self.trainer: MorphogeneticTrainer | None = None
+        self.stats: EpisodeStats | None = None
+        self.signals: EpochSignals | None = None
+        self._last_stage: dict[str, SeedStage] = {}
+
+    def reset(self, seed: int) -> EpochSignals:
+        """Start an episode on a fresh host seeded with `seed`; returns its first epoch's signals."""
+        self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
+        self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
+        self._last_stage = {}
+        self.signals = self._run_epoch()
+        self.rewards.reset(self.signals)
+        return self.signals
+
+    def step(self, actions: Sequence[Action]) -> tuple[EpochSignals, dict[str, float], bool]:
+        """Apply `actions`, train the next epoch; returns its signals, the reward components and done."""
+        trainer, stats = self.trainer, self.stats
+        assert trainer is not None and stats is not None, "reset() before step()"
+        stats.actions.update([action_name(a) for a in actions] or ["WAIT"])
+        for action, done, _ in trainer.apply(actions):
+            if action.kind == ActionKind.GERMINATE and done:
+                stats.seeds["germinated"] += 1
+        trainer.end_epoch()
+        self.signals = self._run_epoch()
+        done = self.signals.epoch >= self.episode_length - 1
+        reward = self.rewards.step(self.signals, terminal=done)
+        stats.episode_return += reward["total"]
+        for name in COMPONENTS:
+            stats.rewards[name] += reward[name]
+        if done:
+            self._finish()
+        return self.signals, reward, done
+
+    def _run_epoch(self) -> EpochSignals:
+        record = self.trainer.run_epoch()
+        self.stats.rollbacks += record.rollback is not None
+        signals = self.trainer.signals(record, self.episode_length)
+        self._track_outcomes(signals)
+        return signals
+
+    def _track_outcomes(self, signals: EpochSignals) -> None:
+        """Count each seed's fate once: fossilized, or culled (by anyone, or by expiry)."""
+        for slot_id, report in signals.slots.items():
+            previous = self._last_stage.get(slot_id)
+            stage = None if report is None else report.stage
+            if stage != previous and stage == SeedStage.FOSSILIZED:
+                self.stats.seeds["fossilized"] += 1
+            elif previous in ACTIVE_STAGES and stage not in ACTIVE_STAGES and stage != SeedStage.FOSSILIZED:
+                self.stats.seeds["culled"] += 1
+            self._last_stage[slot_id] = stage
+
+    def _finish(self) -> None:
+        stats, signals = self.stats, self.signals
+        stats.final_val_accuracy = signals.val_accuracy
+        stats.params_added = signals.seed_params
+        stats.seeds["undecided"] = sum(1 for r in signals.slots.values() if r is not None and r.stage in ACTIVE_STAGES)
+
+
+class VecEnv:
+    """K environments in lockstep, seen through observation vectors and action indices."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        data: TaskData,
+        n_envs: int,
+        episode_length: int,
+        blueprints: Sequence[str],
+        slots: Sequence[str] | None = None,
+        reward: RewardConfig | None = None,
+    ) -> None:
+        if n_envs < 1:
+            raise ValueError(f"need at least one environment, got {n_envs}")
+        self.envs = [MorphogeneticEnv(spec, data, episode_length, slots, reward) for _ in range(n_envs)]
+        slot_ids = self.envs[0].slots
+        self.layout = FeatureLayout(slot_ids, tuple(blueprints))
+        self.space = ActionSpace(slot_ids, blueprints)
+        self.observers = [Observer(self.layout) for _ in self.envs]
+        self.episode_length = episode_length
+
+    @property
+    def steps_per_episode(self) -> int:
+        return self.episode_length - 1
+
+    def reset(self, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """New episodes with the given seeds; returns raw observations (K, obs) and masks (K, A)."""
+        for observer in self.observers:
+            observer.reset()
+        return self._observe([env.reset(seed) for env, seed in zip(self.envs, seeds, strict=True)])
+
+    def step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]], bool]:
+        """One epoch in every environment; returns observations, masks, reward components, done."""
+        results = [env.step([self.space.action(int(i))]) for env, i in zip(self.envs, indices, strict=True)]
+        obs, masks = self._observe([signals for signals, _, _ in results])
+        dones = {done for _, _, done in results}
+        assert len(dones) == 1, "environments in lockstep must finish together"
+        return obs, masks, [reward for _, reward, _ in results], dones.pop()
+
+    def _observe(self, signals: list[EpochSignals]) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = torch.stack([o.observe(s) for o, s in zip(self.observers, signals, strict=True)])
+        masks = torch.stack([self.space.mask(s) for s in signals])
+        return obs, masks
+
+    def episode_stats(self) -> list[EpisodeStats]:
+        return [env.stats for env in self.envs]

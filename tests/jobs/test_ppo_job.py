@@ -1,0 +1,79 @@
+"""`esper train ppo` end to end on digits (tiny budget), resume, and `esper evaluate`."""
+
+import json
+
+import pytest
+import torch
+
+from esper.cli import main
+from esper.jobs.evaluate import evaluate
+from esper.jobs.ppo import PPORunConfig, run_ppo
+from esper.nissa import read_jsonl
+from esper.simic.policy import PolicyController
+
+TINY = {"rounds": 2, "envs": 2, "episode_length": 4, "checkpoint_every": 1, "ppo": {"update_epochs": 2, "num_minibatches": 2}}
+
+
+def test_tiny_run_writes_a_loadable_policy_and_the_run_folder(tmp_path):
+    summary = run_ppo(PPORunConfig(**TINY), tmp_path / "run")
+    run = tmp_path / "run"
+    assert summary["mode"] == "ppo" and summary["rounds"] == 2
+    assert json.loads((run / "summary.json").read_text())["mode"] == "ppo"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1]
+    for key in ("return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance", "rewards", "rewards_per_step", "actions"):
+        assert key in metrics[0]
+    assert len(metrics[0]["rewards_per_step"]["contribution"]) == 3  # episode_length - 1 decisions
+    payload = torch.load(run / "policy.pt", weights_only=True)
+    assert payload["task"] == "digits" and payload["round"] == 2
+    assert len(payload["feature_names"]) == payload["normalizer"]["mean"].shape[0]
+    controller = PolicyController.load(run / "policy.pt")
+    assert controller.info["action_names"][0] == "WAIT"
+    events = [e["event_type"] for e in read_jsonl(run / "events.jsonl")]
+    assert events.count("ppo_update") == 2 and events[-1] == "run_finished"
+
+
+def test_resume_continues_from_the_saved_round(tmp_path):
+    run = tmp_path / "run"
+    run_ppo(PPORunConfig(**{**TINY, "rounds": 3}), run)
+    # Simulate a crash after round 2: drop the later checkpoints, keep the extra log lines.
+    (run / "checkpoints" / "final.pt").unlink()
+    (run / "checkpoints" / "epoch_0003.pt").unlink()
+    summary = run_ppo(None, run, resume=True)
+    assert summary["rounds_this_session"] == 1
+    assert [m["round"] for m in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+    started = [e for e in read_jsonl(run / "events.jsonl") if e["event_type"] == "run_started"]
+    assert started[-1]["data"]["start_round"] == 2
+    assert torch.load(run / "policy.pt", weights_only=True)["round"] == 3
+
+
+def test_resume_refuses_a_heuristic_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {}}))
+    with pytest.raises(ValueError, match="not a ppo run"):
+        run_ppo(None, tmp_path, resume=True)
+
+
+def test_cli_trains_then_evaluates_policy_heuristic_and_random(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "ppo", "--rounds", "1", "--envs", "2", "--episode-length", "3", "--run-dir", str(run), "--quiet",
+            "--update-epochs", "1", "--network-kind", "lstm", "--no-target-kl"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["ppo"] == {"update_epochs": 1, "target_kl": None} and config["network"] == {"kind": "lstm"}
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["episode_length"] == 3 and report["seeds"] == [10_000, 10_001]
+    for key in ("final_val_accuracy", "host_only_val_accuracy", "params_added", "return", "return_over_host_only"):
+        assert set(report[key]) == {"mean", "std"}
+    assert "host only val accuracy" in capsys.readouterr().out
+    for name in ("heuristic", "random"):
+        report = evaluate(name, "digits", episodes=1, episode_length=3)
+        assert sum(report["actions_per_episode"].values()) == 2
+
+
+def test_evaluate_refuses_a_missing_policy_or_zero_episodes(tmp_path):
+    with pytest.raises(FileNotFoundError, match="esper train ppo"):
+        evaluate(str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="episodes"):
+        evaluate("random", episodes=0)

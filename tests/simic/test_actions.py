@@ -1,0 +1,82 @@
+"""Masks allow exactly the physically possible actions, and masked actions are never sampled."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esper.leyline import ACTIVE_STAGES, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.simic.actions import MASKED_LOGIT, ActionSpace, apply_mask
+from esper.simic.ppo import sample
+
+SLOTS = ("block2", "block3")
+BLUEPRINTS = ("norm", "attention", "conv_light")
+# Stages a slot can be seen in; None is an empty (DORMANT) slot.
+SEEN_STAGES = [None] + [s for s in SeedStage if s not in (SeedStage.UNKNOWN, SeedStage.DORMANT)]
+
+
+def signals_with(stages: dict[str, SeedStage | None]) -> EpochSignals:
+    def report(slot_id: str, stage: SeedStage) -> SeedReport:
+        return SeedReport(f"{slot_id}-seed", "norm", slot_id, stage, 3, 10, 0.5, 0.01, 0.2, True)
+
+    slots = {slot_id: None if stage is None else report(slot_id, stage) for slot_id, stage in stages.items()}
+    return EpochSignals(3, 10, 1.0, 0.5, 1.0, 0.5, 500, 10, slots)
+
+
+def expected_valid(space: ActionSpace, stages: dict[str, SeedStage | None]) -> list[bool]:
+    valid = []
+    for action in space.actions:
+        stage = stages.get(action.slot_id)
+        valid.append(
+            {
+                ActionKind.WAIT: True,
+                ActionKind.GERMINATE: stage is None,
+                ActionKind.FOSSILIZE: stage == SeedStage.PROBATIONARY,
+                ActionKind.CULL: stage in ACTIVE_STAGES,
+            }[action.kind]
+        )
+    return valid
+
+
+def test_layout_is_wait_then_germinate_pairs_then_fossilize_then_cull():
+    space = ActionSpace(SLOTS, BLUEPRINTS)
+    assert len(space) == 1 + len(SLOTS) * len(BLUEPRINTS) + 2 * len(SLOTS)
+    names = space.names()
+    assert names[0] == "WAIT"
+    assert names[1] == "GERMINATE block2 norm"
+    assert names[-1] == "CULL block3"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stages=st.fixed_dictionaries({slot: st.sampled_from(SEEN_STAGES) for slot in SLOTS}),
+    logits=st.lists(st.floats(-20, 20), min_size=11, max_size=11),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_masks_allow_exactly_the_possible_actions_and_only_those_are_sampled(stages, logits, seed):
+    space = ActionSpace(SLOTS, BLUEPRINTS)
+    mask = space.mask(signals_with(stages))
+    assert mask.tolist() == expected_valid(space, stages)
+    masked = apply_mask(torch.tensor(logits), mask)
+    probs = torch.softmax(masked, dim=-1)
+    assert torch.all(probs[~mask] == 0)
+    assert torch.all(probs[mask] > 0)
+    draws = sample(masked.expand(64, -1), torch.Generator().manual_seed(seed))
+    assert mask[draws].all()
+
+
+def test_every_valid_action_is_sampled_under_a_uniform_policy():
+    space = ActionSpace(SLOTS, BLUEPRINTS)
+    stages = {"block2": None, "block3": SeedStage.PROBATIONARY}
+    mask = space.mask(signals_with(stages))
+    draws = sample(apply_mask(torch.zeros(4000, len(space)), mask), torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == set(mask.nonzero().view(-1).tolist())
+
+
+def test_masked_logits_keep_log_softmax_and_entropy_finite():
+    mask = torch.tensor([True, False, False, True])
+    logits = apply_mask(torch.randn(4, requires_grad=True), mask)
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum()
+    entropy.backward()
+    assert torch.isfinite(logp).all() and torch.isfinite(entropy)
+    assert logits[1].item() == MASKED_LOGIT

@@ -1,0 +1,134 @@
+"""Reward components by hand, and the reward ranks degenerate controllers below the heuristic."""
+
+import math
+
+import pytest
+
+from esper.jobs.evaluate import play
+from esper.jobs.heuristic import resolve_blueprints
+from esper.leyline import Action, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.runtime import get_task
+from esper.simic.rewards import STAGE_POTENTIAL, RewardConfig, RewardTracker
+from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv
+from esper.tamiyo import (
+    BlueprintRotation,
+    HeuristicConfig,
+    HeuristicController,
+    NoGrowthController,
+    TrackerConfig,
+)
+
+
+def signals(epoch: int, stage: SeedStage | None = None, contribution: float | None = None, val: float = 0.5, params: int = 50) -> EpochSignals:
+    slots = {"a": None}
+    if stage is not None:
+        slots["a"] = SeedReport("a-seed1", "norm", "a", stage, epoch, params, 1.0, contribution, 0.3, True)
+    seed_params = 0 if stage is None or stage in (SeedStage.CULLED, SeedStage.EMBARGOED) else params
+    return EpochSignals(epoch, 10, 1.0, val, 1.0, val, 500, seed_params, slots)
+
+
+def run(tracker: RewardTracker, sequence: list[EpochSignals]) -> dict[str, float]:
+    tracker.reset(sequence[0])
+    totals: dict[str, float] = {}
+    for i, s in enumerate(sequence[1:], start=1):
+        for name, value in tracker.step(s, terminal=i == len(sequence) - 1).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+def test_a_fossilized_seed_is_credited_its_contribution_once():
+    config = RewardConfig(gamma=1.0)
+    life = [
+        signals(0),
+        signals(1, SeedStage.TRAINING),
+        signals(2, SeedStage.BLENDING, 0.01),
+        signals(3, SeedStage.PROBATIONARY, 0.03),
+        signals(4, SeedStage.FOSSILIZED, 0.03),
+        signals(5, SeedStage.FOSSILIZED, 0.05),  # later drift of the measurement is not paid
+        signals(6, SeedStage.FOSSILIZED, 0.05, val=0.6),
+    ]
+    totals = run(RewardTracker(config), life)
+    assert totals["contribution"] == pytest.approx(config.contribution_weight * 0.03)
+    assert totals["shaping"] == pytest.approx(0.0)  # gamma 1: the potential telescopes to Phi(end) = 0
+    assert totals["terminal"] == pytest.approx(config.terminal_weight * (0.6 - 0.5))
+    assert totals["rent"] == pytest.approx(-6 * config.rent_weight * math.log1p(50 / 500))
+    assert totals["total"] == pytest.approx(sum(totals[k] for k in ("contribution", "rent", "shaping", "terminal", "rollback")))
+
+
+def test_culled_and_undecided_seeds_give_their_credit_back():
+    config = RewardConfig(gamma=1.0)
+    culled = [signals(0), signals(1, SeedStage.BLENDING, 0.04), signals(2, SeedStage.SHADOWING, 0.04), signals(3, SeedStage.CULLED), signals(4)]
+    undecided = [signals(0), signals(1, SeedStage.BLENDING, 0.04), signals(2, SeedStage.PROBATIONARY, 0.04)]
+    for life in (culled, undecided):
+        tracker = RewardTracker(config)
+        tracker.reset(life[0])
+        first = tracker.step(life[1], terminal=False)
+        assert first["contribution"] == pytest.approx(config.contribution_weight * config.blended_credit * 0.04)
+        assert first["shaping"] == pytest.approx(STAGE_POTENTIAL[SeedStage.BLENDING])
+        assert run(RewardTracker(config), life)["contribution"] == pytest.approx(0.0)
+
+
+def test_doing_nothing_earns_only_the_terminal_term():
+    totals = run(RewardTracker(), [signals(0, val=0.3), signals(1, val=0.4), signals(2, val=0.45)])
+    assert totals["contribution"] == totals["rent"] == totals["shaping"] == totals["rollback"] == 0.0
+    assert totals["total"] == pytest.approx(RewardConfig().terminal_weight * 0.15)
+
+
+def test_a_rollback_is_penalised():
+    rolled = signals(1)
+    rolled.rolled_back = True
+    tracker = RewardTracker()
+    tracker.reset(signals(0))
+    assert tracker.step(rolled, terminal=False)["rollback"] == -RewardConfig().rollback_penalty
+
+
+class GrowEverywhere:
+    """Germinates in every free slot; `cull` decides whether live seeds are culled at once."""
+
+    def __init__(self, blueprints: list[str], cull: bool) -> None:
+        self.rotation = BlueprintRotation(blueprints)
+        self.cull = cull
+
+    def decide(self, s: EpochSignals) -> list[Action]:
+        actions = []
+        for slot_id, report in s.slots.items():
+            if report is None:
+                actions.append(Action(ActionKind.GERMINATE, slot_id, self.rotation.select_blueprint()))
+            elif self.cull and report.stage in (SeedStage.GERMINATED, SeedStage.TRAINING):
+                actions.append(Action(ActionKind.CULL, slot_id))
+        return actions
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.slow
+def test_degenerate_controllers_earn_less_than_the_heuristic_for_the_right_reasons():
+    spec = get_task("digits")
+    data = spec.load_data()
+    blueprints = resolve_blueprints(spec, None)
+    quick = HeuristicConfig(tracker=TrackerConfig(plateau_patience=1, warmup_epochs=1), min_epochs_left=10)
+    controllers = {
+        "heuristic": lambda: HeuristicController(BlueprintRotation(blueprints), quick),
+        "do nothing": NoGrowthController,
+        "cull everything": lambda: GrowEverywhere(blueprints, cull=True),
+        "germinate and never decide": lambda: GrowEverywhere(blueprints, cull=False),
+    }
+    seeds = [EVAL_SEED_OFFSET + i for i in range(4)]
+    env = MorphogeneticEnv(spec, data, episode_length=24)
+    results = {name: [play(env, make(), seed).to_dict() for seed in seeds] for name, make in controllers.items()}
+    mean = {name: sum(r["return"] for r in rows) / len(rows) for name, rows in results.items()}
+    for name in ("do nothing", "cull everything", "germinate and never decide"):
+        assert mean[name] < mean["heuristic"], (name, mean)
+    # ... and for the right reasons: only fossilized seeds keep credit, growth pays rent.
+    assert sum(r["rewards"]["contribution"] for r in results["heuristic"]) > 0
+    for name in ("do nothing", "cull everything", "germinate and never decide"):
+        for row in results[name]:
+            assert row["seeds"]["fossilized"] == 0
+            assert row["rewards"]["contribution"] == pytest.approx(0.0, abs=1e-9)
+    assert all(r["rewards"]["rent"] == 0.0 for r in results["do nothing"])
+    for name in ("cull everything", "germinate and never decide"):
+        assert all(r["rewards"]["rent"] < 0 for r in results[name])
