@@ -151,10 +151,7 @@ def run_heuristic(
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        saved = read_json(folder.config_path)
-        if saved.get("mode") != "heuristic":
-            raise ValueError(f"{folder.path} is a '{saved.get('mode')}' run, not a heuristic run")
-        config = HeuristicRunConfig(**saved["config"])
+        config = HeuristicRunConfig(**folder.saved_config("heuristic"))
     assert config is not None
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from esper import __version__
 from esper.jobs.config import build_config
 from esper.jobs.heuristic import resolve_blueprints
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
+from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import get_task
@@ -126,10 +126,7 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
     """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        saved = read_json(folder.config_path)
-        if saved.get("mode") != "ppo":
-            raise ValueError(f"{folder.path} is a '{saved.get('mode')}' run, not a ppo run")
-        config = PPORunConfig(**saved["config"])
+        config = PPORunConfig(**folder.saved_config("ppo"))
     assert config is not None
     ppo_config, network_config, reward_config = config.parts()
     spec = get_task(config.task)

@@ -43,6 +43,7 @@ class RunFolder:
     events_path = property(lambda self: self.path / "events.jsonl")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     summary_path = property(lambda self: self.path / "summary.json")
+    transitions_path = property(lambda self: self.path / "transitions.jsonl")  # simic.recording.TRANSITIONS_FILE
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
 
     def create(self, config: dict[str, Any]) -> None:
@@ -54,6 +55,13 @@ class RunFolder:
             )
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.config_path, config)
+
+    def saved_config(self, mode: str) -> dict[str, Any]:
+        """The config a run of `mode` was started with (for --resume)."""
+        saved = read_json(self.config_path)
+        if saved.get("mode") != mode:
+            raise ValueError(f"{self.path} is a '{saved.get('mode')}' run, not a {mode} run")
+        return saved["config"]
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
@@ -76,7 +84,7 @@ class RunFolder:
 
     def truncate_logs(self, epochs_done: int) -> None:
         """Drop log lines from epochs after the checkpoint; the resumed run writes them again."""
-        for path in (self.events_path, self.metrics_path):
+        for path in (self.events_path, self.metrics_path, self.transitions_path):
             if not path.exists():
                 continue
             kept = [r for r in read_jsonl(path) if r.get("epoch") is None or r["epoch"] < epochs_done]
