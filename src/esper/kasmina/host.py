@@ -35,15 +35,63 @@ class _SlottedHost(nn.Module):
         del self.slots[slot_id]
 
     def _apply_slot(self, key: str | None, x: Tensor) -> Tensor:
-        if key is not None and key in self.slots:
-            return self.slots[key](x)
-        return x
+        # One dict lookup (not ModuleDict's `in` then `[]`): this runs per stage per step.
+        slot = self.slots._modules.get(key) if key is not None else None
+        return x if slot is None else slot(x)
 
     def host_parameters(self) -> Iterator[nn.Parameter]:
         """The host's own parameters, excluding anything planted in its slots."""
         for name, param in self.named_parameters():
             if not name.startswith("slots."):
                 yield param
+
+
+class StagedHost(_SlottedHost):
+    """A host that is a stem, a trunk of stages each followed by an optional slot, and a head.
+
+    `forward(x) == run(stem(x))` (a subclass must keep that true). `run` can start
+    at any stage and record the features entering chosen slots, so a
+    counterfactual for one slot (alpha forced to 0: the slot passes its input
+    through) resumes from the recorded features instead of recomputing the trunk
+    before it (`tolaria.trainer.validate_with_counterfactuals`).
+    """
+
+    _slot_keys: tuple[str | None, ...]  # one per trunk stage; None: no injection point there
+
+    @property
+    def trunk(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def stem(self, x: Tensor) -> Tensor:
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for stage, key in zip(self.trunk, self._slot_keys):
+            x = self._apply_slot(key, stage(x))
+        return self.head(x)
+
+    def stage_index(self, slot_id: str) -> int:
+        """Position in the trunk of the stage whose output `slot_id` receives."""
+        return self._slot_keys.index(slot_id)
+
+    def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
+        """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
+
+        For each key already in `taps`, the features entering that slot are stored
+        there: `run(taps[key], stage_index(key) + 1)` is then the output with that
+        slot passing its input through, computed without the stages before it.
+        """
+        for i in range(start, len(self._slot_keys)):
+            key = self._slot_keys[i]
+            x = self.trunk[i](x)
+            if taps is not None and key in taps:
+                taps[key] = x
+            x = self._apply_slot(key, x)
+        return self.head(x)
 
 
 class ConvBlock(nn.Module):
@@ -58,7 +106,7 @@ class ConvBlock(nn.Module):
         return F.max_pool2d(F.relu(self.norm(self.conv(x))), 2)
 
 
-class CNNHost(_SlottedHost):
+class CNNHost(StagedHost):
     """Conv blocks doubling the channels; a slot after every block but the first."""
 
     topology = "cnn"
@@ -86,9 +134,11 @@ class CNNHost(_SlottedHost):
             key: width for key, width in zip(self._slot_keys, widths) if key is not None
         }
 
-    def forward(self, x: Tensor) -> Tensor:
-        for block, key in zip(self.blocks, self._slot_keys):
-            x = self._apply_slot(key, block(x))
+    @property
+    def trunk(self) -> nn.ModuleList:
+        return self.blocks
+
+    def head(self, x: Tensor) -> Tensor:
         return self.classifier(x.mean(dim=(2, 3)))
 
 
@@ -128,7 +178,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class TransformerHost(_SlottedHost):
+class TransformerHost(StagedHost):
     """GPT-style decoder (nanoGPT shape) with a slot after every layer."""
 
     topology = "transformer"
@@ -155,13 +205,17 @@ class TransformerHost(_SlottedHost):
         self.injection_points = {key: n_embd for key in self._slot_keys}
         self.register_buffer("_positions", torch.arange(block_size), persistent=False)
 
-    def forward(self, idx: Tensor) -> Tensor:
+    @property
+    def trunk(self) -> nn.ModuleList:
+        return self.layers
+
+    def stem(self, idx: Tensor) -> Tensor:
         T = idx.shape[1]
         if T > self.block_size:
             raise ValueError(f"Sequence length {T} exceeds block_size {self.block_size}")
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(self._positions[:T]))
-        for layer, key in zip(self.layers, self._slot_keys):
-            x = self._apply_slot(key, layer(x))
+        return self.drop(self.tok_emb(idx) + self.pos_emb(self._positions[:T]))
+
+    def head(self, x: Tensor) -> Tensor:
         return self.lm_head(self.ln_f(x))
 
 

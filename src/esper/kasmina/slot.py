@@ -20,7 +20,6 @@ from esper.kasmina.gates import QualityGates
 from esper.kasmina.isolation import (
     AlphaSchedule,
     GradientIsolationMonitor,
-    blend_with_isolation,
     ste_forward,
 )
 from esper.kasmina.state import SeedMetrics, SeedState
@@ -60,6 +59,33 @@ NEXT_STAGE = {
 }
 
 
+class _SlotState(SeedState):
+    """A `SeedState` whose `alpha` also writes the owning slot's alpha buffer.
+
+    Why: under `torch.compile` a Python float read in `forward` is guarded on its
+    value, so every alpha step of the blending ramp would recompile. The slot's
+    forward therefore reads alpha from a 0-dim buffer, and this setter keeps that
+    buffer in sync with every way of setting alpha: `set_alpha`, the schedule, and
+    direct assignment (`slot.state.alpha = 0.7`), which the API promises the next
+    forward honours, compiled or eager. Same fields, same behaviour otherwise.
+    """
+
+    __slots__ = ("_on_alpha",)
+
+    @property
+    def alpha(self) -> float:
+        return _ALPHA_FIELD.__get__(self)
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        _ALPHA_FIELD.__set__(self, value)
+        on_alpha = getattr(self, "_on_alpha", None)  # unset while the dataclass __init__ runs
+        if on_alpha is not None:
+            on_alpha()
+
+
+_ALPHA_FIELD = SeedState.__dict__["alpha"]  # the dataclass's slot descriptor for `alpha`
+
 
 class SeedSlot(nn.Module):
     """Holds at most one seed at an injection point and runs its lifecycle.
@@ -67,6 +93,12 @@ class SeedSlot(nn.Module):
     `state`, `alpha` and `isolate_gradients` are read on every forward pass, so code
     may set them directly (`slot.state.stage = SeedStage.TRAINING`) and the next
     forward honours them.
+
+    Compile-friendliness: stage, `isolate_gradients` and `force_alpha(0.0)` choose
+    the branch taken (a change may recompile: a handful per seed lifetime), while
+    the blending alpha is read from the 0-dim buffer `_alpha`, so an alpha step
+    never recompiles. The buffer always holds the effective alpha (`self.alpha`,
+    clamped); `_SlotState` and `force_alpha` keep it in sync.
     """
 
     def __init__(
@@ -97,6 +129,9 @@ class SeedSlot(nn.Module):
         self._alpha_override: float | None = None
         self._alpha_schedule: AlphaSchedule | None = None
         self._probe_cache: dict[str, Tensor] = {}
+        # Effective alpha as a tensor the (compiled) forward reads; not checkpointed: it is
+        # derived from the lifecycle state.
+        self.register_buffer("_alpha", torch.zeros((), device=device), persistent=False)
         # Follows the module across .to(device); the shape-probe cache is keyed on it.
         self.register_buffer("_device_anchor", torch.empty(0, device=device), persistent=False)
 
@@ -121,29 +156,42 @@ class SeedSlot(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, host_features: Tensor) -> Tensor:
-        state = self.state
-        if self.seed is None or state is None or state.stage not in _SEED_RUNS:
+        state = self.state  # a plain attribute: the cheap test for DORMANT comes first
+        if state is None or state.stage not in _SEED_RUNS or self.seed is None:
             return host_features
-        alpha = self.alpha
-        incubating = state.stage == SeedStage.TRAINING and alpha == 0.0
-        # Nothing of the seed reaches the output: skip it (counterfactuals, eval in the incubator).
-        if (incubating and not torch.is_grad_enabled()) or self._alpha_override == 0.0:
+        override = self._alpha_override
+        if override is not None and override == 0.0:
+            # Nothing of the seed reaches the output (the counterfactual): skip it.
             return host_features
+        # Only a TRAINING seed's alpha is read as a float: it is 0 for the whole stage.
+        incubating = state.stage == SeedStage.TRAINING and override is None and state.alpha == 0.0
+        if incubating and not torch.is_grad_enabled():
+            return host_features  # eval in the incubator: the output is the host's anyway
         seed_input = host_features.detach() if self.isolate_gradients else host_features
         seed_features = self.seed(seed_input)
         if incubating:
             return ste_forward(host_features, seed_features)
-        return blend_with_isolation(host_features, seed_features, alpha, detach_host=False)
+        # A copy, not the buffer: autograd saves the weight, and a later alpha write (a ramp
+        # step, leaving `force_alpha`) before backward must not invalidate this graph.
+        weight = self._alpha.to(seed_features.dtype, copy=True)
+        return torch.lerp(host_features, seed_features, weight)
 
     @contextmanager
     def force_alpha(self, value: float) -> Iterator[None]:
         """Temporarily run the slot at `value` (0.0 gives the host alone: the counterfactual)."""
         previous = self._alpha_override
         self._alpha_override = float(value)
+        self._sync_alpha()
         try:
             yield
         finally:
             self._alpha_override = previous
+            self._sync_alpha()
+
+    def _sync_alpha(self) -> None:
+        """Write the effective alpha into the buffer the forward reads (no graph, no autograd)."""
+        with torch.no_grad():
+            self._alpha.fill_(min(max(float(self.alpha), 0.0), 1.0))
 
     # ------------------------------------------------------------------ lifecycle
     def germinate(
@@ -158,7 +206,7 @@ class SeedSlot(nn.Module):
         seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs).to(self.device)
         self._verify_shape(seed, topology, blueprint_id)
         self.seeds_planted += 1
-        state = SeedState(
+        state = _SlotState(
             seed_id=seed_id or f"{self.slot_id}-seed{self.seeds_planted}",
             blueprint_id=blueprint_id,
             slot_id=self.slot_id,
@@ -168,7 +216,7 @@ class SeedSlot(nn.Module):
         if not gate.passed:
             raise ValueError(f"Cannot germinate in slot '{self.slot_id}': {gate.message}")
         state.transition(SeedStage.GERMINATED)
-        self.seed, self.state = seed, state
+        self._adopt(seed, state)
         self.isolate_gradients = True
         self._alpha_schedule = None
         if host_module is not None:
@@ -301,7 +349,7 @@ class SeedSlot(nn.Module):
         saved = record["seed"]
         if saved is None:
             return
-        state = SeedState(
+        state = _SlotState(
             seed_id=saved["seed_id"],
             blueprint_id=saved["blueprint_id"],
             slot_id=self.slot_id,
@@ -314,7 +362,7 @@ class SeedSlot(nn.Module):
             shape_verified=saved["shape_verified"],
         )
         state.stage_history.extend(tuple(item) for item in saved["stage_history"])
-        self.state = state
+        self._adopt(None, state)
         if saved["has_module"]:
             kwargs = self.task_config.blueprint_kwargs.get(state.blueprint_id, {})
             self.seed = BlueprintRegistry.create(
@@ -355,6 +403,12 @@ class SeedSlot(nn.Module):
         )
 
     # ------------------------------------------------------------------ internals
+    def _adopt(self, seed: nn.Module | None, state: _SlotState) -> None:
+        """Install a seed and its state; from now on alpha writes reach the `_alpha` buffer."""
+        self.seed, self.state = seed, state
+        state._on_alpha = self._sync_alpha
+        self._sync_alpha()
+
     def _enter(self, stage: SeedStage, reason: str = "") -> None:
         state = self.state
         assert state is not None and state.transition(stage), f"illegal move to {stage.name}"
