@@ -69,10 +69,7 @@ class StagedHost(_SlottedHost):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for stage, key in zip(self.trunk, self._slot_keys):
-            x = self._apply_slot(key, stage(x))
-        return self.head(x)
+        return self.run(self.stem(x))
 
     def stage_index(self, slot_id: str) -> int:
         """Position in the trunk of the stage whose output `slot_id` receives."""
