@@ -109,10 +109,21 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.offline import config_from_args, run_offline
+
+    run_dir = Path(args.run_dir or f"runs/offline-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    summary = run_offline(config_from_args(args), run_dir, console=None if args.quiet else console)
+    last = summary["last_loss"]
+    console.print(f"loss: td {last['td_loss']:.4f}, cql {last['cql']:.4f}, mean Q {last['q_mean']:+.3f}", highlight=False)
+    console.print(f"Policy: {summary['policy']}\nRun folder: {run_dir}", highlight=False)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.evaluate import evaluate
 
-    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console)
+    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console, args.record)
     return 0
 
 
@@ -164,13 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_ppo_arguments(ppo)
     ppo.set_defaults(func=_cmd_train_ppo)
 
+    offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
+    from esper.jobs.offline import add_arguments as add_offline_arguments
+
+    add_offline_arguments(offline)
+    offline.set_defaults(func=_cmd_train_offline)
+
     evaluate = commands.add_parser("evaluate", help="run a controller on held-out episodes vs. the host alone")
-    evaluate.add_argument("--policy", required=True, help="policy.pt from `esper train ppo`, or heuristic, or random")
+    evaluate.add_argument("--policy", required=True, help="policy.pt from `esper train ppo` or `esper train offline`, or heuristic, or random")
     evaluate.add_argument("--task", help="task (default: the policy's, or digits)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
     evaluate.add_argument("--seed", type=int, default=0, help="episode i uses seed 10000 + SEED + i (default 0)")
     evaluate.add_argument("--episode-length", type=int, help="epochs per episode (default: the policy's, or 25)")
     evaluate.add_argument("--json", help="also write the report to this JSON file")
+    evaluate.add_argument("--record", metavar="DIR", help="record the controller's transitions in DIR (for `esper train offline`)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     report = commands.add_parser("report", help="plots and an HTML page from run folders")

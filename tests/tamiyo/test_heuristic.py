@@ -77,6 +77,20 @@ def test_fossilizes_helpful_and_culls_harmful_seeds() -> None:
     assert any(a.kind == ActionKind.CULL and a.slot_id == "a" for a in bad)
 
 
+def test_one_action_per_epoch_most_urgent_first() -> None:
+    # Slot a wants fossilizing, slot b culling, and the run is on a plateau with no free slot issue:
+    # only the cull is issued now; the fossilization follows at the next epoch.
+    controller = _controller(fossilize_above=0.01, cull_below=-0.01, min_epochs_left=0)
+    slots = {
+        "a": _report(SeedStage.PROBATIONARY, 0.05),
+        "b": _report(SeedStage.BLENDING, -0.05, seed_id="b-seed1"),
+    }
+    first = controller.decide(_signals(5, 0.9, slots=slots))
+    assert [(a.kind, a.slot_id) for a in first] == [(ActionKind.CULL, "b")]
+    second = controller.decide(_signals(6, 0.9, slots={"a": slots["a"], "b": None}))
+    assert [(a.kind, a.slot_id) for a in second] == [(ActionKind.FOSSILIZE, "a")]
+
+
 def test_outcomes_reach_the_chooser_and_state_round_trips() -> None:
     controller = _controller()
     controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}))

@@ -29,6 +29,12 @@ from esper.leyline import Controller
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController
+from esper.simic.recording import (
+    TRANSITIONS_FILE,
+    EpisodeRecorder,
+    RecordedController,
+    episode_recorder,
+)
 from esper.simic.rewards import RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, MorphogeneticEnv
 from esper.tamiyo import HeuristicController, NoGrowthController
@@ -45,6 +51,7 @@ class EvaluationSetup:
     task: str
     episode_length: int
     slots: tuple[str, ...]
+    blueprints: tuple[str, ...]
     reward: RewardConfig
 
 
@@ -60,7 +67,8 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
             # Exactly what `esper train heuristic` runs by default.
             return HeuristicController(make_chooser(spec, blueprints, HeuristicRunConfig(task=spec.name)))
 
-        return EvaluationSetup(make, spec.name, episode_length or DEFAULT_EPISODE_LENGTH, spec.slots, RewardConfig())
+        length = episode_length or DEFAULT_EPISODE_LENGTH
+        return EvaluationSetup(make, spec.name, length, spec.slots, tuple(blueprints), RewardConfig())
     loaded = PolicyController.load(policy)
     info = loaded.info
     if task is not None and task != info["task"]:
@@ -75,15 +83,21 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
         info["task"],
         episode_length or info["episode_length"],
         tuple(info["slot_ids"]),
+        tuple(info["blueprints"]),
         build_config(RewardConfig, info["reward"], {}),
     )
 
 
-def play(env: MorphogeneticEnv, controller: Controller, seed: int) -> EpisodeStats:
-    """One episode under `controller`: decide on each epoch's signals, as in any job."""
+def play(env: MorphogeneticEnv, controller: Controller, seed: int, recorder: EpisodeRecorder | None = None) -> EpisodeStats:
+    """One episode under `controller`: decide on each epoch's signals, as in any job (recorded if asked)."""
+    if recorder is not None:
+        recorder.start(seed)
+        controller = RecordedController(controller, recorder)
     signals, done = env.reset(seed), False
     while not done:
         signals, _, done = env.step(controller.decide(signals))
+    if recorder is not None:
+        recorder.record(signals, [])  # completes the last step; nothing is decided after it
     return env.stats
 
 
@@ -95,25 +109,39 @@ def evaluate(
     episode_length: int | None = None,
     json_path: str | Path | None = None,
     console: Console | None = None,
+    record: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Play `episodes` held-out episodes with `policy` and with the host alone; returns the report."""
+    """Play `episodes` held-out episodes with `policy` and with the host alone; returns the report.
+
+    With `record`, the controller's transitions (not the host-only runs') go to that folder.
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     setup = resolve(policy, task, episode_length)
     spec = get_task(setup.task)
     env = MorphogeneticEnv(spec, spec.load_data(), setup.episode_length, setup.slots, setup.reward)
     seeds = [EVAL_SEED_OFFSET + seed + i for i in range(episodes)]
+    recorder = None
+    if record is not None:
+        if (Path(record) / TRANSITIONS_FILE).exists():
+            raise FileExistsError(f"{record} already holds recorded transitions; choose another --record folder")
+        recorder = episode_recorder(record, setup.task, setup.slots, setup.blueprints, setup.reward,
+                                    mode="evaluate", policy=policy, episode_length=setup.episode_length)  # fmt: skip
     rows = []
-    for episode_seed in track(seeds, description=f"evaluate {policy}", console=console, disable=console is None):
-        grown = play(env, setup.make(episode_seed), episode_seed).to_dict()
-        host = play(env, NoGrowthController(), episode_seed)
-        rows.append({
-            **grown,
-            "host_only_val_accuracy": host.final_val_accuracy,
-            "host_only_return": host.episode_return,
-            # Paired on the same seed, so the host's own (seed-dependent) progress cancels out.
-            "return_over_host_only": grown["return"] - host.episode_return,
-        })
+    try:
+        for episode_seed in track(seeds, description=f"evaluate {policy}", console=console, disable=console is None):
+            grown = play(env, setup.make(episode_seed), episode_seed, recorder).to_dict()
+            host = play(env, NoGrowthController(), episode_seed)
+            rows.append({
+                **grown,
+                "host_only_val_accuracy": host.final_val_accuracy,
+                "host_only_return": host.episode_return,
+                # Paired on the same seed, so the host's own (seed-dependent) progress cancels out.
+                "return_over_host_only": grown["return"] - host.episode_return,
+            })
+    finally:
+        if recorder is not None:
+            recorder.log.close()
     actions = Counter()
     outcomes = Counter()
     for row in rows:

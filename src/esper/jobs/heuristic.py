@@ -25,6 +25,8 @@ from esper.runtime import get_task
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
+from esper.simic.recording import RecordedController, episode_recorder
+from esper.simic.rewards import RewardConfig
 from esper.tamiyo import (
     BlueprintChooser,
     BlueprintRotation,
@@ -171,6 +173,11 @@ def run_heuristic(
     if resume:
         # Before any output opens the logs: lines past the checkpoint are written again.
         folder.truncate_logs(trainer.epoch)
+    # Every decision is also recorded as a transition, for `esper train offline`.
+    recorder = episode_recorder(folder.path, config.task, config.slots or spec.slots, blueprints, RewardConfig(),
+                                mode="heuristic", episode_length=epochs)  # fmt: skip
+    if checkpoint is not None and "recorder" in payload:  # checkpoints from before recording have none
+        recorder.load_state_dict(payload["recorder"])
     hub.add_output(JsonlEventOutput(folder.events_path))
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
@@ -180,7 +187,8 @@ def run_heuristic(
         hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
 
     def save(path: Path) -> None:
-        folder.save_checkpoint({"trainer": trainer.state_dict(), "controller": controller.state_dict()}, path)
+        state = {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": recorder.state_dict()}
+        folder.save_checkpoint(state, path)
 
     metrics = JsonlWriter(folder.metrics_path)
 
@@ -204,7 +212,7 @@ def run_heuristic(
         )
     )
     try:
-        run_epochs(trainer, controller, epochs, on_epoch)
+        run_epochs(trainer, RecordedController(controller, recorder), epochs, on_epoch)
         save(folder.checkpoint_dir / FINAL_CHECKPOINT)
         if isinstance(controller.chooser, BlueprintCurriculum):
             # What this run learned about blueprints, for the next run's --curriculum.
@@ -212,6 +220,7 @@ def run_heuristic(
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
     finally:
         metrics.close()
+        recorder.log.close()
         hub.close()
     baseline = None
     if config.baseline:

@@ -40,6 +40,7 @@ from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
 from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
+from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, VecEnv
 
@@ -153,6 +154,10 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
 
     hub = TelemetryHub()
     hub.add_output(JsonlEventOutput(folder.events_path))
+    # Every environment's decisions are also recorded as transitions, for `esper train offline`.
+    log = TransitionLog(folder.path, transitions_meta(config.task, env.layout, env.space, reward_config,
+                                                      mode="ppo", episode_length=config.episode_length))  # fmt: skip
+    env.recorders = [EpisodeRecorder(log, env.layout, env.space, reward_config) for _ in env.envs]
 
     def save(rounds_done: int, path: Path) -> None:
         state = {"round": rounds_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -175,6 +180,8 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
         for round_index in range(start_round, config.rounds):
             round_started = time.perf_counter()
             seeds = [training_seed(config.seed, round_index, k, config.envs) for k in range(config.envs)]
+            for recorder, episode_seed in zip(env.recorders, seeds, strict=True):
+                recorder.start(episode_seed, epoch=round_index)
             model.eval()
             rollout = collect_rollout(env, model, norm, seeds, generator)
             model.train()
@@ -195,6 +202,7 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
         if progress is not None:
             progress.stop()
         metrics.close()
+        log.close()
         hub.close()
     return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round)
 
@@ -243,16 +251,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     for cls, group_name, prefix in _FLAGGED:
-        group = parser.add_argument_group(f"{cls.__name__} (see its docstring)")
-        for f in fields(cls):
-            flag, dest = prefix + f.name.replace("_", "-"), f"{group_name}__{f.name}"
-            metavar = f.name.upper()
-            if isinstance(f.default, bool):
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=f"default {f.default}")
-            else:
-                kind = float if f.default is None else type(f.default)
-                group.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=f"default {f.default}")
+        add_config_flags(parser, cls, group_name, prefix)
     parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, group_name: str, prefix: str = "--") -> None:
+    """One flag per field of the config dataclass `cls`, read back with `config_flag_values`."""
+    group = parser.add_argument_group(f"{cls.__name__} (see its docstring)")
+    for f in fields(cls):
+        flag, dest = prefix + f.name.replace("_", "-"), f"{group_name}__{f.name}"
+        metavar = f.name.upper()
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=f"default {f.default}")
+        else:
+            kind = float if f.default is None else type(f.default)
+            group.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=f"default {f.default}")
+
+
+def config_flag_values(args: argparse.Namespace, group_name: str) -> dict[str, Any]:
+    """The fields given on the command line for the group `add_config_flags` made."""
+    return {
+        key.split("__", 1)[1]: value
+        for key, value in vars(args).items()
+        if key.startswith(f"{group_name}__") and value is not None
+    }
 
 
 def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
@@ -262,11 +284,7 @@ def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -
         for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every")
     }
     for _, group_name, _ in _FLAGGED:
-        given = {
-            key.split("__", 1)[1]: value
-            for key, value in vars(args).items()
-            if key.startswith(f"{group_name}__") and value is not None
-        }
+        given = config_flag_values(args, group_name)
         overrides[group_name] = {**file_values.get(group_name, {}), **given} or None
     if args.no_target_kl:
         overrides["ppo"] = {**(overrides["ppo"] or {}), "target_kl": None}

@@ -61,11 +61,28 @@ class QNetwork(nn.Module):
 
     def __init__(self, obs_size: int, n_actions: int, hidden: int = 64, layers: int = 2) -> None:
         super().__init__()
-        self.torso = mlp_torso(obs_size, NetworkConfig(hidden=hidden, layers=layers))
+        self.config = NetworkConfig(hidden=hidden, layers=layers)  # saved in policy.pt
+        self.torso = mlp_torso(obs_size, self.config)
         self.head = init_layer(hidden, n_actions, gain=1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.torso(obs))
+
+
+class QPolicy(nn.Module):
+    """A Q-network behind the actor-critic's call signature, so `PolicyController` runs it.
+
+    Masked Q-values stand in for logits: the argmax is the greedy action among
+    the possible ones (sampling from them would be a Boltzmann policy). No value
+    head and no recurrent state.
+    """
+
+    def __init__(self, q: QNetwork) -> None:
+        super().__init__()
+        self.q = q
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None, None]:
+        return apply_mask(self.q(obs), mask), None, state
 
 
 @dataclass(slots=True)

@@ -1,10 +1,12 @@
 """Learned and random controllers behind the plain `Controller` protocol, and policy.pt.
 
 A trained policy is only usable together with what defines its inputs and
-outputs, so policy.pt holds, besides the network's state dict: the network
-config, the observation layout (slot ids, blueprints, feature names), the action
-names, the `RunningNorm` statistics, the task, episode length and reward config
-it was trained with. Everything is tensors or plain Python data, so it loads
+outputs, so policy.pt holds, besides the network's state dict: the algorithm
+("ppo": an actor-critic, sampled or argmax over its logits; "dqn": a Q-network
+from `esper train offline`, greedy over masked Q-values; files without the
+field are "ppo"), the network config, the observation layout (slot ids,
+blueprints, feature names), the action names, the `RunningNorm` statistics, the
+task, episode length and reward config it was trained with. Everything is tensors or plain Python data, so it loads
 with `torch.load(weights_only=True)`.
 
 `PolicyController` runs such a policy in any job that takes a `Controller` (the
@@ -23,6 +25,7 @@ import torch
 
 from esper.leyline import Action, ActionKind, EpochSignals
 from esper.simic.actions import ActionSpace
+from esper.simic.dqn import QNetwork, QPolicy
 from esper.simic.features import FeatureLayout, Observer, RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig, State
 
@@ -30,11 +33,12 @@ POLICY_FORMAT = "esper-policy-v1"
 
 
 def policy_payload(
-    model: ActorCritic, norm: RunningNorm, layout: FeatureLayout, space: ActionSpace, **info: Any
+    model: ActorCritic | QNetwork, norm: RunningNorm, layout: FeatureLayout, space: ActionSpace, **info: Any
 ) -> dict[str, Any]:
     """policy.pt's content; `info` adds plain data (task, episode_length, reward, round...)."""
     return {
         "format": POLICY_FORMAT,
+        "algorithm": "dqn" if isinstance(model, QNetwork) else "ppo",
         "model": model.state_dict(),
         "network": asdict(model.config),
         "slot_ids": list(layout.slot_ids),
@@ -52,11 +56,11 @@ def _to_actions(space: ActionSpace, index: int, reason: str) -> list[Action]:
 
 
 class PolicyController:
-    """A trained actor-critic as a `Controller`: greedy by default, sampling if asked."""
+    """A trained actor-critic (or a `QPolicy`) as a `Controller`: greedy by default, sampling if asked."""
 
     def __init__(
         self,
-        model: ActorCritic,
+        model: ActorCritic | QPolicy,
         norm: RunningNorm,
         layout: FeatureLayout,
         deterministic: bool = True,
@@ -76,13 +80,23 @@ class PolicyController:
     def load(cls, path: str | Path, deterministic: bool = True, seed: int = 0) -> PolicyController:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"policy file {path} does not exist (train one with `esper train ppo`)")
+            raise FileNotFoundError(f"policy file {path} does not exist (train one with `esper train ppo` or `esper train offline`)")
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("format") != POLICY_FORMAT:
             raise ValueError(f"{path} is not an Esper policy file (format {payload.get('format')!r})")
         layout = FeatureLayout(tuple(payload["slot_ids"]), tuple(payload["blueprints"]))
-        model = ActorCritic(layout.size, len(payload["action_names"]), NetworkConfig(**payload["network"]))
-        model.load_state_dict(payload["model"])
+        network, n_actions = NetworkConfig(**payload["network"]), len(payload["action_names"])
+        model: ActorCritic | QPolicy
+        match payload.get("algorithm", "ppo"):
+            case "ppo":
+                model = ActorCritic(layout.size, n_actions, network)
+                model.load_state_dict(payload["model"])
+            case "dqn":
+                q = QNetwork(layout.size, n_actions, network.hidden, network.layers)
+                q.load_state_dict(payload["model"])
+                model = QPolicy(q)
+            case other:
+                raise ValueError(f"{path} holds a policy of unknown algorithm {other!r} (known: ppo, dqn)")
         norm = RunningNorm(layout.size)
         norm.load_state_dict(payload["normalizer"])
         controller = cls(model, norm, layout, deterministic, seed)

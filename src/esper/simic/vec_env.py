@@ -30,6 +30,7 @@ from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
+from esper.simic.recording import EpisodeRecorder
 from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
 from esper.tolaria import MorphogeneticTrainer
 
@@ -162,6 +163,8 @@ class VecEnv:
         self.space = ActionSpace(slot_ids, blueprints)
         self.observers = [Observer(self.layout) for _ in self.envs]
         self.episode_length = episode_length
+        # One per environment when a job records its rollouts (`simic.recording`); the job starts their episodes.
+        self.recorders: list[EpisodeRecorder] = []
 
     @property
     def steps_per_episode(self) -> int:
@@ -175,11 +178,18 @@ class VecEnv:
 
     def step(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]], bool]:
         """One epoch in every environment; returns observations, masks, reward components, done."""
-        results = [env.step([self.space.action(int(i))]) for env, i in zip(self.envs, indices, strict=True)]
+        actions = [self.space.action(int(i)) for i in indices]
+        for recorder, env, action in zip(self.recorders, self.envs, actions):
+            recorder.record(env.signals, [action])
+        results = [env.step([action]) for env, action in zip(self.envs, actions, strict=True)]
         obs, masks = self._observe([signals for signals, _, _ in results])
         dones = {done for _, _, done in results}
         assert len(dones) == 1, "environments in lockstep must finish together"
-        return obs, masks, [reward for _, reward, _ in results], dones.pop()
+        done = dones.pop()
+        if done:
+            for recorder, (signals, _, _) in zip(self.recorders, results):
+                recorder.record(signals, [])  # completes the episode's last step
+        return obs, masks, [reward for _, reward, _ in results], done
 
     def _observe(self, signals: list[EpochSignals]) -> tuple[torch.Tensor, torch.Tensor]:
         obs = torch.stack([o.observe(s) for o, s in zip(self.observers, signals, strict=True)])

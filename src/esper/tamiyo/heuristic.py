@@ -18,6 +18,7 @@ from esper.tamiyo.blueprints import BlueprintChooser
 from esper.tamiyo.tracker import SignalTracker, TrackerConfig
 
 _GROWING = frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING})
+_URGENCY = {ActionKind.CULL: 0, ActionKind.FOSSILIZE: 1}  # lower acts first
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +50,19 @@ class HeuristicController:
         self.last_report: dict[str, SeedReport] = {}
 
     def decide(self, signals: EpochSignals) -> list[Action]:
+        """At most one action per epoch, the most urgent first: cull > fossilize > germinate.
+
+        One action per epoch is the RL formulation too (`simic.actions`), so the
+        heuristic's runs can be recorded step for step and learned from offline;
+        whatever waits is taken at the next epoch.
+        """
         self.tracker.update(signals)
         self._record_outcomes(signals)
-        actions = [a for slot_id, report in signals.slots.items() if (a := self._judge(slot_id, report))]
+        judged = [a for slot_id, report in signals.slots.items() if (a := self._judge(slot_id, report))]
+        if judged:
+            return [min(judged, key=lambda a: _URGENCY[a.kind])]
         germinate = self._maybe_germinate(signals)
-        if germinate is not None:
-            actions.append(germinate)
-        return actions
+        return [] if germinate is None else [germinate]
 
     def _judge(self, slot_id: str, report: SeedReport | None) -> Action | None:
         if report is None or report.counterfactual_contribution is None:

@@ -1,0 +1,259 @@
+"""Recorded decision transitions: what every run's controller saw, did and was paid.
+
+Any run (the heuristic job, a PPO run's rollouts, `esper evaluate`) can write its
+decisions in the one format offline training reads (`esper train offline`):
+
+- `transitions_meta.json`: the layout (task, slot ids, blueprints, feature and
+  action names) and the reward config the rewards were computed with. Two runs
+  can be learned from together only if these match.
+- `transitions.jsonl`: one line per decision step, appended and flushed as it
+  happens (a crash loses at most one line): the raw Observer features `obs`
+  (unnormalised, so offline training fits its own `RunningNorm`), the action
+  `mask`, the `action` index, the `reward` (`RewardTracker`'s total), `next_obs`,
+  `next_mask`, `done`, and the rare `outcomes` the step led to ("fossilize",
+  "cull", "rollback"). `episode` names the episode, `t` is the host epoch the
+  decision was taken after, and `epoch` is the run's resume unit (the host epoch
+  the line was completed in for a heuristic run, the round for PPO) so
+  `RunFolder.truncate_logs` drops lines past a checkpoint like any other log.
+
+`EpisodeRecorder` turns a stream of (signals, actions) into these lines with its
+own `Observer` and `RewardTracker`, so it needs nothing from the controller: the
+heuristic, a policy and the random controller are recorded the same way. The flat
+action space has one action per step, so a step with several actions is refused
+rather than recorded as something that did not happen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper.leyline import ACTIVE_STAGES, Action, Controller, EpochSignals, SeedStage
+from esper.nissa import JsonlWriter, read_jsonl
+from esper.simic.actions import ActionSpace, action_name
+from esper.simic.features import FeatureLayout, Observer
+from esper.simic.rewards import RewardConfig, RewardTracker
+
+TRANSITIONS_FILE = "transitions.jsonl"
+META_FILE = "transitions_meta.json"
+MATCHED_KEYS = ("task", "slot_ids", "blueprints", "feature_names", "action_names", "reward")
+
+
+def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig, **info: Any) -> dict[str, Any]:
+    """The layout that gives a transitions file its meaning; `info` adds plain data (mode, episode length)."""
+    return {
+        "task": task,
+        "slot_ids": list(layout.slot_ids),
+        "blueprints": list(layout.blueprints),
+        "feature_names": layout.names(),
+        "action_names": space.names(),
+        "reward": asdict(reward),
+        **info,
+    }
+
+
+class TransitionLog:
+    """The two files in a run folder; `epoch` is attached to every line for resume truncation."""
+
+    def __init__(self, folder: str | Path, meta: dict[str, Any]) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta_path = folder / META_FILE
+        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+            raise FileExistsError(f"{folder} already holds transitions recorded with another layout or reward")
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        self.writer = JsonlWriter(folder / TRANSITIONS_FILE)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.write(row)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def step_outcomes(before: dict[str, tuple[str, int]], after: EpochSignals) -> list[str]:
+    """The rare events between two epochs: a seed fossilized, a live seed gone (culled), a rollback."""
+    outcomes = []
+    now = _stages(after)
+    for slot_id, (seed_id, stage) in before.items():
+        current = now.get(slot_id)
+        same_seed = current is not None and current[0] == seed_id
+        if SeedStage(stage) in ACTIVE_STAGES:
+            if same_seed and current[1] == SeedStage.FOSSILIZED:
+                outcomes.append("fossilize")
+            elif not same_seed or SeedStage(current[1]) not in ACTIVE_STAGES:
+                outcomes.append("cull")
+    if after.rolled_back:
+        outcomes.append("rollback")
+    return outcomes
+
+
+def _stages(signals: EpochSignals) -> dict[str, tuple[str, int]]:
+    return {slot_id: (r.seed_id, int(r.stage)) for slot_id, r in signals.slots.items() if r is not None}
+
+
+class EpisodeRecorder:
+    """One episode stream: call `record(signals, actions)` once per epoch, in order.
+
+    The decision taken on epoch t's signals becomes a line when epoch t+1's signals
+    arrive (its reward is read from them, as in `MorphogeneticEnv`); the decision
+    on the last epoch of an episode has no consequence and is not recorded.
+    """
+
+    def __init__(self, log: TransitionLog, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig) -> None:
+        self.log = log
+        self.space = space
+        self.index = {name: i for i, name in enumerate(space.names())}
+        self.observer = Observer(layout)
+        self.rewards = RewardTracker(reward)
+        self.pending: dict[str, Any] | None = None
+        self.episode: int | str = 0
+        self.epoch: int | None = None
+
+    def start(self, episode: int | str, epoch: int | None = None) -> None:
+        """A new episode; `epoch` is its lines' resume unit (the PPO round), None for the host epoch."""
+        self.episode = episode
+        self.epoch = epoch
+        self.pending = None
+        self.observer.reset()
+
+    def record(self, signals: EpochSignals, actions: Sequence[Action]) -> None:
+        """Log the previous step (if any) and hold the decision taken on this epoch's signals."""
+        obs = self.observer.observe(signals).tolist()
+        mask = self.space.mask(signals).tolist()
+        done = signals.epoch >= signals.total_epochs - 1
+        if self.pending is None:
+            self.rewards.reset(signals)
+        else:
+            pending = self.pending
+            reward = self.rewards.step(signals, terminal=done)["total"]
+            self.log.write({
+                "epoch": signals.epoch if self.epoch is None else self.epoch,
+                "episode": self.episode,
+                "t": pending["t"],
+                "obs": pending["obs"],
+                "mask": pending["mask"],
+                "action": pending["action"],
+                "reward": reward,
+                "next_obs": obs,
+                "next_mask": mask,
+                "done": done,
+                "outcomes": step_outcomes(pending["stages"], signals),
+            })  # fmt: skip
+        if done:
+            self.pending = None
+            return
+        if len(actions) > 1:
+            raise ValueError(f"one action per step can be recorded, got {[action_name(a) for a in actions]}")
+        name = action_name(actions[0]) if actions else "WAIT"
+        if name not in self.index:
+            raise ValueError(f"action {name!r} is not in the recorded action space {list(self.index)}")
+        self.pending = {"t": signals.epoch, "obs": obs, "mask": mask, "action": self.index[name], "stages": _stages(signals)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data, for a checkpoint loaded with weights_only=True."""
+        rewards = self.rewards
+        return {
+            "observer": self.observer.state_dict(),
+            "rewards": {"start_val_accuracy": rewards.start_val_accuracy, "credit": rewards.credit,
+                        "potential": rewards.potential, "fossil_credit": dict(rewards.fossil_credit)},
+            "pending": self.pending,
+            "episode": self.episode,
+            "epoch": self.epoch,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.observer.load_state_dict(state["observer"])
+        for name, value in state["rewards"].items():
+            setattr(self.rewards, name, value)
+        self.pending = state["pending"]
+        if self.pending is not None:
+            self.pending["stages"] = {k: tuple(v) for k, v in self.pending["stages"].items()}
+        self.episode = state["episode"]
+        self.epoch = state["epoch"]
+
+
+def episode_recorder(
+    folder: str | Path, task: str, slot_ids: Sequence[str], blueprints: Sequence[str], reward: RewardConfig, **info: Any
+) -> EpisodeRecorder:
+    """A recorder writing to `folder` with the layout of these slots and blueprints."""
+    layout = FeatureLayout(tuple(slot_ids), tuple(blueprints))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    return EpisodeRecorder(TransitionLog(folder, transitions_meta(task, layout, space, reward, **info)), layout, space, reward)
+
+
+class RecordedController:
+    """Any `Controller`, with each decision passed to a recorder: how the jobs record without changing controllers."""
+
+    def __init__(self, controller: Controller, recorder: EpisodeRecorder) -> None:
+        self.controller = controller
+        self.recorder = recorder
+
+    def decide(self, signals: EpochSignals) -> list[Action]:
+        actions = self.controller.decide(signals)
+        self.recorder.record(signals, actions)
+        return actions
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.controller.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state)
+
+
+def load_transitions(run_dirs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The meta and the stacked columns (`dqn.Transitions` fields) of every run's transitions.
+
+    Layouts and reward configs must match (else a `ValueError` naming the
+    difference); the meta's episode_length is the one most episodes had.
+    """
+    if not run_dirs:
+        raise ValueError("no run folders given")
+    meta: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = []
+    lengths: Counter[int] = Counter()
+    for run_dir in map(Path, run_dirs):
+        meta_path, path = run_dir / META_FILE, run_dir / TRANSITIONS_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{run_dir} has no {META_FILE}: it recorded no transitions")
+        run_meta = json.loads(meta_path.read_text())
+        if meta is None:
+            meta, first = run_meta, run_dir
+        else:
+            for key in MATCHED_KEYS:
+                if run_meta[key] != meta[key]:
+                    raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
+        run_rows = read_jsonl(path) if path.exists() else []
+        if not run_rows:
+            raise ValueError(f"{run_dir} holds no transitions (was the run stopped before its second epoch?)")
+        lengths[run_meta["episode_length"]] += sum(1 for r in run_rows if r["done"])
+        rows.extend(run_rows)
+    # What a policy trained on them plays by default: the length most recorded episodes had.
+    meta = {**meta, "episode_length": lengths.most_common(1)[0][0]}
+    columns = {
+        "obs": torch.tensor([r["obs"] for r in rows], dtype=torch.float32),
+        "mask": torch.tensor([r["mask"] for r in rows], dtype=torch.bool),
+        "action": torch.tensor([r["action"] for r in rows], dtype=torch.long),
+        "reward": torch.tensor([r["reward"] for r in rows], dtype=torch.float32),
+        "next_obs": torch.tensor([r["next_obs"] for r in rows], dtype=torch.float32),
+        "next_mask": torch.tensor([r["next_mask"] for r in rows], dtype=torch.bool),
+        "done": torch.tensor([float(r["done"]) for r in rows], dtype=torch.float32),
+        "rare": torch.tensor([bool(r["outcomes"]) for r in rows], dtype=torch.bool),
+    }
+    return meta, columns
+
+
+def _mismatch(key: str, a: Path, a_value: Any, b: Path, b_value: Any) -> str:
+    if isinstance(a_value, list) and isinstance(b_value, list):
+        only_a = [v for v in a_value if v not in b_value]
+        only_b = [v for v in b_value if v not in a_value]
+        detail = f"only in {a}: {only_a}; only in {b}: {only_b}" if only_a or only_b else f"{a_value} vs {b_value} (order)"
+    else:
+        detail = f"{a}: {a_value!r}; {b}: {b_value!r}"
+    return f"transitions from different layouts cannot be mixed: {key} differs ({detail})"

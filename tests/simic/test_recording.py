@@ -1,0 +1,124 @@
+"""Recorded transitions: one format from the heuristic job, PPO and `esper evaluate --record`."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from esper.jobs.config import HeuristicRunConfig
+from esper.jobs.evaluate import evaluate
+from esper.jobs.heuristic import run_heuristic
+from esper.jobs.ppo import PPORunConfig, run_ppo
+from esper.leyline import WAIT, Action, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.nissa import read_jsonl
+from esper.simic.actions import ActionSpace
+from esper.simic.features import FeatureLayout
+from esper.simic.recording import META_FILE, TRANSITIONS_FILE, episode_recorder, step_outcomes
+from esper.simic.rewards import RewardConfig
+from esper.tolaria import MorphogeneticTrainer
+
+EAGER = {
+    "min_epochs_left": 0,
+    "germination_cooldown": 1,
+    "fossilize_above": -1.0,
+    "tracker": {"plateau_patience": 1, "warmup_epochs": 1, "min_delta": 0.1, "stable_loss_change": 10.0},
+}
+
+
+def _check_rows(run_dir: Path, rows_per_episode: int) -> list[dict]:
+    """Shapes, masks allowing the action, and each episode's steps chained next_obs -> obs."""
+    meta = json.loads((run_dir / META_FILE).read_text())
+    rows = read_jsonl(run_dir / TRANSITIONS_FILE)
+    n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
+    assert n_obs == FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"])).size
+    episodes: dict = {}
+    for row in rows:
+        assert len(row["obs"]) == len(row["next_obs"]) == n_obs
+        assert len(row["mask"]) == len(row["next_mask"]) == n_actions
+        assert row["mask"][row["action"]], "the recorded action must be one the mask allowed"
+        assert set(row["outcomes"]) <= {"fossilize", "cull", "rollback"}
+        episodes.setdefault(row["episode"], []).append(row)
+    for steps in episodes.values():
+        assert len(steps) == rows_per_episode
+        assert [r["t"] for r in steps] == list(range(rows_per_episode))
+        assert [r["done"] for r in steps] == [False] * (rows_per_episode - 1) + [True]
+        for before, after in pairwise(steps):
+            assert before["next_obs"] == after["obs"] and before["next_mask"] == after["mask"]
+    return rows
+
+
+def test_evaluate_record_writes_rewards_equal_to_the_environment_return(tmp_path: Path) -> None:
+    report = evaluate("random", "digits", episodes=2, episode_length=5, record=tmp_path / "rec")
+    rows = _check_rows(tmp_path / "rec", rows_per_episode=4)
+    for episode in report["per_episode"]:
+        recorded = sum(r["reward"] for r in rows if r["episode"] == episode["seed"])
+        assert recorded == pytest.approx(episode["return"], abs=1e-9)  # the env's own RewardTracker
+    meta = json.loads((tmp_path / "rec" / META_FILE).read_text())
+    assert meta["mode"] == "evaluate" and meta["episode_length"] == 5 and meta["task"] == "digits"
+    with pytest.raises(FileExistsError, match="already holds"):
+        evaluate("random", "digits", episodes=1, episode_length=3, record=tmp_path / "rec")
+
+
+def test_ppo_records_every_environment_of_every_round(tmp_path: Path) -> None:
+    run_ppo(PPORunConfig(rounds=2, envs=2, episode_length=3, checkpoint_every=1), tmp_path / "ppo")
+    rows = _check_rows(tmp_path / "ppo", rows_per_episode=2)
+    assert len(rows) == 2 * 2 * 2
+    assert sorted({r["epoch"] for r in rows}) == [0, 1]  # the round: what --resume truncates by
+    assert json.loads((tmp_path / "ppo" / META_FILE).read_text())["mode"] == "ppo"
+
+
+def _heuristic(seed: int = 0) -> HeuristicRunConfig:
+    return HeuristicRunConfig(task="digits", epochs=9, seed=seed, checkpoint_every=2, heuristic=EAGER)
+
+
+def test_heuristic_resume_truncates_and_rewrites_transitions(tmp_path: Path, monkeypatch) -> None:
+    run_heuristic(_heuristic(), tmp_path / "full")
+    full = _check_rows(tmp_path / "full", rows_per_episode=8)
+    assert any(r["action"] != 0 for r in full), "the eager heuristic should act"
+
+    real_end_epoch = MorphogeneticTrainer.end_epoch
+
+    def crash_after_seven(self):  # the last checkpoint is epoch 6: lines for epochs 6 and 7 must go
+        real_end_epoch(self)
+        if self.epoch == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", crash_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        run_heuristic(_heuristic(), tmp_path / "cut")
+    monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", real_end_epoch)
+    assert max(r["epoch"] for r in read_jsonl(tmp_path / "cut" / TRANSITIONS_FILE)) == 6
+    run_heuristic(None, tmp_path / "cut", resume=True)
+    assert read_jsonl(tmp_path / "cut" / TRANSITIONS_FILE) == full
+
+
+def _report(stage: SeedStage, seed_id: str = "s1") -> SeedReport:
+    return SeedReport(seed_id=seed_id, blueprint_id="norm", slot_id="a", stage=stage, epochs_total=3, params=10,
+                      alpha=1.0, counterfactual_contribution=0.01, seed_gradient_norm_ratio=0.2, is_healthy=True)  # fmt: skip
+
+
+def _signals(epoch: int, slot: SeedReport | None, rolled_back: bool = False) -> EpochSignals:
+    return EpochSignals(epoch=epoch, total_epochs=10, train_loss=0.5, train_accuracy=0.8, val_loss=0.5,
+                        val_accuracy=0.8, host_params=1000, seed_params=0, slots={"a": slot}, rolled_back=rolled_back)  # fmt: skip
+
+
+def test_step_outcomes_name_the_rare_events() -> None:
+    probation = {"a": ("s1", int(SeedStage.PROBATIONARY))}
+    assert step_outcomes(probation, _signals(1, _report(SeedStage.FOSSILIZED))) == ["fossilize"]
+    assert step_outcomes(probation, _signals(1, _report(SeedStage.CULLED))) == ["cull"]
+    assert step_outcomes(probation, _signals(1, None)) == ["cull"]  # culled and already reset
+    assert step_outcomes(probation, _signals(1, _report(SeedStage.PROBATIONARY))) == []
+    assert step_outcomes({}, _signals(1, None, rolled_back=True)) == ["rollback"]
+
+
+def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:
+    recorder = episode_recorder(tmp_path, "digits", ["a"], ["norm"], RewardConfig())
+    recorder.start(0)
+    recorder.record(_signals(0, None), [WAIT])
+    germinate = Action(ActionKind.GERMINATE, "a", "norm")
+    with pytest.raises(ValueError, match="one action per step"):
+        recorder.record(_signals(1, None), [germinate, germinate])
+    assert len(ActionSpace(["a"], ["norm"])) == len(read_jsonl(tmp_path / TRANSITIONS_FILE)[0]["mask"])
