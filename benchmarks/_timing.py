@@ -92,3 +92,13 @@ def emit(rows: list[dict]) -> list[dict]:
     for item in rows:
         print(json.dumps(item), flush=True)
     return rows
+
+
+def train_throughput(
+    name: str, target: float, ours: Callable[[], object], baseline: Callable[[], object], steps: int, repeats: int
+) -> list[dict]:
+    """Train steps/s of `ours` vs `baseline` (each call runs `steps` steps); higher is better."""
+    timings = interleaved({"ours": ours, "baseline": baseline}, repeats)
+    ratio = timings.ratio("baseline", "ours")  # = throughput ratio ours / baseline
+    ours_rate, base_rate = steps / timings.median("ours"), steps / timings.median("baseline")
+    return emit([row(name, ours_rate, base_rate, ratio, target, higher_is_better=True)])

@@ -33,13 +33,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with _plain.slots_replaced(host, {}):
             _plain.train_epoch(host, batches, plain_optimizer)
 
-    timings = _timing.interleaved(
-        {"ours": lambda: train_epoch(model, batches, optimizers), "baseline": baseline}, repeats
-    )
-    ours, base = steps / timings.median("ours"), steps / timings.median("baseline")
-    ratio = timings.ratio("baseline", "ours")  # = throughput ratio ours / baseline
-    return _timing.emit(
-        [_timing.row("dormant_slots_train_steps_per_s", ours, base, ratio, 0.98, higher_is_better=True)]
+    return _timing.train_throughput(
+        "dormant_slots_train_steps_per_s", 0.98, lambda: train_epoch(model, batches, optimizers), baseline, steps, repeats
     )
 
 

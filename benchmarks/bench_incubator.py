@@ -42,13 +42,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with _plain.slots_replaced(host, {SLOT: slot.seed}):  # the seed as a plain layer
             _plain.train_epoch(host, batches, plain_optimizer)
 
-    timings = _timing.interleaved(
-        {"ours": lambda: train_epoch(model, batches, optimizers), "baseline": baseline}, repeats
-    )
-    ours, base = steps / timings.median("ours"), steps / timings.median("baseline")
-    ratio = timings.ratio("baseline", "ours")  # = throughput ratio ours / baseline
-    return _timing.emit(
-        [_timing.row("incubator_train_steps_per_s", ours, base, ratio, 0.95, higher_is_better=True)]
+    return _timing.train_throughput(
+        "incubator_train_steps_per_s", 0.95, lambda: train_epoch(model, batches, optimizers), baseline, steps, repeats
     )
 
 
