@@ -56,7 +56,7 @@ def _bandit_data(n: int = 600) -> Transitions:
 @pytest.mark.parametrize("cql_weight", [0.0, 1.0])
 def test_offline_training_learns_the_better_action(cql_weight: float) -> None:
     data = _bandit_data()
-    net, history = train_offline(data, OfflineConfig(updates=300, cql_weight=cql_weight, hidden=16))
+    net, history = train_offline(data, OfflineConfig(gamma=0.95, updates=300, cql_weight=cql_weight, hidden=16))
     assert history[-1]["td_loss"] < history[0]["td_loss"]
     q = apply_mask(net(torch.eye(2)), torch.tensor([True, True, False]).expand(2, 3))
     assert q.argmax(dim=1).tolist() == [1, 1]
