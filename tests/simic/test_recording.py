@@ -17,7 +17,7 @@ from esper.nissa import read_jsonl
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE, episode_recorder, step_outcomes
-from esper.simic.rewards import RewardConfig
+from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.tolaria import MorphogeneticTrainer
 
 EAGER = {
@@ -34,8 +34,12 @@ def _check_rows(run_dir: Path, rows_per_episode: int) -> list[dict]:
     rows = read_jsonl(run_dir / TRANSITIONS_FILE)
     n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
     assert n_obs == FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"])).size
+    # The shaping discount is spelled out: offline learning must use it (or drop the shaping).
+    assert meta["shaping_gamma"] == meta["reward"]["gamma"] and meta["reward_components"] == list(COMPONENTS)
     episodes: dict = {}
     for row in rows:
+        assert list(row["reward_components"]) == list(COMPONENTS)
+        assert sum(row["reward_components"].values()) == pytest.approx(row["reward"], abs=1e-12)
         assert len(row["obs"]) == len(row["next_obs"]) == n_obs
         assert len(row["mask"]) == len(row["next_mask"]) == n_actions
         assert row["mask"][row["action"]], "the recorded action must be one the mask allowed"
