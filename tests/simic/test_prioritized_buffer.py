@@ -253,8 +253,8 @@ def test_bad_sample_and_priority_inputs():
             buf.add(np.zeros(3, np.float32), 0, 0.0, np.zeros(3, np.float32), False, bad)
         with pytest.raises(ValueError, match="priorities"):
             buf.update_priorities([0], [bad])
-    with pytest.raises(ValueError, match=r"indices must be in \[0, 2\)"):
-        buf.update_priorities([3], [1.0])
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 2\), .*; got 3, -1$"):
+        buf.update_priorities([0, 3, -1], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="must match"):
         buf.update_priorities([0, 1], [1.0])
     with pytest.raises(ValueError, match="leading batch dimension"):

@@ -16,7 +16,14 @@ from esper.leyline import WAIT, Action, ActionKind, EpochSignals, SeedReport, Se
 from esper.nissa import read_jsonl
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout
-from esper.simic.recording import META_FILE, TRANSITIONS_FILE, episode_recorder, step_outcomes
+from esper.simic.recording import (
+    META_FILE,
+    TRANSITIONS_FILE,
+    TransitionLog,
+    episode_recorder,
+    step_outcomes,
+    transitions_meta,
+)
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.tolaria import MorphogeneticTrainer
 
@@ -126,3 +133,16 @@ def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one action per step"):
         recorder.record(_signals(1, None), [germinate, germinate])
     assert len(ActionSpace(["a"], ["norm"])) == len(read_jsonl(tmp_path / TRANSITIONS_FILE)[0]["mask"])
+
+
+def test_a_log_resumed_across_the_upgrade_keeps_its_older_meta(tmp_path: Path) -> None:
+    layout = FeatureLayout(("a",), ("norm",))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    meta = transitions_meta("digits", layout, space, RewardConfig(), mode="heuristic")
+    older = {k: v for k, v in meta.items() if k not in ("shaping_gamma", "reward_components")}
+    (tmp_path / META_FILE).write_text(json.dumps(older))  # as versions before components wrote it
+    TransitionLog(tmp_path, meta).close()
+    assert json.loads((tmp_path / META_FILE).read_text()) == older  # its lines stay totals-only
+    other = transitions_meta("digits", layout, space, RewardConfig(gamma=0.9), mode="heuristic")
+    with pytest.raises(FileExistsError, match=r"\(differing: reward\); record into another folder"):
+        TransitionLog(tmp_path, other)

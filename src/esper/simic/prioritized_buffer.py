@@ -247,8 +247,12 @@ class PrioritizedReplayBuffer:
             raise ValueError(
                 f"got {len(indices)} indices but {len(priorities)} priorities; they must match"
             )
-        if len(indices) and (indices.min() < 0 or indices.max() >= self._size):
-            raise ValueError(f"indices must be in [0, {self._size}), the filled part of the buffer")
+        outside = indices[(indices < 0) | (indices >= self._size)]
+        if len(outside):
+            shown = ", ".join(str(i) for i in outside[:5]) + (" ..." if len(outside) > 5 else "")
+            raise ValueError(
+                f"indices must be in [0, {self._size}), the filled part of the buffer; got {shown}"
+            )
         # Keep the last occurrence of each index: unique() on the reversed array finds it.
         unique, first_in_reversed = np.unique(indices[::-1], return_index=True)
         last = len(indices) - 1 - first_in_reversed

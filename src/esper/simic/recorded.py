@@ -164,9 +164,8 @@ class _RowReader:
                 continue
             for key in ROW_KEYS:
                 self.rows[key].append(row[key])
-            components = row.get("reward_components")
             self.rows["reward_components"].append(
-                None if components is None else [components[name] for name in COMPONENTS]
+                [row["reward_components"][name] for name in COMPONENTS] if with_components else None
             )
         return steps, episodes
 

@@ -42,6 +42,7 @@ from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
 
 TRANSITIONS_FILE = "transitions.jsonl"
 META_FILE = "transitions_meta.json"
+ADDED_META_KEYS = ("shaping_gamma", "reward_components")  # not in recordings of older versions
 
 
 def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig, **info: Any) -> dict[str, Any]:
@@ -66,8 +67,18 @@ class TransitionLog:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / META_FILE
-        if meta_path.exists() and strict_json.loads(meta_path.read_text()) != meta:
-            raise FileExistsError(f"{folder} already holds transitions recorded with another layout or reward")
+        if meta_path.exists():
+            old = strict_json.loads(meta_path.read_text())
+            # A run resumed across the upgrade that added these keys keeps its meta as it was:
+            # readers then take its lines as totals only (they ignore components without the key).
+            if not any(key in old for key in ADDED_META_KEYS):
+                meta = {key: value for key, value in meta.items() if key not in ADDED_META_KEYS}
+            if old != meta:
+                differ = sorted(key for key in old.keys() | meta.keys() if old.get(key) != meta.get(key))
+                raise FileExistsError(
+                    f"{folder} already holds transitions recorded with another layout or reward "
+                    f"(differing: {', '.join(differ)}); record into another folder"
+                )
         meta_path.write_text(strict_json.dumps(meta, indent=2) + "\n")
         self.writer = JsonlWriter(folder / TRANSITIONS_FILE)
 
