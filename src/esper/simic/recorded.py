@@ -86,30 +86,25 @@ def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
     """
     if not run_dirs:
         raise ValueError("no run folders given")
-    meta: dict[str, Any] | None = None
-    first = Path()
+    metas = [(Path(run_dir), _read_meta(Path(run_dir))) for run_dir in run_dirs]  # all, before any rows
+    first, meta = metas[0]
+    for run_dir, run_meta in metas[1:]:
+        for key in MATCHED_KEYS:
+            if run_meta[key] != meta[key]:
+                raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
     reader = _RowReader()
     lengths: Counter[int] = Counter()
-    for run_dir in map(Path, run_dirs):
-        run_meta = _read_meta(run_dir)
-        if meta is None:
-            meta, first = run_meta, run_dir
-        else:
-            for key in MATCHED_KEYS:
-                if run_meta[key] != meta[key]:
-                    raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
+    for run_dir, run_meta in metas:
         steps, episodes = reader.read_run(run_dir, run_meta)
         if not steps:
             raise ValueError(f"{run_dir} holds no transitions (was the run stopped before its second epoch?)")
         lengths[run_meta["episode_length"]] += episodes
-    assert meta is not None  # run_dirs is not empty
     if not reader.rows["action"]:
         raise ValueError(
             f"no transitions to learn from: every recorded step holds non-finite values ({reader.skipped_note()})"
         )
     # What a policy trained on them plays by default: the length most recorded episodes had.
-    meta = {**meta, "episode_length": lengths.most_common(1)[0][0]}
-    return reader.result(meta)
+    return reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]})
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
@@ -120,6 +115,8 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         meta = strict_json.loads(meta_path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{meta_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise DamagedRecordingError(f"{meta_path} holds {type(meta).__name__}, not a JSON object")
     missing = [key for key in (*MATCHED_KEYS, "episode_length") if key not in meta]
     if missing:
         raise ValueError(f"{meta_path} lacks {missing}: it was not written by `esper` recording")
