@@ -68,16 +68,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     offline = build_config(OfflineConfig, config.offline, {})
     recorded = load_transitions(config.sources)
     meta = recorded.meta
-    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
-    space = ActionSpace(layout.slot_ids, layout.blueprints)
-    for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
-                               ("actions", space.names(), meta["action_names"])):  # fmt: skip
-        if ours != theirs:
-            raise ValueError(
-                f"the transitions were recorded with other {what} than this Esper's: only recorded "
-                f"{[n for n in theirs if n not in ours]}, only here {[n for n in ours if n not in theirs]}"
-                " (record them again with this version)"
-            )
+    layout, space = _recorded_layout(meta)
     shaped = not offline.drop_shaping and meta["reward"]["shaping_weight"] != 0
     offline = learning_discount(offline, shaping_gamma(meta), shaped)
     reward = recorded.reward_without("shaping") if offline.drop_shaping else recorded.columns["reward"]
@@ -123,10 +114,33 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         summary["skipped_note"] = note
     payload = policy_payload(model, norm, layout, space, task=meta["task"], episode_length=meta["episode_length"],
                              reward=meta["reward"], offline=asdict(offline), sources=list(config.sources))  # fmt: skip
+    # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
+    run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
+    _write_run(folder, run_config, history, payload, summary)
+    return summary
+
+
+def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
+    """This Esper's observation layout and action space for the recorded slots and blueprints; they must agree."""
+    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
+                               ("actions", space.names(), meta["action_names"])):  # fmt: skip
+        if ours != theirs:
+            raise ValueError(
+                f"the transitions were recorded with other {what} than this Esper's: only recorded "
+                f"{[n for n in theirs if n not in ours]}, only here {[n for n in ours if n not in theirs]}"
+                " (record them again with this version)"
+            )
+    return layout, space
+
+
+def _write_run(folder: RunFolder, run_config: dict[str, Any], history: list[dict[str, float]],
+               payload: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Write the finished run; if that fails or is interrupted, remove what was written."""
     existed = folder.path.exists()
     try:
-        # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
-        folder.create({"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__})
+        folder.create(run_config)
         with JsonlWriter(folder.metrics_path) as metrics:
             for record in history:
                 metrics.write({"epoch": record["update"], **record})
@@ -135,7 +149,6 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     except BaseException:
         _remove_made(folder.path, existed)
         raise
-    return summary
 
 
 def _check_run_dir(path: Path) -> None:
