@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from esper.simic.actions import apply_mask
-from esper.simic.dqn import OfflineConfig, Transitions, td_and_cql_loss, train_offline
+from esper.simic.dqn import (
+    OfflineConfig,
+    Transitions,
+    learning_discount,
+    td_and_cql_loss,
+    train_offline,
+)
 
 
 class FixedQ(nn.Module):
@@ -56,7 +62,7 @@ def _bandit_data(n: int = 600) -> Transitions:
 @pytest.mark.parametrize("cql_weight", [0.0, 1.0])
 def test_offline_training_learns_the_better_action(cql_weight: float) -> None:
     data = _bandit_data()
-    net, history = train_offline(data, OfflineConfig(updates=300, cql_weight=cql_weight, hidden=16))
+    net, history = train_offline(data, OfflineConfig(gamma=0.95, updates=300, cql_weight=cql_weight, hidden=16))
     assert history[-1]["td_loss"] < history[0]["td_loss"]
     q = apply_mask(net(torch.eye(2)), torch.tensor([True, True, False]).expand(2, 3))
     assert q.argmax(dim=1).tolist() == [1, 1]
@@ -68,3 +74,17 @@ def test_empty_dataset_and_bad_config_are_refused() -> None:
         train_offline(empty, OfflineConfig())
     with pytest.raises(ValueError, match="gamma"):
         OfflineConfig(gamma=1.0)
+
+
+def test_discount_defaults_to_the_recorded_shaping_gamma_and_refuses_another() -> None:
+    assert learning_discount(OfflineConfig(), shaping_gamma=0.99, shaping_in_reward=True).gamma == 0.99
+    assert learning_discount(OfflineConfig(gamma=0.99), 0.99, shaping_in_reward=True).gamma == 0.99
+    with pytest.raises(ValueError, match=r"gamma 0.99 .* not --gamma 0.95: leave --gamma unset .* --drop-shaping"):
+        learning_discount(OfflineConfig(gamma=0.95), 0.99, shaping_in_reward=True)
+    # Without the shaping term in the reward any discount is sound.
+    assert learning_discount(OfflineConfig(gamma=0.95, drop_shaping=True), 0.99, shaping_in_reward=False).gamma == 0.95
+
+
+def test_unresolved_discount_is_refused() -> None:
+    with pytest.raises(ValueError, match="learning_discount"):
+        train_offline(_bandit_data(8), OfflineConfig(updates=1))

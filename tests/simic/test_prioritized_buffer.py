@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from esper.simic.prioritized_buffer import PrioritizedReplayBuffer
+from esper.simic.prioritized_buffer import MAX_PENDING, PrioritizedReplayBuffer
 
 
 def fill(buf: PrioritizedReplayBuffer, priorities, state_dim: int = 3, start: int = 0) -> None:
@@ -15,8 +15,11 @@ def fill(buf: PrioritizedReplayBuffer, priorities, state_dim: int = 3, start: in
 
 def assert_tree_consistent(buf: PrioritizedReplayBuffer) -> None:
     leaves = buf._tree[buf._n_leaves:]
-    assert buf._tree[1] == pytest.approx(leaves.sum(), rel=1e-12)
+    assert buf.total_priority == pytest.approx(leaves.sum(), rel=1e-12)
     assert np.all(leaves[buf.capacity:] == 0)
+    tree = buf._tree  # total_priority brought every sum up to date: each is exactly its children's
+    parents = np.arange(1, buf._n_leaves)
+    np.testing.assert_array_equal(tree[parents], tree[2 * parents] + tree[2 * parents + 1])
 
 
 def sample_counts(buf: PrioritizedReplayBuffer, draws: int, batch_size: int = 100) -> np.ndarray:
@@ -250,8 +253,8 @@ def test_bad_sample_and_priority_inputs():
             buf.add(np.zeros(3, np.float32), 0, 0.0, np.zeros(3, np.float32), False, bad)
         with pytest.raises(ValueError, match="priorities"):
             buf.update_priorities([0], [bad])
-    with pytest.raises(ValueError, match=r"indices must be in \[0, 2\)"):
-        buf.update_priorities([3], [1.0])
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 2\), .*; got 3, -1$"):
+        buf.update_priorities([0, 3, -1], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="must match"):
         buf.update_priorities([0, 1], [1.0])
     with pytest.raises(ValueError, match="leading batch dimension"):
@@ -260,3 +263,92 @@ def test_bad_sample_and_priority_inputs():
     with pytest.raises(ValueError, match="shape"):
         buf.add(np.zeros(5, np.float32), 0, 0.0, np.zeros(5, np.float32), False, 1.0)
     assert len(buf) == 2
+
+
+# ------------------------------------------------------------------ single adds
+
+
+def add_one_by_one(buf: PrioritizedReplayBuffer, priorities, start: int = 0) -> None:
+    """`fill`'s transitions, through `add` one at a time (what online recording calls)."""
+    for i, priority in enumerate(priorities, start=start):
+        state = np.full(3, i, dtype=np.float32)
+        buf.add(state, i, float(i), state + 1, False, priority)
+
+
+def test_single_adds_store_exactly_what_a_batch_add_stores():
+    rng = np.random.default_rng(0)
+    priorities = rng.random(2 * MAX_PENDING + 123) * 5  # wraps around and crosses the pending limit
+    one_by_one, batched = PrioritizedReplayBuffer(3000, seed=0), PrioritizedReplayBuffer(3000, seed=0)
+    add_one_by_one(one_by_one, priorities)
+    fill(batched, priorities)
+    assert len(one_by_one) == len(batched) == 3000
+    for name, store in batched._storage.items():
+        torch.testing.assert_close(one_by_one._storage[name], store, rtol=0, atol=0)
+    # Python's pow and numpy's vectorised power may differ in the last bit, nothing more.
+    np.testing.assert_allclose(one_by_one._priorities, batched._priorities, rtol=1e-15)
+    assert_tree_consistent(one_by_one)  # brings the pending sums up to date, then checks them
+    np.testing.assert_allclose(one_by_one._tree, batched._tree, rtol=1e-13)
+
+
+def test_priority_is_readable_right_after_a_single_add():
+    buf = PrioritizedReplayBuffer(8, alpha=0.5, epsilon=0.0, seed=0)
+    add_one_by_one(buf, [4.0, 9.0])
+    assert buf._priorities[0] == 2.0 and buf._priorities[1] == 3.0 and len(buf) == 2
+    add_one_by_one(buf, [16.0], start=2)
+    assert buf._priorities[2] == 4.0
+    assert buf.total_priority == 9.0
+    assert_tree_consistent(buf)
+
+
+def test_sampling_after_single_adds_follows_priorities():
+    buf = PrioritizedReplayBuffer(10, alpha=1.0, epsilon=0.0, seed=2)
+    add_one_by_one(buf, np.full(3, 50.0))  # slots 0..2, overwritten by the wrap-around below
+    priorities = np.array([5.0, 1, 1, 1, 1, 2, 2, 3, 3, 1])
+    add_one_by_one(buf, priorities, start=3)  # slots 3..9, then 0..2
+    expected = np.roll(priorities, 3)
+    np.testing.assert_array_equal(buf._priorities, expected)
+    assert_frequencies_match(sample_counts(buf, 20_000, batch_size=1), expected)
+
+
+def test_single_adds_mix_with_updates_and_batch_adds():
+    rng = np.random.default_rng(1)
+    buf = PrioritizedReplayBuffer(50, alpha=0.7, seed=0)
+    for step in range(300):
+        add_one_by_one(buf, [rng.random() * 3], start=step)
+        if step % 7 == 0:
+            buf.update_priorities(rng.integers(0, len(buf), 5), rng.random(5))
+        if step % 11 == 0:
+            fill(buf, rng.random(4))
+        if step % 13 == 0:
+            assert_tree_consistent(buf)
+    assert_tree_consistent(buf)
+
+
+def test_single_add_copies_its_inputs():
+    buf = PrioritizedReplayBuffer(4, seed=0)
+    buf.add(np.zeros(2, np.float32), 0, 0.0, np.zeros(2, np.float32), False, 1.0)  # sizes the storage
+    state = torch.ones(2)
+    buf.add(state, 1, 1.0, state, True, 1.0)
+    state.fill_(7.0)  # a caller reusing its tensor must not change what was stored
+    torch.testing.assert_close(buf._storage["states"][1], torch.ones(2))
+    assert buf._storage["dones"][1] == 1.0
+
+
+def test_bad_single_adds_name_the_value_and_change_nothing():
+    buf = PrioritizedReplayBuffer(4, seed=0)
+    add_one_by_one(buf, [1.0])
+    for bad in (float("nan"), float("inf"), -2.5):
+        with pytest.raises(ValueError, match=f"priorities must be finite and >= 0, got {bad}"):
+            buf.add(np.zeros(3, np.float32), 0, 0.0, np.zeros(3, np.float32), False, bad)
+    with pytest.raises(ValueError, match=r"states items have shape \(4,\)"):
+        buf.add(np.zeros(4, np.float32), 0, 0.0, np.zeros(4, np.float32), False, 1.0)
+    assert len(buf) == 1 and buf.total_priority == buf._priorities[0]
+
+
+def test_batch_priority_errors_show_the_values_and_where():
+    buf = PrioritizedReplayBuffer(8, seed=0)
+    fill(buf, np.ones(4))
+    with pytest.raises(ValueError, match=r"got nan at 1, -1.0 at 3$"):
+        buf.update_priorities([0, 1, 2, 3], [1.0, float("nan"), 2.0, -1.0])
+    with pytest.raises(ValueError, match=r"got inf at 0, .* and 2 more$"):
+        buf.update_priorities(np.arange(7) % 4, np.full(7, np.inf))

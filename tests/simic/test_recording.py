@@ -16,8 +16,15 @@ from esper.leyline import WAIT, Action, ActionKind, EpochSignals, SeedReport, Se
 from esper.nissa import read_jsonl
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout
-from esper.simic.recording import META_FILE, TRANSITIONS_FILE, episode_recorder, step_outcomes
-from esper.simic.rewards import RewardConfig
+from esper.simic.recording import (
+    META_FILE,
+    TRANSITIONS_FILE,
+    TransitionLog,
+    episode_recorder,
+    step_outcomes,
+    transitions_meta,
+)
+from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.tolaria import MorphogeneticTrainer
 
 EAGER = {
@@ -34,8 +41,12 @@ def _check_rows(run_dir: Path, rows_per_episode: int) -> list[dict]:
     rows = read_jsonl(run_dir / TRANSITIONS_FILE)
     n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
     assert n_obs == FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"])).size
+    # The shaping discount is spelled out: offline learning must use it (or drop the shaping).
+    assert meta["shaping_gamma"] == meta["reward"]["gamma"] and meta["reward_components"] == list(COMPONENTS)
     episodes: dict = {}
     for row in rows:
+        assert list(row["reward_components"]) == list(COMPONENTS)
+        assert sum(row["reward_components"].values()) == pytest.approx(row["reward"], abs=1e-12)
         assert len(row["obs"]) == len(row["next_obs"]) == n_obs
         assert len(row["mask"]) == len(row["next_mask"]) == n_actions
         assert row["mask"][row["action"]], "the recorded action must be one the mask allowed"
@@ -122,3 +133,16 @@ def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one action per step"):
         recorder.record(_signals(1, None), [germinate, germinate])
     assert len(ActionSpace(["a"], ["norm"])) == len(read_jsonl(tmp_path / TRANSITIONS_FILE)[0]["mask"])
+
+
+def test_a_log_resumed_across_the_upgrade_keeps_its_older_meta(tmp_path: Path) -> None:
+    layout = FeatureLayout(("a",), ("norm",))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    meta = transitions_meta("digits", layout, space, RewardConfig(), mode="heuristic")
+    older = {k: v for k, v in meta.items() if k not in ("shaping_gamma", "reward_components")}
+    (tmp_path / META_FILE).write_text(json.dumps(older))  # as versions before components wrote it
+    TransitionLog(tmp_path, meta).close()
+    assert json.loads((tmp_path / META_FILE).read_text()) == older  # its lines stay totals-only
+    other = transitions_meta("digits", layout, space, RewardConfig(gamma=0.9), mode="heuristic")
+    with pytest.raises(FileExistsError, match=r"\(differing: reward\); record into another folder"):
+        TransitionLog(tmp_path, other)

@@ -9,12 +9,21 @@ outcomes first (`simic.dqn`). The run folder follows the other jobs':
 config.json, metrics.jsonl (the loss history, one line per 100 updates),
 summary.json with "mode": "offline", and policy.pt (algorithm "dqn") that
 `esper evaluate --policy` runs greedily. It takes a minute or two, so there is
-no --resume: a stopped run is simply run again.
+no --resume: a stopped run is simply run again, and a folder is only written
+once training has succeeded (nothing half-made is left behind).
+
+Recorded steps with non-finite values are skipped (`simic.recorded`); how many,
+for which field and where the first one is goes to the console and into
+summary.json. The discount defaults to the one the recorded shaping term was
+computed with; another --gamma is refused unless --drop-shaping takes the
+shaping term out of the reward (`dqn.learning_discount`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -29,10 +38,10 @@ from esper.jobs.ppo import POLICY_FILE, add_config_flags, config_flag_values
 from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
 from esper.simic.actions import ActionSpace
-from esper.simic.dqn import OfflineConfig, Transitions, train_offline
+from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
 from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.policy import policy_payload
-from esper.simic.recording import load_transitions
+from esper.simic.recorded import load_transitions, shaping_gamma
 
 
 @dataclass(slots=True)
@@ -49,39 +58,50 @@ class OfflineRunConfig:
 
 
 def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Train a Q-network controller on the recorded transitions; returns the summary."""
+    """Train a Q-network controller on the recorded transitions; returns the summary.
+
+    Everything is checked before anything is written: the sources, the layout,
+    the discount against the recorded shaping, the run folder. Training needs
+    no folder, so the folder is only made once there is a policy to put in it;
+    if writing it fails (or is interrupted), what was made is removed again.
+    """
     offline = build_config(OfflineConfig, config.offline, {})
-    meta, columns = load_transitions(config.sources)  # before creating the folder: bad input leaves nothing
-    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
-    space = ActionSpace(layout.slot_ids, layout.blueprints)
-    if layout.names() != meta["feature_names"] or space.names() != meta["action_names"]:
-        raise ValueError("the transitions were recorded with another observation or action layout than this Esper's")
+    recorded = load_transitions(config.sources)
+    meta = recorded.meta
+    layout, space = _recorded_layout(meta)
+    shaped = not offline.drop_shaping and meta["reward"]["shaping_weight"] != 0
+    offline = learning_discount(offline, shaping_gamma(meta), shaped)
+    reward = recorded.reward_without("shaping") if offline.drop_shaping else recorded.columns["reward"]
     folder = RunFolder(run_dir)
-    # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
-    folder.create({"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__})
+    _check_run_dir(folder.path)
+
     started = time.perf_counter()
+    columns = recorded.columns
     norm = RunningNorm(layout.size)
     norm.update(columns["obs"])
-    data = Transitions(**{**columns, "obs": norm(columns["obs"]), "next_obs": norm(columns["next_obs"])})
+    data = Transitions(**{**columns, "obs": norm(columns["obs"]), "next_obs": norm(columns["next_obs"]), "reward": reward})
+    note = recorded.skipped_note()
     if console is not None:
+        if note:
+            console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
         console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
-                      f"{offline.updates:,} updates", highlight=False)  # fmt: skip
+                      f"gamma {offline.gamma}{', shaping dropped' if offline.drop_shaping else ''}, "
+                      f"{offline.updates:,} updates", markup=False, highlight=False)  # fmt: skip
     model, history = train_offline(data, offline)
-    with JsonlWriter(folder.metrics_path) as metrics:
-        for record in history:
-            metrics.write({"epoch": record["update"], **record})
-    payload = policy_payload(model, norm, layout, space, task=meta["task"], episode_length=meta["episode_length"],
-                             reward=meta["reward"], offline=asdict(offline), sources=list(config.sources))  # fmt: skip
-    folder.save_checkpoint(payload, folder.path / POLICY_FILE)
     names = space.names()
     summary = {
         "mode": "offline",
         "task": meta["task"],
         "sources": list(config.sources),
         "transitions": len(data),
+        "skipped_transitions": recorded.skipped.total(),
+        "skipped_by_field": dict(sorted(recorded.skipped.items())),
+        "repaired_transitions": recorded.repaired,
         "episodes": int(data.done.sum()),
         "rare_transitions": int(data.rare.sum()),
         "data_actions": {names[i]: n for i, n in sorted(Counter(data.action.tolist()).items())},
+        "gamma": offline.gamma,
+        "shaping": "dropped" if offline.drop_shaping else f"recorded, gamma {shaping_gamma(meta)}",
         "updates": offline.updates,
         "first_loss": history[0],
         "last_loss": history[-1],
@@ -90,8 +110,76 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         "wall_seconds_this_session": round(time.perf_counter() - started, 2),
         "esper_version": __version__,
     }
-    write_json(folder.summary_path, summary)
+    if note:
+        summary["skipped_note"] = note
+    payload = policy_payload(model, norm, layout, space, task=meta["task"], episode_length=meta["episode_length"],
+                             reward=meta["reward"], offline=asdict(offline), sources=list(config.sources))  # fmt: skip
+    # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
+    run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
+    _write_run(folder, run_config, history, payload, summary)
     return summary
+
+
+def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
+    """This Esper's observation layout and action space for the recorded slots and blueprints; they must agree."""
+    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
+                               ("actions", space.names(), meta["action_names"])):  # fmt: skip
+        if ours != theirs:
+            raise ValueError(
+                f"the transitions were recorded with other {what} than this Esper's: only recorded "
+                f"{[n for n in theirs if n not in ours]}, only here {[n for n in ours if n not in theirs]}"
+                " (record them again with this version)"
+            )
+    return layout, space
+
+
+def _write_run(folder: RunFolder, run_config: dict[str, Any], history: list[dict[str, float]],
+               payload: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Write the finished run; if that fails or is interrupted, remove what was written."""
+    existed = folder.path.exists()
+    try:
+        folder.create(run_config)
+        with JsonlWriter(folder.metrics_path) as metrics:
+            for record in history:
+                metrics.write({"epoch": record["update"], **record})
+        folder.save_checkpoint(payload, folder.path / POLICY_FILE)
+        write_json(folder.summary_path, summary)
+    except BaseException:
+        _remove_made(folder.path, existed)
+        raise
+
+
+def _check_run_dir(path: Path) -> None:
+    """Refuse a run folder that cannot take a new offline run, before the training minute is spent.
+
+    `train offline` has no --resume, so a folder that holds anything is refused
+    whatever it holds; the folder (or the nearest part of its path that exists)
+    must be a writable directory.
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder; choose another --run-dir")
+        if any(path.iterdir()):
+            raise FileExistsError(f"{path} is not empty; choose another --run-dir (train offline starts afresh)")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"cannot make {path}: {existing} is a file, not a folder; choose another --run-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write in {existing} (permission denied); choose another --run-dir")
+
+
+def _remove_made(path: Path, existed: bool) -> None:
+    """Undo a run folder write that failed: the folder if this run made it, else what it put in it."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():  # the folder was empty before (`_check_run_dir`)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -84,8 +84,13 @@ class RunData:
         return next((_mean(m[key]) for m in reversed(self.metrics) if key in m), None)
 
     def series(self, key: str) -> tuple[list[int], list[Any]]:
-        """Steps and values of ``key`` over the metrics records that have it."""
-        rows = [(m[self.step_key], _mean(m[key])) for m in self.metrics if m.get(key) is not None]
+        """Steps and values of ``key`` over the metrics records that have a value for it.
+
+        A non-finite value is stored as null (`esper.nissa.strict_json`) and reads as
+        None: that step is left out, so a curve has a gap rather than a crash.
+        """
+        values = ((m[self.step_key], _mean(m.get(key))) for m in self.metrics)
+        rows = [(step, value) for step, value in values if value is not None]
         return [r[0] for r in rows], [r[1] for r in rows]
 
     @property

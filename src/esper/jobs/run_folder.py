@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from esper.nissa import read_jsonl
+from esper.nissa import read_jsonl, strict_json
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_CHECKPOINT = "final.pt"
@@ -22,13 +22,13 @@ FINAL_CHECKPOINT = "final.pt"
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(strict_json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return strict_json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: is this an Esper run folder?") from None
     except json.JSONDecodeError as err:
@@ -89,5 +89,5 @@ class RunFolder:
                 continue
             kept = [r for r in read_jsonl(path) if r.get("epoch") is None or r["epoch"] < epochs_done]
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in kept))
+            tmp.write_text("".join(strict_json.dumps(r, default=str) + "\n" for r in kept))
             os.replace(tmp, path)

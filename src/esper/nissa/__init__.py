@@ -7,6 +7,7 @@ from esper.nissa.outputs import (
     JsonlWriter,
     RichConsoleOutput,
     format_event_line,
+    numbered_jsonl,
     read_jsonl,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "TelemetryOutput",
     "ThreadedOutput",
     "format_event_line",
+    "numbered_jsonl",
     "read_jsonl",
 ]

@@ -1,11 +1,10 @@
-"""Concrete telemetry outputs: crash-safe JSON Lines files and a live rich console."""
+"""Concrete telemetry outputs: crash-safe, strict JSON Lines files and a live rich console."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from enum import Enum
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -22,27 +21,12 @@ from rich.progress import (
 from rich.text import Text
 
 from esper.leyline import LIFECYCLE_EVENTS, TelemetryEvent, TelemetryEventType
+from esper.nissa.strict_json import dumps, loads
 
 logger = logging.getLogger("esper.nissa")
 
 
 # --------------------------------------------------------------------------- JSON Lines
-
-
-def _json_default(obj: Any) -> Any:
-    """Encode what json.dumps cannot.
-
-    str/int enums (all of leyline's) are already encoded by json as their value;
-    other enums become their name. numpy/torch scalars and arrays/tensors go
-    through ``tolist()`` (a 0-d one yields a plain Python number).
-    """
-    if isinstance(obj, Enum):
-        return obj.name
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _drop_partial_last_line(path: Path) -> None:
@@ -65,7 +49,7 @@ def _drop_partial_last_line(path: Path) -> None:
 
 
 class JsonlWriter:
-    """Appends one JSON object per line, flushed per line.
+    """Appends one strict JSON object per line (`esper.nissa.strict_json`), flushed per line.
 
     Append mode lets a resumed run continue the same file; flushing every line
     means a crash loses at most the line being written.
@@ -82,7 +66,7 @@ class JsonlWriter:
         return f"JsonlWriter({str(self.path)!r})"
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_json_default)
+        line = dumps(record)
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -102,25 +86,31 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON Lines file written by :class:`JsonlWriter`.
+    """Read a JSON Lines file written by :class:`JsonlWriter` (see `numbered_jsonl`)."""
+    return [record for _, record in numbered_jsonl(path)]
 
-    A final line with no newline that does not parse is the trace of a crash
-    mid-write and is skipped; any other line that does not parse raises
-    ``ValueError`` naming its line number.
+
+def numbered_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every record of a JSON Lines file, so readers can name a line.
+
+    Blank lines are skipped. A final line with no newline that does not parse
+    is the trace of a crash mid-write and is skipped; any other line that does
+    not parse raises ``ValueError`` naming its line number. Non-finite values
+    read as None, bare NaN/Infinity tokens of older files included
+    (`esper.nissa.strict_json`).
     """
     with Path(path).open(encoding="utf-8") as f:
         lines = f.readlines()
-    records = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            record = loads(line)
+        except ValueError as exc:  # json.JSONDecodeError
             if lineno == len(lines) and not line.endswith("\n"):
-                break
+                return
             raise ValueError(f"{path}: corrupt JSON on line {lineno}: {exc}") from exc
-    return records
+        yield lineno, record
 
 
 class JsonlEventOutput:

@@ -12,11 +12,12 @@ carry what it learned from one training run into the next.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from esper.nissa import strict_json
 
 # Bonus for never-tried arms: dominates any realistic explored score, so every arm
 # is tried once before UCB1 starts comparing means.
@@ -175,9 +176,9 @@ class BlueprintCurriculum:
 
     def save(self, path: str | Path) -> None:
         """Write the state as JSON so a later run can resume the curriculum."""
-        Path(path).write_text(json.dumps(self.state_dict(), indent=2))
+        Path(path).write_text(strict_json.dumps(self.state_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> BlueprintCurriculum:
         """Read a curriculum written by `save`."""
-        return cls.from_state_dict(json.loads(Path(path).read_text()))
+        return cls.from_state_dict(strict_json.loads(Path(path).read_text()))

@@ -18,7 +18,8 @@ observation (the PER contract holds states and next states, not masks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ from esper.simic.prioritized_buffer import PrioritizedReplayBuffer
 
 @dataclass(frozen=True, slots=True)
 class OfflineConfig:
-    gamma: float = 0.95  # discount per epoch (an episode is a few dozen epochs)
+    # Discount per epoch; None: the discount the recorded shaping term was computed with
+    # (see `learning_discount`).
+    gamma: float | None = None
+    drop_shaping: bool = False  # learn from the recorded rewards without their shaping term
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 128
     updates: int = 3000  # gradient steps over the whole dataset
@@ -48,12 +52,35 @@ class OfflineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.gamma < 1.0:
+        if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        if self.updates < 1 or self.batch_size < 1 or self.target_every < 1:
-            raise ValueError("updates, batch_size and target_every must be >= 1")
+        too_small = {k: v for k in ("updates", "batch_size", "target_every") if (v := getattr(self, k)) < 1}
+        if too_small:
+            raise ValueError(f"updates, batch_size and target_every must be >= 1, got {too_small}")
         if self.cql_weight < 0:
             raise ValueError(f"cql_weight must be >= 0, got {self.cql_weight}")
+
+
+def learning_discount(config: OfflineConfig, shaping_gamma: float, shaping_in_reward: bool) -> OfflineConfig:
+    """`config` with the discount to learn with: by default the recorded shaping term's own.
+
+    Potential-based shaping, gamma * Phi(s') - Phi(s), leaves the best policy
+    unchanged only under the same gamma. Learning the recorded (shaped) rewards
+    with another discount turns the shaping into a real reward for sitting in
+    high-potential stages (about +0.005 per step for gamma 0.95 against the
+    recorded 0.99: more than the rent of a seed), so that mismatch is refused.
+    Without the shaping term in the reward any discount is sound.
+    """
+    if config.gamma is None:
+        return replace(config, gamma=shaping_gamma)
+    if shaping_in_reward and not math.isclose(config.gamma, shaping_gamma, rel_tol=0.0, abs_tol=1e-9):
+        raise ValueError(
+            f"the recorded rewards hold potential-based shaping computed with gamma {shaping_gamma} "
+            f"(transitions_meta.json shaping_gamma), which only cancels out when learning with the "
+            f"same discount, not --gamma {config.gamma}: leave --gamma unset (or give --gamma "
+            f"{shaping_gamma}), or add --drop-shaping to learn without the shaping term"
+        )
+    return config
 
 
 class QNetwork(nn.Module):
@@ -111,6 +138,8 @@ def td_and_cql_loss(
     config: OfflineConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Importance-weighted Double-DQN TD loss plus the CQL penalty; returns |TD errors| too."""
+    if config.gamma is None:
+        raise ValueError("config.gamma is unset: resolve it with learning_discount first")
     obs, mask = batch["states"][:, :obs_size], batch["states"][:, obs_size:] > 0.5
     next_obs, next_mask = batch["next_states"][:, :obs_size], batch["next_states"][:, obs_size:] > 0.5
     actions = batch["actions"].long().reshape(-1)
@@ -130,7 +159,12 @@ def td_and_cql_loss(
 
 
 def train_offline(data: Transitions, config: OfflineConfig) -> tuple[QNetwork, list[dict[str, float]]]:
-    """Fit a Q-network to recorded transitions; returns it and the loss history (every 100 updates)."""
+    """Fit a Q-network to recorded transitions; returns it and the loss history (every 100 updates).
+
+    A loss that stops being finite ends training with a `RuntimeError` naming the
+    update and the loss terms (finite data with clipped gradients should not
+    diverge, so it says what to change).
+    """
     if len(data) == 0:
         raise ValueError("no transitions to learn from: record some runs first")
     torch.manual_seed(config.seed)
@@ -161,6 +195,11 @@ def train_offline(data: Transitions, config: OfflineConfig) -> tuple[QNetwork, l
         loss, td_abs, stats = td_and_cql_loss(
             online, target, batch, torch.as_tensor(weights), obs_size, config
         )
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(
+                f"offline training diverged at update {update}: loss {loss.item()} ({stats}); "
+                f"try a lower --lr (now {config.lr}) or --gamma (now {config.gamma})"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(online.parameters(), config.grad_clip)

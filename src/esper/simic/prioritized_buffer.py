@@ -11,17 +11,34 @@ searchsorted over a mid level, then walks the rest.
 Tree layout: a flat float64 array of size 2 * P, where P is the capacity rounded
 up to a power of two. Node 1 is the root, node k has children 2k and 2k + 1, and
 leaves live at [P, 2P). Leaves past `capacity` stay zero, so they are never drawn.
+
+A single `add` (what online recording calls, once per step) cannot amortise
+numpy's per-call overhead over a batch, so it takes a scalar path: the
+transition goes straight into numpy views of the storage and its priority into
+its leaf, so storage, `len` and `_priorities[i]` are current at once; only the
+sums above the leaf wait in `_pending` and are recomputed for all pending leaves
+together, as one batch, before anything reads a sum (`sample`, `total_priority`)
+or when many have piled up. Invariant: every internal node that is not an
+ancestor of a pending leaf equals the sum of its children (batched writes keep
+it, since they recompute their own ancestors from children).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
+# Single adds whose ancestors wait before one batched recompute: bounds the memory and
+# the delay; past a few thousand the batched recompute costs ~0.1 us per leaf.
+MAX_PENDING = 4096
+
 
 def _to_numpy(x: Any) -> np.ndarray:
+    if type(x) is np.ndarray:  # the common case, checked first: single adds call this 3 times
+        return x
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -70,20 +87,48 @@ class PrioritizedReplayBuffer:
         self._priorities = self._tree[self._n_leaves : self._n_leaves + self.capacity]  # view
 
         self._storage: dict[str, torch.Tensor] | None = None
+        self._arrays: dict[str, np.ndarray] = {}  # numpy views of _storage, for single adds
+        self._item_shapes: tuple[tuple[int, ...], ...] = ()  # of one state, action, next state
+        self._pending: list[int] = []  # slots added one by one whose ancestors are not summed yet
         self._next = 0  # slot the next transition goes to
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def total_priority(self) -> float:
+        """Sum of the stored priorities (the sampling mass)."""
+        self._sync()
+        return float(self._tree[1])
+
     # ----------------------------------------------------------------- adding
     def add(self, state: Any, action: Any, reward: float, next_state: Any, done: bool,
             priority: float) -> None:
-        """Add one transition (a batch of one)."""
-        self.add_batch(
-            _to_numpy(state)[None], _to_numpy(action)[None], [reward],
-            _to_numpy(next_state)[None], [done], [priority],
-        )
+        """Add one transition in O(log N) amortised, with small constants (see the module doc)."""
+        value = float(priority)
+        if not 0.0 <= value < math.inf:  # NaN fails both comparisons
+            raise ValueError(f"priorities must be finite and >= 0, got {value}")
+        if self._storage is None:  # the first add sizes the storage: the batch path does that
+            self.add_batch(_to_numpy(state)[None], _to_numpy(action)[None], [reward],
+                           _to_numpy(next_state)[None], [done], [priority])
+            return
+        state, action, next_state = _to_numpy(state), _to_numpy(action), _to_numpy(next_state)
+        if (state.shape, action.shape, next_state.shape) != self._item_shapes:
+            self._check_item_shapes(state[None], action[None], next_state[None])  # names the culprit
+        slot = self._next
+        arrays = self._arrays
+        arrays["states"][slot] = state
+        arrays["actions"][slot] = action
+        arrays["rewards"][slot] = reward
+        arrays["next_states"][slot] = next_state
+        arrays["dones"][slot] = done
+        self._tree[slot + self._n_leaves] = (value + self.epsilon) ** self.alpha
+        self._pending.append(slot)
+        if len(self._pending) >= MAX_PENDING:
+            self._sync()
+        self._next = (slot + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
 
     def add_batch(self, states: Any, actions: Any, rewards: Any, next_states: Any, dones: Any,
                   priorities: Any) -> None:
@@ -136,6 +181,8 @@ class PrioritizedReplayBuffer:
             "next_states": torch.zeros((c, *states.shape[1:]), dtype=state_dtype),
             "dones": torch.zeros(c, dtype=torch.float32),
         }
+        self._arrays = {name: store.numpy() for name, store in self._storage.items()}
+        self._item_shapes = (states.shape[1:], actions.shape[1:], states.shape[1:])
 
     def _check_item_shapes(self, states: np.ndarray, actions: np.ndarray,
                            next_states: np.ndarray) -> None:
@@ -151,12 +198,28 @@ class PrioritizedReplayBuffer:
         p = _to_numpy(priorities).astype(np.float64).reshape(-1)
         valid = (p >= 0) & (p < np.inf)  # one pass: NaN fails both comparisons
         if not valid.all():
-            raise ValueError(f"priorities must be finite and >= 0, got {p[~valid][:5]}")
+            # Plain "value at i" pairs: a numpy repr's brackets would be eaten by console markup.
+            bad = np.flatnonzero(~valid)
+            shown = ", ".join(f"{p[i]} at {i}" for i in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise ValueError(f"priorities must be finite and >= 0, got {shown}{more}")
         return p
 
     # -------------------------------------------------------------- sum tree
     def _set_leaves(self, slots: np.ndarray, values: np.ndarray) -> None:
-        """Write leaf values (slots must be unique), then recompute their ancestors level by level.
+        """Write leaf values (slots must be unique), then recompute their ancestors."""
+        self._tree[slots + self._n_leaves] = values
+        self._sum_ancestors(slots)
+
+    def _sync(self) -> None:
+        """Recompute the sums above the leaves single adds wrote since the last sync."""
+        if self._pending:
+            slots = np.array(self._pending, dtype=np.int64)
+            self._pending.clear()
+            self._sum_ancestors(slots)
+
+    def _sum_ancestors(self, slots: np.ndarray) -> None:
+        """Recompute the ancestors of these leaves level by level (repeated slots are fine).
 
         Parents are recomputed from their two children rather than adjusted by deltas,
         so sums stay exact and floating-point drift cannot build up over millions of
@@ -165,7 +228,6 @@ class PrioritizedReplayBuffer:
         """
         tree = self._tree
         nodes = slots + self._n_leaves
-        tree[nodes] = values
         level = self._n_leaves  # index of the first node of the current level
         while level > 1:
             level >>= 1
@@ -185,8 +247,12 @@ class PrioritizedReplayBuffer:
             raise ValueError(
                 f"got {len(indices)} indices but {len(priorities)} priorities; they must match"
             )
-        if len(indices) and (indices.min() < 0 or indices.max() >= self._size):
-            raise ValueError(f"indices must be in [0, {self._size}), the filled part of the buffer")
+        outside = indices[(indices < 0) | (indices >= self._size)]
+        if len(outside):
+            shown = ", ".join(str(i) for i in outside[:5]) + (" ..." if len(outside) > 5 else "")
+            raise ValueError(
+                f"indices must be in [0, {self._size}), the filled part of the buffer; got {shown}"
+            )
         # Keep the last occurrence of each index: unique() on the reversed array finds it.
         unique, first_in_reversed = np.unique(indices[::-1], return_index=True)
         last = len(indices) - 1 - first_in_reversed
@@ -204,6 +270,7 @@ class PrioritizedReplayBuffer:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if self._size == 0:
             raise ValueError("cannot sample from an empty buffer; add transitions first")
+        self._sync()
         total = self._tree[1]
         if total <= 0:
             raise ValueError("cannot sample: every stored priority is zero (use epsilon > 0)")

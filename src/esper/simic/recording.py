@@ -4,14 +4,18 @@ Any run (the heuristic job, a PPO run's rollouts, `esper evaluate`) can write it
 decisions in the one format offline training reads (`esper train offline`):
 
 - `transitions_meta.json`: the layout (task, slot ids, blueprints, feature and
-  action names) and the reward config the rewards were computed with. Two runs
-  can be learned from together only if these match.
+  action names) and the reward config the rewards were computed with, with the
+  discount of its potential-based shaping term spelled out as `shaping_gamma`
+  (a learner must use it, or drop the shaping term, for the shaping to cancel)
+  and the names of the `reward_components`. Two runs can be learned from
+  together only if these match.
 - `transitions.jsonl`: one line per decision step, appended and flushed as it
-  happens (a crash loses at most one line): the raw Observer features `obs`
-  (unnormalised, so offline training fits its own `RunningNorm`), the action
-  `mask`, the `action` index, the `reward` (`RewardTracker`'s total), `next_obs`,
-  `next_mask`, `done`, and the rare `outcomes` the step led to ("fossilize",
-  "cull", "rollback"). `episode` names the episode, `t` is the host epoch the
+  happens (a crash loses at most one line), strict JSON (a non-finite value is
+  null): the raw Observer features `obs` (unnormalised, so offline training fits
+  its own `RunningNorm`), the action `mask`, the `action` index, the `reward`
+  (`RewardTracker`'s total) and its `reward_components` (`rewards.COMPONENTS`,
+  which sum to it), `next_obs`, `next_mask`, `done`, and the rare `outcomes` the
+  step led to ("fossilize", "cull", "rollback"). `episode` names the episode, `t` is the host epoch the
   decision was taken after, and `epoch` is the run's resume unit (the host epoch
   the line was completed in for a heuristic run, the round for PPO) so
   `RunFolder.truncate_logs` drops lines past a checkpoint like any other log.
@@ -25,24 +29,20 @@ rather than recorded as something that did not happen.
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from esper.leyline import ACTIVE_STAGES, Action, Controller, EpochSignals, SeedStage
-from esper.nissa import JsonlWriter, read_jsonl
+from esper.nissa import JsonlWriter, strict_json
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
-from esper.simic.rewards import RewardConfig, RewardTracker
+from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
 
 TRANSITIONS_FILE = "transitions.jsonl"
 META_FILE = "transitions_meta.json"
-MATCHED_KEYS = ("task", "slot_ids", "blueprints", "feature_names", "action_names", "reward")
+ADDED_META_KEYS = ("shaping_gamma", "reward_components")  # not in recordings of older versions
 
 
 def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig, **info: Any) -> dict[str, Any]:
@@ -54,6 +54,8 @@ def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, rewar
         "feature_names": layout.names(),
         "action_names": space.names(),
         "reward": asdict(reward),
+        "shaping_gamma": reward.gamma,
+        "reward_components": list(COMPONENTS),
         **info,
     }
 
@@ -65,9 +67,19 @@ class TransitionLog:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / META_FILE
-        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
-            raise FileExistsError(f"{folder} already holds transitions recorded with another layout or reward")
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        if meta_path.exists():
+            old = strict_json.loads(meta_path.read_text())
+            # A run resumed across the upgrade that added these keys keeps its meta as it was:
+            # readers then take its lines as totals only (they ignore components without the key).
+            if not any(key in old for key in ADDED_META_KEYS):
+                meta = {key: value for key, value in meta.items() if key not in ADDED_META_KEYS}
+            if old != meta:
+                differ = sorted(key for key in old.keys() | meta.keys() if old.get(key) != meta.get(key))
+                raise FileExistsError(
+                    f"{folder} already holds transitions recorded with another layout or reward "
+                    f"(differing: {', '.join(differ)}); record into another folder"
+                )
+        meta_path.write_text(strict_json.dumps(meta, indent=2) + "\n")
         self.writer = JsonlWriter(folder / TRANSITIONS_FILE)
 
     def write(self, row: dict[str, Any]) -> None:
@@ -132,7 +144,7 @@ class EpisodeRecorder:
             self.rewards.reset(signals)
         else:
             pending = self.pending
-            reward = self.rewards.step(signals, terminal=done)["total"]
+            reward = self.rewards.step(signals, terminal=done)
             self.log.write({
                 "epoch": signals.epoch if self.epoch is None else self.epoch,
                 "episode": self.episode,
@@ -140,7 +152,8 @@ class EpisodeRecorder:
                 "obs": pending["obs"],
                 "mask": pending["mask"],
                 "action": pending["action"],
-                "reward": reward,
+                "reward": reward["total"],
+                "reward_components": {name: reward[name] for name in COMPONENTS},
                 "next_obs": obs,
                 "next_mask": mask,
                 "done": done,
@@ -205,55 +218,3 @@ class RecordedController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state)
-
-
-def load_transitions(run_dirs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The meta and the stacked columns (`dqn.Transitions` fields) of every run's transitions.
-
-    Layouts and reward configs must match (else a `ValueError` naming the
-    difference); the meta's episode_length is the one most episodes had.
-    """
-    if not run_dirs:
-        raise ValueError("no run folders given")
-    meta: dict[str, Any] | None = None
-    rows: list[dict[str, Any]] = []
-    lengths: Counter[int] = Counter()
-    for run_dir in map(Path, run_dirs):
-        meta_path, path = run_dir / META_FILE, run_dir / TRANSITIONS_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{run_dir} has no {META_FILE}: it recorded no transitions")
-        run_meta = json.loads(meta_path.read_text())
-        if meta is None:
-            meta, first = run_meta, run_dir
-        else:
-            for key in MATCHED_KEYS:
-                if run_meta[key] != meta[key]:
-                    raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
-        run_rows = read_jsonl(path) if path.exists() else []
-        if not run_rows:
-            raise ValueError(f"{run_dir} holds no transitions (was the run stopped before its second epoch?)")
-        lengths[run_meta["episode_length"]] += sum(1 for r in run_rows if r["done"])
-        rows.extend(run_rows)
-    # What a policy trained on them plays by default: the length most recorded episodes had.
-    meta = {**meta, "episode_length": lengths.most_common(1)[0][0]}
-    columns = {
-        "obs": torch.tensor([r["obs"] for r in rows], dtype=torch.float32),
-        "mask": torch.tensor([r["mask"] for r in rows], dtype=torch.bool),
-        "action": torch.tensor([r["action"] for r in rows], dtype=torch.long),
-        "reward": torch.tensor([r["reward"] for r in rows], dtype=torch.float32),
-        "next_obs": torch.tensor([r["next_obs"] for r in rows], dtype=torch.float32),
-        "next_mask": torch.tensor([r["next_mask"] for r in rows], dtype=torch.bool),
-        "done": torch.tensor([float(r["done"]) for r in rows], dtype=torch.float32),
-        "rare": torch.tensor([bool(r["outcomes"]) for r in rows], dtype=torch.bool),
-    }
-    return meta, columns
-
-
-def _mismatch(key: str, a: Path, a_value: Any, b: Path, b_value: Any) -> str:
-    if isinstance(a_value, list) and isinstance(b_value, list):
-        only_a = [v for v in a_value if v not in b_value]
-        only_b = [v for v in b_value if v not in a_value]
-        detail = f"only in {a}: {only_a}; only in {b}: {only_b}" if only_a or only_b else f"{a_value} vs {b_value} (order)"
-    else:
-        detail = f"{a}: {a_value!r}; {b}: {b_value!r}"
-    return f"transitions from different layouts cannot be mixed: {key} differs ({detail})"

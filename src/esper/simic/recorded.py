@@ -1,0 +1,249 @@
+"""Recorded transitions read back for offline learning: checked, non-finite steps left out and counted.
+
+`simic.recording` writes the files; this reads any number of run folders into
+the columns `dqn.Transitions` holds. What it does with what it finds:
+
+- a step whose observation, reward or reward components are not finite (null
+  in files written by this Esper, bare ``NaN``/``Infinity`` in older ones:
+  both read as None) cannot be learned from and is skipped. The skips are
+  counted per field and one of them is named (file and line), so the job can
+  say what it left out;
+- the one meaningful repair: the next observation of an episode's last step
+  is never used (the TD target is the reward alone), so a non-finite one
+  there is replaced by zeros and the step kept (counted as repaired);
+- anything else malformed (a missing key, a list of the wrong length, an
+  action out of range, a corrupt line) is an error naming the file, the line
+  and the offending value: the file is damaged, and learning from a guess
+  would be worse than stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esper.nissa import numbered_jsonl, strict_json
+from esper.simic.recording import META_FILE, TRANSITIONS_FILE
+from esper.simic.rewards import COMPONENTS
+
+
+class DamagedRecordingError(ValueError):
+    """A recorded file holds what this Esper could not have written (a wrong type, length or key)."""
+
+
+# Meta keys two runs must agree on to be learned from together.
+MATCHED_KEYS = ("task", "slot_ids", "blueprints", "feature_names", "action_names", "reward")
+ROW_KEYS = ("obs", "mask", "action", "reward", "next_obs", "next_mask", "done", "outcomes")
+
+
+def shaping_gamma(meta: dict[str, Any]) -> float:
+    """The discount the recorded shaping term was computed with (older metas: the reward's gamma)."""
+    return float(meta.get("shaping_gamma", meta["reward"]["gamma"]))
+
+
+@dataclass(slots=True)
+class RecordedTransitions:
+    """What `load_transitions` read: the layout, the learnable steps, and what it left out."""
+
+    meta: dict[str, Any]
+    columns: dict[str, torch.Tensor]  # the `dqn.Transitions` fields, one row per kept step
+    components: torch.Tensor | None  # (rows, len(COMPONENTS)); None when a run predates them
+    without_components: list[str] = field(default_factory=list)  # runs recorded without components
+    skipped: Counter[str] = field(default_factory=Counter)  # first non-finite field -> steps skipped
+    repaired: int = 0  # last steps of an episode whose unused next_obs was non-finite
+    example: str = ""  # where the first skipped step is, e.g. "run/transitions.jsonl line 7: reward null"
+
+    def __len__(self) -> int:
+        return int(self.columns["action"].shape[0])
+
+    def skipped_note(self) -> str:
+        """One sentence on what was skipped and repaired ("" when nothing was)."""
+        return _skipped_note(self.skipped, self.repaired, self.example)
+
+    def reward_without(self, dropped: str) -> torch.Tensor:
+        """The reward with one component left out (the sum of the others), for re-weighing."""
+        if self.components is None:
+            raise ValueError(
+                f"cannot leave out the {dropped} reward: {', '.join(self.without_components)} "
+                "recorded only total rewards (before Esper recorded reward components); "
+                "record those runs again, or learn from the totals without that option"
+            )
+        kept = [i for i, name in enumerate(COMPONENTS) if name != dropped]
+        return self.components[:, kept].sum(dim=1)
+
+
+def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
+    """The meta and the stacked columns of every run's learnable transitions.
+
+    Layouts and reward configs must match (else a `ValueError` naming the
+    difference); the meta's episode_length is the one most episodes had.
+    """
+    if not run_dirs:
+        raise ValueError("no run folders given")
+    metas = [(Path(run_dir), _read_meta(Path(run_dir))) for run_dir in run_dirs]  # all, before any rows
+    first, meta = metas[0]
+    for run_dir, run_meta in metas[1:]:
+        for key in MATCHED_KEYS:
+            if run_meta[key] != meta[key]:
+                raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
+    reader = _RowReader()
+    lengths: Counter[int] = Counter()
+    for run_dir, run_meta in metas:
+        steps, episodes = reader.read_run(run_dir, run_meta)
+        if not steps:
+            raise ValueError(f"{run_dir} holds no transitions (was the run stopped before its second epoch?)")
+        lengths[run_meta["episode_length"]] += episodes
+    if not reader.rows["action"]:
+        raise ValueError(
+            f"no transitions to learn from: every recorded step holds non-finite values ({reader.skipped_note()})"
+        )
+    # What a policy trained on them plays by default: the length most recorded episodes had.
+    return reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]})
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    meta_path = run_dir / META_FILE
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{run_dir} has no {META_FILE}: it recorded no transitions")
+    try:
+        meta = strict_json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise DamagedRecordingError(f"{meta_path} holds {type(meta).__name__}, not a JSON object")
+    missing = [key for key in (*MATCHED_KEYS, "episode_length") if key not in meta]
+    if missing:
+        raise ValueError(f"{meta_path} lacks {missing}: it was not written by `esper` recording")
+    names = meta.get("reward_components")
+    if names is not None and names != list(COMPONENTS):
+        raise ValueError(f"{meta_path} records reward components {names}; this Esper knows {list(COMPONENTS)}")
+    return meta
+
+
+class _RowReader:
+    """Checks rows one by one and keeps the learnable ones as plain lists, column by column."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[Any]] = {key: [] for key in (*ROW_KEYS, "reward_components")}
+        self.without_components: list[str] = []
+        self.skipped: Counter[str] = Counter()
+        self.repaired = 0
+        self.example = ""
+
+    def read_run(self, run_dir: Path, meta: dict[str, Any]) -> tuple[int, int]:
+        """Read one run's steps; returns how many steps and finished episodes its file holds."""
+        path = run_dir / TRANSITIONS_FILE
+        if not path.exists():
+            return 0, 0
+        n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
+        with_components = "reward_components" in meta
+        if not with_components:
+            self.without_components.append(str(run_dir))
+        steps = episodes = 0
+        for lineno, row in numbered_jsonl(path):
+            where = f"{path} line {lineno}"
+            _check_structure(row, n_obs, n_actions, with_components, where)
+            steps += 1
+            episodes += bool(row["done"])
+            bad = _first_non_finite(row, with_components, where)
+            if bad == "next_obs" and row["done"]:
+                row = {**row, "next_obs": [0.0] * n_obs}
+                self.repaired += 1
+            elif bad is not None:
+                self.skipped[bad] += 1
+                self.example = self.example or f"{where}: {bad} is null or not finite"
+                continue
+            for key in ROW_KEYS:
+                self.rows[key].append(row[key])
+            self.rows["reward_components"].append(
+                [row["reward_components"][name] for name in COMPONENTS] if with_components else None
+            )
+        return steps, episodes
+
+    def skipped_note(self) -> str:
+        return _skipped_note(self.skipped, self.repaired, self.example)
+
+    def result(self, meta: dict[str, Any]) -> RecordedTransitions:
+        rows = self.rows
+        columns = {
+            "obs": torch.tensor(rows["obs"], dtype=torch.float32),
+            "mask": torch.tensor(rows["mask"], dtype=torch.bool),
+            "action": torch.tensor(rows["action"], dtype=torch.long),
+            "reward": torch.tensor(rows["reward"], dtype=torch.float32),
+            "next_obs": torch.tensor(rows["next_obs"], dtype=torch.float32),
+            "next_mask": torch.tensor(rows["next_mask"], dtype=torch.bool),
+            "done": torch.tensor([float(done) for done in rows["done"]], dtype=torch.float32),
+            "rare": torch.tensor([bool(outcomes) for outcomes in rows["outcomes"]], dtype=torch.bool),
+        }
+        have_components = rows["action"] and not self.without_components
+        components = torch.tensor(rows["reward_components"], dtype=torch.float32) if have_components else None
+        return RecordedTransitions(meta, columns, components, list(self.without_components),
+                                   Counter(self.skipped), self.repaired, self.example)  # fmt: skip
+
+
+def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:
+    parts = []
+    if skipped:
+        fields = ", ".join(f"{name} {count}" for name, count in sorted(skipped.items()))
+        parts.append(f"skipped {skipped.total()} step(s) with non-finite values ({fields}; first: {example})")
+    if repaired:
+        parts.append(f"zeroed the unused non-finite next_obs of {repaired} last step(s)")
+    return "; ".join(parts)
+
+
+def _check_structure(row: Any, n_obs: int, n_actions: int, with_components: bool, where: str) -> None:
+    """Refuse a row this Esper could not have written, naming the value that is wrong."""
+    if not isinstance(row, dict):
+        raise DamagedRecordingError(f"{where}: expected a JSON object, got {row!r}")
+    missing = [key for key in (*ROW_KEYS, *(["reward_components"] if with_components else [])) if key not in row]
+    if missing:
+        raise DamagedRecordingError(f"{where}: missing {missing}")
+    for key, size in (("obs", n_obs), ("next_obs", n_obs), ("mask", n_actions), ("next_mask", n_actions)):
+        value = row[key]
+        if not isinstance(value, list) or len(value) != size:
+            length = f"{len(value)} values" if isinstance(value, list) else repr(value)
+            raise DamagedRecordingError(f"{where}: {key} holds {length}, the recorded layout has {size}")
+    for key in ("mask", "next_mask"):
+        if not all(isinstance(v, bool) for v in row[key]):
+            raise DamagedRecordingError(f"{where}: {key} must hold true/false, got {row[key]}")
+    action = row["action"]
+    if not isinstance(action, int) or isinstance(action, bool) or not 0 <= action < n_actions:
+        raise DamagedRecordingError(f"{where}: action {action!r} is not an action index in [0, {n_actions})")
+    if not isinstance(row["done"], bool):
+        raise DamagedRecordingError(f"{where}: done must be true or false, got {row['done']!r}")
+    components = row.get("reward_components")
+    if with_components and (not isinstance(components, dict) or sorted(components) != sorted(COMPONENTS)):
+        raise DamagedRecordingError(f"{where}: reward_components must map {list(COMPONENTS)} to numbers, got {components!r}")
+
+
+def _first_non_finite(row: dict[str, Any], with_components: bool, where: str) -> str | None:
+    """The first field holding a null or non-finite number (None if all are finite)."""
+    fields: list[tuple[str, list[Any]]] = [("obs", row["obs"]), ("reward", [row["reward"]])]
+    if with_components:
+        fields.append(("reward_components", list(row["reward_components"].values())))
+    fields.append(("next_obs", row["next_obs"]))
+    for name, values in fields:
+        for value in values:
+            if value is None:
+                return name
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise DamagedRecordingError(f"{where}: {name} holds {value!r}, not a number")
+            if not math.isfinite(value):  # e.g. 1e999, which JSON parsers read as infinity
+                return name
+    return None
+
+
+def _mismatch(key: str, a: Path, a_value: Any, b: Path, b_value: Any) -> str:
+    if isinstance(a_value, list) and isinstance(b_value, list):
+        only_a = [v for v in a_value if v not in b_value]
+        only_b = [v for v in b_value if v not in a_value]
+        detail = f"only in {a}: {only_a}; only in {b}: {only_b}" if only_a or only_b else f"{a_value} vs {b_value} (order)"
+    else:
+        detail = f"{a}: {a_value!r}; {b}: {b_value!r}"
+    return f"transitions from different layouts cannot be mixed: {key} differs ({detail})"
