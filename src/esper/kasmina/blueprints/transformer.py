@@ -95,7 +95,8 @@ class FlexAttentionSeed(CausalSelfAttentionSeed):
 
     CUDA runs the fused compiled kernel (needs head_dim >= 16). Elsewhere FlexAttention
     is forward-only in this PyTorch, so it serves inference, and training falls back to
-    causal SDPA: the same function of the same weights.
+    causal SDPA: the same function of the same weights. Meta tensors (shape-only runs,
+    such as counting FLOPs) take SDPA too: FlexAttention has no meta implementation.
     """
 
     def __init__(self, dim: int, n_head: int | None = None) -> None:
@@ -110,7 +111,7 @@ class FlexAttentionSeed(CausalSelfAttentionSeed):
         return self._block_masks[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not q.is_cuda and q.requires_grad:
+        if q.is_meta or (not q.is_cuda and q.requires_grad):
             return super().attend(q, k, v)
         flex = _fused_flex_attention() if q.is_cuda else flex_attention
         return flex(q, k, v, block_mask=self.block_mask(q.size(-2), q.device))
