@@ -137,6 +137,22 @@ class MLPSeed(nn.Module):
         return x + self.branch(x)
 
 
+class TransformerBlockSeed(nn.Module):
+    """A whole pre-norm GPT block, x + attn(ln(x)) then + mlp(ln(.)): a GPT grows a layer.
+
+    Both residual branches zero-init their output projection, so the block starts
+    as the identity; it is the attention seed followed by the MLP seed.
+    """
+
+    def __init__(self, dim: int, n_head: int | None = None, expansion: int = 4) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttentionSeed(dim, n_head)
+        self.mlp = MLPSeed(dim, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attn(x))
+
+
 # param_estimate: exact parameter counts at dim=64 with default options.
 
 
@@ -165,3 +181,10 @@ def flex_attention_seed(dim: int, n_head: int | None = None) -> nn.Module:
 @BlueprintRegistry.register("mlp", "transformer", 33_216, "Pre-norm residual MLP")
 def mlp(dim: int, expansion: int = 4, checkpoint: bool = False) -> nn.Module:
     return MLPSeed(dim, expansion, checkpoint)
+
+
+@BlueprintRegistry.register(
+    "block", "transformer", 49_984, "Pre-norm GPT block: causal attention + MLP (adds a layer)"
+)
+def block(dim: int, n_head: int | None = None, expansion: int = 4) -> nn.Module:
+    return TransformerBlockSeed(dim, n_head, expansion)
