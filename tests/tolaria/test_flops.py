@@ -271,3 +271,23 @@ def test_plain_module_and_empty_batch() -> None:
     )
     with pytest.raises(ValueError, match="at least one sample"):
         FlopMeter(mlp, (torch.randn(0, 6), torch.zeros(0, dtype=torch.long)))
+
+
+def test_grouped_convolution_backward_is_counted_once_not_per_group() -> None:
+    """Each convolution's backward costs its forward once per gradient it computes (input,
+    weight). PyTorch's formula counts a grouped conv's weight gradient `groups` times."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 1, bias=False),  # its input is data: only a weight gradient
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),  # depthwise: both gradients
+        nn.Conv2d(16, 10, 1, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    inputs = torch.randn(2, 3, 6, 6)
+    first = _count(lambda: net[0](inputs))
+    forward = _count(lambda: net(inputs))
+    profile = FlopMeter(net, (inputs, torch.randint(0, 10, (2,)))).profile()
+    assert profile.inference * 2 == forward
+    assert profile.training * 2 == forward + forward + (forward - first)
+    # The library alone counts the depthwise weight gradient 16 times.
+    assert _plain_training(net, inputs, torch.randint(0, 10, (2,))) > profile.training

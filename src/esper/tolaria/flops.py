@@ -22,6 +22,8 @@ costs milliseconds whatever the model's size and needs no accelerator memory. It
 also counts attention on CPU: PyTorch's fused CPU attention kernel is not in
 FlopCounterMode's registry and would count 0, while on meta SDPA decomposes into
 the matmuls FlopCounterMode counts (the same number its formula gives on GPU).
+One library formula is corrected (see `_conv_backward_flop`): a grouped
+convolution's weight gradient, which it overcounts by the number of groups.
 
 A profile is measured once per architecture and cached on a signature of the
 slots (stage class, blueprint, seed identity, isolation), so calling `profile()`
@@ -36,13 +38,40 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from esper.kasmina.host import StagedHost
 from esper.leyline import SeedStage
 from esper.tolaria.trainer import _MEASURED_STAGES, loss_and_correct
 
-__all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature"]
+__all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature", "flop_counter"]
+
+_CONV_BACKWARD = torch.ops.aten.convolution_backward
+_LIBRARY_CONV_BACKWARD = flop_registry[_CONV_BACKWARD]
+
+
+def _conv_backward_flop(*args: Any, out_val: Any = None) -> int:
+    """PyTorch's own convolution-backward formula, with its weight-gradient term divided by
+    `groups`.
+
+    Why this is not left to the library: its weight-gradient term ignores `groups`,
+    so a depthwise convolution's weight gradient is counted once per channel
+    (C times too many; the input-gradient term is right). The exact count is the
+    library's term over `groups`, so both terms still come from the library.
+    Arguments are convolution_backward's, positional, as the library takes them.
+    """
+    *head, groups, output_mask = args
+    grad_input = _LIBRARY_CONV_BACKWARD(*head, groups, [output_mask[0], False], out_val=out_val)
+    grad_weight = _LIBRARY_CONV_BACKWARD(*head, groups, [False, output_mask[1]], out_val=out_val)
+    return grad_input + grad_weight // groups
+
+
+_conv_backward_flop._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes tensors
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode with the grouped-convolution backward count corrected."""
+    return FlopCounterMode(display=False, custom_mapping={_CONV_BACKWARD: _conv_backward_flop})
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +266,7 @@ class FlopMeter:
             taps: dict[str, Tensor | None] = dict.fromkeys(measured)
             host.run(host.stem(x), taps=taps)  # the shared pass: validation, not extra
             for key, features in taps.items():
-                with FlopCounterMode(display=False) as counter:
+                with flop_counter() as counter:
                     host.run(features, host.stage_index(key) + 1)
                 fast[key] = counter.get_total_flops()
 
@@ -245,7 +274,7 @@ class FlopMeter:
         return fast, naive
 
     def _count(self, fn: Callable[..., None], *extra: Tensor) -> int:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             self._run_on_meta(fn, self._inputs, *extra)
         return counter.get_total_flops()
 
