@@ -38,10 +38,11 @@ def test_tiny_host_has_at_most_a_quarter_of_the_reference(task) -> None:
     assert 0 < tiny_flops <= ref_flops / 4
 
 
-def test_tiny_task_trains_with_several_slots_and_a_lifecycle_that_fits_early(task) -> None:
+def test_tiny_task_offers_every_slot_and_a_lifecycle_that_fits_early(task) -> None:
     spec, data, (inputs, _) = task
-    model = MorphogeneticModel(spec.build_host(data), spec.slots, task_config=spec.task_config)
-    assert len(model.seed_slots) >= 2
+    host = spec.build_host(data)
+    assert spec.slots == tuple(host.injection_points)  # all the room the host has
+    model = MorphogeneticModel(host, spec.slots, task_config=spec.task_config)
     assert model(inputs).shape[0] == inputs.shape[0]
     config = spec.task_config
     # Planted at epoch 1: germination, the minimum training, the ramp, shadowing, probation.
@@ -81,7 +82,7 @@ def test_static_seeds_host_is_the_tiny_host_plus_trainable_seeds(task) -> None:
     model = MorphogeneticModel(static, spec.slots)
     assert model.host_param_count() == sum(p.numel() for p in static.parameters())
     assert all(slot.state is None for slot in model.seed_slots.values())
-    assert str(factory).endswith(f"{blueprint}@{spec.slots[0]}, {blueprint}@{spec.slots[1]}")
+    assert str(factory).endswith(", ".join(f"{blueprint}@{slot}" for slot in spec.slots))
 
 
 def test_plant_static_stacks_in_order_and_rejects_bad_targets() -> None:
