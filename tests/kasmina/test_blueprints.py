@@ -46,8 +46,11 @@ def _seed(topology: str, name: str, **kwargs: object) -> nn.Module:
 def test_builtin_blueprints_are_registered() -> None:
     cnn = {n for t, n in ALL_BLUEPRINTS if t == "cnn"}
     transformer = {n for t, n in ALL_BLUEPRINTS if t == "transformer"}
-    assert cnn == {"norm", "attention", "depthwise", "conv_light", "conv_heavy"}
-    assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention"}
+    assert cnn == {
+        "norm", "attention", "depthwise", "conv_light", "conv_heavy", "inverted_bottleneck",
+        "residual_block",
+    }  # fmt: skip
+    assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention", "block"}
 
 
 @pytest.mark.parametrize(("topology", "name"), ALL_BLUEPRINTS)
@@ -206,7 +209,7 @@ def test_list_specs_sorted_by_cost_and_estimates_are_honest(topology: str) -> No
     estimates = [s.param_estimate for s in specs]
     assert estimates == sorted(estimates)
     assert specs[0].name == "norm"
-    assert specs[-1].name == ("conv_heavy" if topology == "cnn" else "mlp")
+    assert specs[-1].name == ("residual_block" if topology == "cnn" else "block")
     for spec in specs:  # estimates are the parameter counts at dim=64
         assert spec.topology == topology
         assert spec.actual_param_count(64) == spec.param_estimate
@@ -218,9 +221,9 @@ def test_unknown_names_list_what_exists() -> None:
     with pytest.raises(ValueError, match="Available: cnn, transformer"):
         BlueprintRegistry.create("rnn", "norm", 8)
     expected = "Unknown blueprint 'foo' for topology 'cnn'. Available: attention, conv_heavy, "
-    with pytest.raises(ValueError, match=expected + "conv_light, depthwise, norm"):
+    with pytest.raises(ValueError, match=expected + "conv_light, depthwise, inverted_bottleneck"):
         BlueprintRegistry.create("cnn", "foo", 8)
-    with pytest.raises(ValueError, match="Available: attention, flex_attention, lora, mlp, norm"):
+    with pytest.raises(ValueError, match="Available: attention, block, flex_attention, lora, mlp"):
         BlueprintRegistry.unregister("transformer", "foo")
 
 

@@ -74,6 +74,8 @@ class TaskSpec:
     `options` names the keyword options `load` accepts (e.g. a data folder), so a
     CLI can check them before doing any work. `optimizer` is "sgd" (momentum 0.9)
     or "adamw"; `host_lr` and `seed_lr` are its learning rates for host and seeds.
+    `reference_host`, when set, builds the static network a grown host is judged
+    against (e.g. a wider host trained the same way), for tasks whose host is small.
     """
 
     name: str
@@ -92,6 +94,7 @@ class TaskSpec:
     max_val_batches: int | None = None
     options: tuple[str, ...] = ()
     optimizer: str = "sgd"
+    reference_host: Callable[[TaskData], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -111,12 +114,18 @@ class TaskSpec:
         return self.load(**given)
 
     def describe(self) -> str:
-        """One line for `esper tasks`: name, data, host, training budget."""
-        host = getattr(self.build_host, "__name__", None) or str(self.build_host)
+        """One line for `esper tasks`: name, data, host (and reference host), training budget."""
+        host = _factory_name(self.build_host)
+        if self.reference_host is not None:
+            host += f" (reference {_factory_name(self.reference_host)})"
         return (
             f"{self.name}: {self.description} | {host} | {self.optimizer} lr {self.host_lr:g}, "
             f"{self.epochs} epochs, batch {self.batch_size}"
         )
+
+
+def _factory_name(factory: Callable[..., Any]) -> str:
+    return getattr(factory, "__name__", None) or str(factory)
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -262,5 +271,63 @@ register_task(
         "character LM on the first 2M characters of TinyStories (needs `datasets` and network)",
         load_tinystories,
         options=("block_size", "max_chars"),
+    )
+)
+
+
+# --- tiny-host tasks: start deliberately small, so growth has room (issue 11) ------------
+# Each host has at most a quarter of its reference host's parameters and inference FLOPs
+# per sample (tests/runtime/test_tiny_tasks.py measures both).
+
+register_task(
+    TaskSpec(
+        name="mnist5k-tiny",
+        description="mnist5k from a 4-channel CNN, judged against a 16-channel one",
+        topology="cnn",
+        load=load_mnist5k,
+        build_host=CNNHostFactory(n_blocks=3, base_channels=4),
+        reference_host=CNNHostFactory(n_blocks=3, base_channels=16),
+        batch_size=128,
+        host_lr=0.05,
+        seed_lr=0.05,
+        # 30: a seed planted early is fossilized by about epoch 10 and then has 20 epochs to
+        # pay; a 5-seed, 5-arm compare still fits in 20 minutes on 2 cores.
+        epochs=30,
+        slots=("block2", "block3"),
+        task_config=TaskConfig(
+            topology="cnn",
+            blending_epochs=3,
+            max_training_epochs=5,
+            max_probation_epochs=3,
+            embargo_epochs=1,
+        ),
+    )
+)
+register_task(
+    TaskSpec(
+        name="pydoc-chars-tiny",
+        description="pydoc-chars from a 1-layer GPT, judged against a 5-layer one as wide",
+        topology="transformer",
+        load=load_pydoc_chars,
+        # Seeds keep the width, so a GPT grows in depth: the tiny host is the reference's
+        # width and depth 1 (a narrower one cannot grow into the reference; calibrated).
+        build_host=TransformerHostFactory(n_embd=64, n_head=4, n_layer=1, dropout=0.0),
+        reference_host=TransformerHostFactory(n_embd=64, n_head=4, n_layer=5, dropout=0.0),
+        batch_size=32,
+        host_lr=3e-3,
+        seed_lr=3e-3,
+        epochs=20,
+        slots=("layer1",),
+        task_config=TaskConfig(
+            topology="transformer",
+            blending_epochs=3,
+            max_training_epochs=5,
+            max_probation_epochs=3,
+            embargo_epochs=1,
+        ),
+        max_train_batches=40,
+        max_val_batches=20,
+        options=("block_size",),
+        optimizer="adamw",
     )
 )

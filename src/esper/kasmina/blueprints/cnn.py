@@ -84,6 +84,49 @@ class ConvHeavySeed(nn.Module):
         return x + self.conv2(F.gelu(self.conv1(x)))
 
 
+class InvertedBottleneckSeed(nn.Module):
+    """MobileNetV2's inverted residual: x + project(dw3x3(expand1x1(x))), each inner conv
+    followed by BatchNorm and ReLU6.
+
+    Real capacity at a modest cost: the branch is `expansion` times wider than the
+    host's features, and the 3x3 spatial mixing there is depthwise (9 weights per
+    channel). The 1x1 projection back to `dim` starts at zero: identity at birth.
+    """
+
+    def __init__(self, dim: int, expansion: int = 4) -> None:
+        super().__init__()
+        if expansion < 1:
+            raise ValueError(f"inverted_bottleneck needs expansion >= 1, got {expansion}")
+        hidden = dim * expansion
+        self.expand = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(hidden)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.norm2 = nn.BatchNorm2d(hidden)
+        self.project = _zero_(nn.Conv2d(hidden, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self.norm1(self.expand(x)))
+        h = F.relu6(self.norm2(self.depthwise(h)))
+        return x + self.project(h)
+
+
+class ResidualBlockSeed(nn.Module):
+    """ResNet's basic block as a residual branch: x + conv3x3(relu(bn(conv3x3(x)))), full width.
+
+    Unlike `conv_heavy`, the first convolution is normalised, so a stack of these
+    trains at the host's learning rate. The last convolution starts at zero.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(dim)
+        self.conv2 = _zero_(nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.norm(self.conv1(x))))
+
+
 # param_estimate: exact parameter counts at dim=64 with default options.
 
 
@@ -110,3 +153,17 @@ def conv_light(dim: int, reduction: int = 4) -> nn.Module:
 @BlueprintRegistry.register("conv_heavy", "cnn", 73_856, "Residual pair of full-width 3x3 convs")
 def conv_heavy(dim: int) -> nn.Module:
     return ConvHeavySeed(dim)
+
+
+@BlueprintRegistry.register(
+    "inverted_bottleneck", "cnn", 36_160, "MobileNetV2 inverted residual, 4x wider inside"
+)
+def inverted_bottleneck(dim: int, expansion: int = 4) -> nn.Module:
+    return InvertedBottleneckSeed(dim, expansion)
+
+
+@BlueprintRegistry.register(
+    "residual_block", "cnn", 73_920, "ResNet basic block (conv-BN-ReLU-conv), full width"
+)
+def residual_block(dim: int) -> nn.Module:
+    return ResidualBlockSeed(dim)

@@ -95,7 +95,8 @@ class FlexAttentionSeed(CausalSelfAttentionSeed):
 
     CUDA runs the fused compiled kernel (needs head_dim >= 16). Elsewhere FlexAttention
     is forward-only in this PyTorch, so it serves inference, and training falls back to
-    causal SDPA: the same function of the same weights.
+    causal SDPA: the same function of the same weights. Meta tensors (shape-only runs,
+    such as counting FLOPs) take SDPA too: FlexAttention has no meta implementation.
     """
 
     def __init__(self, dim: int, n_head: int | None = None) -> None:
@@ -110,7 +111,7 @@ class FlexAttentionSeed(CausalSelfAttentionSeed):
         return self._block_masks[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not q.is_cuda and q.requires_grad:
+        if q.is_meta or (not q.is_cuda and q.requires_grad):
             return super().attend(q, k, v)
         flex = _fused_flex_attention() if q.is_cuda else flex_attention
         return flex(q, k, v, block_mask=self.block_mask(q.size(-2), q.device))
@@ -134,6 +135,22 @@ class MLPSeed(nn.Module):
             # Trade compute for memory: recompute the wide hidden activation in backward.
             return x + torch.utils.checkpoint.checkpoint(self.branch, x, use_reentrant=False)
         return x + self.branch(x)
+
+
+class TransformerBlockSeed(nn.Module):
+    """A whole pre-norm GPT block, x + attn(ln(x)) then + mlp(ln(.)): a GPT grows a layer.
+
+    Both residual branches zero-init their output projection, so the block starts
+    as the identity; it is the attention seed followed by the MLP seed.
+    """
+
+    def __init__(self, dim: int, n_head: int | None = None, expansion: int = 4) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttentionSeed(dim, n_head)
+        self.mlp = MLPSeed(dim, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attn(x))
 
 
 # param_estimate: exact parameter counts at dim=64 with default options.
@@ -164,3 +181,10 @@ def flex_attention_seed(dim: int, n_head: int | None = None) -> nn.Module:
 @BlueprintRegistry.register("mlp", "transformer", 33_216, "Pre-norm residual MLP")
 def mlp(dim: int, expansion: int = 4, checkpoint: bool = False) -> nn.Module:
     return MLPSeed(dim, expansion, checkpoint)
+
+
+@BlueprintRegistry.register(
+    "block", "transformer", 49_984, "Pre-norm GPT block: causal attention + MLP (adds a layer)"
+)
+def block(dim: int, n_head: int | None = None, expansion: int = 4) -> nn.Module:
+    return TransformerBlockSeed(dim, n_head, expansion)

@@ -1,0 +1,69 @@
+"""Static networks with seeds built in: the architecture a growth run ends with, trained from scratch.
+
+A fossilized seed at full strength computes `seed(stage(x))` at its slot. Here
+the same blueprint modules are made part of the host's trunk instead (the stage
+becomes `Sequential(stage, seed, ...)`), so the network is a plain static one:
+its seeds are host parameters from the first step, trained with the host's
+optimiser and learning rate, and the slots stay free. This is how a growth run is
+compared with "the same final network, trained statically".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from esper.kasmina.blueprints import BlueprintRegistry
+from esper.kasmina.host import StagedHost
+from esper.runtime.data import TaskData
+
+
+def plant_static(host: nn.Module, slot_id: str, blueprint: str, **kwargs: Any) -> nn.Module:
+    """Build `blueprint` fresh and make it run after the trunk stage feeding `slot_id`, as a
+    host layer; returns the new module."""
+    if not isinstance(host, StagedHost):
+        raise TypeError(
+            f"{type(host).__name__} is not a StagedHost: it has no trunk stage to build a seed into"
+        )
+    if slot_id not in host.injection_points:
+        raise ValueError(
+            f"Unknown injection point '{slot_id}'. Available: {', '.join(host.injection_points)}"
+        )
+    width = host.injection_points[slot_id]
+    module = BlueprintRegistry.create(host.topology, blueprint, width, **kwargs)
+    index = host.stage_index(slot_id)
+    host.trunk[index] = nn.Sequential(host.trunk[index], module)
+    return module
+
+
+@dataclass(frozen=True)
+class StaticSeedsHostFactory:
+    """Builds `build_host(data)` with fresh blueprint modules fused after the named slots.
+
+    `seeds` lists (slot_id, blueprint) pairs in planting order; a slot named twice
+    gets both, one after the other. `blueprint_kwargs` are the task's options per
+    blueprint (as `TaskConfig.blueprint_kwargs`), so each module is built as a slot
+    of that task would build it.
+    """
+
+    build_host: Callable[[TaskData], nn.Module]
+    seeds: tuple[tuple[str, str], ...]
+    blueprint_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __call__(self, data: TaskData) -> nn.Module:
+        host = self.build_host(data)
+        for slot_id, blueprint in self.seeds:
+            plant_static(host, slot_id, blueprint, **self.blueprint_kwargs.get(blueprint, {}))
+        return host
+
+    def __str__(self) -> str:
+        planted = ", ".join(f"{blueprint}@{slot_id}" for slot_id, blueprint in self.seeds)
+        return f"{self.build_host} + {planted or 'no seeds'}"
+
+
+def every_slot(slots: Sequence[str], blueprint: str) -> tuple[tuple[str, str], ...]:
+    """The plan that plants `blueprint` once in each of `slots`."""
+    return tuple((slot_id, blueprint) for slot_id in slots)

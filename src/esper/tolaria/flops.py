@@ -1,0 +1,292 @@
+"""FLOPs of a model's current architecture, counted by `torch.utils.flop_counter.FlopCounterMode`.
+
+`FlopMeter(model, (inputs, targets)).profile()` gives per-sample FLOPs (one sample
+is one image, or one sequence for a language model) of:
+
+- inference: an eval-mode forward without grad (what serving the model costs; an
+  incubating seed is skipped there, a blended one counts),
+- a training step: a train-mode forward plus the backward of the task loss (an
+  incubating seed runs and learns, so it counts),
+- validation: an eval forward, which is the inference forward,
+- counterfactuals: the extra passes that measure each blended seed's contribution,
+  both the fast path the trainer takes for a `StagedHost` (the stages after the
+  slot, from the features recorded entering it) and the naive one (a full forward
+  with the slot's alpha forced to 0).
+
+Why meta tensors: the model is run through `torch.func.functional_call` with every
+parameter and buffer swapped for a meta tensor (shape and dtype, no storage, no
+arithmetic). So measuring never touches the real model: its BatchNorm running
+statistics, gradients and weights, the global RNG (meta dropout draws nothing)
+all stay as they were; only the train/eval flags are switched, and restored. It
+costs milliseconds whatever the model's size and needs no accelerator memory. It
+also counts attention on CPU: PyTorch's fused CPU attention kernel is not in
+FlopCounterMode's registry and would count 0, while on meta SDPA decomposes into
+the matmuls FlopCounterMode counts (the same number its formula gives on GPU).
+One library formula is corrected (see `_conv_backward_flop`): a grouped
+convolution's weight gradient, which it overcounts by the number of groups.
+
+A profile is measured once per architecture and cached on a signature of the
+slots (stage class, blueprint, seed identity, isolation), so calling `profile()`
+every epoch is free until a seed is planted, starts blending or is removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from esper.kasmina.host import StagedHost
+from esper.leyline import SeedStage
+from esper.tolaria.trainer import _MEASURED_STAGES, loss_and_correct
+
+__all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature", "flop_counter"]
+
+_CONV_BACKWARD = torch.ops.aten.convolution_backward
+_LIBRARY_CONV_BACKWARD = flop_registry[_CONV_BACKWARD]
+
+
+def _conv_backward_flop(*args: Any, out_val: Any = None) -> int:
+    """PyTorch's own convolution-backward formula, with its weight-gradient term divided by
+    `groups`.
+
+    Why this is not left to the library: its weight-gradient term ignores `groups`,
+    so a depthwise convolution's weight gradient is counted once per channel
+    (C times too many; the input-gradient term is right). The exact count is the
+    library's term over `groups`, so both terms still come from the library.
+    Arguments are convolution_backward's, positional, as the library takes them.
+    """
+    *head, groups, output_mask = args
+    grad_input = _LIBRARY_CONV_BACKWARD(*head, groups, [output_mask[0], False], out_val=out_val)
+    grad_weight = _LIBRARY_CONV_BACKWARD(*head, groups, [False, output_mask[1]], out_val=out_val)
+    return grad_input + grad_weight // groups
+
+
+_conv_backward_flop._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode passes tensors
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode with the grouped-convolution backward count corrected."""
+    return FlopCounterMode(display=False, custom_mapping={_CONV_BACKWARD: _conv_backward_flop})
+
+
+@dataclass(frozen=True, slots=True)
+class EpochFlops:
+    """FLOPs spent in one epoch (or, summed, a run), split by what they were spent on."""
+
+    training: float = 0.0
+    validation: float = 0.0
+    counterfactual: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.training + self.validation + self.counterfactual
+
+    def __add__(self, other: EpochFlops) -> EpochFlops:
+        return EpochFlops(
+            self.training + other.training,
+            self.validation + other.validation,
+            self.counterfactual + other.counterfactual,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlopProfile:
+    """Per-sample FLOPs of one architecture.
+
+    `counterfactual_fast` is None when the host is not a `StagedHost` (the trainer
+    then takes the naive path); both dicts map each measured slot (a seed in
+    BLENDING, SHADOWING or PROBATIONARY) to the extra FLOPs its counterfactual costs.
+    """
+
+    inference: float
+    training: float
+    counterfactual_fast: dict[str, float] | None
+    counterfactual_naive: dict[str, float]
+
+    @property
+    def validation(self) -> float:
+        """A validation pass is an eval forward: the inference cost."""
+        return self.inference
+
+    @property
+    def counterfactual(self) -> float:
+        """Extra per-sample FLOPs of all counterfactuals, on the path the trainer takes."""
+        per_slot = (
+            self.counterfactual_naive
+            if self.counterfactual_fast is None
+            else self.counterfactual_fast
+        )
+        return sum(per_slot.values())
+
+    def epoch(self, train_samples: int, val_samples: int, validations: int = 1) -> EpochFlops:
+        """FLOPs of an epoch that trained on `train_samples` and validated `validations` times
+        (the governor validates again after a rollback) on `val_samples`, with counterfactuals."""
+        return EpochFlops(
+            training=self.training * train_samples,
+            validation=self.validation * val_samples * validations,
+            counterfactual=self.counterfactual * val_samples * validations,
+        )
+
+
+def _stage_class(slot: Any) -> str:
+    """What a slot's seed costs, coarsely: the stages within one class run the same ops.
+
+    Conservative on purpose: every move out of a class changes the signature, so a
+    new profile is measured whenever the slot's cost might have changed.
+    """
+    if slot.state is None or slot.seed is None:
+        return "empty"
+    stage = slot.stage
+    if stage in _MEASURED_STAGES:
+        return "measured"  # runs at its alpha, train and eval; counterfactual measured
+    if stage == SeedStage.FOSSILIZED:
+        return "fossilized"  # part of the host: runs everywhere, not measured
+    if stage == SeedStage.TRAINING:
+        return "incubating" if slot.state.alpha == 0.0 else "blended"
+    return "idle"  # GERMINATED: planted, not run yet
+
+
+def _slot_signature(slot: Any) -> tuple[Hashable, ...]:
+    stage_class = _stage_class(slot)
+    if stage_class == "empty":
+        return (stage_class,)
+    return (stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
+
+
+def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
+    """A key that changes whenever the FLOPs of `model`'s passes may change.
+
+    Per slot: its stage class, blueprint, seed identity and whether its input is
+    detached (isolation spares the backward through the host's features). A module
+    without `seed_slots` has a fixed architecture: the empty key.
+    """
+    slots = getattr(model, "seed_slots", {})
+    return tuple((slot_id, *_slot_signature(slot)) for slot_id, slot in slots.items())
+
+
+class _Call(nn.Module):
+    """Lets `functional_call` run any function of `model` (not only its forward)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def _meta(tensor: Tensor) -> Tensor:
+    return torch.empty_like(tensor, device="meta").requires_grad_(tensor.requires_grad)
+
+
+class FlopMeter:
+    """Measures a model's per-sample FLOPs once per architecture; see the module docstring.
+
+    `model` is a `MorphogeneticModel` or any module whose forward takes one input
+    tensor; `example_batch` is one (inputs, targets) batch of the task (only its
+    shapes and dtypes are kept).
+    """
+
+    def __init__(self, model: nn.Module, example_batch: tuple[Tensor, Tensor]) -> None:
+        inputs, targets = example_batch
+        if inputs.ndim == 0 or inputs.shape[0] == 0:
+            raise ValueError(
+                f"FlopMeter needs a batch of at least one sample, got inputs of shape {tuple(inputs.shape)}"
+            )
+        self.model = model
+        self._inputs = torch.empty_like(inputs, device="meta")
+        self._targets = torch.empty_like(targets, device="meta")
+        self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
+        self.measurements = 0  # profiles measured (not served from the cache)
+
+    def profile(self) -> FlopProfile:
+        """The current architecture's profile, measured now only if it is new."""
+        key = architecture_signature(self.model)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._measure()
+            self.measurements += 1
+        return cached
+
+    # ------------------------------------------------------------------ measuring
+    def _measure(self) -> FlopProfile:
+        model = self.model
+        modes = [(module, module.training) for module in model.modules()]
+        try:
+            model.eval()
+            with torch.no_grad():
+                inference = self._count(lambda x: model(x))
+                fast, naive = self._counterfactuals()
+            model.train()
+            with torch.enable_grad():
+                training = self._count(self._train_step, self._targets)
+        finally:
+            for module, training_mode in modes:
+                module.training = training_mode
+        batch = self._inputs.shape[0]
+        return FlopProfile(
+            inference=inference / batch,
+            training=training / batch,
+            counterfactual_fast=None if fast is None else {k: v / batch for k, v in fast.items()},
+            counterfactual_naive={k: v / batch for k, v in naive.items()},
+        )
+
+    def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
+        loss, _ = loss_and_correct(self.model(inputs), targets)
+        loss.backward()  # into the meta stand-ins' .grad: the real parameters are untouched
+
+    def _counterfactuals(self) -> tuple[dict[str, int] | None, dict[str, int]]:
+        """Extra FLOPs per measured slot, on the fast path (if the host is staged) and the naive one."""
+        model = self.model
+        measured = {
+            key: slot
+            for key, slot in getattr(model, "seed_slots", {}).items()
+            if slot.stage in _MEASURED_STAGES
+        }
+        naive = {}
+        for key, slot in measured.items():
+
+            def without_slot(x: Tensor, slot: Any = slot) -> None:
+                with slot.force_alpha(0.0):  # writes the meta stand-in of its alpha buffer
+                    model(x)
+
+            naive[key] = self._count(without_slot)
+        host = getattr(model, "host", None)
+        if not isinstance(host, StagedHost):
+            return None, naive
+        fast: dict[str, int] = {}
+
+        def tails(x: Tensor) -> None:
+            taps: dict[str, Tensor | None] = dict.fromkeys(measured)
+            host.run(host.stem(x), taps=taps)  # the shared pass: validation, not extra
+            for key, features in taps.items():
+                with flop_counter() as counter:
+                    host.run(features, host.stage_index(key) + 1)
+                fast[key] = counter.get_total_flops()
+
+        self._run_on_meta(tails, self._inputs)
+        return fast, naive
+
+    def _count(self, fn: Callable[..., None], *extra: Tensor) -> int:
+        with flop_counter() as counter:
+            self._run_on_meta(fn, self._inputs, *extra)
+        return counter.get_total_flops()
+
+    def _run_on_meta(self, fn: Callable[..., None], *args: Tensor) -> None:
+        model = self.model
+        tensors = {f"model.{name}": _meta(p) for name, p in model.named_parameters()}
+        tensors.update({f"model.{name}": _meta(b) for name, b in model.named_buffers()})
+        try:
+            torch.func.functional_call(_Call(model, fn), tensors, args)
+        except (RuntimeError, NotImplementedError) as err:
+            raise RuntimeError(
+                f"cannot count the FLOPs of {type(model).__name__}: its forward failed on meta "
+                f"tensors ({str(err).splitlines()[0]}); FLOPs are measured without data, so the "
+                "forward must not read tensor values (e.g. .item() or data-dependent branches)"
+            ) from err
