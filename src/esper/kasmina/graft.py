@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from esper.kasmina.blueprints.registry import infer_topology
 from esper.kasmina.host import SeededModel
-from esper.kasmina.placement import SlotMount, record_output
+from esper.kasmina.placement import SlotMount, holds_slot, record_output
 from esper.kasmina.slot import QualityGates, SeedSlot
 from esper.leyline import TaskConfig, TelemetryEvent
 
@@ -116,9 +116,9 @@ def graft(
     (`task_config.topology` is replaced by each slot's inferred topology).
 
     Raises `ValueError` naming the culprit for an unknown target (with the closest
-    module names), a pattern matching nothing, a target named twice, a target
-    that does not run on `example_input`, or one whose output is not a single
-    floating-point tensor of a known topology.
+    module names), a pattern matching nothing, a target named twice or already
+    grafted, a target that does not run on `example_input`, or one whose output is
+    not a single floating-point tensor of a known topology.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"graft needs a torch.nn.Module, got {type(model).__name__}")
@@ -185,6 +185,11 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
         if id(module) in seen:
             raise ValueError(
                 f"Duplicate target: '{seen[id(module)]}' and '{name}' are the same module; target one"
+            )
+        if holds_slot(module):
+            raise ValueError(
+                f"Target '{name}' already has a slot (the model was grafted before); use that "
+                "grafted model, or graft a fresh copy of the model"
             )
         seen[id(module)] = name
     return [name for name in names if name in chosen]

@@ -59,6 +59,11 @@ def record_output(module: nn.Module, sink: Callable[[Any], object]) -> Removable
     return module.register_forward_hook(_Record(sink), prepend=True)
 
 
+def holds_slot(module: nn.Module) -> bool:
+    """Whether a slot is already placed on `module`'s output."""
+    return any(isinstance(hook, _ApplySlot) for hook in module._forward_hooks.values())
+
+
 def _module_key(key: str) -> str:
     """`nn.ModuleDict` keys cannot contain '.', which module paths (graft targets) do."""
     return key.replace(".", ":")
