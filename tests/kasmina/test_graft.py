@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -452,3 +453,63 @@ def test_trainer_and_governor_run_a_grafted_mlp_on_tabular_features() -> None:
     assert grafted.seed_slots["1"].stage in (SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY)
     assert "1" in records[-1].contributions  # counterfactuals measured per slot
     assert records[-1].seed_params == grafted.seed_param_count() > 0
+
+
+def test_a_grafted_trainer_checkpoint_restores_seeds_and_optimisers() -> None:
+    def build() -> tuple[nn.Module, MorphogeneticTrainer]:
+        torch.manual_seed(0)
+        mlp = nn.Sequential(nn.Linear(13, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.ReLU()), nn.Linear(8, 3))
+        grafted = esper.graft(mlp, ["1", "2.1"], train[0][0], gates=OPEN_GATES)
+        return grafted, MorphogeneticTrainer(grafted, train, val, OptimConfig())
+
+    train, val = _wine_batches()
+    grafted, trainer = build()
+    trainer.apply([Action(ActionKind.GERMINATE, "2.1", "mlp")])
+    for _ in range(3):
+        trainer.run_epoch()
+        trainer.end_epoch()
+    buffer = io.BytesIO()  # through a checkpoint file's bytes, as a resumed run reads it
+    torch.save(trainer.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert any(key.startswith("slots.2:1.seed.") for key in state["model"])
+
+    restored, resumed = build()
+    resumed.load_state_dict(state)
+    slot = restored.seed_slots["2.1"]
+    assert slot.stage == grafted.seed_slots["2.1"].stage and slot.seed_topology == "mlp"
+    restored.eval()
+    grafted.eval()
+    assert torch.equal(restored(val[0][0]), grafted(val[0][0]))
+    assert resumed.run_epoch().to_dict() | {"seconds": 0} == trainer.run_epoch().to_dict() | {"seconds": 0}
+
+
+def test_a_grafted_mlp_trains_exactly_like_the_built_in_host() -> None:
+    """One way to place a slot: the same network as MLPHost, grafted, gives the same run."""
+    from esper.kasmina.host import MLPHost, MorphogeneticModel
+
+    train, val = _wine_batches()
+
+    def built_in() -> tuple[nn.Module, str]:
+        return MorphogeneticModel(MLPHost(13, num_classes=3, hidden=8), gates=OPEN_GATES), "layer2"
+
+    def grafted() -> tuple[nn.Module, str]:
+        # The layers MLPHost creates, in the same order: the same initial weights.
+        mlp = nn.Sequential(nn.Linear(13, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.ReLU()), nn.Linear(8, 3))
+        return esper.graft(mlp, ["1", "2"], train[0][0], gates=OPEN_GATES), "2"
+
+    runs = []
+    for build in (built_in, grafted):
+        torch.manual_seed(0)
+        model, second_slot = build()
+        trainer = MorphogeneticTrainer(model, train, val, OptimConfig())
+        trainer.apply([Action(ActionKind.GERMINATE, second_slot, "mlp")])
+        figures = []
+        for _ in range(4):
+            record = trainer.run_epoch()
+            trainer.end_epoch()
+            figures += [record.train_loss, record.val_loss, record.val_accuracy, record.seed_params]
+        assert model.seed_slots[second_slot].stage == SeedStage.BLENDING
+        runs.append(figures)
+    # Equal up to the order in which gradient norms are summed for clipping.
+    assert runs[0] == pytest.approx(runs[1], rel=1e-6, abs=0)
