@@ -247,6 +247,17 @@ def test_topology_width_device_and_dtype_come_from_the_probe() -> None:
     assert grafted.seed_slots["right.0"].seed.conv.in_channels == 12
 
 
+def test_seeds_are_built_on_the_device_of_the_features() -> None:
+    """The meta device stands in for an accelerator: the slot and its seed follow the probe."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to("meta")
+    grafted = esper.graft(model, ["1"], torch.randn(3, 4, device="meta"))
+    slot = grafted.seed_slots["1"]
+    assert slot.device == torch.device("meta")
+    grafted.germinate("1", "mlp")
+    assert {p.device.type for p in slot.seed.parameters()} == {"meta"}
+    assert grafted(torch.randn(3, 4, device="meta")).shape == (3, 2)
+
+
 def test_the_probe_leaves_the_model_as_it_was() -> None:
     torch.manual_seed(0)
     model = TwoBranchNet().train()

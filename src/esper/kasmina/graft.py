@@ -243,8 +243,8 @@ def _point(name: str, module: nn.Module, calls: list[Any]) -> _Point:
     what = f"Target '{name}' ({type(module).__name__})"
     if not calls:
         raise ValueError(
-            f"{what} did not run in the model's forward on example_input, so a slot there "
-            "would never act; target a module the forward calls"
+            f"{what} did not run in the model's (eval-mode) forward on example_input, so a "
+            "slot there would never act; target a module the forward calls"
         )
     points = []
     for output in calls:
