@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from esper.kasmina.placement import SlotMount
+
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
@@ -48,19 +50,28 @@ def validate(model: nn.Module, batches: Batches) -> float:
 
 
 @contextmanager
-def slots_replaced(host: nn.Module, modules: dict[str, nn.Module]) -> Iterator[nn.Module]:
+def slots_replaced(host: SlotMount, modules: dict[str, nn.Module]) -> Iterator[SlotMount]:
     """The same host object with `modules` (plain layers, or nothing) in place of its slots.
 
     Timing one set of weight tensors in both arms of a figure removes a bias of its
     own: on this machine two identical copies of a model differ by up to ~2% in
     step time (memory placement), as much as the dormant figure's whole budget.
+    Slots are taken out and put back through the host's own `unregister_slot` /
+    `register_slot`, so with `{}` the baseline runs the host with no slot machinery
+    at all (no hooks on its modules).
     """
-    slots = host.slots
-    host.slots = nn.ModuleDict(modules)
+    slots = host.placed_slots()
+    for key in slots:
+        host.unregister_slot(key)
+    for key, module in modules.items():
+        host.register_slot(key, module)
     try:
         yield host
     finally:
-        host.slots = slots
+        for key in modules:
+            host.unregister_slot(key)
+        for key, slot in slots.items():
+            host.register_slot(key, slot)
 
 
 def image_batches(n: int, batch: int = 64, size: int = 32, classes: int = 10) -> list[tuple[Tensor, Tensor]]:

@@ -19,12 +19,13 @@ from pathlib import Path
 import bench_counterfactual
 import bench_dormant
 import bench_epoch
+import bench_graft
 import bench_incubator
 import bench_recompiles
 import bench_vec_env
 import per
 
-FIGURES = (bench_dormant, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per)
+FIGURES = (bench_dormant, bench_graft, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -18,7 +18,7 @@ def _cmd_blueprints(args: argparse.Namespace, console: Console) -> int:
     from esper.kasmina.blueprints import BlueprintRegistry
     from esper.kasmina.blueprints.registry import TOPOLOGIES
 
-    dims = {"cnn": 32, "transformer": 64}
+    dims = {"cnn": 32, "transformer": 64, "mlp": 64}
     table = Table(title="Blueprints")
     for column in ("topology", "name", "params (estimate)", "params (actual)", "description"):
         table.add_column(column)
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     blueprints = commands.add_parser("blueprints", help="list the blueprint registry")
-    blueprints.add_argument("--topology", choices=["cnn", "transformer"])
+    blueprints.add_argument("--topology", choices=["cnn", "transformer", "mlp"])
     blueprints.set_defaults(func=_cmd_blueprints)
 
     tasks = commands.add_parser("tasks", help="list the tasks")

@@ -24,6 +24,14 @@ def test_blueprints_lists_registry_with_param_counts(capsys) -> None:
     assert "flex_attention" not in out
 
 
+def test_blueprints_lists_the_mlp_topology(capsys) -> None:
+    assert main(["blueprints", "--topology", "mlp"]) == 0
+    out = capsys.readouterr().out
+    for name in ("norm", "lowrank", "mlp"):
+        assert name in out
+    assert "conv_light" not in out
+
+
 def test_tasks_lists_every_task(capsys) -> None:
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out

@@ -11,21 +11,22 @@ import torch.utils.checkpoint
 from torch import nn
 
 from esper.kasmina.blueprints import BlueprintRegistry, BlueprintSpec
+from esper.kasmina.blueprints.registry import TOPOLOGIES, feature_shape, infer_topology
 
 # Eager FlexAttention on CPU warns that it is unfused; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
-DIMS = {"cnn": 8, "transformer": 32}
+DIMS = {"cnn": 8, "transformer": 32, "mlp": 16}
 ALL_BLUEPRINTS = [
-    (topology, spec.name)
-    for topology in ("cnn", "transformer")
-    for spec in BlueprintRegistry.list_specs(topology)
+    (topology, spec.name) for topology in TOPOLOGIES for spec in BlueprintRegistry.list_specs(topology)
 ]
+# Where a topology's features keep their channels: (B, C, H, W), (B, T, C), (B, C).
+CHANNEL_SHAPES = {"cnn": lambda d: (1, d, 1, 1), "transformer": lambda d: (1, 1, d), "mlp": lambda d: (1, d)}
 
 
 def _input(topology: str, dim: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    shape = (2, dim, 6, 6) if topology == "cnn" else (2, 8, dim)
+    shape = {"cnn": (2, dim, 6, 6), "transformer": (2, 8, dim), "mlp": (16, dim)}[topology]
     return torch.randn(shape, generator=g)
 
 
@@ -46,11 +47,13 @@ def _seed(topology: str, name: str, **kwargs: object) -> nn.Module:
 def test_builtin_blueprints_are_registered() -> None:
     cnn = {n for t, n in ALL_BLUEPRINTS if t == "cnn"}
     transformer = {n for t, n in ALL_BLUEPRINTS if t == "transformer"}
+    mlp = {n for t, n in ALL_BLUEPRINTS if t == "mlp"}
     assert cnn == {
         "norm", "attention", "depthwise", "conv_light", "conv_heavy", "inverted_bottleneck",
         "residual_block",
     }  # fmt: skip
     assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention", "block"}
+    assert mlp == {"norm", "lowrank", "mlp"}
 
 
 @pytest.mark.parametrize(("topology", "name"), ALL_BLUEPRINTS)
@@ -70,7 +73,7 @@ def test_seed_trains_towards_target(topology: str, name: str) -> None:
     x = _input(topology, dim)
     # A fixed random per-channel affine map: within reach (at least partly) of every seed.
     g = torch.Generator().manual_seed(2)
-    channel = (1, dim, 1, 1) if topology == "cnn" else (1, 1, dim)
+    channel = CHANNEL_SHAPES[topology](dim)
     scale = 1 + 0.5 * torch.randn(channel, generator=g)
     shift = 0.3 * torch.randn(channel, generator=g)
     target = x * scale + shift
@@ -179,6 +182,8 @@ def test_checkpointed_mlp_matches_plain_mlp(monkeypatch: pytest.MonkeyPatch) -> 
         ("transformer", "lora"),
         ("transformer", "attention"),
         ("transformer", "mlp"),
+        ("mlp", "lowrank"),
+        ("mlp", "mlp"),
     ],
 )
 def test_fullgraph_compile_matches_eager(topology: str, name: str) -> None:
@@ -203,22 +208,22 @@ def test_create_passes_kwargs_through() -> None:
         BlueprintRegistry.create("transformer", "attention", dim, n_head=3)
 
 
-@pytest.mark.parametrize("topology", ["cnn", "transformer"])
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_list_specs_sorted_by_cost_and_estimates_are_honest(topology: str) -> None:
     specs = BlueprintRegistry.list_specs(topology)
     estimates = [s.param_estimate for s in specs]
     assert estimates == sorted(estimates)
     assert specs[0].name == "norm"
-    assert specs[-1].name == ("residual_block" if topology == "cnn" else "block")
+    assert specs[-1].name == {"cnn": "residual_block", "transformer": "block", "mlp": "mlp"}[topology]
     for spec in specs:  # estimates are the parameter counts at dim=64
         assert spec.topology == topology
         assert spec.actual_param_count(64) == spec.param_estimate
 
 
 def test_unknown_names_list_what_exists() -> None:
-    with pytest.raises(ValueError, match="Unknown topology 'rnn'. Available: cnn, transformer"):
+    with pytest.raises(ValueError, match="Unknown topology 'rnn'. Available: cnn, mlp, transformer"):
         BlueprintRegistry.list_specs("rnn")
-    with pytest.raises(ValueError, match="Available: cnn, transformer"):
+    with pytest.raises(ValueError, match="Available: cnn, mlp, transformer"):
         BlueprintRegistry.create("rnn", "norm", 8)
     expected = "Unknown blueprint 'foo' for topology 'cnn'. Available: attention, conv_heavy, "
     with pytest.raises(ValueError, match=expected + "conv_light, depthwise, inverted_bottleneck"):
@@ -259,3 +264,14 @@ def test_duplicate_builtin_registration_raises() -> None:
     with pytest.raises(ValueError, match="'mlp' already registered for topology 'transformer'"):
         BlueprintRegistry.register("mlp", "transformer", 1)(lambda dim: nn.Identity())
     assert BlueprintRegistry.get("transformer", "mlp").param_estimate == 33_216
+
+
+def test_feature_layouts_round_trip() -> None:
+    """A probe shape of each topology is read back as that topology with its channels."""
+    assert feature_shape("cnn", 5) == (2, 5, 8, 8)
+    assert feature_shape("transformer", 5) == (2, 8, 5)
+    assert feature_shape("mlp", 5) == (2, 5)
+    for topology in TOPOLOGIES:
+        assert infer_topology(feature_shape(topology, 7)) == (topology, 7)
+    assert infer_topology((2, 3, 4, 5, 6)) is None
+    assert infer_topology((7,)) is None

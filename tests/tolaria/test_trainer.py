@@ -8,26 +8,32 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import esper
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.kasmina.host import MorphogeneticModel, _SlottedHost
-from esper.leyline import Action, ActionKind, SeedStage, TaskConfig, TelemetryEventType
+from esper.leyline import Action, ActionKind, SeedStage, TelemetryEventType
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
 from esper.tolaria import validate_with_counterfactuals
 
 
-class ToyHost(_SlottedHost):
-    """Logits are the (B, 2) input itself, passed through one slot."""
-
-    topology = "cnn"
-
+class Scale(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.injection_points = {"s": 2}
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._apply_slot("s", x * self.scale)
+        return x * self.scale
+
+
+class ToyModel(nn.Module):
+    """Logits are the (B, 2) input itself times one parameter; a slot is grafted on that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = Scale()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale(x)
 
 
 class Offset(nn.Module):
@@ -40,16 +46,16 @@ class Offset(nn.Module):
 
 @pytest.fixture
 def offset_blueprint():
-    BlueprintRegistry.register("toy_offset", "cnn", param_estimate=0)(lambda dim: Offset())
+    BlueprintRegistry.register("toy_offset", "mlp", param_estimate=0)(lambda dim: Offset())
     try:
         yield "toy_offset"
     finally:
-        BlueprintRegistry.unregister("cnn", "toy_offset")
+        BlueprintRegistry.unregister("mlp", "toy_offset")
 
 
 def test_counterfactual_equals_known_offset_effect(offset_blueprint: str) -> None:
-    model = MorphogeneticModel(ToyHost(), ["s"], task_config=TaskConfig())
-    slot = model.seed_slots["s"]
+    model = esper.graft(ToyModel(), ["scale"], torch.zeros(1, 2))
+    slot = model.seed_slots["scale"]
     slot.germinate(offset_blueprint)
     slot.state.stage = SeedStage.BLENDING
     slot.state.alpha = 1.0
@@ -57,7 +63,7 @@ def test_counterfactual_equals_known_offset_effect(offset_blueprint: str) -> Non
     targets = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])  # 6/8 are class 1
     result = validate_with_counterfactuals(model, [(inputs, targets)])
     assert result.accuracy == pytest.approx(0.75)  # the seed votes 1 everywhere
-    assert result.contributions == {"s": pytest.approx(0.75 - 0.25)}
+    assert result.contributions == {"scale": pytest.approx(0.75 - 0.25)}
     assert slot.state.metrics.counterfactual_contribution == pytest.approx(0.5)
     assert slot.alpha == 1.0  # force_alpha restored
 

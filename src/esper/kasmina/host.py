@@ -1,53 +1,27 @@
-"""Host networks with injection points, and the model that plants slots in them."""
+"""Host networks with injection points, and the model that plants seed slots in them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import functools
+import itertools
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina.slot import QualityGates, SeedSlot
+from esper.kasmina.placement import SlotMount, record_output
+from esper.kasmina.slot import QualityGates, SeedSlot, SeedState
 from esper.leyline import TaskConfig, TelemetryEvent
 
 
-class _SlottedHost(nn.Module):
-    """Shared slot bookkeeping: a slot is an `nn.Module` applied at an injection point."""
+class StagedHost(SlotMount):
+    """A host that is a stem, a trunk of stages, and a head; slots sit on stage outputs.
 
-    topology: str
-    injection_points: dict[str, int]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slots = nn.ModuleDict()
-
-    def register_slot(self, slot_id: str, slot: nn.Module) -> None:
-        if slot_id not in self.injection_points:
-            raise ValueError(
-                f"Unknown injection point '{slot_id}'. Available: {', '.join(self.injection_points)}"
-            )
-        self.slots[slot_id] = slot
-
-    def unregister_slot(self, slot_id: str) -> None:
-        if slot_id not in self.slots:
-            raise ValueError(f"No slot registered at '{slot_id}'")
-        del self.slots[slot_id]
-
-    def _apply_slot(self, key: str | None, x: Tensor) -> Tensor:
-        # One dict lookup (not ModuleDict's `in` then `[]`): this runs per stage per step.
-        slot = self.slots._modules.get(key) if key is not None else None
-        return x if slot is None else slot(x)
-
-    def host_parameters(self) -> Iterator[nn.Parameter]:
-        """The host's own parameters, excluding anything planted in its slots."""
-        for name, param in self.named_parameters():
-            if not name.startswith("slots."):
-                yield param
-
-
-class StagedHost(_SlottedHost):
-    """A host that is a stem, a trunk of stages each followed by an optional slot, and a head.
+    `_slot_keys` is the tuple of injection-point keys in trunk order and
+    `_slot_stage` maps each key to the index of the trunk stage whose output it
+    receives (a subclass sets both). A slot is placed like any other (`SlotMount`:
+    a hook on that stage), so the forward pass is just the trunk loop.
 
     `forward(x) == run(stem(x))` (a subclass must keep that true). `run` can start
     at any stage and record the features entering chosen slots, so a
@@ -56,7 +30,9 @@ class StagedHost(_SlottedHost):
     before it (`tolaria.trainer.validate_with_counterfactuals`).
     """
 
-    _slot_keys: tuple[str | None, ...]  # one per trunk stage; None: no injection point there
+    topology: str
+    _slot_keys: tuple[str, ...]
+    _slot_stage: dict[str, int]
 
     @property
     def trunk(self) -> nn.ModuleList:
@@ -71,9 +47,21 @@ class StagedHost(_SlottedHost):
     def forward(self, x: Tensor) -> Tensor:
         return self.run(self.stem(x))
 
+    def _set_injection_points(self, points: dict[str, tuple[int, int]]) -> None:
+        """Declare the injection points, in trunk order: key -> (stage index, channels).
+
+        Precomputed once, so the forward pass never formats or looks up a key.
+        """
+        self._slot_keys = tuple(points)
+        self._slot_stage = {key: stage for key, (stage, _) in points.items()}
+        self.injection_points = {key: channels for key, (_, channels) in points.items()}
+
+    def injection_module(self, key: str) -> nn.Module:
+        return self.trunk[self._slot_stage[key]]
+
     def stage_index(self, slot_id: str) -> int:
         """Position in the trunk of the stage whose output `slot_id` receives."""
-        return self._slot_keys.index(slot_id)
+        return self._slot_stage[slot_id]
 
     def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
         """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
@@ -82,12 +70,18 @@ class StagedHost(_SlottedHost):
         there: `run(taps[key], stage_index(key) + 1)` is then the output with that
         slot passing its input through, computed without the stages before it.
         """
-        for i in range(start, len(self._slot_keys)):
-            key = self._slot_keys[i]
+        if taps:
+            recorders = [
+                record_output(self.injection_module(key), functools.partial(taps.__setitem__, key))
+                for key in taps
+            ]
+            try:
+                return self.run(x, start)
+            finally:
+                for handle in recorders:
+                    handle.remove()
+        for i in range(start, len(self.trunk)):
             x = self.trunk[i](x)
-            if taps is not None and key in taps:
-                taps[key] = x
-            x = self._apply_slot(key, x)
         return self.head(x)
 
 
@@ -123,13 +117,7 @@ class CNNHost(StagedHost):
             ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)
         )
         self.classifier = nn.Linear(widths[-1], num_classes)
-        # Precomputed so forward never formats strings (compile-friendly, cheap).
-        self._slot_keys: tuple[str | None, ...] = (None,) + tuple(
-            f"block{i + 1}" for i in range(1, n_blocks)
-        )
-        self.injection_points = {
-            key: width for key, width in zip(self._slot_keys, widths) if key is not None
-        }
+        self._set_injection_points({f"block{i + 1}": (i, widths[i]) for i in range(1, n_blocks)})
 
     @property
     def trunk(self) -> nn.ModuleList:
@@ -198,8 +186,7 @@ class TransformerHost(StagedHost):
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
-        self._slot_keys: tuple[str, ...] = tuple(f"layer{i + 1}" for i in range(n_layer))
-        self.injection_points = {key: n_embd for key in self._slot_keys}
+        self._set_injection_points({f"layer{i + 1}": (i, n_embd) for i in range(n_layer)})
         self.register_buffer("_positions", torch.arange(block_size), persistent=False)
 
     @property
@@ -216,54 +203,59 @@ class TransformerHost(StagedHost):
         return self.lm_head(self.ln_f(x))
 
 
-class MorphogeneticModel(nn.Module):
-    """A host with one `SeedSlot` at each chosen injection point."""
+class MLPHost(StagedHost):
+    """Hidden Linear -> ReLU layers of equal width, a slot after every one, a linear head.
+
+    Features at every slot are (B, hidden): the "mlp" topology.
+    """
+
+    topology = "mlp"
 
     def __init__(
-        self,
-        host: CNNHost | TransformerHost,
-        slot_ids: Iterable[str] | None = None,
-        device: str | torch.device = "cpu",
-        gates: QualityGates | None = None,
-        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
-        task_config: TaskConfig | None = None,
-        fast_mode: bool = False,
+        self, in_features: int, num_classes: int = 10, hidden: int = 64, n_layers: int = 2
     ) -> None:
         super().__init__()
-        self.host = host.to(device)
-        chosen = list(host.injection_points) if slot_ids is None else list(slot_ids)
-        if not chosen:
-            raise ValueError("MorphogeneticModel needs at least one slot")
-        unknown = [s for s in chosen if s not in host.injection_points]
-        if unknown:
-            raise ValueError(
-                f"Unknown slot(s) {unknown}. Available: {', '.join(host.injection_points)}"
-            )
-        config = task_config or TaskConfig(topology=host.topology)
-        for slot_id in chosen:
-            slot = SeedSlot(
-                slot_id,
-                channels=host.injection_points[slot_id],
-                device=device,
-                gates=gates,
-                on_telemetry=on_telemetry,
-                fast_mode=fast_mode,
-                task_config=config,
-            )
-            host.register_slot(slot_id, slot)
+        if n_layers < 1:
+            raise ValueError(f"MLPHost needs n_layers >= 1, got {n_layers}")
+        widths = [in_features] + [hidden] * n_layers
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(c_in, c_out), nn.ReLU()) for c_in, c_out in itertools.pairwise(widths)
+        )
+        self.classifier = nn.Linear(hidden, num_classes)
+        self._set_injection_points({f"layer{i + 1}": (i, hidden) for i in range(n_layers)})
+
+    @property
+    def trunk(self) -> nn.ModuleList:
+        return self.layers
+
+    def head(self, x: Tensor) -> Tensor:
+        return self.classifier(x)
+
+
+class SeededModel(nn.Module):
+    """What the trainer, governor and controllers use of a model with seed slots.
+
+    `MorphogeneticModel` (a built-in host) and `esper.graft`'s `GraftedModel` (any
+    model) both provide it: `seed_slots`, `host` (the network the slots sit in; its
+    `host_parameters()`, or else its `parameters()`, are the host's), `germinate`,
+    and the host/seed parameter split.
+    """
+
+    host: nn.Module
 
     @property
     def seed_slots(self) -> dict[str, SeedSlot]:
-        return dict(self.host.slots.items())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.host(x)
-
-    def germinate(self, slot_id: str, blueprint_id: str, seed_id: str | None = None):
-        return self.seed_slots[slot_id].germinate(blueprint_id, seed_id, host_module=self.host)
+        raise NotImplementedError
 
     def host_parameters(self) -> list[nn.Parameter]:
-        return list(self.host.host_parameters())
+        raise NotImplementedError
+
+    def germinate(self, slot_id: str, blueprint_id: str, seed_id: str | None = None) -> SeedState:
+        """Plant a seed from `blueprint_id` in slot `slot_id` (see `SeedSlot.germinate`)."""
+        slots = self.seed_slots
+        if slot_id not in slots:
+            raise ValueError(f"Unknown slot '{slot_id}'. Available: {', '.join(slots)}")
+        return slots[slot_id].germinate(blueprint_id, seed_id, host_module=self.host)
 
     def seed_parameters(self, slot_id: str | None = None) -> list[nn.Parameter]:
         slots = self.seed_slots if slot_id is None else {slot_id: self.seed_slots[slot_id]}
@@ -274,3 +266,66 @@ class MorphogeneticModel(nn.Module):
 
     def seed_param_count(self) -> int:
         return sum(p.numel() for p in self.seed_parameters())
+
+
+def _floating_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a host computes its features in: that of its floating-point parameters."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
+class MorphogeneticModel(SeededModel):
+    """A built-in host (a `StagedHost`) with one `SeedSlot` at each chosen injection point.
+
+    For a model of your own, use `esper.graft(model, targets, example_input)`.
+    """
+
+    def __init__(
+        self,
+        host: StagedHost,
+        slot_ids: Iterable[str] | None = None,
+        device: str | torch.device = "cpu",
+        gates: QualityGates | None = None,
+        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        task_config: TaskConfig | None = None,
+        fast_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(host, SlotMount):
+            raise TypeError(
+                f"MorphogeneticModel needs a host with injection points (CNNHost, TransformerHost, "
+                f"MLPHost or another StagedHost), got {type(host).__name__}. To grow any other "
+                "model, graft slots onto its modules: esper.graft(model, targets, example_input)"
+            )
+        self.host = host.to(device)
+        chosen = list(host.injection_points) if slot_ids is None else list(slot_ids)
+        if not chosen:
+            raise ValueError("MorphogeneticModel needs at least one slot")
+        unknown = [s for s in chosen if s not in host.injection_points]
+        if unknown:
+            raise ValueError(
+                f"Unknown slot(s) {unknown}. Available: {', '.join(host.injection_points)}"
+            )
+        config = task_config or TaskConfig(topology=host.topology)
+        dtype = _floating_dtype(host)
+        for slot_id in chosen:
+            slot = SeedSlot(
+                slot_id,
+                channels=host.injection_points[slot_id],
+                device=device,
+                gates=gates,
+                on_telemetry=on_telemetry,
+                fast_mode=fast_mode,
+                task_config=config,
+                dtype=dtype,
+            )
+            host.register_slot(slot_id, slot)
+
+    @property
+    def seed_slots(self) -> dict[str, SeedSlot]:
+        return self.host.placed_slots()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.host(x)
+
+    def host_parameters(self) -> list[nn.Parameter]:
+        return self.host.host_parameters()

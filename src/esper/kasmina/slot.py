@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
+from esper.kasmina.blueprints.registry import feature_shape
 from esper.kasmina.gates import QualityGates
 from esper.kasmina.isolation import (
     AlphaSchedule,
@@ -110,6 +111,7 @@ class SeedSlot(nn.Module):
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
         fast_mode: bool = False,
         task_config: TaskConfig | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
@@ -132,13 +134,22 @@ class SeedSlot(nn.Module):
         # Effective alpha as a tensor the (compiled) forward reads; not checkpointed: it is
         # derived from the lifecycle state.
         self.register_buffer("_alpha", torch.zeros((), device=device), persistent=False)
-        # Follows the module across .to(device); the shape-probe cache is keyed on it.
-        self.register_buffer("_device_anchor", torch.empty(0, device=device), persistent=False)
+        # Follows the module across .to(device) and .to(dtype): seeds are built on the device
+        # and in the dtype of the features at the slot (a bf16 host gets bf16 seeds), and the
+        # shape-probe cache is keyed on both.
+        self.register_buffer(
+            "_device_anchor", torch.empty(0, device=device, dtype=dtype), persistent=False
+        )
 
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
         return self._device_anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the features at this slot, and so of the seeds planted in it."""
+        return self._device_anchor.dtype
 
     @property
     def alpha(self) -> float:
@@ -203,7 +214,7 @@ class SeedSlot(nn.Module):
         topology = self._topology(host_module)
         self.seed_topology = topology
         kwargs = self.task_config.blueprint_kwargs.get(blueprint_id, {})
-        seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs).to(self.device)
+        seed = self._build_seed(topology, blueprint_id, **kwargs)
         self._verify_shape(seed, topology, blueprint_id)
         self.seeds_planted += 1
         state = _SlotState(
@@ -365,9 +376,7 @@ class SeedSlot(nn.Module):
         self._adopt(None, state)
         if saved["has_module"]:
             kwargs = self.task_config.blueprint_kwargs.get(state.blueprint_id, {})
-            self.seed = BlueprintRegistry.create(
-                self.seed_topology, state.blueprint_id, self.channels, **kwargs
-            ).to(self.device)
+            self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **kwargs)
             if host_module is not None:
                 self.isolation_monitor.register(host_module, self.seed)
         if state.blending_steps_total:
@@ -465,17 +474,22 @@ class SeedSlot(nn.Module):
             return self.task_config.topology
         return getattr(host_module, "topology", self.task_config.topology)
 
+    def _build_seed(self, topology: str, blueprint_id: str, **kwargs: Any) -> nn.Module:
+        """A fresh seed module on the device and in the dtype of this slot's features."""
+        seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs)
+        return seed.to(device=self.device, dtype=self.dtype)
+
     def _get_shape_probe(self, topology: str) -> Tensor:
-        """A cached input for shape checks; dropped when the slot moves to another device."""
-        device = self.device
+        """A cached input for shape checks; dropped when the slot's device or dtype changes."""
+        device, dtype = self.device, self.dtype
         probe = self._probe_cache.get(topology)
-        if probe is not None and probe.device == device:
+        if probe is not None and probe.device == device and probe.dtype == dtype:
             return probe
         if probe is not None:
             self._probe_cache.clear()
-        shape = (2, self.channels, 8, 8) if topology == "cnn" else (2, 8, self.channels)
         generator = torch.Generator().manual_seed(0)
-        probe = torch.randn(shape, generator=generator).to(device)
+        probe = torch.randn(feature_shape(topology, self.channels), generator=generator)
+        probe = probe.to(device=device, dtype=dtype)
         self._probe_cache[topology] = probe
         return probe
 

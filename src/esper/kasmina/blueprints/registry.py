@@ -2,7 +2,8 @@
 
 A blueprint is a factory ``f(dim, **kwargs) -> nn.Module`` for a seed that preserves
 its input shape: (B, C, H, W) with C=dim for "cnn", (B, T, C) with C=dim for
-"transformer". Blueprints register themselves at import time via the decorator.
+"transformer", (B, C) with C=dim for "mlp". Blueprints register themselves at import
+time via the decorator.
 """
 
 from __future__ import annotations
@@ -13,7 +14,31 @@ from typing import ClassVar
 
 from torch import nn
 
-TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer")
+TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer", "mlp")
+
+# The features each topology's seeds take and return: (rank, channel axis). The one
+# definition of what a topology's features look like: shape probes and `esper.graft`'s
+# topology inference both read it.
+_LAYOUTS: dict[str, tuple[int, int]] = {"cnn": (4, 1), "transformer": (3, 2), "mlp": (2, 1)}
+
+
+def feature_shape(topology: str, channels: int, batch: int = 2, extent: int = 8) -> tuple[int, ...]:
+    """A small feature shape of `topology`: (B, C, H, W), (B, T, C) or (B, C)."""
+    rank, channel_axis = _LAYOUTS[topology]
+    shape = [batch] + [extent] * (rank - 1)
+    shape[channel_axis] = channels
+    return tuple(shape)
+
+
+def infer_topology(shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """(topology, channels) of features with this shape, by rank; None if no topology fits.
+
+    4-D is "cnn" (B, C, H, W), 3-D "transformer" (B, T, C), 2-D "mlp" (B, C).
+    """
+    for topology, (rank, channel_axis) in _LAYOUTS.items():
+        if len(shape) == rank:
+            return topology, shape[channel_axis]
+    return None
 
 BlueprintFactory = Callable[..., nn.Module]
 
