@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from esper import __version__
 
@@ -202,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(console: Console, message: str) -> None:
+    """One line, printed verbatim: a message holding [brackets] is not rich markup."""
+    line = Text("error: ", style="bold red")
+    line.append(" ".join(message.split()))
+    console.print(line, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads < 1:
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        _print_error(console, str(err))
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: checkpoints so far are kept; continue with --resume RUN_DIR")

@@ -33,7 +33,6 @@ from esper.tamiyo import (
     HeuristicConfig,
     HeuristicController,
     NoGrowthController,
-    TrackerConfig,
 )
 from esper.tolaria import MorphogeneticTrainer
 
@@ -69,9 +68,7 @@ def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConf
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
     """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
-    overrides = dict(overrides)
-    tracker = build_config(TrackerConfig, overrides.pop("tracker", {}), {})
-    return build_config(HeuristicConfig, overrides, {"tracker": tracker})
+    return build_config(HeuristicConfig, overrides, {}, section="heuristic")
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
@@ -153,7 +150,7 @@ def run_heuristic(
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        config = HeuristicRunConfig(**folder.saved_config("heuristic"))
+        config = build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {})
     assert config is not None
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)

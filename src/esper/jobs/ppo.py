@@ -75,9 +75,9 @@ class PPORunConfig:
 
     def parts(self) -> tuple[PPOConfig, NetworkConfig, RewardConfig]:
         """The typed configs; the reward's shaping discount defaults to PPO's gamma."""
-        ppo = build_config(PPOConfig, self.ppo, {})
-        network = build_config(NetworkConfig, self.network, {})
-        reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {})
+        ppo = build_config(PPOConfig, self.ppo, {}, section="ppo")
+        network = build_config(NetworkConfig, self.network, {}, section="network")
+        reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {}, section="reward")
         return ppo, network, reward
 
 
@@ -127,7 +127,7 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
     """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        config = PPORunConfig(**folder.saved_config("ppo"))
+        config = build_config(PPORunConfig, folder.saved_config("ppo"), {})
     assert config is not None
     ppo_config, network_config, reward_config = config.parts()
     spec = get_task(config.task)
