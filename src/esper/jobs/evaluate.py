@@ -26,6 +26,7 @@ from esper.jobs.heuristic import make_chooser, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
 from esper.jobs.run_folder import write_json
 from esper.leyline import Controller
+from esper.nissa.files import restore
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController
@@ -84,7 +85,7 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
         episode_length or info["episode_length"],
         tuple(info["slot_ids"]),
         tuple(info["blueprints"]),
-        build_config(RewardConfig, info["reward"], {}),
+        restore(Path(policy), "a reward config", lambda: build_config(RewardConfig, info["reward"], {}, section="reward")),
     )
 
 
