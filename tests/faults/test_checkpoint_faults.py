@@ -173,8 +173,11 @@ def test_resume_skips_a_corrupt_latest_checkpoint(kind, heuristic_reference, tmp
     run_dir = _crashed_copy(heuristic_reference, tmp_path / "run")
     latest = run_dir / "checkpoints" / f"epoch_{HEURISTIC_EPOCHS:04d}.pt"
     _corrupt(latest, kind, tmp_path)
+    cut_off = latest.with_name(latest.name + ".tmp")  # what a kill mid-write leaves
+    cut_off.write_bytes(b"PK\x03\x04")
     with caplog.at_level(logging.WARNING, logger="esper.jobs"):
         assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0
+    assert not cut_off.exists()
     warnings = caplog.text
     assert str(latest) in warnings and "epoch_0004.pt" in warnings
     assert not (tmp_path / "PWNED").exists()

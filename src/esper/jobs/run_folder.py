@@ -114,12 +114,15 @@ class RunFolder:
     def resume(self, schema: type, apply: Callable[[dict[str, Any]], int]) -> Resumed | None:
         """Restore from the newest readable checkpoint, then truncate the logs to it.
 
-        `schema` is the TypedDict of what the job's checkpoints hold; `apply(payload)`
+        Temporary files of writes a kill cut off are removed first. `schema` is the
+        TypedDict of what the job's checkpoints hold; `apply(payload)`
         loads it and returns the epochs (or rounds) it covers. An unreadable
         checkpoint is skipped with a warning and the one before it is used (None
         when none is left: the run starts over, its logs emptied). One that reads
         but does not fit this run (`apply` fails) is an error: another run wrote it.
         """
+        for stale in [*self.path.glob("*.tmp"), *self.checkpoint_dir.glob("*.tmp")]:
+            stale.unlink()  # a write that kill -9 cut off; the file under its real name is intact
         skipped = []
         for path in self.checkpoints():
             try:

@@ -21,7 +21,7 @@ import functools
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -39,27 +39,22 @@ class TorchFileError(ValueError):
         self.path = path
 
 
-@contextlib.contextmanager
-def path_in_os_errors(path: Path) -> Iterator[None]:
-    """Attach `path` to an OSError raised without one (a failed write() names no file)."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno is not None and err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from None
-        raise
-
-
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    """Write `path` with `write(file)` through a temporary file and a rename; on failure nothing is left."""
+    """Write `path` with `write(file)` through a temporary file and a rename; on failure nothing is left.
+
+    A disk fault is re-raised as an `OSError` naming `path` (a failed write() names no
+    file, and the temporary name would only confuse).
+    """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with path_in_os_errors(tmp), tmp.open("wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+        with tmp.open("wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
-        with path_in_os_errors(path):
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 
