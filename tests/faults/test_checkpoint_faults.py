@@ -22,7 +22,6 @@ import torch
 
 from esper.cli import main
 from esper.jobs.run_folder import RunFolder
-from esper.kasmina.blueprints import BlueprintRegistry
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
@@ -31,7 +30,10 @@ from esper.simic.rewards import RewardConfig
 
 HEURISTIC_EPOCHS = 6
 PPO_ROUNDS = 3
-PPO_ARGS = ["--envs", "2", "--episode-length", "3", "--update-epochs", "1", "--checkpoint-every", "1"]
+# Named, not "all of the topology": other tests may register test-only blueprints in this process.
+CNN_BLUEPRINTS = ("norm", "attention", "depthwise", "conv_light", "conv_heavy")
+PPO_ARGS = ["--envs", "2", "--episode-length", "3", "--update-epochs", "1", "--checkpoint-every", "1",
+            "--blueprints", *CNN_BLUEPRINTS]  # fmt: skip
 
 
 class _Payload:
@@ -92,8 +94,7 @@ BAD_KINDS = ["random bytes", "empty", "truncated", "pickle payload", "torch payl
 def policy_file(tmp_path_factory) -> Path:
     """A real policy.pt for digits, as `esper train ppo` writes it (untrained: the format is what matters)."""
     slots = ("block2", "block3")
-    blueprints = tuple(s.name for s in BlueprintRegistry.list_specs("cnn"))
-    layout, space = FeatureLayout(slots, blueprints), ActionSpace(slots, blueprints)
+    layout, space = FeatureLayout(slots, CNN_BLUEPRINTS), ActionSpace(slots, CNN_BLUEPRINTS)
     model = ActorCritic(layout.size, len(space), NetworkConfig())
     payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
                              episode_length=3, reward=asdict(RewardConfig()))  # fmt: skip
@@ -155,7 +156,8 @@ def test_a_folder_or_a_missing_file_as_policy(tmp_path, capsys) -> None:
 def heuristic_reference(tmp_path_factory) -> Path:
     """An uninterrupted heuristic run, checkpointed every 2 epochs."""
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    argv = ["train", "heuristic", "--epochs", str(HEURISTIC_EPOCHS), "--checkpoint-every", "2", "--seed", "4"]
+    argv = ["train", "heuristic", "--epochs", str(HEURISTIC_EPOCHS), "--checkpoint-every", "2", "--seed", "4",
+            "--blueprints", *CNN_BLUEPRINTS]  # fmt: skip
     assert main([*argv, "--run-dir", str(run_dir), "--quiet"]) == 0
     return run_dir
 

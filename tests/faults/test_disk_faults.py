@@ -23,7 +23,9 @@ from esper.jobs import evaluate as evaluate_job
 from esper.nissa import JsonlWriter, read_jsonl
 
 EPOCHS = 6
-TRAIN = ["train", "heuristic", "--epochs", str(EPOCHS), "--checkpoint-every", "2", "--seed", "5", "--quiet"]
+# Named, not "all of the topology": other tests may register test-only blueprints in this process.
+BLUEPRINTS = ["--blueprints", "norm", "attention", "depthwise", "conv_light", "conv_heavy"]
+TRAIN = ["train", "heuristic", "--epochs", str(EPOCHS), "--checkpoint-every", "2", "--seed", "5", *BLUEPRINTS, "--quiet"]
 
 
 def _one_error_line(capsys, code: int, *expected: str) -> str:
@@ -212,7 +214,7 @@ def test_evaluate_checks_its_outputs_before_the_work(tmp_path, monkeypatch, caps
 def test_evaluate_prints_the_table_even_if_the_report_cannot_be_written(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out.json"
     _fail_opening(monkeypatch, lambda path, mode: path.name == "out.json.tmp", errno.ENOSPC)
-    code = main(["evaluate", "--policy", "random", "--episodes", "1", "--episode-length", "3", "--json", str(out)])
+    code = main(["evaluate", "--policy", "heuristic", "--episodes", "1", "--episode-length", "3", "--json", str(out)])
     captured = capsys.readouterr().out
     assert code == 2
     assert "final val accuracy" in captured  # the finished work is shown

@@ -22,9 +22,12 @@ import esper
 from esper.cli import main
 from esper.tolaria import MorphogeneticTrainer
 
-HEURISTIC = ["train", "heuristic", "--epochs", "30", "--checkpoint-every", "2", "--seed", "2", "--quiet"]
+# Named, not "all of the topology": the registry of this process may hold test-only blueprints
+# that the `python -m esper` processes do not have.
+BLUEPRINTS = ["--blueprints", "norm", "attention", "depthwise", "conv_light", "conv_heavy"]
+HEURISTIC = ["train", "heuristic", "--epochs", "30", "--checkpoint-every", "2", "--seed", "2", *BLUEPRINTS, "--quiet"]
 PPO = ["train", "ppo", "--rounds", "4", "--envs", "2", "--episode-length", "3", "--update-epochs", "1",
-       "--checkpoint-every", "1", "--seed", "2", "--quiet"]  # fmt: skip
+       "--checkpoint-every", "1", "--seed", "2", *BLUEPRINTS, "--quiet"]  # fmt: skip
 
 
 def _metrics(run_dir: Path) -> str:
