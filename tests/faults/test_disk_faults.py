@@ -228,3 +228,21 @@ def test_report_checks_its_output_folder_first(tmp_path, capsys) -> None:
     blocker.write_text("")
     code = main(["report", str(tmp_path / "no-run"), "--out", str(blocker)])
     _one_error_line(capsys, code, str(blocker), "is a file")
+
+
+def test_full_disk_in_a_ppo_run_names_the_policy_and_the_resume_command(tmp_path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "ppo"
+    argv = ["train", "ppo", "--rounds", "3", "--envs", "2", "--episode-length", "3", "--update-epochs", "1",
+            "--checkpoint-every", "1", *BLUEPRINTS, "--quiet", "--run-dir", str(run_dir)]  # fmt: skip
+
+    def policy_after_two_rounds(path: Path, mode: str) -> bool:
+        return path.name == "policy.pt.tmp" and len(read_jsonl(run_dir / "metrics.jsonl")) == 2
+
+    _fail_opening(monkeypatch, policy_after_two_rounds, errno.ENOSPC)
+    code = main(argv)
+    _one_error_line(capsys, code, str(run_dir / "policy.pt"), "No space left on device",
+                    f"esper train ppo --resume {run_dir}")  # fmt: skip
+    _no_temporary_files(run_dir)
+    monkeypatch.undo()
+    assert main(["train", "ppo", "--resume", str(run_dir), "--quiet"]) == 0
+    assert [m["round"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
