@@ -220,9 +220,11 @@ class _Stopped(Exception):
         self.code = code
 
 
-def _os_reason(err: OSError, fallback: Path) -> str:
-    """'PATH: reason' for an OS-level failure (the run folder when the OS names no file)."""
-    return f"{err.filename or fallback}: {err.strerror or err}"
+def _os_reason(err: OSError, fallback: Path | None = None) -> str:
+    """'PATH: reason' for an OS-level failure (`fallback`, e.g. the run folder, when the OS names no file)."""
+    path = err.filename or fallback
+    reason = err.strerror or str(err)
+    return reason if path is None else f"{path}: {reason}"
 
 
 @contextmanager
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_error(console, str(stop))
         return stop.code
     except OSError as err:
-        _print_error(console, str(err) if err.errno is None else _os_reason(err, Path.cwd()))
+        _print_error(console, str(err) if err.errno is None else _os_reason(err))
         return 2
     except (ValueError, RuntimeError, ImportError) as err:
         _print_error(console, str(err))
