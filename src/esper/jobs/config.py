@@ -85,7 +85,7 @@ def build_config(
     return _construct(cls, checked)
 
 
-STRICT = pydantic.ConfigDict(strict=True, extra="forbid")
+_STRICT = pydantic.ConfigDict(strict=True, extra="forbid")
 
 
 @functools.cache
@@ -99,7 +99,7 @@ def _arguments(cls: type) -> type:
     hints = typing.get_type_hints(cls)
     schema = {f.name: _nested(hints[f.name]) for f in fields(cls) if f.init}
     arguments = typing_extensions.TypedDict(f"{cls.__name__}Arguments", schema, total=False)  # type: ignore[operator]
-    arguments.__pydantic_config__ = STRICT  # type: ignore[attr-defined]
+    arguments.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
     return arguments
 
 
