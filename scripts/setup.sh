@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Create .venv and install Esper with its dev tools. Idempotent: a second run is quick.
-# TORCH_SPEC picks the PyTorch build; the default pins the CPU wheel this kind of
-# machine carries on local disk (a bare range would pull a ~5 GB CUDA build).
+# Create a virtual environment and install Esper with its dev tools. Idempotent: a second run is quick.
+# PYTHON is the interpreter (default python3), VENV the environment's folder (default .venv; the
+# Makefile gives another interpreter its own, e.g. .venv-3.13).
+# TORCH_SPEC picks the PyTorch build; the default pins 2.13.0: for Python 3.11 this kind of machine
+# carries the CPU wheel on local disk (a bare range would pull a ~5 GB CUDA build); for another
+# Python pip takes the registry's build of the same version, a CUDA build that runs on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
 fi
-stamp=.venv/.esper-installed
+stamp=$VENV/.esper-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  echo "setup: installing Esper into $VENV ($("$VENV/bin/python" --version))"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
   touch "$stamp"
 fi

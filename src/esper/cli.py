@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from esper import __version__
 
@@ -68,7 +71,8 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/heuristic-{config.task}-{stamp}")
-    summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    with _resumable("heuristic", run_dir):
+        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
     print_summary(summary, console)
     console.print(f"Run folder: {run_dir}", highlight=False)
     return 0
@@ -76,7 +80,10 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.html_report import write_report
+    from esper.nissa.files import check_writable
 
+    if args.out:
+        check_writable(args.out, "--out folder", folder=True)
     page = write_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
     console.print(f"Report: {page}", highlight=False)
     return 0
@@ -100,7 +107,8 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
         config = build_config(PPORunConfig, file_values, overrides_from_args(args, file_values))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/ppo-{config.task}-{stamp}")
-    summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    with _resumable("ppo", run_dir):
+        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
     console.print(
         f"return: first rounds {summary['first_rounds_return']:+.3f}, last rounds {summary['last_rounds_return']:+.3f}",
         highlight=False,
@@ -111,8 +119,10 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.offline import config_from_args, run_offline
+    from esper.nissa.files import check_writable
 
     run_dir = Path(args.run_dir or f"runs/offline-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    check_writable(run_dir, "--run-dir", folder=True)
     summary = run_offline(config_from_args(args), run_dir, console=None if args.quiet else console)
     last = summary["last_loss"]
     console.print(f"loss: td {last['td_loss']:.4f}, cql {last['cql']:.4f}, mean Q {last['q_mean']:+.3f}", highlight=False)
@@ -202,6 +212,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(Exception):
+    """A run stopped by an interruption or a disk fault: one line to print, an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _os_reason(err: OSError, fallback: Path | None = None) -> str:
+    """'PATH: reason' for an OS-level failure (`fallback`, e.g. the run folder, when the OS names no file)."""
+    path = err.filename or fallback
+    reason = err.strerror or str(err)
+    return reason if path is None else f"{path}: {reason}"
+
+
+@contextmanager
+def _resumable(mode: str, run_dir: Path) -> Iterator[None]:
+    """Turn Ctrl-C or a disk fault during a run into one line with the exact command to continue.
+
+    Once the run folder holds config.json what was written is kept and valid, so
+    `esper train MODE --resume RUN_DIR` continues from the last checkpoint; before
+    that nothing was written and the command is simply run again.
+    """
+    from esper.jobs.run_folder import RunFolder
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if RunFolder(run_dir).config_path.exists():
+            message = f"interrupted: checkpoints so far are kept; continue with: esper train {mode} --resume {run_dir}"
+        else:
+            message = "interrupted before the run folder was made; nothing was written"
+        raise _Stopped(message, 130) from None
+    except OSError as err:
+        if err.errno is None:  # one of Esper's own messages (FileNotFoundError, FileExistsError)
+            raise
+        if RunFolder(run_dir).config_path.exists():
+            message = (
+                f"{_os_reason(err, run_dir)}. What was written so far is kept; once that is fixed, "
+                f"continue with: esper train {mode} --resume {run_dir}"
+            )
+        else:
+            message = f"{_os_reason(err, run_dir)}. Nothing was written; fix that and run the command again"
+        raise _Stopped(message, 2) from None
+
+
+def _print_error(console: Console, message: str) -> None:
+    """One line, printed verbatim: a message holding [brackets] is not rich markup."""
+    line = Text("error: ", style="bold red")
+    line.append(" ".join(message.split()))
+    console.print(line, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads < 1:
@@ -210,11 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         return args.func(args, console)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+    except _Stopped as stop:
+        if stop.code == 130:
+            console.print(Text(str(stop), style="yellow"), soft_wrap=True)
+        else:
+            _print_error(console, str(stop))
+        return stop.code
+    except OSError as err:
+        _print_error(console, str(err) if err.errno is None else _os_reason(err))
+        return 2
+    except (ValueError, RuntimeError, ImportError) as err:
+        _print_error(console, str(err))
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: checkpoints so far are kept; continue with --resume RUN_DIR")
+        console.print(Text("interrupted", style="yellow"))
         return 130
 
 

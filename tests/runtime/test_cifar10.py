@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_checksum_mismatch_deletes_download_and_raises(tmp_path, monkeypatch):
     _serve(monkeypatch, b"definitely not the CIFAR-10 archive")
     with pytest.raises(ValueError, match="Checksum mismatch"):
         load_cifar10(tmp_path / "data", download=True)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # not even the folder the download made
 
 
 def test_download_verifies_then_extracts(cifar_dir, tmp_path, monkeypatch):
@@ -113,3 +114,18 @@ def test_cifar10_task_builds_a_host_for_its_data(cifar_dir):
     train, _ = data.loaders(spec.batch_size, seed=0, max_train_batches=spec.max_train_batches)
     x, _ = next(iter(train))
     assert spec.build_host(data)(x).shape == (len(x), 10)
+
+
+def test_download_without_network_says_what_to_place_where(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    data_dir = tmp_path / "datasets" / "cifar"
+    with pytest.raises(cifar10.DownloadError) as err:
+        load_cifar10(data_dir, download=True)
+    message = str(err.value)
+    assert "name resolution" in message
+    assert str(data_dir / cifar10.FOLDER) in message
+    assert all(name in message for name in cifar10.ALL_FILES)
+    assert list(tmp_path.iterdir()) == []  # no partial files, no folders made for the download

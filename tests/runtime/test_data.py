@@ -157,7 +157,10 @@ def test_pydoc_chars():
     data = load_pydoc_chars(block_size=32)
     itos = data.metadata["itos"]
     assert data.train_inputs.shape[1] == 32
-    assert len(data.train_inputs) > 9 * len(data.val_inputs) > 0
+    # The 90/10 split is by characters, so in whole windows train is 9x val up to one window.
+    # (Python 3.13's pydoc text splits to exactly 9x: the lower bound is inclusive.)
+    assert 9 * len(data.val_inputs) <= len(data.train_inputs) <= 9 * (len(data.val_inputs) + 1)
+    assert len(data.val_inputs) > 0
     assert 80 < data.metadata["vocab_size"] == len(itos)
     assert int(data.train_targets.max()) < len(itos)
 

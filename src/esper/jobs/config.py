@@ -1,13 +1,25 @@
-"""Typed run configuration, read from CLI flags and an optional JSON/TOML file."""
+"""Typed run configuration, read from CLI flags and an optional JSON/TOML file.
+
+Every config built from a file or flags goes through `build_config`, which checks
+the values against the dataclass's own type hints with pydantic in strict mode
+(no "10" for an int, no 2.5 or true for an int; an int is fine for a float) and
+refuses unknown keys by name, nested config dataclasses included. The classes
+themselves stay plain dataclasses: code that builds them directly is unaffected.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pydantic
+import typing_extensions
 
 T = TypeVar("T")
 
@@ -46,20 +58,80 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"config file {path} could not be parsed: {err}") from None
+    if isinstance(values, dict):
+        return values
+    raise ValueError(f"config file {path} must hold a table of keys, not a {type(values).__name__}")
 
 
-def build_config(cls: type[T], file_values: dict[str, Any], overrides: dict[str, Any]) -> T:
-    """`cls` from file values, then non-None CLI overrides; unknown keys are named and refused."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(file_values) - known)
-    if unknown:
-        raise ValueError(
-            f"Unknown config key(s): {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}"
-        )
+def build_config(
+    cls: type[T], file_values: dict[str, Any], overrides: dict[str, Any], section: str = ""
+) -> T:
+    """`cls` from file values, then non-None CLI overrides, type-checked strictly.
+
+    A wrong type or an unknown key raises one `ValueError` line naming the key (after
+    `section`, e.g. "ppo.gamma"), what was expected and the value given. Nested config
+    dataclasses (HeuristicConfig's tracker) are given as dicts and checked the same way.
+    """
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
-    return cls(**values)
+    try:
+        checked = _checker(cls).validate_python(values)
+    except pydantic.ValidationError as err:
+        raise ValueError(_describe(cls, err.errors(), section)) from None
+    return _construct(cls, checked)
+
+
+_STRICT = pydantic.ConfigDict(strict=True, extra="forbid")
+
+
+@functools.cache
+def _arguments(cls: type) -> type:
+    """A TypedDict of the dataclass's init fields, every key optional (the dataclass has the defaults).
+
+    pydantic's strict mode accepts only an instance of a stdlib dataclass, never the
+    dict a file gives, so the check runs on this TypedDict of the same fields; a
+    nested config dataclass becomes its own TypedDict.
+    """
+    hints = typing.get_type_hints(cls)
+    schema = {f.name: _nested(hints[f.name]) for f in fields(cls) if f.init}
+    arguments = typing_extensions.TypedDict(f"{cls.__name__}Arguments", schema, total=False)  # type: ignore[operator]
+    arguments.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
+    return arguments
+
+
+def _nested(hint: Any) -> Any:
+    return _arguments(hint) if dataclasses.is_dataclass(hint) else hint
+
+
+@functools.cache
+def _checker(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(_arguments(cls))
+
+
+def _construct(cls: type[T], values: dict[str, Any]) -> T:
+    hints = typing.get_type_hints(cls)
+    nested = {k: _construct(hints[k], v) for k, v in values.items() if dataclasses.is_dataclass(hints[k])}
+    return cls(**{**values, **nested})
+
+
+def _describe(cls: type, errors: list[Any], section: str) -> str:
+    """One line for the first problem pydantic found (all unknown keys of one table together)."""
+    first = errors[0]
+    where = [section] if section else []
+    if first["type"] == "extra_forbidden":
+        parent = first["loc"][:-1]
+        unknown = [str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and e["loc"][:-1] == parent]
+        owner = cls
+        for part in parent:
+            owner = typing.get_type_hints(owner)[part]
+        prefix = ".".join(where + [str(p) for p in parent] + [""])
+        known = sorted(f.name for f in fields(owner))
+        return f"Unknown config key(s): {', '.join(prefix + k for k in unknown)}. Known keys: {', '.join(known)}"
+    key = ".".join(where + [str(p) for p in first["loc"]])
+    expected = first["msg"].removeprefix("Input should be ")
+    value = first["input"]
+    return f"config key '{key}' must be {expected}, got {value!r} ({type(value).__name__})"

@@ -26,6 +26,7 @@ from esper.jobs.heuristic import make_chooser, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
 from esper.jobs.run_folder import write_json
 from esper.leyline import Controller
+from esper.nissa.files import check_writable, restore
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController
@@ -84,7 +85,7 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
         episode_length or info["episode_length"],
         tuple(info["slot_ids"]),
         tuple(info["blueprints"]),
-        build_config(RewardConfig, info["reward"], {}),
+        restore(Path(policy), "a reward config", lambda: build_config(RewardConfig, info["reward"], {}, section="reward")),
     )
 
 
@@ -117,14 +118,19 @@ def evaluate(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    # Where the results go is checked before the work, which may take minutes.
+    if json_path is not None:
+        check_writable(json_path, "--json file")
+    if record is not None:
+        if (Path(record) / TRANSITIONS_FILE).exists():
+            raise FileExistsError(f"{record} already holds recorded transitions; choose another --record folder")
+        check_writable(record, "--record folder", folder=True)
     setup = resolve(policy, task, episode_length)
     spec = get_task(setup.task)
     env = MorphogeneticEnv(spec, spec.load_data(), setup.episode_length, setup.slots, setup.reward)
     seeds = [EVAL_SEED_OFFSET + seed + i for i in range(episodes)]
     recorder = None
     if record is not None:
-        if (Path(record) / TRANSITIONS_FILE).exists():
-            raise FileExistsError(f"{record} already holds recorded transitions; choose another --record folder")
         recorder = episode_recorder(record, setup.task, setup.slots, setup.blueprints, setup.reward,
                                     mode="evaluate", policy=policy, episode_length=setup.episode_length)  # fmt: skip
     rows = []
@@ -158,10 +164,10 @@ def evaluate(
         "seed_outcomes": dict(outcomes),
         "per_episode": rows,
     }
+    if console is not None:
+        print_report(report, console)  # first: the table is shown even if writing the file fails
     if json_path is not None:
         write_json(Path(json_path), report)
-    if console is not None:
-        print_report(report, console)
     return report
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 from rich.console import Console
+from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
 from esper.jobs.config import HeuristicRunConfig, build_config
@@ -33,11 +34,18 @@ from esper.tamiyo import (
     HeuristicConfig,
     HeuristicController,
     NoGrowthController,
-    TrackerConfig,
 )
 from esper.tolaria import MorphogeneticTrainer
 
 CURRICULUM_FILE = "curriculum.json"
+
+
+class HeuristicCheckpoint(TypedDict):
+    """What a heuristic run's checkpoint holds (checked before resuming from it)."""
+
+    trainer: dict[str, Any]
+    controller: dict[str, Any]
+    recorder: NotRequired[dict[str, Any]]  # checkpoints from before recording have none
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
@@ -69,9 +77,7 @@ def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConf
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
     """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
-    overrides = dict(overrides)
-    tracker = build_config(TrackerConfig, overrides.pop("tracker", {}), {})
-    return build_config(HeuristicConfig, overrides, {"tracker": tracker})
+    return build_config(HeuristicConfig, overrides, {}, section="heuristic")
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
@@ -153,37 +159,38 @@ def run_heuristic(
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        config = HeuristicRunConfig(**folder.saved_config("heuristic"))
-    assert config is not None
+        config = build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {})
+    elif config is None:
+        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    # Everything that can be wrong with the config or the data is found before the folder is made.
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
     blueprints = resolve_blueprints(spec, config.blueprints)
     controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
+    hub = TelemetryHub()
+    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
+    if config.tensorboard:
+        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     if not resume:
         folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "esper_version": __version__})
 
-    hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
-    checkpoint = folder.latest_checkpoint() if resume else None
-    if checkpoint is not None:
-        payload = folder.load_checkpoint(checkpoint)
+    def restore_state(payload: dict[str, Any]) -> int:
         trainer.load_state_dict(payload["trainer"])
         controller.load_state_dict(payload["controller"])
-    if resume:
-        # Before any output opens the logs: lines past the checkpoint are written again.
-        folder.truncate_logs(trainer.epoch)
+        return trainer.epoch
+
+    # Logs are truncated to the checkpoint loaded before any output opens them.
+    resumed = folder.resume(HeuristicCheckpoint, restore_state) if resume else None
     # Every decision is also recorded as a transition, for `esper train offline`.
     recorder = episode_recorder(folder.path, config.task, config.slots or spec.slots, blueprints, RewardConfig(),
                                 mode="heuristic", episode_length=epochs)  # fmt: skip
-    if checkpoint is not None and "recorder" in payload:  # checkpoints from before recording have none
-        recorder.load_state_dict(payload["recorder"])
+    if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
+        resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
     hub.add_output(JsonlEventOutput(folder.events_path))
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
     if config.tensorboard:
-        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
-
         hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
 
     def save(path: Path) -> None:

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import InstanceOf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
 from esper.jobs.config import build_config
@@ -36,6 +38,7 @@ from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import get_task
+from esper.runtime.session import build_trainer
 from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
@@ -46,6 +49,16 @@ from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, VecEnv
 
 POLICY_FILE = "policy.pt"
 DEFAULT_EPISODE_LENGTH = 25
+
+
+class PPOCheckpoint(TypedDict):
+    """What a PPO run's checkpoint holds (checked before resuming from it)."""
+
+    round: int
+    model: dict[str, InstanceOf[torch.Tensor]]
+    optimizer: dict[str, Any]
+    normalizer: dict[str, Any]
+    generator: InstanceOf[torch.Tensor]
 
 
 @dataclass(slots=True)
@@ -75,9 +88,9 @@ class PPORunConfig:
 
     def parts(self) -> tuple[PPOConfig, NetworkConfig, RewardConfig]:
         """The typed configs; the reward's shaping discount defaults to PPO's gamma."""
-        ppo = build_config(PPOConfig, self.ppo, {})
-        network = build_config(NetworkConfig, self.network, {})
-        reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {})
+        ppo = build_config(PPOConfig, self.ppo, {}, section="ppo")
+        network = build_config(NetworkConfig, self.network, {}, section="network")
+        reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {}, section="reward")
         return ppo, network, reward
 
 
@@ -127,30 +140,33 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
     """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json."""
     folder = RunFolder(run_dir)
     if resume:
-        config = PPORunConfig(**folder.saved_config("ppo"))
-    assert config is not None
+        config = build_config(PPORunConfig, folder.saved_config("ppo"), {})
+    elif config is None:
+        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    # Everything that can be wrong with the config or the data is found before the folder is made.
     ppo_config, network_config, reward_config = config.parts()
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
     env = VecEnv(spec, data, config.envs, config.episode_length, blueprints, config.slots, reward_config)
+    build_trainer(spec, data, config.seed, config.slots)  # checks the slots now: environments build theirs later
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
     norm = RunningNorm(env.layout.size)
     generator = torch.Generator().manual_seed(config.seed)
-    start_round = 0
     if not resume:
         folder.create({"mode": "ppo", "config": config.to_dict(), "esper_version": __version__})
-    elif (checkpoint := folder.latest_checkpoint()) is not None:
-        state = folder.load_checkpoint(checkpoint)
+
+    def restore_state(state: dict[str, Any]) -> int:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         norm.load_state_dict(state["normalizer"])
         generator.set_state(state["generator"])
-        start_round = state["round"]
-    if resume:
-        folder.truncate_logs(start_round)
+        return state["round"]
+
+    resumed = folder.resume(PPOCheckpoint, restore_state) if resume else None
+    start_round = 0 if resumed is None else resumed.payload["round"]
 
     hub = TelemetryHub()
     hub.add_output(JsonlEventOutput(folder.events_path))

@@ -2,28 +2,45 @@
 
 Everything is written so that a crash loses at most the epoch in progress:
 JSON files are written to a temporary name and renamed, JSONL files are
-flushed line by line, checkpoints are saved atomically.
+flushed line by line, checkpoints are saved atomically. A write that fails (a
+full disk, a read-only folder) leaves no temporary file behind and raises an
+`OSError` naming the file.
+
+On resume the newest checkpoint that can be read is used: a corrupt one (a crash
+or a disk fault mid-write, a truncated copy) is skipped with a warning and the
+run continues from the one before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, TypeVar
 
 from esper.nissa import read_jsonl, strict_json
+from esper.nissa.files import (
+    TorchFileError,
+    load_torch_file,
+    restore,
+    save_torch_file,
+    write_atomic,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_CHECKPOINT = "final.pt"
+RESUMABLE_MODES = ("heuristic", "ppo")  # the `esper train` modes that have --resume
+
+logger = logging.getLogger("esper.jobs")
+T = TypeVar("T")
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(strict_json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = strict_json.dumps(record, indent=2, default=str) + "\n"
+    write_atomic(path, lambda f: f.write(text))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -33,6 +50,18 @@ def read_json(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: is this an Esper run folder?") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The checkpoint a run resumed from and what it holds."""
+
+    path: Path
+    payload: dict[str, Any]
+
+    def restore(self, what: str, apply: Callable[[], T]) -> T:
+        """`apply()` (load_state_dict calls); an error there names this checkpoint and `what`."""
+        return restore(self.path, what, apply)
 
 
 class RunFolder:
@@ -47,12 +76,19 @@ class RunFolder:
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
 
     def create(self, config: dict[str, Any]) -> None:
-        """Start a new run here; refuses to touch a folder that already holds a run."""
+        """Start a new run here; refuses to touch a folder that already holds a run.
+
+        Call it only once everything the run needs has been checked: a run folder
+        is never left half-made by an error the checks could have found.
+        """
         if self.config_path.exists():
-            raise FileExistsError(
-                f"{self.path} already holds a run. Continue it with --resume {self.path}, "
-                "or choose another --run-dir."
+            mode = config.get("mode")
+            hint = (
+                f"Continue it with `esper train {mode} --resume {self.path}`, or choose another --run-dir."
+                if mode in RESUMABLE_MODES
+                else "Choose another --run-dir."
             )
+            raise FileExistsError(f"{self.path} already holds a run. {hint}")
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.config_path, config)
 
@@ -67,20 +103,44 @@ class RunFolder:
         return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
 
     def save_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_torch_file(payload, path)
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints, newest first: final.pt, then by epoch (or round) descending."""
         final = self.checkpoint_dir / FINAL_CHECKPOINT
-        if final.exists():
-            return final
-        epochs = sorted(self.checkpoint_dir.glob("epoch_*.pt"))
-        return epochs[-1] if epochs else None
+        epochs = sorted(self.checkpoint_dir.glob("epoch_*.pt"), reverse=True)
+        return [final, *epochs] if final.exists() else epochs
 
-    @staticmethod
-    def load_checkpoint(path: Path) -> dict[str, Any]:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    def resume(self, schema: type, apply: Callable[[dict[str, Any]], int]) -> Resumed | None:
+        """Restore from the newest readable checkpoint, then truncate the logs to it.
+
+        Temporary files of writes a kill cut off are removed first. `schema` is the
+        TypedDict of what the job's checkpoints hold; `apply(payload)`
+        loads it and returns the epochs (or rounds) it covers. An unreadable
+        checkpoint is skipped with a warning and the one before it is used (None
+        when none is left: the run starts over, its logs emptied). One that reads
+        but does not fit this run (`apply` fails) is an error: another run wrote it.
+        """
+        for stale in [*self.path.glob("*.tmp"), *self.checkpoint_dir.glob("*.tmp")]:
+            stale.unlink()  # a write that kill -9 cut off; the file under its real name is intact
+        skipped = []
+        for path in self.checkpoints():
+            try:
+                payload = load_torch_file(path, "an Esper checkpoint", schema)
+            except TorchFileError as err:
+                logger.warning("warning: skipping %s", err)
+                skipped.append(path)
+                continue
+            resumed = Resumed(path, payload)
+            done = resumed.restore("this run", lambda: apply(payload))  # noqa: B023
+            if skipped:
+                logger.warning("warning: resuming from the earlier checkpoint %s", path)
+            self.truncate_logs(done)
+            return resumed
+        if skipped:
+            logger.warning("warning: no readable checkpoint in %s; the run starts from the beginning", self.path)
+        self.truncate_logs(0)
+        return None
 
     def truncate_logs(self, epochs_done: int) -> None:
         """Drop log lines from epochs after the checkpoint; the resumed run writes them again."""
@@ -88,6 +148,5 @@ class RunFolder:
             if not path.exists():
                 continue
             kept = [r for r in read_jsonl(path) if r.get("epoch") is None or r["epoch"] < epochs_done]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(strict_json.dumps(r, default=str) + "\n" for r in kept))
-            os.replace(tmp, path)
+            text = "".join(strict_json.dumps(r, default=str) + "\n" for r in kept)
+            write_atomic(path, lambda f: f.write(text))  # noqa: B023

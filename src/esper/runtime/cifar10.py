@@ -7,11 +7,13 @@ record is 1 label byte followed by 3,072 pixel bytes (3x32x32, channel-major).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,12 +24,17 @@ from esper.runtime.data import TaskData, image_task_data
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 VAL_FILE = "test_batch.bin"
 ALL_FILES = (*TRAIN_FILES, VAL_FILE)
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32
+
+
+class DownloadError(RuntimeError):
+    """The dataset could not be downloaded; the message says what to place where instead."""
 
 
 def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -92,15 +99,27 @@ def download_cifar10(data_dir: str | Path) -> Path:
     """Download, verify and extract CIFAR-10 into data_dir/cifar-10-batches-bin.
 
     Everything is written under temporary names and renamed only once complete, so
-    an interrupted download never leaves a folder that looks like a dataset.
+    an interrupted download never leaves a folder that looks like a dataset; a failed
+    one leaves nothing, not even the folders it made. Without network the error
+    says which files to place where instead.
     """
     data_dir = Path(data_dir)
+    made = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
     data_dir.mkdir(parents=True, exist_ok=True)
     print(f"Downloading CIFAR-10 from {CIFAR10_URL} into {data_dir}", file=sys.stderr)
     staging = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=data_dir))
     try:
-        archive = staging / "cifar-10-binary.tar.gz"
-        _fetch_verified(CIFAR10_URL, archive, CIFAR10_MD5)
+        archive = staging / ARCHIVE
+        try:
+            _fetch_verified(CIFAR10_URL, archive, CIFAR10_MD5)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise DownloadError(
+                f"Downloading CIFAR-10 from {CIFAR10_URL} failed ({reason}). Without network, fetch "
+                f"{ARCHIVE} on another machine and extract it into {data_dir}, so that "
+                f"{data_dir / FOLDER} holds {', '.join(ALL_FILES)}; then run with --data-dir {data_dir} "
+                "and without --download"
+            ) from None
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(staging, filter="data")
         target = data_dir / FOLDER
@@ -108,6 +127,10 @@ def download_cifar10(data_dir: str | Path) -> Path:
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not (data_dir / FOLDER).is_dir():  # it failed: remove the (empty) folders this call made
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def load_cifar10(data_dir: str | Path = "data", download: bool = False) -> TaskData:

@@ -180,5 +180,15 @@ class BlueprintCurriculum:
 
     @classmethod
     def load(cls, path: str | Path) -> BlueprintCurriculum:
-        """Read a curriculum written by `save`."""
-        return cls.from_state_dict(strict_json.loads(Path(path).read_text()))
+        """Read a curriculum written by `save`; a missing or malformed file is one clear error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"curriculum file {path} does not exist (a run's curriculum.json)")
+        try:
+            state = strict_json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(state, dict):
+                return cls.from_state_dict(state)
+            problem = f"it holds a {type(state).__name__}, not a curriculum's keys"
+        except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            problem = " ".join(str(err).split())
+        raise ValueError(f"curriculum file {path} cannot be used: {problem}")

@@ -19,17 +19,37 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired
 
 import torch
+from pydantic import InstanceOf
+from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper.leyline import Action, ActionKind, EpochSignals
+from esper.nissa.files import load_torch_file, restore
 from esper.simic.actions import ActionSpace
 from esper.simic.dqn import QNetwork, QPolicy
 from esper.simic.features import FeatureLayout, Observer, RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig, State
 
 POLICY_FORMAT = "esper-policy-v1"
+
+
+class PolicyFile(TypedDict):
+    """What policy.pt must hold to be loaded (plain data besides may be there too)."""
+
+    format: Literal["esper-policy-v1"]  # POLICY_FORMAT
+    algorithm: NotRequired[Literal["ppo", "dqn"]]  # files without it are "ppo"
+    model: dict[str, InstanceOf[torch.Tensor]]
+    network: dict[str, Any]
+    slot_ids: list[str]
+    blueprints: list[str]
+    feature_names: list[str]
+    action_names: list[str]
+    normalizer: dict[str, Any]
+    task: str
+    episode_length: int
+    reward: dict[str, Any]
 
 
 def policy_payload(
@@ -81,24 +101,25 @@ class PolicyController:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"policy file {path} does not exist (train one with `esper train ppo` or `esper train offline`)")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != POLICY_FORMAT:
-            raise ValueError(f"{path} is not an Esper policy file (format {payload.get('format')!r})")
+        payload = load_torch_file(path, "an Esper policy file", PolicyFile)
         layout = FeatureLayout(tuple(payload["slot_ids"]), tuple(payload["blueprints"]))
-        network, n_actions = NetworkConfig(**payload["network"]), len(payload["action_names"])
-        model: ActorCritic | QPolicy
-        match payload.get("algorithm", "ppo"):
-            case "ppo":
+        n_actions = len(payload["action_names"])
+
+        def build() -> tuple[ActorCritic | QPolicy, RunningNorm]:
+            network = NetworkConfig(**payload["network"])
+            model: ActorCritic | QPolicy
+            if payload.get("algorithm", "ppo") == "ppo":
                 model = ActorCritic(layout.size, n_actions, network)
                 model.load_state_dict(payload["model"])
-            case "dqn":
+            else:
                 q = QNetwork(layout.size, n_actions, network.hidden, network.layers)
                 q.load_state_dict(payload["model"])
                 model = QPolicy(q)
-            case other:
-                raise ValueError(f"{path} holds a policy of unknown algorithm {other!r} (known: ppo, dqn)")
-        norm = RunningNorm(layout.size)
-        norm.load_state_dict(payload["normalizer"])
+            norm = RunningNorm(layout.size)
+            norm.load_state_dict(payload["normalizer"])
+            return model, norm
+
+        model, norm = restore(path, "the network it describes", build)
         controller = cls(model, norm, layout, deterministic, seed)
         controller.info = {k: v for k, v in payload.items() if k not in ("model", "normalizer")}
         return controller

@@ -1,0 +1,154 @@
+"""How Esper writes its files (atomically) and reads torch files (checkpoints, policy.pt).
+
+Reading: `torch.load(weights_only=True)` never runs a pickled payload, but on a
+corrupt, empty or hostile file it raises torch's own text, which advises loading
+with `weights_only=False`: exactly what must never be done with such a file.
+`load_torch_file` turns every such failure into one `TorchFileError` naming the
+file and what is wrong, and checks the structure (required keys and their types,
+a `TypedDict` checked strictly by pydantic) before anyone indexes into it.
+
+Writing: `write_atomic` writes to a temporary name and renames, so a crash or a
+full disk never leaves a half-written file under the real name, and removes the
+temporary file when the write fails; a disk fault is an `OSError` with its errno
+and the file's path. `save_torch_file` writes through it, with a Python file
+object: torch's own file writer raises a `RuntimeError` with neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pydantic
+import torch
+
+T = TypeVar("T")
+
+
+class TorchFileError(ValueError):
+    """A torch file that cannot be used: unreadable, hostile, or of the wrong structure."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Write `path` with `write(file)` through a temporary file and a rename; on failure nothing is left.
+
+    A disk fault is re-raised as an `OSError` naming `path` (a failed write() names no
+    file, and the temporary name would only confuse).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+
+
+def check_writable(path: str | os.PathLike[str], what: str, folder: bool = False) -> None:
+    """Before any work: can the file (or folder) `path` be written? If not, one `ValueError` saying why.
+
+    A real probe file is written next to it (and removed): permission bits alone say
+    nothing when running as root, and a read-only mount or a full disk shows only then.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"{what} {path} is {kind}; give a {'folder' if folder else 'file'} path")
+    parent = path if folder else path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path} cannot be written: {existing} is a file, not a folder")
+    if existing != parent and not folder:
+        raise ValueError(f"{what} {path} cannot be written: folder {parent} does not exist; create it first")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be written: {existing}: {err.strerror or err}") from None
+
+
+def save_torch_file(payload: Any, path: Path) -> None:
+    """Write `payload` to `path` with torch.save, atomically."""
+    write_atomic(path, lambda f: torch.save(payload, f), binary=True)
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch could not read `path`, in our words (never torch's, see the module docstring)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if "GLOBAL" in str(err):
+        return "it holds Python objects other than tensors and plain data, which Esper never loads"
+    return "it is corrupt, truncated or not a torch file"
+
+
+@functools.cache
+def _checker(schema: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(schema)
+
+
+def check_structure(payload: Any, schema: type, path: Path, what: str) -> None:
+    """Raise `TorchFileError` unless `payload` has the keys and types of the TypedDict `schema`."""
+    if not isinstance(payload, dict):
+        raise TorchFileError(path, f"holds a {type(payload).__name__}, not {what}")
+    try:
+        _checker(schema).validate_python(payload, strict=True)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "missing":
+            raise TorchFileError(path, f"not {what}: key '{key}' is missing") from None
+        expected = first["msg"].removeprefix("Input should be ")
+        found = type(first["input"]).__name__
+        raise TorchFileError(path, f"not {what}: '{key}' should be {expected}, holds a {found}") from None
+
+
+def load_torch_file(path: str | os.PathLike[str], what: str, schema: type) -> dict[str, Any]:
+    """Read a torch file Esper wrote, checked against `schema`; `what` names it in errors.
+
+    A missing file raises `FileNotFoundError`; anything else wrong with it raises
+    `TorchFileError`; a disk or permission fault stays an `OSError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise TorchFileError(path, f"is not a file, so not {what}")
+    with path.open("rb") as file:  # a permission or disk fault stays an OSError naming the file
+        try:
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols when reading a foreign pickle; the error says it all.
+                warnings.simplefilter("ignore")
+                payload = torch.load(file, map_location="cpu", weights_only=True)
+        # Depending on the bytes torch raises UnpicklingError, EOFError, RuntimeError, IndexError,
+        # even OSError (a seek past the end of a truncated file): all mean the content is bad.
+        except Exception as err:  # noqa: BLE001
+            raise TorchFileError(path, f"cannot be read as {what}: {_unreadable(path, err)}") from None
+    check_structure(payload, schema, path, what)
+    return payload
+
+
+def restore(path: Path, what: str, apply: Callable[[], T]) -> T:
+    """Run `apply` (load_state_dict calls on a checked payload); a mismatch becomes a `TorchFileError`.
+
+    The payload's outer structure is checked already; what the state dicts inside
+    must hold is known only to each `load_state_dict`, which raises whatever it raises.
+    """
+    try:
+        return apply()
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise TorchFileError(path, f"does not match {what} ({type(err).__name__}: {reason})") from None
