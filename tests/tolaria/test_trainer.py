@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from seed_lifecycle import grow
 from torch import Tensor, nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
@@ -50,8 +51,7 @@ def offset_blueprint():
 def test_counterfactual_equals_known_offset_effect(offset_blueprint: str) -> None:
     model = MorphogeneticModel(ToyHost(), ["s"], task_config=TaskConfig())
     slot = model.seed_slots["s"]
-    slot.germinate(offset_blueprint)
-    slot.state.stage = SeedStage.BLENDING
+    grow(slot, SeedStage.BLENDING, offset_blueprint)
     slot.state.alpha = 1.0
     inputs = torch.zeros(8, 2)  # host alone: a tie -> argmax 0
     targets = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])  # 6/8 are class 1
@@ -66,8 +66,7 @@ def test_counterfactual_is_per_slot_and_skips_incubating_seeds() -> None:
     spec = get_task("digits")
     trainer = build_trainer(spec, spec.load_data(), seed=0)
     slots = trainer.slots
-    slots["block2"].germinate("norm", host_module=trainer.model.host)
-    slots["block2"].state.stage = SeedStage.TRAINING
+    grow(slots["block2"], SeedStage.TRAINING, "norm", host_module=trainer.model.host)
     result = validate_with_counterfactuals(trainer.model, trainer.val_loader)
     assert result.contributions == {}
 
