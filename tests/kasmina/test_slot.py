@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,14 @@ from torch import nn
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import CNNHost
 from esper.kasmina.slot import QualityGates, SeedMetrics, SeedSlot, SeedState
-from esper.leyline import GateLevel, SeedStage, TaskConfig, TelemetryEvent, TelemetryEventType
+from esper.leyline import (
+    LIFECYCLE_EVENTS,
+    GateLevel,
+    SeedStage,
+    TaskConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+)
 
 S = SeedStage
 
@@ -697,6 +706,83 @@ def test_telemetry_events_carry_identity() -> None:
     assert events[-1].event_type == TelemetryEventType.SEED_CULLED
     assert events[-1].epoch == slot.epoch
     assert "bad seed" in events[-1].message
+
+
+def _two_lives(**slot_options) -> list[SeedSlot]:
+    """Two seeds' whole lives: one fossilized, one culled and cleared back to DORMANT."""
+    kept, dropped = SeedSlot("s1", channels=8, **slot_options), SeedSlot("s2", channels=8, **slot_options)
+    grow(kept, S.FOSSILIZED, "norm", seed_id="kept")
+    grow(dropped, S.CULLED, "norm", seed_id="dropped")
+    while dropped.state is not None:
+        dropped.step_epoch()
+    return [kept, dropped]
+
+
+def test_the_events_a_lifecycle_emits_are_exactly_the_lifecycle_events() -> None:
+    events: list[TelemetryEvent] = []
+    _two_lives(on_telemetry=events.append)
+    assert {e.event_type for e in events} == LIFECYCLE_EVENTS
+
+
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_every_move_is_recorded_as_a_transition_fast_mode_too(fast_mode: bool) -> None:
+    slots = _two_lives(on_telemetry=lambda e: None, fast_mode=fast_mode)
+    moves = [(t.seed_id, t.from_stage, t.to_stage) for slot in slots for t in slot.drain_transitions()]
+    chain = [S.DORMANT, S.GERMINATED, S.TRAINING, S.BLENDING, S.SHADOWING, S.PROBATIONARY, S.FOSSILIZED]
+    assert [m for m in moves if m[0] == "kept"] == [("kept", a, b) for a, b in itertools.pairwise(chain)]
+    dropped = [m[1:] for m in moves if m[0] == "dropped"]
+    assert dropped == [(S.DORMANT, S.GERMINATED), (S.GERMINATED, S.CULLED), (S.CULLED, S.EMBARGOED),
+                       (S.EMBARGOED, S.RESETTING), (S.RESETTING, S.DORMANT)]  # fmt: skip
+    assert [slot.drain_transitions() for slot in slots] == [[], []]  # drained
+
+
+def test_cull_reason_and_epoch_are_in_the_transition() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.TRAINING)
+    slot.drain_transitions()
+    slot.cull("hurts: contribution -0.02")
+    (move,) = slot.drain_transitions()
+    assert (move.to_stage, move.reason, move.epoch) == (S.CULLED, "hurts: contribution -0.02", slot.epoch)
+
+
+def test_pending_transitions_survive_a_checkpoint() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.TRAINING)
+    restored = _fresh_slot()
+    restored.load_lifecycle_state(json.loads(json.dumps(slot.lifecycle_state())))
+    assert restored.drain_transitions() == slot.drain_transitions() != []
+
+
+def test_a_cull_frees_the_slot_under_python_O() -> None:
+    """The lifecycle must not live inside asserts: `python -O` strips them."""
+    lifecycle = (
+        "assert False, 'this line must be stripped'\n"
+        "from esper.kasmina.slot import SeedSlot\n"
+        "from esper.leyline import TaskConfig\n"
+        "slot = SeedSlot('s', channels=8, task_config=TaskConfig(embargo_epochs=0))\n"
+        "slot.germinate('norm')\n"
+        "stages = [slot.stage]\n"
+        "slot.cull('test')\n"
+        "stages.append(slot.stage)\n"
+        "for _ in range(3):\n"
+        "    slot.step_epoch()\n"
+        "    stages.append(slot.stage)\n"
+        "print(*(stage.name for stage in stages), slot.seed is None)\n"
+    )
+    run = subprocess.run([sys.executable, "-O", "-c", lifecycle], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["GERMINATED", "CULLED", "EMBARGOED", "RESETTING", "DORMANT", "True"]
+
+
+def test_assigning_the_device_moves_the_slot_and_keeps_the_probe_cache_when_unchanged() -> None:
+    slot = SeedSlot("s1", channels=8, device="cpu")
+    slot.germinate("norm")
+    probe = slot._get_shape_probe("cnn")
+    slot.device = torch.device("cpu")  # the plan's own test does this
+    assert slot.device == torch.device("cpu")
+    assert slot._get_shape_probe("cnn") is probe
+    slot.device = "meta"
+    assert slot.device.type == "meta" and slot._probe_cache == {}
+    assert all(p.device.type == "meta" for p in slot.seed.parameters())
 
 
 def test_fast_mode_emits_nothing() -> None:

@@ -131,8 +131,12 @@ def test_governor_rolls_back_on_nan_culls_the_seed_and_the_run_continues() -> No
     assert follow_up.rollback is None and math.isfinite(follow_up.train_loss)
 
 
-def test_governor_detects_loss_explosion() -> None:
-    trainer = _digits_trainer()
-    trainer.governor.good_losses = [0.1, 0.1, 0.1]
-    assert trainer.governor.diagnose(0.11, 0.2) is None
-    assert "explosion" in trainer.governor.diagnose(5.0, 0.2)
+def test_governor_detects_train_and_validation_explosions_after_two_good_epochs() -> None:
+    governor = _digits_trainer().governor
+    assert governor.diagnose(50.0, 50.0) is None  # no history yet: only non-finite losses count
+    for _ in range(3):
+        governor.accept(train_loss=0.1, val_loss=0.2, train_accuracy=0.9)
+    assert governor.diagnose(0.11, 0.25) is None
+    assert "train loss" in governor.diagnose(5.0, 0.2)
+    assert "val loss" in governor.diagnose(0.1, 5.0)  # an eval-mode-only explosion is caught
+    assert "non-finite" in governor.diagnose(0.1, float("inf"))
