@@ -341,9 +341,7 @@ class SeedSlot(nn.Module):
     def set_alpha(self, value: float) -> None:
         if self.state is None:
             raise RuntimeError(f"Slot '{self.slot_id}' has no seed; alpha cannot be set")
-        value = min(max(float(value), 0.0), 1.0)
-        self.state.alpha = value
-        self.state.metrics.current_alpha = value
+        self.state.alpha = min(max(float(value), 0.0), 1.0)
 
     # ------------------------------------------------------------------ checkpointing
     def lifecycle_state(self) -> dict[str, Any]:
@@ -448,8 +446,13 @@ class SeedSlot(nn.Module):
         """Install a seed and its state; from now on alpha writes reach the `_alpha` buffer
         and stage writes are lifecycle moves."""
         self.seed, self.state = seed, state
-        state._on_alpha = self._sync_alpha
+        state._on_alpha = self._alpha_written
         state._on_stage = self._assign_stage
+        self._sync_alpha()
+
+    def _alpha_written(self) -> None:
+        """Any write of `state.alpha`: the metrics' `current_alpha` and the buffer follow it."""
+        self.state.metrics.current_alpha = self.state.alpha
         self._sync_alpha()
 
     def _assign_stage(self, state: _SlotState, stage: SeedStage) -> None:

@@ -38,8 +38,10 @@ class StageTransition:
     Slots record every move (germination, gate passes, culls and why, the
     embargo clock), fast mode or not; the trainer hands them out per epoch, so
     whoever counts outcomes or pays for them reads this list instead of
-    diffing stage snapshots. `reason` is the cull reason (or the gate's
-    message); `epoch` is the slot's lifecycle epoch when it moved.
+    diffing stage snapshots. `reason` says why, where the lifecycle's own
+    clock or a passed gate does not: the cull reason (the controller's, the
+    governor's, an expiry), or "stage assigned directly"; else it is empty.
+    `epoch` is the slot's lifecycle epoch when it moved.
     """
 
     slot_id: str
