@@ -244,7 +244,7 @@ def run_heuristic(
         metrics.close()
         summarize(folder, trainer, config, epochs, time.perf_counter() - started, None, failure=failed.reason)
         raise TrainingFailed(
-            f"the run failed at epoch {epoch}: {failed.reason}. Every epoch before it is kept in "
+            f"the run failed at epoch {epoch}: {failed.reason}. Every epoch up to it is kept in "
             f"{folder.path} (summary.json: status failed). Look for non-finite values in the data "
             "and for a host that diverges on its own (learning rate, initialisation), then start a new run.",
             failed.result,
