@@ -17,6 +17,7 @@ from esper.leyline import (
     GROWING_STAGES,
     MEASURED_STAGES,
     NEXT_STAGE,
+    OUTCOME_STAGES,
     SEED_RUNS_STAGES,
     VALID_TRANSITIONS,
     GateLevel,
@@ -80,6 +81,12 @@ def test_exactly_the_active_stages_can_be_culled() -> None:
 
 def test_failure_stages_are_the_road_from_a_cull_back_to_dormant() -> None:
     assert FAILURE_STAGES == set(_walk(S.CULLED, stop=S.DORMANT)[:-1])
+
+
+def test_the_outcomes_are_the_two_ways_a_seed_leaves_the_active_stages_for_good() -> None:
+    # Leaving ACTIVE_STAGES: FOSSILIZED (a dead end) or CULLED (the road back to DORMANT).
+    exits = {t for s in ACTIVE_STAGES for t in VALID_TRANSITIONS[s]} - ACTIVE_STAGES
+    assert OUTCOME_STAGES == exits
 
 
 def test_the_seed_runs_from_training_until_it_fails() -> None:

@@ -26,6 +26,7 @@ from esper.kasmina.isolation import (
 from esper.kasmina.state import SeedMetrics, SeedState
 from esper.leyline import (
     ACTIVE_STAGES,
+    FAILURE_STAGES,
     NEXT_STAGE,
     SEED_RUNS_STAGES,
     VALID_TRANSITIONS,
@@ -535,7 +536,7 @@ class SeedSlot(nn.Module):
                 f"Slot '{self.slot_id}' is embargoed after culling {state.seed_id}: "
                 f"it can germinate again in {max(left, 0) + 1} epoch(s) (after RESETTING)."
             )
-        if state.stage in (SeedStage.CULLED, SeedStage.RESETTING):
+        if state.stage in FAILURE_STAGES:  # CULLED or RESETTING: EMBARGOED was answered above
             raise RuntimeError(
                 f"Slot '{self.slot_id}' is still clearing culled {state.seed_id} ({state.stage.name}); "
                 "it can germinate again once it is DORMANT."

@@ -53,6 +53,8 @@ MEASURED_STAGES = BLENDED_STAGES & ACTIVE_STAGES
 GROWING_STAGES = frozenset({_S.GERMINATED, _S.TRAINING, _S.BLENDING})
 # The slot is clearing a culled seed and cannot germinate yet.
 FAILURE_STAGES = frozenset({_S.CULLED, _S.EMBARGOED, _S.RESETTING})
+# A move into one of these decides a seed's fate: kept for good, or removed.
+OUTCOME_STAGES = frozenset({_S.FOSSILIZED, _S.CULLED})
 
 
 def _happy_path() -> dict[SeedStage, SeedStage]:

@@ -10,6 +10,7 @@ from esper.leyline import (
     ACTIVE_STAGES,
     GROWING_STAGES,
     MEASURED_STAGES,
+    OUTCOME_STAGES,
     Action,
     ActionKind,
     EpochSignals,
@@ -110,7 +111,7 @@ class HeuristicController:
         for move in signals.transitions:
             if move.to_stage == SeedStage.GERMINATED:
                 self.pending[move.seed_id] = move.blueprint_id
-            elif move.to_stage in (SeedStage.FOSSILIZED, SeedStage.CULLED) and move.seed_id in self.pending:
+            elif move.to_stage in OUTCOME_STAGES and move.seed_id in self.pending:
                 self._resolve(move, current, signals.host_params)
         for seed_id, report in current.items():
             if report.stage in ACTIVE_STAGES:
