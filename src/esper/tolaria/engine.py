@@ -14,11 +14,14 @@ phases, each a method, so that other drivers can reuse them one by one:
 
 `EpochLoop` is the only loop over epochs: the heuristic job and its host-only
 baseline (through `run_epochs`), `esper evaluate` and the PPO environments
-(`simic.vec_env`, one `step` per environment step) all run it. It is shaped
-for the drivers still to come: a `Grower` for users' own training loops runs
-measure (through the user's `evaluate(model)`), guard, decide, apply and step
-lifecycle after the user's own train phase; under torchrun every rank runs
-train and measure, rank 0 decides, and the decision is broadcast before apply.
+(`simic.vec_env`, one `step` per environment step) all run it. The drivers
+still to come plug into it rather than copy it: a `Grower` for users' own
+training loops is a trainer whose `train_phase` reports the epoch the user's
+loop already trained and whose `measure` calls the user's `evaluate(model)`
+(each slot's counterfactual with `force_alpha(0.0)`), then the same guard,
+decide, apply and step lifecycle; under torchrun every rank runs train and
+measure, rank 0's controller decides, and the decision is broadcast to every
+rank before `step(actions)` applies it.
 """
 
 from __future__ import annotations
