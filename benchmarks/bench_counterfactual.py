@@ -18,19 +18,24 @@ import _plain
 import _timing
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel
+from esper.kasmina.slot import QualityGates
 from esper.leyline import SeedStage
 from esper.tolaria.trainer import validate, validate_with_counterfactuals
 
 SLOTS = ("block2", "block3", "block4")
+# Gates that let a seed straight through: the measurement needs blended seeds, not judged ones.
+_OPEN_GATES = QualityGates(min_training_epochs=0, min_seed_gradient_ratio=0.0)
 
 
 def blended_model(k: int) -> MorphogeneticModel:
     """A 4-block host with `conv_light` seeds blending at alpha 0.5 in its first k slots."""
-    model = MorphogeneticModel(CNNHost(n_blocks=4, base_channels=32))
+    model = MorphogeneticModel(CNNHost(n_blocks=4, base_channels=32), gates=_OPEN_GATES)
     for key in SLOTS[:k]:
         slot = model.seed_slots[key]
         slot.germinate("conv_light", host_module=model.host)
-        slot.state.stage = SeedStage.BLENDING
+        for stage in (SeedStage.TRAINING, SeedStage.BLENDING):
+            if not slot.advance_stage(stage).passed:
+                raise RuntimeError(f"{key}: the open gates refused {stage.name}")
         slot.set_alpha(0.5)
     return model
 

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = MorphogeneticModel(host, [SLOT])
     slot = model.seed_slots[SLOT]
     slot.germinate("conv_light", host_module=host)
-    assert slot.advance_stage(SeedStage.TRAINING).passed
+    if not slot.advance_stage(SeedStage.TRAINING).passed:
+        raise RuntimeError("G1 refused the freshly germinated seed")
     optimizers = Optimizers(model, OptimConfig())
     optimizers.add_seed(SLOT, list(slot.seed.parameters()))
     with _plain.slots_replaced(host, {SLOT: slot.seed}):

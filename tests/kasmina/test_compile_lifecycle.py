@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from seed_lifecycle import grow
 from torch._dynamo.testing import CompileCounter
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel
@@ -79,8 +80,7 @@ def test_direct_alpha_assignment_is_honoured_compiled_and_eager_without_recompil
     torch._dynamo.reset()
     model = _model().eval()
     slot = model.seed_slots["block2"]
-    slot.germinate("conv_light", host_module=model.host)
-    slot.state.stage = SeedStage.BLENDING
+    grow(slot, SeedStage.BLENDING, "conv_light", host_module=model.host)
     counter = CompileCounter()
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     x = torch.randn(2, 3, 16, 16)
@@ -104,8 +104,7 @@ def test_direct_alpha_assignment_is_honoured_compiled_and_eager_without_recompil
 def test_alpha_change_between_forward_and_backward_is_safe() -> None:
     model = _model()
     slot = model.seed_slots["block2"]
-    slot.germinate("conv_light", host_module=model.host)
-    slot.state.stage = SeedStage.BLENDING
+    grow(slot, SeedStage.BLENDING, "conv_light", host_module=model.host)
     slot.set_alpha(0.3)
     with slot.force_alpha(0.6):
         out = model(torch.randn(2, 3, 16, 16))

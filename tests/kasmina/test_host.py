@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from seed_lifecycle import grow
 from torch import nn
 
 from esper.kasmina.host import CNNHost, MLPHost, MorphogeneticModel, TransformerHost
@@ -341,24 +342,19 @@ def test_model_germinated_seed_in_the_incubator_leaves_output_unchanged() -> Non
     x = _images(2, 16)
     before = model(x).detach()
     key = next(iter(model.seed_slots))
-    model.germinate(key, "conv_light")
     slot = model.seed_slots[key]
+    grow(slot, SeedStage.TRAINING, "conv_light", host_module=model.host)
     _randomize(slot.seed)
-    slot.state.stage = SeedStage.TRAINING
-    slot.state.alpha = 0.0
     assert torch.equal(model(x), before)
 
 
 def test_model_with_training_and_blending_seeds_compiles() -> None:
     model = _cnn_model()
     k_train, k_blend = list(model.seed_slots)
-    model.germinate(k_train, "conv_light")
-    model.germinate(k_blend, "depthwise")
+    grow(model.seed_slots[k_train], SeedStage.TRAINING, "conv_light", host_module=model.host)
+    grow(model.seed_slots[k_blend], SeedStage.BLENDING, "depthwise", host_module=model.host)
     for i, key in enumerate((k_train, k_blend)):
         _randomize(model.seed_slots[key].seed, seed=10 + i)
-    model.seed_slots[k_train].state.stage = SeedStage.TRAINING
-    model.seed_slots[k_train].state.alpha = 0.0
-    model.seed_slots[k_blend].state.stage = SeedStage.BLENDING
     model.seed_slots[k_blend].state.alpha = 0.4
     model.eval()
     x = _images(2, 16)
@@ -383,42 +379,39 @@ def test_model_with_training_and_blending_seeds_compiles() -> None:
 def test_compiled_model_honours_later_state_changes() -> None:
     model = _cnn_model().eval()
     key = list(model.seed_slots)[-1]
-    model.germinate(key, "conv_light")
     slot = model.seed_slots[key]
+    grow(slot, SeedStage.TRAINING, "conv_light", host_module=model.host)
     _randomize(slot.seed, seed=3)
-    slot.state.stage = SeedStage.BLENDING
-    slot.state.alpha = 0.2
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     x = _images(2, 16)
     outputs = []
-    for change in ("alpha", "incubator", "force_alpha", "cull"):
-        if change == "alpha":
+    for change in ("incubator", "blending", "alpha", "force_alpha", "cull"):
+        if change == "blending":
+            grow(slot, SeedStage.BLENDING)
+            slot.state.alpha = 0.2
+        elif change == "alpha":
             slot.state.alpha = 0.7
-        elif change == "incubator":
-            slot.state.stage = SeedStage.TRAINING
-            slot.state.alpha = 0.0
         elif change == "cull":
             assert slot.cull()
         if change == "force_alpha":
-            slot.state.stage = SeedStage.BLENDING
-            slot.state.alpha = 0.5
             with slot.force_alpha(0.0):
                 got, expected = compiled(x), model(x)
         else:
             got, expected = compiled(x), model(x)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=change)
         outputs.append(expected.detach())
-    assert not torch.allclose(outputs[0], outputs[1])  # alpha 0.7 differs from the host
+    assert torch.equal(outputs[0], outputs[3]) and torch.equal(outputs[0], outputs[4])  # the host's
+    assert not torch.allclose(outputs[1], outputs[2])  # alpha 0.7 differs from 0.2
+    assert not torch.allclose(outputs[0], outputs[2])  # and from the host
 
 
 def test_model_gradient_ratio_uses_only_host_parameters() -> None:
     model = _cnn_model()
     keys = list(model.seed_slots)
     for i, key in enumerate(keys):
-        model.germinate(key, "conv_light")
         slot = model.seed_slots[key]
+        grow(slot, SeedStage.TRAINING, "conv_light", host_module=model.host)
         _randomize(slot.seed, seed=20 + i)
-        slot.state.stage = SeedStage.TRAINING
     model(_images(2, 16)).pow(2).sum().backward()
     host_ref = torch.linalg.vector_norm(
         torch.cat([p.grad.flatten() for p in model.host_parameters()])

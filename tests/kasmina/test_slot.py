@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from seed_lifecycle import grow
 from torch import nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import CNNHost
 from esper.kasmina.slot import QualityGates, SeedMetrics, SeedSlot, SeedState
-from esper.leyline import GateLevel, SeedStage, TaskConfig, TelemetryEvent, TelemetryEventType
+from esper.leyline import (
+    LIFECYCLE_EVENTS,
+    GateLevel,
+    SeedStage,
+    TaskConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+)
 
 S = SeedStage
 
@@ -64,10 +74,8 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _training_slot(host: TinyHost, blueprint: str = "conv_light") -> SeedSlot:
     slot = SeedSlot("mid", channels=8)
     host.slot = slot
-    slot.germinate(blueprint, "seed-1", host_module=host)
+    grow(slot, S.TRAINING, blueprint, seed_id="seed-1", host_module=host)
     _randomize(slot.seed)
-    slot.state.stage = S.TRAINING
-    slot.state.alpha = 0.0
     return slot
 
 
@@ -79,17 +87,13 @@ def _fresh_slot(**kwargs) -> SeedSlot:
     return SeedSlot("s1", channels=8, **kwargs)
 
 
-def _drive_to(slot: SeedSlot, target: SeedStage, max_epochs: int = 50) -> None:
-    """Run step_epoch with healthy metrics until `target` is reached."""
-    state = slot.state
-    state.metrics.seed_gradient_norm_ratio = 1.0
-    for _ in range(max_epochs):
-        if state.stage == target:
-            return
-        if state.stage == S.SHADOWING:
-            state.metrics.counterfactual_contribution = 0.1
-        slot.step_epoch()
-    assert state.stage == target, f"stuck at {state.stage.name}"
+def _blended_slot(stage: SeedStage, alpha: float, blueprint: str = "conv_light") -> SeedSlot:
+    """A slot whose randomised seed reached `stage` through the lifecycle, then run at `alpha`."""
+    slot = _fresh_slot()
+    grow(slot, stage, blueprint)
+    _randomize(slot.seed)
+    slot.state.alpha = alpha
+    return slot
 
 
 # ---------------------------------------------------------------- the DESIGN example
@@ -103,6 +107,30 @@ def test_design_example_incubator_is_identity() -> None:
     assert torch.equal(slot(x), x)
     with torch.no_grad():
         assert torch.equal(slot(x), x)
+
+
+def test_assigning_a_stage_is_a_recorded_lifecycle_move() -> None:
+    slot = _fresh_slot()
+    slot.germinate("conv_light", "seed-1")
+    slot.drain_transitions()
+    slot.state.stage = S.TRAINING
+    assert slot.state.previous_stage == S.GERMINATED
+    assert list(slot.state.stage_history)[-1] == (int(S.TRAINING), 0)
+    (move,) = slot.drain_transitions()
+    assert (move.seed_id, move.from_stage, move.to_stage) == ("seed-1", S.GERMINATED, S.TRAINING)
+    slot.state.stage = S.CULLED  # with the cull's side effect: the seed is gone
+    assert slot.seed is None and slot.stage == S.CULLED
+
+
+@pytest.mark.parametrize("target", [S.BLENDING, S.FOSSILIZED, S.DORMANT, S.UNKNOWN])
+def test_assigning_an_illegal_stage_raises_and_changes_nothing(target: SeedStage) -> None:
+    slot = _fresh_slot()
+    slot.germinate("conv_light", "seed-1")
+    history = list(slot.state.stage_history)
+    with pytest.raises(ValueError, match=f"GERMINATED -> {target.name}"):
+        slot.state.stage = target
+    assert slot.state.stage == S.GERMINATED and list(slot.state.stage_history) == history
+    assert slot.seed is not None
 
 
 def test_empty_and_germinated_slots_pass_host_through() -> None:
@@ -156,9 +184,7 @@ def test_incubator_fresh_seed_still_receives_gradient() -> None:
     host = TinyHost()
     slot = SeedSlot("mid", channels=8)
     host.slot = slot
-    slot.germinate("conv_light", host_module=host)  # zero-initialised last layer
-    slot.state.stage = S.TRAINING
-    slot.state.alpha = 0.0
+    grow(slot, S.TRAINING, "conv_light", host_module=host)  # zero-initialised last layer
     _loss(host, x, y).backward()
     grads = [p.grad for p in slot.seed.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
@@ -187,11 +213,7 @@ def test_without_isolation_host_gradients_change() -> None:
 @pytest.mark.parametrize("stage", [S.BLENDING, S.SHADOWING, S.PROBATIONARY, S.FOSSILIZED])
 @pytest.mark.parametrize("alpha", [0.3, 0.8, 1.0])
 def test_blended_output_is_lerp(stage: SeedStage, alpha: float) -> None:
-    slot = _fresh_slot()
-    slot.germinate("conv_light")
-    _randomize(slot.seed)
-    slot.state.stage = stage
-    slot.state.alpha = alpha
+    slot = _blended_slot(stage, alpha)
     x = _features()
     with torch.no_grad():
         seed_out = slot.seed(x)
@@ -204,11 +226,8 @@ def test_blended_output_is_lerp(stage: SeedStage, alpha: float) -> None:
 
 def test_blending_gradients_reach_the_host_through_its_own_term() -> None:
     alpha = 0.25
-    slot = _fresh_slot()
-    slot.germinate("conv_light")
-    _randomize(slot.seed)
-    slot.state.stage = S.BLENDING
-    slot.state.alpha = alpha
+    slot = _blended_slot(S.BLENDING, alpha)
+    slot.isolate_gradients = True  # set directly: the next forward honours it
     x = _features().requires_grad_(True)
     upstream = _features(seed=4)
     slot(x).backward(upstream)
@@ -217,11 +236,7 @@ def test_blending_gradients_reach_the_host_through_its_own_term() -> None:
 
 
 def test_force_alpha_zero_gives_host_and_restores() -> None:
-    slot = _fresh_slot()
-    slot.germinate("conv_light")
-    _randomize(slot.seed)
-    slot.state.stage = S.BLENDING
-    slot.state.alpha = 0.6
+    slot = _blended_slot(S.BLENDING, 0.6)
     x = _features()
     blended = slot(x).detach()
     assert not torch.equal(blended, x)
@@ -233,11 +248,7 @@ def test_force_alpha_zero_gives_host_and_restores() -> None:
 
 
 def test_force_alpha_restores_on_exception() -> None:
-    slot = _fresh_slot()
-    slot.germinate("conv_light")
-    _randomize(slot.seed)
-    slot.state.stage = S.FOSSILIZED
-    slot.state.alpha = 1.0
+    slot = _blended_slot(S.FOSSILIZED, 1.0)
     x = _features()
     with pytest.raises(KeyError), slot.force_alpha(0.0):
         assert torch.equal(slot(x), x)
@@ -247,10 +258,7 @@ def test_force_alpha_restores_on_exception() -> None:
 
 
 def test_force_alpha_nested() -> None:
-    slot = _fresh_slot()
-    slot.germinate("norm")
-    slot.state.stage = S.BLENDING
-    slot.state.alpha = 0.5
+    slot = _blended_slot(S.BLENDING, 0.5, "norm")
     with slot.force_alpha(0.0):
         with slot.force_alpha(1.0):
             assert slot.alpha == 1.0
@@ -259,10 +267,7 @@ def test_force_alpha_nested() -> None:
 
 
 def test_force_alpha_zero_in_the_incubator_gives_host() -> None:
-    slot = _fresh_slot()
-    slot.germinate("conv_light")
-    _randomize(slot.seed)
-    slot.state.stage = S.TRAINING
+    slot = _blended_slot(S.TRAINING, 0.0)
     x = _features()
     with slot.force_alpha(0.0):
         assert torch.equal(slot(x), x)
@@ -374,9 +379,7 @@ def test_assigned_improvement_is_what_g2_sees() -> None:
 
 # ---------------------------------------------------------------- QualityGates
 def _state(stage: SeedStage = S.GERMINATED, **kwargs) -> SeedState:
-    state = SeedState(seed_id="seed-1", blueprint_id="norm", slot_id="s1", **kwargs)
-    state.stage = stage
-    return state
+    return SeedState(seed_id="seed-1", blueprint_id="norm", slot_id="s1", stage=stage, **kwargs)
 
 
 def _g2_state(ratio: float = 0.2) -> SeedState:
@@ -581,9 +584,9 @@ def test_full_lifecycle_to_fossilized() -> None:
 def test_alpha_is_full_once_blending_is_done() -> None:
     slot = SeedSlot("s1", channels=8, task_config=TaskConfig(blending_epochs=5))
     slot.germinate("norm")
-    _drive_to(slot, S.SHADOWING)
+    grow(slot, S.SHADOWING)
     assert slot.alpha == 1.0
-    _drive_to(slot, S.PROBATIONARY)
+    grow(slot, S.PROBATIONARY)
     assert slot.advance_stage().passed
     assert slot.state.stage == S.FOSSILIZED
     assert slot.alpha == 1.0
@@ -592,7 +595,7 @@ def test_alpha_is_full_once_blending_is_done() -> None:
 def test_fossilized_seed_cannot_be_culled() -> None:
     slot = _fresh_slot()
     slot.germinate("norm")
-    _drive_to(slot, S.PROBATIONARY)
+    grow(slot, S.PROBATIONARY)
     assert slot.advance_stage(S.FOSSILIZED).passed
     assert slot.cull("try") is False
     assert slot.state.stage == S.FOSSILIZED
@@ -678,9 +681,9 @@ def test_germinate_picks_topology_from_the_host() -> None:
         topology = "transformer"
 
     slot = SeedSlot("t", channels=16)
-    slot.germinate("lora", host_module=FakeTransformerHost())
+    grow(slot, S.TRAINING, "lora", host_module=FakeTransformerHost())
+    assert slot.seed_topology == "transformer"
     x = torch.randn(2, 5, 16)
-    slot.state.stage = S.TRAINING
     assert torch.equal(slot(x), x)
 
 
@@ -688,7 +691,7 @@ def test_telemetry_events_carry_identity() -> None:
     events: list[TelemetryEvent] = []
     slot = SeedSlot("slot-7", channels=8, on_telemetry=events.append)
     slot.germinate("norm", "seed-42")
-    _drive_to(slot, S.BLENDING)
+    grow(slot, S.BLENDING)
     slot.cull("bad seed")
     assert len(events) >= 4
     for event in events:
@@ -705,11 +708,88 @@ def test_telemetry_events_carry_identity() -> None:
     assert "bad seed" in events[-1].message
 
 
+def _two_lives(**slot_options) -> list[SeedSlot]:
+    """Two seeds' whole lives: one fossilized, one culled and cleared back to DORMANT."""
+    kept, dropped = SeedSlot("s1", channels=8, **slot_options), SeedSlot("s2", channels=8, **slot_options)
+    grow(kept, S.FOSSILIZED, "norm", seed_id="kept")
+    grow(dropped, S.CULLED, "norm", seed_id="dropped")
+    while dropped.state is not None:
+        dropped.step_epoch()
+    return [kept, dropped]
+
+
+def test_the_events_a_lifecycle_emits_are_exactly_the_lifecycle_events() -> None:
+    events: list[TelemetryEvent] = []
+    _two_lives(on_telemetry=events.append)
+    assert {e.event_type for e in events} == LIFECYCLE_EVENTS
+
+
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_every_move_is_recorded_as_a_transition_fast_mode_too(fast_mode: bool) -> None:
+    slots = _two_lives(on_telemetry=lambda e: None, fast_mode=fast_mode)
+    moves = [(t.seed_id, t.from_stage, t.to_stage) for slot in slots for t in slot.drain_transitions()]
+    chain = [S.DORMANT, S.GERMINATED, S.TRAINING, S.BLENDING, S.SHADOWING, S.PROBATIONARY, S.FOSSILIZED]
+    assert [m for m in moves if m[0] == "kept"] == [("kept", a, b) for a, b in itertools.pairwise(chain)]
+    dropped = [m[1:] for m in moves if m[0] == "dropped"]
+    assert dropped == [(S.DORMANT, S.GERMINATED), (S.GERMINATED, S.CULLED), (S.CULLED, S.EMBARGOED),
+                       (S.EMBARGOED, S.RESETTING), (S.RESETTING, S.DORMANT)]  # fmt: skip
+    assert [slot.drain_transitions() for slot in slots] == [[], []]  # drained
+
+
+def test_cull_reason_and_epoch_are_in_the_transition() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.TRAINING)
+    slot.drain_transitions()
+    slot.cull("hurts: contribution -0.02")
+    (move,) = slot.drain_transitions()
+    assert (move.to_stage, move.reason, move.epoch) == (S.CULLED, "hurts: contribution -0.02", slot.epoch)
+
+
+def test_pending_transitions_survive_a_checkpoint() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.TRAINING)
+    restored = _fresh_slot()
+    restored.load_lifecycle_state(json.loads(json.dumps(slot.lifecycle_state())))
+    assert restored.drain_transitions() == slot.drain_transitions() != []
+
+
+def test_a_cull_frees_the_slot_under_python_O() -> None:
+    """The lifecycle must not live inside asserts: `python -O` strips them."""
+    lifecycle = (
+        "assert False, 'this line must be stripped'\n"
+        "from esper.kasmina.slot import SeedSlot\n"
+        "from esper.leyline import TaskConfig\n"
+        "slot = SeedSlot('s', channels=8, task_config=TaskConfig(embargo_epochs=0))\n"
+        "slot.germinate('norm')\n"
+        "stages = [slot.stage]\n"
+        "slot.cull('test')\n"
+        "stages.append(slot.stage)\n"
+        "for _ in range(3):\n"
+        "    slot.step_epoch()\n"
+        "    stages.append(slot.stage)\n"
+        "print(*(stage.name for stage in stages), slot.seed is None)\n"
+    )
+    run = subprocess.run([sys.executable, "-O", "-c", lifecycle], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["GERMINATED", "CULLED", "EMBARGOED", "RESETTING", "DORMANT", "True"]
+
+
+def test_assigning_the_device_moves_the_slot_and_keeps_the_probe_cache_when_unchanged() -> None:
+    slot = SeedSlot("s1", channels=8, device="cpu")
+    slot.germinate("norm")
+    probe = slot._get_shape_probe("cnn")
+    slot.device = torch.device("cpu")  # the plan's own test does this
+    assert slot.device == torch.device("cpu")
+    assert slot._get_shape_probe("cnn") is probe
+    slot.device = "meta"
+    assert slot.device.type == "meta" and slot._probe_cache == {}
+    assert all(p.device.type == "meta" for p in slot.seed.parameters())
+
+
 def test_fast_mode_emits_nothing() -> None:
     events: list[TelemetryEvent] = []
     slot = SeedSlot("s1", channels=8, on_telemetry=events.append, fast_mode=True)
     slot.germinate("norm")
-    _drive_to(slot, S.BLENDING)
+    grow(slot, S.BLENDING)
     slot.cull()
     for _ in range(6):
         slot.step_epoch()
@@ -785,7 +865,7 @@ def test_probation_expiry_is_culled() -> None:
     max_epochs = 2
     slot = SeedSlot("s1", channels=8, task_config=TaskConfig(max_probation_epochs=max_epochs))
     slot.germinate("norm")
-    _drive_to(slot, S.PROBATIONARY)
+    grow(slot, S.PROBATIONARY)
     for _ in range(max_epochs - 1):
         slot.step_epoch()
         assert slot.state.stage == S.PROBATIONARY
@@ -800,14 +880,13 @@ def test_direct_stage_assignment_is_honoured_by_forward() -> None:
     slot.germinate("conv_light")
     _randomize(slot.seed)
     x = _features()
-    slot.state.stage = S.BLENDING
-    slot.state.alpha = 0.5
+    slot.state.stage = S.TRAINING
+    slot.state.alpha = 0.5  # a TRAINING seed run at alpha 0.5 blends
     blended = slot(x).detach()
     assert not torch.equal(blended, x)
-    slot.state.stage = S.CULLED
-    assert torch.equal(slot(x), x)
-    slot.state.stage = S.TRAINING
     slot.state.alpha = 0.0
+    assert torch.equal(slot(x), x)
+    slot.state.stage = S.CULLED
     assert torch.equal(slot(x), x)
 
 

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from esper.leyline import (
-    LIFECYCLE_EVENTS,
     WAIT,
     Action,
     ActionKind,
@@ -58,13 +57,6 @@ def test_action_is_immutable() -> None:
     action = Action(ActionKind.CULL, slot_id="block2")
     with pytest.raises(dataclasses.FrozenInstanceError):
         action.slot_id = "block3"  # type: ignore[misc]
-
-
-def test_lifecycle_events_are_event_types() -> None:
-    assert LIFECYCLE_EVENTS <= set(TelemetryEventType)
-    assert TelemetryEventType.SEED_GERMINATED in LIFECYCLE_EVENTS
-    assert TelemetryEventType.SEED_CULLED in LIFECYCLE_EVENTS
-    assert TelemetryEventType.SEED_FOSSILIZED in LIFECYCLE_EVENTS
 
 
 @pytest.mark.parametrize("event_type", list(TelemetryEventType))

@@ -69,8 +69,13 @@ def test_fan_out_to_every_output_and_callable():
     assert b.events == [first, second]
 
 
-def test_emit_without_outputs_is_a_no_op():
-    TelemetryHub().emit(_event())
+def test_an_output_sees_only_the_events_after_it_joins():
+    hub = TelemetryHub()
+    hub.emit(_event(0))  # no output yet: nothing to deliver, nothing kept
+    late = Recorder()
+    hub.add_output(late)
+    hub.emit(_event(1))
+    assert [event.epoch for event in late.events] == [1]
 
 
 def test_protocol_accepts_any_object_with_handle():

@@ -83,3 +83,28 @@ def test_configs_refuse_nonsense():
         PPOConfig(gamma=1.5)
     with pytest.raises(ValueError):
         NetworkConfig(kind="transformer")
+
+
+def test_one_update_makes_a_positive_advantage_action_likelier_and_a_negative_one_rarer():
+    torch.manual_seed(0)
+    model = ActorCritic(5, 4, NetworkConfig(hidden=16))
+    envs = 8
+    obs = torch.randn(1, 1, 5).expand(1, envs, 5)  # one state, seen by 8 one-step episodes
+    masks = torch.ones(1, envs, 4, dtype=torch.bool)
+    actions = torch.tensor([[1, 2] * (envs // 2)])
+    with torch.no_grad():
+        logits, values, _ = model(obs, masks)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    rewards = (actions == 1).float() - (actions == 2).float()  # action 1 pays, action 2 costs
+    rollout = Rollout(obs, masks, actions, logprobs, values, rewards, torch.ones(1, envs), torch.zeros(1, envs, 5))
+
+    def policy() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(model(obs[:, :1], masks[:, :1])[0], -1).view(-1)
+
+    before = policy()
+    config = PPOConfig(update_epochs=1, num_minibatches=1, target_kl=None, ent_coef=0.0)
+    ppo_update(model, torch.optim.Adam(model.parameters(), lr=1e-2), rollout, config, torch.Generator().manual_seed(0))
+    after = policy()
+    assert after[1] > before[1]  # positive advantage: more likely
+    assert after[2] < before[2]  # negative advantage: less likely

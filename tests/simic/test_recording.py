@@ -12,7 +12,15 @@ from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.evaluate import evaluate
 from esper.jobs.heuristic import run_heuristic
 from esper.jobs.ppo import PPORunConfig, run_ppo
-from esper.leyline import WAIT, Action, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.leyline import (
+    WAIT,
+    Action,
+    ActionKind,
+    EpochSignals,
+    SeedReport,
+    SeedStage,
+    StageTransition,
+)
 from esper.nissa import read_jsonl
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout
@@ -111,18 +119,26 @@ def _report(stage: SeedStage, seed_id: str = "s1") -> SeedReport:
                       alpha=1.0, counterfactual_contribution=0.01, seed_gradient_norm_ratio=0.2, is_healthy=True)  # fmt: skip
 
 
-def _signals(epoch: int, slot: SeedReport | None, rolled_back: bool = False) -> EpochSignals:
+def _signals(epoch: int, slot: SeedReport | None, rolled_back: bool = False, moves=()) -> EpochSignals:
     return EpochSignals(epoch=epoch, total_epochs=10, train_loss=0.5, train_accuracy=0.8, val_loss=0.5,
-                        val_accuracy=0.8, host_params=1000, seed_params=0, slots={"a": slot}, rolled_back=rolled_back)  # fmt: skip
+                        val_accuracy=0.8, host_params=1000, seed_params=0, slots={"a": slot}, rolled_back=rolled_back,
+                        transitions=list(moves))  # fmt: skip
+
+
+def _move(frm: SeedStage, to: SeedStage) -> StageTransition:
+    return StageTransition("a", "s1", "norm", frm, to, "", epoch=1)
 
 
 def test_step_outcomes_name_the_rare_events() -> None:
-    probation = {"a": ("s1", int(SeedStage.PROBATIONARY))}
-    assert step_outcomes(probation, _signals(1, _report(SeedStage.FOSSILIZED))) == ["fossilize"]
-    assert step_outcomes(probation, _signals(1, _report(SeedStage.CULLED))) == ["cull"]
-    assert step_outcomes(probation, _signals(1, None)) == ["cull"]  # culled and already reset
-    assert step_outcomes(probation, _signals(1, _report(SeedStage.PROBATIONARY))) == []
-    assert step_outcomes({}, _signals(1, None, rolled_back=True)) == ["rollback"]
+    S = SeedStage
+    fossilized = _signals(1, _report(S.FOSSILIZED), moves=[_move(S.PROBATIONARY, S.FOSSILIZED)])
+    assert step_outcomes(fossilized) == ["fossilize"]
+    # Culled and already through the embargo: the moves still say what happened.
+    reset = [_move(S.BLENDING, S.CULLED), _move(S.CULLED, S.EMBARGOED)]
+    assert step_outcomes(_signals(1, None, moves=reset)) == ["cull"]
+    assert step_outcomes(_signals(1, _report(S.SHADOWING), moves=[_move(S.BLENDING, S.SHADOWING)])) == []
+    culled_in_rollback = _signals(1, _report(S.CULLED), rolled_back=True, moves=[_move(S.TRAINING, S.CULLED)])
+    assert step_outcomes(culled_in_rollback) == ["cull", "rollback"]
 
 
 def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:

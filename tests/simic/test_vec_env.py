@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from esper.jobs.evaluate import play
-from esper.jobs.heuristic import resolve_blueprints, run_epochs
+from esper.jobs.heuristic import resolve_blueprints
 from esper.leyline import ActionKind
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
@@ -14,6 +14,7 @@ from esper.simic.networks import ActorCritic
 from esper.simic.policy import PolicyController, RandomController
 from esper.simic.ppo import sample
 from esper.simic.vec_env import MorphogeneticEnv, VecEnv
+from esper.tolaria import EpochLoop, run_epochs
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +61,18 @@ def test_policy_and_random_controllers_drive_an_ordinary_trainer(digits, tmp_pat
     spec, data, blueprints = digits
     layout = FeatureLayout(spec.slots, tuple(blueprints))
     model = ActorCritic(layout.size, len(ActionSpace(spec.slots, blueprints)))
-    for controller in (PolicyController(model, RunningNorm(layout.size), layout, deterministic=False), RandomController(ActionSpace(spec.slots, blueprints))):
+    for controller in (PolicyController(model, RunningNorm(layout.size), layout, deterministic=False), RandomController(ActionSpace(spec.slots, blueprints), seed=1)):
         trainer = build_trainer(spec, data, seed=0, fast_mode=True)
-        outcomes_seen = []
-        run_epochs(trainer, controller, 6, lambda record, outcomes, seen=outcomes_seen: seen.extend(outcomes))
-        assert trainer.epoch == 6
-        assert {action.kind for action, _, _ in outcomes_seen} <= set(ActionKind)
+        epochs_seen, outcomes_seen = [], []
+
+        def on_epoch(result, outcomes, _moves, epochs=epochs_seen, seen=outcomes_seen) -> None:
+            epochs.append(result.record.epoch)
+            seen.extend(outcomes)
+
+        run_epochs(EpochLoop(trainer, 6, on_epoch), controller)
+        assert trainer.epoch == 6 and epochs_seen == list(range(6))
+        # Both only choose what the masks allow: every germination found its slot free.
+        germinations = [done for action, done, _ in outcomes_seen if action.kind == ActionKind.GERMINATE]
+        assert germinations and all(germinations)
         state = controller.state_dict()
         controller.load_state_dict(state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage, StageTransition
 from esper.tamiyo import (
     BlueprintRotation,
     HeuristicConfig,
@@ -14,12 +14,16 @@ from esper.tamiyo import (
 )
 
 
-def _signals(epoch: int, acc: float, loss: float = 0.1, slots=None, total: int = 40) -> EpochSignals:
+def _signals(epoch: int, acc: float, loss: float = 0.1, slots=None, total: int = 40, moves=()) -> EpochSignals:
     return EpochSignals(
         epoch=epoch, total_epochs=total, train_loss=loss, train_accuracy=acc, val_loss=loss,
         val_accuracy=acc, host_params=1000, seed_params=0,
-        slots=slots if slots is not None else {"a": None, "b": None},
+        slots=slots if slots is not None else {"a": None, "b": None}, transitions=list(moves),
     )
+
+
+def _move(to: SeedStage, seed_id: str = "a-seed1", frm: SeedStage = SeedStage.DORMANT, reason: str = "") -> StageTransition:
+    return StageTransition("a", seed_id, "norm", frm, to, reason, epoch=0)
 
 
 def _report(stage: SeedStage, contribution: float | None, seed_id: str = "a-seed1", blueprint: str = "norm") -> SeedReport:
@@ -91,10 +95,47 @@ def test_one_action_per_epoch_most_urgent_first() -> None:
     assert [(a.kind, a.slot_id) for a in second] == [(ActionKind.FOSSILIZE, "a")]
 
 
+class _ToldChooser(BlueprintRotation):
+    """A rotation that also keeps every outcome it is told."""
+
+    def __init__(self) -> None:
+        super().__init__(["norm", "attention"])
+        self.told: list[tuple[str, bool, float]] = []
+
+    def record_outcome(self, blueprint: str, success: bool, reward: float) -> None:
+        self.told.append((blueprint, success, reward))
+        super().record_outcome(blueprint, success, reward)
+
+
+def test_each_seed_outcome_reaches_the_chooser_once_from_the_lifecycle_moves() -> None:
+    chooser = _ToldChooser()
+    controller = HeuristicController(chooser, HeuristicConfig(rent_weight=0.0))
+    fossil = _report(SeedStage.FOSSILIZED, 0.03)
+    controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.TRAINING, None), "b": None}, moves=[_move(SeedStage.GERMINATED)]))
+    controller.decide(_signals(2, 0.9, slots={"a": fossil, "b": None}, moves=[_move(SeedStage.FOSSILIZED, frm=SeedStage.PROBATIONARY)]))
+    controller.decide(_signals(3, 0.9, slots={"a": fossil, "b": None}))  # still there: told once
+    assert chooser.told == [("norm", True, pytest.approx(100 * 0.03))]
+    controller.decide(_signals(4, 0.9, slots={"a": fossil, "b": _report(SeedStage.TRAINING, None, "b-seed1")},
+                               moves=[_move(SeedStage.GERMINATED, "b-seed1")]))  # fmt: skip
+    culled = _move(SeedStage.CULLED, "b-seed1", SeedStage.TRAINING, reason="stalled")
+    controller.decide(_signals(5, 0.9, slots={"a": fossil, "b": _report(SeedStage.CULLED, None, "b-seed1")}, moves=[culled]))
+    assert chooser.told[1] == ("norm", False, 0.0) and chooser.penalty["norm"] > 0
+    assert controller.pending == {}
+
+
+def test_a_seed_leaving_the_reports_without_a_move_is_not_judged() -> None:
+    chooser = _ToldChooser()
+    controller = HeuristicController(chooser)
+    controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}, moves=[_move(SeedStage.GERMINATED)]))
+    controller.decide(_signals(2, 0.9))  # no CULLED move: nobody culled it (e.g. a rollback restored)
+    assert chooser.told == [] and "a-seed1" in controller.pending
+
+
 def test_outcomes_reach_the_chooser_and_state_round_trips() -> None:
     controller = _controller()
-    controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}))
-    controller.decide(_signals(2, 0.9, slots={"a": _report(SeedStage.EMBARGOED, None), "b": None}))
+    controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}, moves=[_move(SeedStage.GERMINATED)]))
+    controller.decide(_signals(2, 0.9, slots={"a": _report(SeedStage.EMBARGOED, None), "b": None},
+                               moves=[_move(SeedStage.CULLED, frm=SeedStage.BLENDING), _move(SeedStage.EMBARGOED, frm=SeedStage.CULLED)]))  # fmt: skip
     assert controller.chooser.penalty["norm"] > 0  # culled -> penalised
     clone = _controller()
     clone.load_state_dict(controller.state_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from seed_lifecycle import grow
 from torch import nn
 
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
@@ -36,10 +37,9 @@ def _token_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def _grow(model: MorphogeneticModel, plan: dict[str, tuple[str, SeedStage, float]]) -> None:
     for i, (key, (blueprint, stage, alpha)) in enumerate(plan.items()):
-        model.germinate(key, blueprint)
         slot = model.seed_slots[key]
+        grow(slot, stage, blueprint, host_module=model.host)
         _randomize(slot.seed, seed=100 + i)
-        slot.state.stage = stage
         slot.state.alpha = alpha
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from seed_lifecycle import grow
 from torch import Tensor, nn
 
 import esper
@@ -56,8 +57,7 @@ def offset_blueprint():
 def test_counterfactual_equals_known_offset_effect(offset_blueprint: str) -> None:
     model = esper.graft(ToyModel(), ["scale"], torch.zeros(1, 2))
     slot = model.seed_slots["scale"]
-    slot.germinate(offset_blueprint)
-    slot.state.stage = SeedStage.BLENDING
+    grow(slot, SeedStage.BLENDING, offset_blueprint)
     slot.state.alpha = 1.0
     inputs = torch.zeros(8, 2)  # host alone: a tie -> argmax 0
     targets = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])  # 6/8 are class 1
@@ -72,8 +72,7 @@ def test_counterfactual_is_per_slot_and_skips_incubating_seeds() -> None:
     spec = get_task("digits")
     trainer = build_trainer(spec, spec.load_data(), seed=0)
     slots = trainer.slots
-    slots["block2"].germinate("norm", host_module=trainer.model.host)
-    slots["block2"].state.stage = SeedStage.TRAINING
+    grow(slots["block2"], SeedStage.TRAINING, "norm", host_module=trainer.model.host)
     result = validate_with_counterfactuals(trainer.model, trainer.val_loader)
     assert result.contributions == {}
 
@@ -138,8 +137,12 @@ def test_governor_rolls_back_on_nan_culls_the_seed_and_the_run_continues() -> No
     assert follow_up.rollback is None and math.isfinite(follow_up.train_loss)
 
 
-def test_governor_detects_loss_explosion() -> None:
-    trainer = _digits_trainer()
-    trainer.governor.good_losses = [0.1, 0.1, 0.1]
-    assert trainer.governor.diagnose(0.11, 0.2) is None
-    assert "explosion" in trainer.governor.diagnose(5.0, 0.2)
+def test_governor_detects_train_and_validation_explosions_after_two_good_epochs() -> None:
+    governor = _digits_trainer().governor
+    assert governor.diagnose(50.0, 50.0) is None  # no history yet: only non-finite losses count
+    for _ in range(3):
+        governor.accept(train_loss=0.1, val_loss=0.2, train_accuracy=0.9)
+    assert governor.diagnose(0.11, 0.25) is None
+    assert "train loss" in governor.diagnose(5.0, 0.2)
+    assert "val loss" in governor.diagnose(0.1, 5.0)  # an eval-mode-only explosion is caught
+    assert "non-finite" in governor.diagnose(0.1, float("inf"))

@@ -38,6 +38,8 @@ class HeuristicRunConfig:
     curriculum: str | None = None  # a curriculum.json from an earlier run to start from
     task_options: dict[str, Any] = field(default_factory=dict)
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
+    # The run stops, "failed", after this many governor rollbacks in a row (a fault that stays).
+    max_consecutive_rollbacks: int = 3
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -48,6 +50,8 @@ class HeuristicRunConfig:
             raise ValueError("a curriculum file needs chooser 'curriculum'")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.max_consecutive_rollbacks < 1:
+            raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {self.max_consecutive_rollbacks}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,11 @@
-"""`esper train heuristic`: grow a host under the heuristic controller, with a run folder."""
+"""`esper train heuristic`: grow a host under the heuristic controller, with a run folder.
+
+A run that the governor keeps rolling back (`max_consecutive_rollbacks` epochs
+in a row: a fault in the host or the data that no rollback cures) stops: its
+summary.json says `"status": "failed"` with the reason, and `run_heuristic`
+raises `TrainingFailed` (the CLI prints it and exits non-zero). Everything
+written up to then stays.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from esper import __version__
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import Controller, TelemetryEvent, TelemetryEventType
+from esper.leyline import SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import (
     BlueprintAnalytics,
     JsonlEventOutput,
@@ -35,9 +42,11 @@ from esper.tamiyo import (
     HeuristicController,
     NoGrowthController,
 )
-from esper.tolaria import MorphogeneticTrainer
+from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
 
 CURRICULUM_FILE = "curriculum.json"
+# The seed outcomes a summary counts, by the stage a seed moved to.
+_COUNTED_MOVES = {SeedStage.GERMINATED.name: "germinated", SeedStage.FOSSILIZED.name: "fossilized", SeedStage.CULLED.name: "culled"}
 
 
 class HeuristicCheckpoint(TypedDict):
@@ -87,20 +96,15 @@ def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | N
     }
 
 
-def run_epochs(
-    trainer: MorphogeneticTrainer,
-    controller: Controller,
-    total_epochs: int,
-    on_epoch: Any = None,
-) -> None:
-    """The epoch loop shared by the grown run and its host-only baseline."""
-    while trainer.epoch < total_epochs:
-        record = trainer.run_epoch()
-        actions = controller.decide(trainer.signals(record, total_epochs))
-        outcomes = trainer.apply(actions)
-        trainer.end_epoch()
-        if on_epoch is not None:
-            on_epoch(record, outcomes)
+def count_seeds(metrics: list[dict[str, Any]]) -> dict[str, int]:
+    """Germinations, fossilizations and culls, from the lifecycle moves each epoch's line lists."""
+    counts = dict.fromkeys(_COUNTED_MOVES.values(), 0)
+    for line in metrics:
+        for move in line.get("transitions", []):
+            name = _COUNTED_MOVES.get(move["to_stage"])
+            if name is not None:
+                counts[name] += 1
+    return counts
 
 
 def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epochs: int, console: Console | None) -> dict[str, Any]:
@@ -112,17 +116,27 @@ def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epoch
     history: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
-    def on_epoch(record, _outcomes) -> None:
+    def on_epoch(result: EpochResult, _outcomes, _moves) -> None:
+        record = result.record
         history.append(record.val_accuracy)
         hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
 
-    run_epochs(trainer, NoGrowthController(), epochs, on_epoch)
+    run_epochs(EpochLoop(trainer, epochs, on_epoch), NoGrowthController())
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED))
     hub.close()
     return {"final_val_accuracy": history[-1], "best_val_accuracy": max(history), "val_accuracy": history, "host_params": trainer.model.host_param_count()}
 
 
-def summarize(folder: RunFolder, trainer: MorphogeneticTrainer, config: HeuristicRunConfig, epochs: int, seconds: float, baseline: dict[str, Any] | None) -> dict[str, Any]:
+def summarize(
+    folder: RunFolder,
+    trainer: MorphogeneticTrainer,
+    config: HeuristicRunConfig,
+    epochs: int,
+    seconds: float,
+    baseline: dict[str, Any] | None,
+    failure: str | None = None,
+) -> dict[str, Any]:
+    """Write summary.json: "status" is "complete", or "failed" with the `failure` as "reason"."""
     analytics = BlueprintAnalytics()
     for record in read_jsonl(folder.events_path):
         analytics.handle(TelemetryEvent.from_dict(record))
@@ -133,13 +147,14 @@ def summarize(folder: RunFolder, trainer: MorphogeneticTrainer, config: Heuristi
         "task": config.task,
         "seed": config.seed,
         "epochs": epochs,
-        "status": "complete",
+        "status": "complete" if failure is None else "failed",
+        **({} if failure is None else {"reason": failure}),
         "final_val_accuracy": metrics[-1]["val_accuracy"],
         "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
         "host_params": trainer.model.host_param_count(),
         "params_added": trainer.model.seed_param_count(),
-        "seeds": {k: sum(b[k] for b in per_blueprint.values()) for k in ("germinated", "fossilized", "culled")},
+        "seeds": count_seeds(metrics),
         "blueprints": per_blueprint,
         "rollbacks": trainer.governor.rollbacks,
         "final_slots": slot_snapshot(trainer),
@@ -199,16 +214,19 @@ def run_heuristic(
 
     metrics = JsonlWriter(folder.metrics_path)
 
-    def on_epoch(record, outcomes) -> None:
+    def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
+        record = result.record
         epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
         metrics.write(
             {
                 **epoch_data,
                 "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+                "transitions": [move.to_dict() for move in moves],
             }
         )
         hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
-        if trainer.epoch % config.checkpoint_every == 0:
+        finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
+        if finished and trainer.epoch % config.checkpoint_every == 0:
             save(folder.checkpoint_path(trainer.epoch))
 
     started = time.perf_counter()
@@ -218,13 +236,25 @@ def run_heuristic(
             data={"total_epochs": epochs, "task": config.task, "mode": "heuristic", "start_epoch": trainer.epoch},
         )
     )
+    loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks)
     try:
-        run_epochs(trainer, RecordedController(controller, recorder), epochs, on_epoch)
+        run_epochs(loop, RecordedController(controller, recorder))
         save(folder.checkpoint_dir / FINAL_CHECKPOINT)
         if isinstance(controller.chooser, BlueprintCurriculum):
             # What this run learned about blueprints, for the next run's --curriculum.
             controller.chooser.save(folder.path / CURRICULUM_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
+    except TrainingFailed as failed:
+        epoch = failed.result.record.epoch
+        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, epoch=epoch, message=failed.reason, data={"status": "failed"}))
+        metrics.close()
+        summarize(folder, trainer, config, epochs, time.perf_counter() - started, None, failure=failed.reason)
+        raise TrainingFailed(
+            f"the run failed at epoch {epoch}: {failed.reason}. Every epoch up to it is kept in "
+            f"{folder.path} (summary.json: status failed). Look for non-finite values in the data "
+            "and for a host that diverges on its own (learning rate, initialisation), then start a new run.",
+            failed.result,
+        ) from None
     finally:
         metrics.close()
         recorder.log.close()

@@ -188,7 +188,6 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
     progress = _progress(console) if console is not None else None
     started = time.perf_counter()
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"mode": "ppo", "task": config.task, "total_rounds": config.rounds, "start_round": start_round}))
-    returns: list[float] = []
     try:
         if progress is not None:
             progress.start()
@@ -205,7 +204,6 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
             record = round_metrics(round_index, rollout, env.episode_stats(), update)
             record["seconds"] = round(time.perf_counter() - round_started, 3)
             metrics.write(record)
-            returns.append(record["return"]["mean"])
             hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index, data={k: v for k, v in record.items() if k != "rewards_per_step"}))
             if progress is not None:
                 info = f"return {record['return']['mean']:+.3f}  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"

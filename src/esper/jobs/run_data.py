@@ -70,9 +70,16 @@ class RunData:
         return self.summary is not None and self.summary.get("status", "complete") == "complete"
 
     @property
+    def failed(self) -> bool:
+        """The run stopped on a fault it could not get past (summary.json says why)."""
+        return self.summary is not None and self.summary.get("status") == "failed"
+
+    @property
     def status(self) -> str:
         if self.complete:
             return "complete"
+        if self.failed:
+            return f"failed: {self.summary.get('reason', 'no reason recorded')}"
         if not self.metrics:
             return f"interrupted before the first {self.step_key}"
         return f"interrupted at {self.step_key} {self.done}"

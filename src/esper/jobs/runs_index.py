@@ -56,7 +56,7 @@ def runs_table(root: Path) -> Table:
             f"{run.done}/{planned}",
             _fmt(run.final_accuracy, ".2%"),
             _fmt(run.params_added, ",.0f"),
-            Text(run.status, style="green" if run.complete else "yellow"),
+            Text(run.status, style="green" if run.complete else "red" if run.failed else "yellow"),
         )
     if not run_dirs:
         table.caption = "no run folders here"

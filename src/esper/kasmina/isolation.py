@@ -84,11 +84,14 @@ def _grad_norm(params: list[nn.Parameter], device: torch.device) -> Tensor:
 class GradientIsolationMonitor:
     """Measures host and seed gradient norms after a backward pass.
 
-    `check_isolation` judges a backward pass that should not reach the host (for
-    example the seed's own loss in the incubator): any host gradient above
-    `threshold` is a violation. `grad_norms` gives both norms without judging; the
-    trainer uses it for the seed/host gradient ratio. Norms use one
-    `torch._foreach_norm` per group and a single host synchronisation.
+    `check_isolation` (public API) judges a backward pass that should not reach
+    the host, such as a loss on the seed's output alone in the incubator: any
+    host gradient above `threshold` is a violation. Esper's own training never
+    runs such a pass (the task loss always reaches the host, by design), so it
+    is there for users checking a seed of their own. `grad_norms` gives both
+    norms without judging; the trainer reads it for the seed/host gradient ratio
+    that G2 checks. Norms use one `torch._foreach_norm` per group and a single
+    host synchronisation.
     """
 
     def __init__(self, threshold: float = 1e-6) -> None:

@@ -21,57 +21,49 @@ from esper.kasmina.gates import QualityGates
 from esper.kasmina.isolation import (
     AlphaSchedule,
     GradientIsolationMonitor,
+    blend_with_isolation,
     ste_forward,
 )
 from esper.kasmina.state import SeedMetrics, SeedState
 from esper.leyline import (
     ACTIVE_STAGES,
+    FAILURE_STAGES,
+    NEXT_STAGE,
+    SEED_RUNS_STAGES,
+    VALID_TRANSITIONS,
     GateResult,
     SeedReport,
     SeedStage,
+    StageTransition,
     TaskConfig,
     TelemetryEvent,
     TelemetryEventType,
 )
 
-__all__ = ["NEXT_STAGE", "QualityGates", "SeedMetrics", "SeedSlot", "SeedState"]
-
-# The forward pass uses the seed's output in these stages (GERMINATED seeds are not yet trained).
-_SEED_RUNS = frozenset(
-    {
-        SeedStage.TRAINING,
-        SeedStage.BLENDING,
-        SeedStage.SHADOWING,
-        SeedStage.PROBATIONARY,
-        SeedStage.FOSSILIZED,
-    }
-)
-# The stage a seed moves to next when nothing goes wrong.
-NEXT_STAGE = {
-    SeedStage.DORMANT: SeedStage.GERMINATED,
-    SeedStage.GERMINATED: SeedStage.TRAINING,
-    SeedStage.TRAINING: SeedStage.BLENDING,
-    SeedStage.BLENDING: SeedStage.SHADOWING,
-    SeedStage.SHADOWING: SeedStage.PROBATIONARY,
-    SeedStage.PROBATIONARY: SeedStage.FOSSILIZED,
-    SeedStage.CULLED: SeedStage.EMBARGOED,
-    SeedStage.EMBARGOED: SeedStage.RESETTING,
-    SeedStage.RESETTING: SeedStage.DORMANT,
-}
+__all__ = ["QualityGates", "SeedMetrics", "SeedSlot", "SeedState"]
 
 
 class _SlotState(SeedState):
-    """A `SeedState` whose `alpha` also writes the owning slot's alpha buffer.
+    """A `SeedState` whose `alpha` and `stage` are wired to the owning slot.
 
-    Why: under `torch.compile` a Python float read in `forward` is guarded on its
-    value, so every alpha step of the blending ramp would recompile. The slot's
-    forward therefore reads alpha from a 0-dim buffer, and this setter keeps that
-    buffer in sync with every way of setting alpha: `set_alpha`, the schedule, and
-    direct assignment (`slot.state.alpha = 0.7`), which the API promises the next
-    forward honours, compiled or eager. Same fields, same behaviour otherwise.
+    `alpha`: under `torch.compile` a Python float read in `forward` is guarded on
+    its value, so every alpha step of the blending ramp would recompile. The
+    slot's forward therefore reads alpha from a 0-dim buffer, and this setter
+    keeps that buffer in sync with every way of setting alpha: `set_alpha`, the
+    schedule, and direct assignment (`slot.state.alpha = 0.7`), which the API
+    promises the next forward honours, compiled or eager.
+
+    `stage`: direct assignment (`slot.state.stage = SeedStage.TRAINING`, which the
+    API promises works) is a lifecycle move like any other: the slot checks it is
+    a legal transition (else `ValueError`), records it in the history and its
+    transition list, and runs its side effects (alpha, isolation, the seed's
+    removal on a cull). `transition` itself, which the slot calls, writes the field.
+
+    Until the slot adopts the state (while the dataclass `__init__` runs, or when
+    a checkpoint is loaded) both are plain fields.
     """
 
-    __slots__ = ("_on_alpha",)
+    __slots__ = ("_on_alpha", "_on_stage")
 
     @property
     def alpha(self) -> float:
@@ -84,8 +76,33 @@ class _SlotState(SeedState):
         if on_alpha is not None:
             on_alpha()
 
+    @property
+    def stage(self) -> SeedStage:
+        return _STAGE_FIELD.__get__(self)
 
-_ALPHA_FIELD = SeedState.__dict__["alpha"]  # the dataclass's slot descriptor for `alpha`
+    @stage.setter
+    def stage(self, value: SeedStage) -> None:
+        on_stage = getattr(self, "_on_stage", None)
+        if on_stage is None:
+            _STAGE_FIELD.__set__(self, value)
+        else:
+            on_stage(self, SeedStage(value))
+
+    def transition(self, stage: SeedStage) -> bool:
+        on_stage = getattr(self, "_on_stage", None)
+        self._on_stage = None  # the move itself writes the field
+        try:
+            return SeedState.transition(self, stage)
+        finally:
+            self._on_stage = on_stage
+
+    def _detach(self) -> None:
+        """The slot let go of this seed: from now on a plain record."""
+        self._on_alpha = self._on_stage = None
+
+
+_ALPHA_FIELD = SeedState.__dict__["alpha"]  # the dataclass's slot descriptors
+_STAGE_FIELD = SeedState.__dict__["stage"]
 
 
 class SeedSlot(nn.Module):
@@ -93,7 +110,10 @@ class SeedSlot(nn.Module):
 
     `state`, `alpha` and `isolate_gradients` are read on every forward pass, so code
     may set them directly (`slot.state.stage = SeedStage.TRAINING`) and the next
-    forward honours them.
+    forward honours them; a stage set that way is a lifecycle move (`_SlotState`).
+
+    Every move is appended to `transitions` (a `StageTransition` each), whether
+    telemetry is on or not (`fast_mode`); the trainer drains the list each epoch.
 
     Compile-friendliness: stage, `isolate_gradients` and `force_alpha(0.0)` choose
     the branch taken (a change may recompile: a handful per seed lifetime), while
@@ -131,6 +151,7 @@ class SeedSlot(nn.Module):
         self._alpha_override: float | None = None
         self._alpha_schedule: AlphaSchedule | None = None
         self._probe_cache: dict[str, Tensor] = {}
+        self.transitions: list[StageTransition] = []
         # Effective alpha as a tensor the (compiled) forward reads; not checkpointed: it is
         # derived from the lifecycle state.
         self.register_buffer("_alpha", torch.zeros((), device=device), persistent=False)
@@ -145,6 +166,15 @@ class SeedSlot(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._device_anchor.device
+
+    @device.setter
+    def device(self, value: str | torch.device) -> None:
+        """Move the slot (and its seed) to `value`; the shape-probe cache survives a no-op move."""
+        target = torch.device(value)
+        if target == self.device:
+            return
+        self.to(target)
+        self._probe_cache.clear()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -168,7 +198,7 @@ class SeedSlot(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, host_features: Tensor) -> Tensor:
         state = self.state  # a plain attribute: the cheap test for DORMANT comes first
-        if state is None or state.stage not in _SEED_RUNS or self.seed is None:
+        if state is None or state.stage not in SEED_RUNS_STAGES or self.seed is None:
             return host_features
         override = self._alpha_override
         if override is not None and override == 0.0:
@@ -176,16 +206,19 @@ class SeedSlot(nn.Module):
             return host_features
         # Only a TRAINING seed's alpha is read as a float: it is 0 for the whole stage.
         incubating = state.stage == SeedStage.TRAINING and override is None and state.alpha == 0.0
-        if incubating and not torch.is_grad_enabled():
-            return host_features  # eval in the incubator: the output is the host's anyway
+        if incubating and not (self.training or torch.is_grad_enabled()):
+            # Evaluation in the incubator: the output is the host's anyway. (In train mode the
+            # seed runs even without grad, as in training: a seed gone non-finite shows in the
+            # output, which the governor's culprit search relies on.)
+            return host_features
         seed_input = host_features.detach() if self.isolate_gradients else host_features
         seed_features = self.seed(seed_input)
         if incubating:
             return ste_forward(host_features, seed_features)
-        # A copy, not the buffer: autograd saves the weight, and a later alpha write (a ramp
-        # step, leaving `force_alpha`) before backward must not invalidate this graph.
-        weight = self._alpha.to(seed_features.dtype, copy=True)
-        return torch.lerp(host_features, seed_features, weight)
+        # The buffer, clamped into a new tensor: autograd saves that copy, so a later alpha
+        # write (a ramp step, leaving `force_alpha`) before backward cannot invalidate the graph.
+        # The host keeps its gradient (detach_host=False): it learns through the blend.
+        return blend_with_isolation(host_features, seed_features, self._alpha, detach_host=False)
 
     @contextmanager
     def force_alpha(self, value: float) -> Iterator[None]:
@@ -228,6 +261,7 @@ class SeedSlot(nn.Module):
             raise ValueError(f"Cannot germinate in slot '{self.slot_id}': {gate.message}")
         state.transition(SeedStage.GERMINATED)
         self._adopt(seed, state)
+        self._record(state, SeedStage.DORMANT, SeedStage.GERMINATED, "")
         self.isolate_gradients = True
         self._alpha_schedule = None
         if host_module is not None:
@@ -319,9 +353,7 @@ class SeedSlot(nn.Module):
     def set_alpha(self, value: float) -> None:
         if self.state is None:
             raise RuntimeError(f"Slot '{self.slot_id}' has no seed; alpha cannot be set")
-        value = min(max(float(value), 0.0), 1.0)
-        self.state.alpha = value
-        self.state.metrics.current_alpha = value
+        self.state.alpha = min(max(float(value), 0.0), 1.0)
 
     # ------------------------------------------------------------------ checkpointing
     def lifecycle_state(self) -> dict[str, Any]:
@@ -332,6 +364,7 @@ class SeedSlot(nn.Module):
             "seeds_planted": self.seeds_planted,
             "isolate_gradients": self.isolate_gradients,
             "topology": self.seed_topology,
+            "transitions": [t.to_dict() for t in self.transitions],
             "seed": None,
         }
         if state is not None:
@@ -356,6 +389,10 @@ class SeedSlot(nn.Module):
         self.seeds_planted = record["seeds_planted"]
         self.isolate_gradients = record["isolate_gradients"]
         self.seed_topology = record["topology"]
+        # Moves not yet handed out when the checkpoint was taken (none in older checkpoints).
+        self.transitions = [StageTransition.from_dict(t) for t in record.get("transitions", [])]
+        if isinstance(self.state, _SlotState):
+            self.state._detach()
         self.seed, self.state, self._alpha_schedule = None, None, None
         saved = record["seed"]
         if saved is None:
@@ -409,18 +446,48 @@ class SeedSlot(nn.Module):
             counterfactual_contribution=state.metrics.counterfactual_contribution,
             seed_gradient_norm_ratio=state.metrics.seed_gradient_norm_ratio,
             is_healthy=state.is_healthy,
+            best_val_accuracy=state.metrics.best_val_accuracy,
+            accuracy_at_blending_start=state.metrics.accuracy_at_blending_start,
+            gradient_norm_avg=state.metrics.gradient_norm_avg,
         )
 
     # ------------------------------------------------------------------ internals
     def _adopt(self, seed: nn.Module | None, state: _SlotState) -> None:
-        """Install a seed and its state; from now on alpha writes reach the `_alpha` buffer."""
+        """Install a seed and its state; from now on alpha writes reach the `_alpha` buffer
+        and stage writes are lifecycle moves."""
         self.seed, self.state = seed, state
-        state._on_alpha = self._sync_alpha
+        state._on_alpha = self._alpha_written
+        state._on_stage = self._assign_stage
         self._sync_alpha()
 
+    def _alpha_written(self) -> None:
+        """Any write of `state.alpha`: the metrics' `current_alpha` and the buffer follow it."""
+        self.state.metrics.current_alpha = self.state.alpha
+        self._sync_alpha()
+
+    def _assign_stage(self, state: _SlotState, stage: SeedStage) -> None:
+        """`slot.state.stage = X`: the same move `advance_stage`/`cull` make, minus the gate."""
+        if state is not self.state:  # a record the slot already let go of: plain data
+            state._detach()
+            state.stage = stage
+            return
+        if stage == state.stage:
+            return
+        if not state.can_transition_to(stage):
+            legal = ", ".join(s.name for s in sorted(VALID_TRANSITIONS[state.stage])) or "none"
+            raise ValueError(
+                f"Slot '{self.slot_id}': {state.stage.name} -> {stage.name} is not a legal "
+                f"transition (from {state.stage.name}: {legal})"
+            )
+        self._enter(stage, reason="stage assigned directly")
+
     def _enter(self, stage: SeedStage, reason: str = "") -> None:
+        """Move the seed to `stage` (already known to be legal) and apply its side effects."""
         state = self.state
-        assert state is not None and state.transition(stage), f"illegal move to {stage.name}"
+        if state is None or not state.transition(stage):
+            current = "empty" if state is None else state.stage.name
+            raise RuntimeError(f"Slot '{self.slot_id}': illegal move {current} -> {stage.name}")
+        self._record(state, state.previous_stage, stage, reason)
         match stage:
             case SeedStage.TRAINING:
                 self.set_alpha(0.0)
@@ -448,7 +515,26 @@ class SeedSlot(nn.Module):
             counterfactual_contribution=state.metrics.counterfactual_contribution,
         )
         if stage == SeedStage.DORMANT:
+            state._detach()
             self.state = None
+
+    def _record(self, state: SeedState, from_stage: SeedStage, to_stage: SeedStage, reason: str) -> None:
+        self.transitions.append(
+            StageTransition(
+                slot_id=self.slot_id,
+                seed_id=state.seed_id,
+                blueprint_id=state.blueprint_id,
+                from_stage=from_stage,
+                to_stage=to_stage,
+                reason=reason,
+                epoch=self.epoch,
+            )
+        )
+
+    def drain_transitions(self) -> list[StageTransition]:
+        """The moves recorded since the last drain, oldest first; the list starts empty again."""
+        moved, self.transitions = self.transitions, []
+        return moved
 
     def _raise_occupied(self) -> None:
         state = self.state
@@ -459,7 +545,7 @@ class SeedSlot(nn.Module):
                 f"Slot '{self.slot_id}' is embargoed after culling {state.seed_id}: "
                 f"it can germinate again in {max(left, 0) + 1} epoch(s) (after RESETTING)."
             )
-        if state.stage in (SeedStage.CULLED, SeedStage.RESETTING):
+        if state.stage in FAILURE_STAGES:  # CULLED or RESETTING: EMBARGOED was answered above
             raise RuntimeError(
                 f"Slot '{self.slot_id}' is still clearing culled {state.seed_id} ({state.stage.name}); "
                 "it can germinate again once it is DORMANT."

@@ -2,19 +2,20 @@
 
 from esper.leyline.actions import WAIT, Action, ActionKind
 from esper.leyline.config import TaskConfig
-from esper.leyline.gates import GATE_FOR_STAGE, GateLevel, GateResult
-from esper.leyline.reports import SeedReport
+from esper.leyline.gates import GateLevel, GateResult
+from esper.leyline.reports import SeedReport, StageTransition
 from esper.leyline.signals import Controller, EpochSignals
 from esper.leyline.stages import (
     ACTIVE_STAGES,
     BLENDED_STAGES,
     FAILURE_STAGES,
+    GROWING_STAGES,
+    MEASURED_STAGES,
+    NEXT_STAGE,
+    OUTCOME_STAGES,
+    SEED_RUNS_STAGES,
     VALID_TRANSITIONS,
     SeedStage,
-    can_germinate,
-    is_active,
-    is_failure,
-    is_terminal,
     is_valid_transition,
 )
 from esper.leyline.telemetry import LIFECYCLE_EVENTS, TelemetryEvent, TelemetryEventType
@@ -23,8 +24,12 @@ __all__ = [
     "ACTIVE_STAGES",
     "BLENDED_STAGES",
     "FAILURE_STAGES",
-    "GATE_FOR_STAGE",
+    "GROWING_STAGES",
     "LIFECYCLE_EVENTS",
+    "MEASURED_STAGES",
+    "NEXT_STAGE",
+    "OUTCOME_STAGES",
+    "SEED_RUNS_STAGES",
     "VALID_TRANSITIONS",
     "WAIT",
     "Action",
@@ -35,12 +40,9 @@ __all__ = [
     "GateResult",
     "SeedReport",
     "SeedStage",
+    "StageTransition",
     "TaskConfig",
     "TelemetryEvent",
     "TelemetryEventType",
-    "can_germinate",
-    "is_active",
-    "is_failure",
-    "is_terminal",
     "is_valid_transition",
 ]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from esper.leyline.stages import SeedStage
-
 
 class GateLevel(IntEnum):
     G0 = 0  # -> GERMINATED
@@ -15,16 +13,6 @@ class GateLevel(IntEnum):
     G3 = 3  # -> SHADOWING
     G4 = 4  # -> PROBATIONARY
     G5 = 5  # -> FOSSILIZED
-
-
-GATE_FOR_STAGE: dict[SeedStage, GateLevel] = {
-    SeedStage.GERMINATED: GateLevel.G0,
-    SeedStage.TRAINING: GateLevel.G1,
-    SeedStage.BLENDING: GateLevel.G2,
-    SeedStage.SHADOWING: GateLevel.G3,
-    SeedStage.PROBATIONARY: GateLevel.G4,
-    SeedStage.FOSSILIZED: GateLevel.G5,
-}
 
 
 @dataclass(slots=True)

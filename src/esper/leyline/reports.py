@@ -1,4 +1,4 @@
-"""Plain-data summaries of seeds, for summaries, telemetry and rewards."""
+"""Plain-data summaries of seeds and of their moves, for summaries, telemetry and rewards."""
 
 from __future__ import annotations
 
@@ -20,8 +20,51 @@ class SeedReport:
     counterfactual_contribution: float | None
     seed_gradient_norm_ratio: float
     is_healthy: bool
+    # What the seed's metrics record besides the gate inputs (defaults: reports saved before them).
+    best_val_accuracy: float = 0.0
+    accuracy_at_blending_start: float = 0.0
+    gradient_norm_avg: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         record["stage"] = self.stage.name
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class StageTransition:
+    """One move of one seed through the lifecycle, as it happened.
+
+    Slots record every move (germination, gate passes, culls and why, the
+    embargo clock), fast mode or not; the trainer hands them out per epoch, so
+    whoever counts outcomes or pays for them reads this list instead of
+    diffing stage snapshots. `reason` says why, where the lifecycle's own
+    clock or a passed gate does not: the cull reason (the controller's, the
+    governor's, an expiry), or "stage assigned directly"; else it is empty.
+    `epoch` is the slot's lifecycle epoch when it moved.
+    """
+
+    slot_id: str
+    seed_id: str
+    blueprint_id: str
+    from_stage: SeedStage
+    to_stage: SeedStage
+    reason: str
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["from_stage"] = self.from_stage.name
+        record["to_stage"] = self.to_stage.name
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> StageTransition:
+        """Inverse of `to_dict` (checkpoints and logs hold plain data)."""
+        return cls(
+            **{
+                **record,
+                "from_stage": SeedStage[record["from_stage"]],
+                "to_stage": SeedStage[record["to_stage"]],
+            }
+        )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from esper.leyline.actions import Action
-from esper.leyline.reports import SeedReport
+from esper.leyline.reports import SeedReport, StageTransition
 
 
 @dataclass(slots=True)
@@ -22,6 +22,10 @@ class EpochSignals:
     # One entry per slot; None for an empty (DORMANT) slot.
     slots: dict[str, SeedReport | None] = field(default_factory=dict)
     rolled_back: bool = False
+    # Every lifecycle move since the previous epoch's signals: the consequences of the last
+    # decision (germinations, fossilizations, culls), the lifecycle clock, and this epoch's
+    # rollback culls. Who counts or pays for outcomes reads these, not stage snapshots.
+    transitions: list[StageTransition] = field(default_factory=list)
 
 
 class Controller(Protocol):

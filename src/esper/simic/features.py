@@ -17,6 +17,11 @@ Layout (`FeatureLayout.names()` spells it out):
   "contribution measured" flag, seed gradient ratio, seed params / host params,
   blueprint one-hot (all zero for an empty slot).
 
+Every feature is finite: a non-finite value (a loss that overflowed, a ratio of
+a diverged seed) becomes 0, so one bad epoch cannot poison the normaliser or the
+policy. (A rolled-back epoch's signals carry the last healthy train loss, so
+this is the last line of defence, not the usual path.)
+
 Raw features differ in scale by orders of magnitude (losses vs. ratios of 1e-3),
 so `RunningNorm` standardises them with running statistics; its state is saved in
 checkpoints and in policy.pt, because a policy is meaningless without the
@@ -140,7 +145,8 @@ class Observer:
         ]
         for slot_id in self.layout.slot_ids:
             run.extend(self._slot_features(slot_id, signals, host))
-        return torch.tensor(run, dtype=torch.float32)
+        features = torch.tensor(run, dtype=torch.float32)
+        return torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _slot_features(self, slot_id: str, signals: EpochSignals, host: int) -> list[float]:
         report = signals.slots.get(slot_id)

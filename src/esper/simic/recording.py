@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from esper.leyline import ACTIVE_STAGES, Action, Controller, EpochSignals, SeedStage
+from esper.leyline import Action, Controller, EpochSignals, SeedStage
 from esper.nissa import JsonlWriter, strict_json
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
@@ -89,25 +89,16 @@ class TransitionLog:
         self.writer.close()
 
 
-def step_outcomes(before: dict[str, tuple[str, int]], after: EpochSignals) -> list[str]:
-    """The rare events between two epochs: a seed fossilized, a live seed gone (culled), a rollback."""
-    outcomes = []
-    now = _stages(after)
-    for slot_id, (seed_id, stage) in before.items():
-        current = now.get(slot_id)
-        same_seed = current is not None and current[0] == seed_id
-        if SeedStage(stage) in ACTIVE_STAGES:
-            if same_seed and current[1] == SeedStage.FOSSILIZED:
-                outcomes.append("fossilize")
-            elif not same_seed or SeedStage(current[1]) not in ACTIVE_STAGES:
-                outcomes.append("cull")
+_RARE_MOVES = {SeedStage.FOSSILIZED: "fossilize", SeedStage.CULLED: "cull"}
+
+
+def step_outcomes(after: EpochSignals) -> list[str]:
+    """The rare events of the step that led to `after`: a seed fossilized or culled (by anyone,
+    read from the lifecycle moves since the decision), and a rollback."""
+    outcomes = [_RARE_MOVES[t.to_stage] for t in after.transitions if t.to_stage in _RARE_MOVES]
     if after.rolled_back:
         outcomes.append("rollback")
     return outcomes
-
-
-def _stages(signals: EpochSignals) -> dict[str, tuple[str, int]]:
-    return {slot_id: (r.seed_id, int(r.stage)) for slot_id, r in signals.slots.items() if r is not None}
 
 
 class EpisodeRecorder:
@@ -157,7 +148,7 @@ class EpisodeRecorder:
                 "next_obs": obs,
                 "next_mask": mask,
                 "done": done,
-                "outcomes": step_outcomes(pending["stages"], signals),
+                "outcomes": step_outcomes(signals),
             })  # fmt: skip
         if done:
             self.pending = None
@@ -167,7 +158,7 @@ class EpisodeRecorder:
         name = action_name(actions[0]) if actions else "WAIT"
         if name not in self.index:
             raise ValueError(f"action {name!r} is not in the recorded action space {list(self.index)}")
-        self.pending = {"t": signals.epoch, "obs": obs, "mask": mask, "action": self.index[name], "stages": _stages(signals)}
+        self.pending = {"t": signals.epoch, "obs": obs, "mask": mask, "action": self.index[name]}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data, for a checkpoint loaded with weights_only=True."""
@@ -186,8 +177,6 @@ class EpisodeRecorder:
         for name, value in state["rewards"].items():
             setattr(self.rewards, name, value)
         self.pending = state["pending"]
-        if self.pending is not None:
-            self.pending["stages"] = {k: tuple(v) for k, v in self.pending["stages"].items()}
         self.episode = state["episode"]
         self.epoch = state["epoch"]
 

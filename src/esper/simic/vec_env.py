@@ -2,9 +2,11 @@
 
 `MorphogeneticEnv` runs one episode at a time: a fresh host (its own trainer,
 slots, optimisers, data order and governor, seeded per episode) trained for
-`episode_length` epochs. After each epoch but the last, the controller's actions
-are applied and the next epoch runs; the reward for those actions is read from
-that next epoch's signals (`simic.rewards`). It takes any list of `Action`s, so
+`episode_length` epochs by tolaria's `EpochLoop`, the same loop every job runs.
+After each epoch but the last, the controller's actions are applied and the next
+epoch runs; the reward for those actions is read from that next epoch's signals
+(`simic.rewards`). A rolled-back epoch is part of the episode (the reward has a
+rollback penalty): its signals stay finite and the episode goes on. It takes any list of `Action`s, so
 the same episode loop serves the PPO policy, the heuristic, the random policy
 and the host-only baseline (`jobs.evaluate`).
 
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline import ACTIVE_STAGES, Action, ActionKind, EpochSignals, SeedStage
+from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, SeedStage
 from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
@@ -32,10 +34,16 @@ from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
 from esper.simic.recording import EpisodeRecorder
 from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
-from esper.tolaria import MorphogeneticTrainer
+from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer
 
 # Held-out evaluation seeds start here; training episodes use seeds below it.
 EVAL_SEED_OFFSET = 10_000
+# The lifecycle moves an episode counts, and the name each is counted under.
+_OUTCOME_OF_MOVE = {
+    SeedStage.GERMINATED: "germinated",
+    SeedStage.FOSSILIZED: "fossilized",
+    SeedStage.CULLED: "culled",
+}
 
 
 @dataclass(slots=True)
@@ -85,29 +93,29 @@ class MorphogeneticEnv:
         self.slots = tuple(slots or spec.slots)
         self.rewards = RewardTracker(reward)
         self.trainer: MorphogeneticTrainer | None = None
+        self.loop: EpochLoop | None = None
         self.stats: EpisodeStats | None = None
         self.signals: EpochSignals | None = None
-        self._last_stage: dict[str, SeedStage] = {}
 
     def reset(self, seed: int) -> EpochSignals:
         """Start an episode on a fresh host seeded with `seed`; returns its first epoch's signals."""
         self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
+        self.loop = EpochLoop(self.trainer, self.episode_length)
         self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
-        self._last_stage = {}
-        self.signals = self._run_epoch()
+        self.signals = self._observe(self.loop.start())
         self.rewards.reset(self.signals)
         return self.signals
 
     def step(self, actions: Sequence[Action]) -> tuple[EpochSignals, dict[str, float], bool]:
         """Apply `actions`, train the next epoch; returns its signals, the reward components and done."""
-        trainer, stats = self.trainer, self.stats
-        assert trainer is not None and stats is not None, "reset() before step()"
+        loop, stats = self.loop, self.stats
+        if loop is None or stats is None:
+            raise RuntimeError("MorphogeneticEnv.step() before reset()")
         stats.actions.update([action_name(a) for a in actions] or ["WAIT"])
-        for action, done, _ in trainer.apply(actions):
-            if action.kind == ActionKind.GERMINATE and done:
-                stats.seeds["germinated"] += 1
-        trainer.end_epoch()
-        self.signals = self._run_epoch()
+        result = loop.step(actions)
+        if result is None:
+            raise RuntimeError("the episode is over: reset() before stepping again")
+        self.signals = self._observe(result)
         done = self.signals.epoch >= self.episode_length - 1
         reward = self.rewards.step(self.signals, terminal=done)
         stats.episode_return += reward["total"]
@@ -117,23 +125,16 @@ class MorphogeneticEnv:
             self._finish()
         return self.signals, reward, done
 
-    def _run_epoch(self) -> EpochSignals:
-        record = self.trainer.run_epoch()
-        self.stats.rollbacks += record.rollback is not None
-        signals = self.trainer.signals(record, self.episode_length)
-        self._track_outcomes(signals)
-        return signals
-
-    def _track_outcomes(self, signals: EpochSignals) -> None:
-        """Count each seed's fate once: fossilized, or culled (by anyone, or by expiry)."""
-        for slot_id, report in signals.slots.items():
-            previous = self._last_stage.get(slot_id)
-            stage = None if report is None else report.stage
-            if stage != previous and stage == SeedStage.FOSSILIZED:
-                self.stats.seeds["fossilized"] += 1
-            elif previous in ACTIVE_STAGES and stage not in ACTIVE_STAGES and stage != SeedStage.FOSSILIZED:
-                self.stats.seeds["culled"] += 1
-            self._last_stage[slot_id] = stage
+    def _observe(self, result: EpochResult) -> EpochSignals:
+        """Count the epoch's rollback and every seed's germination and fate (fossilized, or culled
+        by anyone: the controller, the governor, or expiry), once each, from the lifecycle moves."""
+        stats = self.stats
+        stats.rollbacks += result.record.rollback is not None
+        for move in result.signals.transitions:
+            outcome = _OUTCOME_OF_MOVE.get(move.to_stage)
+            if outcome is not None:
+                stats.seeds[outcome] += 1
+        return result.signals
 
     def _finish(self) -> None:
         stats, signals = self.stats, self.signals
@@ -184,7 +185,8 @@ class VecEnv:
         results = [env.step([action]) for env, action in zip(self.envs, actions, strict=True)]
         obs, masks = self._observe([signals for signals, _, _ in results])
         dones = {done for _, _, done in results}
-        assert len(dones) == 1, "environments in lockstep must finish together"
+        if len(dones) != 1:
+            raise RuntimeError("environments in lockstep must finish together; their episode lengths differ")
         done = dones.pop()
         if done:
             for recorder, (signals, _, _) in zip(self.recorders, results):

@@ -7,17 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esper.leyline import (
-    FAILURE_STAGES,
+    ACTIVE_STAGES,
+    GROWING_STAGES,
+    MEASURED_STAGES,
+    OUTCOME_STAGES,
     Action,
     ActionKind,
     EpochSignals,
     SeedReport,
     SeedStage,
+    StageTransition,
 )
 from esper.tamiyo.blueprints import BlueprintChooser
 from esper.tamiyo.tracker import SignalTracker, TrackerConfig
 
-_GROWING = frozenset({SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING})
 _URGENCY = {ActionKind.CULL: 0, ActionKind.FOSSILIZE: 1}  # lower acts first
 
 
@@ -36,8 +39,8 @@ class HeuristicConfig:
 class HeuristicController:
     """Implements the `Controller` protocol with fixed rules.
 
-    The blueprint chooser is injected (rotation by default, simic's UCB1 curriculum
-    when asked), so tamiyo never imports upward.
+    The blueprint chooser is injected (the jobs pass simic's UCB1 curriculum by
+    default, or `BlueprintRotation`), so tamiyo never imports upward.
     """
 
     def __init__(self, chooser: BlueprintChooser, config: HeuristicConfig | None = None) -> None:
@@ -47,6 +50,7 @@ class HeuristicController:
         self.last_germination_epoch: int | None = None
         # seed_id -> blueprint for seeds whose outcome has not been reported to the chooser yet.
         self.pending: dict[str, str] = {}
+        # The latest report of each live seed: a culled seed's size (for its rent) is in it.
         self.last_report: dict[str, SeedReport] = {}
 
     def decide(self, signals: EpochSignals) -> list[Action]:
@@ -71,9 +75,7 @@ class HeuristicController:
         config = self.config
         if report.stage == SeedStage.PROBATIONARY and contribution > config.fossilize_above:
             return Action(ActionKind.FOSSILIZE, slot_id, reason=f"contribution {contribution:+.4f}")
-        if report.stage in (SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY) and (
-            contribution < config.cull_below
-        ):
+        if report.stage in MEASURED_STAGES and contribution < config.cull_below:
             return Action(ActionKind.CULL, slot_id, reason=f"hurts: contribution {contribution:+.4f}")
         return None
 
@@ -81,7 +83,7 @@ class HeuristicController:
         config = self.config
         reports = signals.slots.values()
         free = [slot_id for slot_id, report in signals.slots.items() if report is None]
-        growing = sum(1 for r in reports if r is not None and r.stage in _GROWING)
+        growing = sum(1 for r in reports if r is not None and r.stage in GROWING_STAGES)
         cooling = (
             self.last_germination_epoch is not None
             and signals.epoch - self.last_germination_epoch < config.germination_cooldown
@@ -99,30 +101,33 @@ class HeuristicController:
         return Action(ActionKind.GERMINATE, free[0], blueprint, reason="plateau")
 
     def _record_outcomes(self, signals: EpochSignals) -> None:
-        """Tell the chooser how each finished seed fared (fossilized = success)."""
-        live_ids = set()
-        for report in signals.slots.values():
-            if report is None:
-                continue
-            live_ids.add(report.seed_id)
-            self.last_report[report.seed_id] = report
-            if report.stage not in FAILURE_STAGES and report.stage != SeedStage.FOSSILIZED:
-                self.pending.setdefault(report.seed_id, report.blueprint_id)
-                continue
-            if report.seed_id in self.pending:
-                self._resolve(report.seed_id, report, signals.host_params)
-        # A seed that vanished between two epochs was culled and reset.
-        for seed_id in [s for s in self.pending if s not in live_ids]:
-            self._resolve(seed_id, self.last_report[seed_id], signals.host_params, culled=True)
+        """Tell the chooser how each finished seed fared: fossilized = success, culled = failure.
 
-    def _resolve(self, seed_id: str, report: SeedReport, host_params: int, culled: bool = False) -> None:
-        blueprint = self.pending.pop(seed_id)
-        success = not culled and report.stage == SeedStage.FOSSILIZED
-        contribution = report.counterfactual_contribution or 0.0
-        rent = self.config.rent_weight * math.log1p(report.params / max(host_params, 1))
+        Read from the lifecycle moves since the last epoch, so each seed is judged
+        once, whoever ended it. The governor culls only a seed it found guilty (a
+        host or data fault culls nobody), so a cull is always the seed's own failure.
+        """
+        current = {r.seed_id: r for r in signals.slots.values() if r is not None}
+        for move in signals.transitions:
+            if move.to_stage == SeedStage.GERMINATED:
+                self.pending[move.seed_id] = move.blueprint_id
+            elif move.to_stage in OUTCOME_STAGES and move.seed_id in self.pending:
+                self._resolve(move, current, signals.host_params)
+        for seed_id, report in current.items():
+            if report.stage in ACTIVE_STAGES:
+                self.last_report[seed_id] = report
+
+    def _resolve(self, move: StageTransition, current: dict[str, SeedReport], host_params: int) -> None:
+        blueprint = self.pending.pop(move.seed_id)
+        success = move.to_stage == SeedStage.FOSSILIZED
+        # A fossil still holds its seed; a culled one lost it: its size is in its last live report.
+        report = current.get(move.seed_id) if success else self.last_report.get(move.seed_id)
+        params = 0 if report is None else report.params
+        rent = self.config.rent_weight * math.log1p(params / max(host_params, 1))
+        contribution = 0.0 if report is None else report.counterfactual_contribution or 0.0
         reward = 100 * (contribution - rent if success else -rent)
         self.chooser.record_outcome(blueprint, success, reward)
-        self.last_report.pop(seed_id, None)
+        self.last_report.pop(move.seed_id, None)
 
     def state_dict(self) -> dict[str, Any]:
         return {

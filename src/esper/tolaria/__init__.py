@@ -1,6 +1,13 @@
-"""Execution: epochs, validation with counterfactuals, the governor, the epoch engine."""
+"""Execution: epochs, validation with counterfactuals, the governor, the epoch engine and loop."""
 
-from esper.tolaria.engine import EpochRecord, MorphogeneticTrainer
+from esper.tolaria.engine import (
+    EpochLoop,
+    EpochRecord,
+    EpochResult,
+    MorphogeneticTrainer,
+    TrainingFailed,
+    run_epochs,
+)
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.trainer import (
     OptimConfig,
@@ -11,12 +18,16 @@ from esper.tolaria.trainer import (
 )
 
 __all__ = [
+    "EpochLoop",
     "EpochRecord",
+    "EpochResult",
     "Governor",
     "GovernorConfig",
     "MorphogeneticTrainer",
     "OptimConfig",
     "Optimizers",
+    "TrainingFailed",
+    "run_epochs",
     "train_epoch",
     "validate",
     "validate_with_counterfactuals",

@@ -1,8 +1,27 @@
-"""The epoch engine: train, validate with counterfactuals, guard, act, step the lifecycle.
+"""The epoch engine: the phases of one epoch, and the one loop that runs them.
 
-One `MorphogeneticTrainer` drives one host. A run (heuristic job, or one PPO
-environment) calls, each epoch: `run_epoch` -> controller decides on `signals` ->
-`apply` -> `end_epoch`.
+One `MorphogeneticTrainer` drives one host. An epoch is a sequence of named
+phases, each a method, so that other drivers can reuse them one by one:
+
+    train           `train_phase`:  one pass of host and live seeds over the training batches
+    measure         `measure`:      validation, with each blended seed's counterfactual
+    guard           `guard`:        the governor: accept the epoch, or find the culprit,
+                                    roll back and measure again
+    (signals)       `signals`:      what a controller sees, with the lifecycle moves since last time
+    decide          the controller's `decide(signals)` (not the trainer's business)
+    apply           `apply`:        carry out the decisions (germinate, fossilize, cull)
+    step lifecycle  `end_epoch`:    every slot's lifecycle clock, optimiser groups, snapshot
+
+`EpochLoop` is the only loop over epochs: the heuristic job and its host-only
+baseline (through `run_epochs`), `esper evaluate` and the PPO environments
+(`simic.vec_env`, one `step` per environment step) all run it. The drivers
+still to come plug into it rather than copy it: a `Grower` for users' own
+training loops is a trainer whose `train_phase` reports the epoch the user's
+loop already trained and whose `measure` calls the user's `evaluate(model)`
+(each slot's counterfactual with `force_alpha(0.0)`), then the same guard,
+decide, apply and step lifecycle; under torchrun every rank runs train and
+measure, rank 0's controller decides, and the decision is broadcast to every
+rank before `step(actions)` applies it.
 """
 
 from __future__ import annotations
@@ -19,24 +38,34 @@ from esper.leyline import (
     ACTIVE_STAGES,
     Action,
     ActionKind,
+    Controller,
     EpochSignals,
     SeedStage,
+    StageTransition,
     TelemetryEvent,
     TelemetryEventType,
 )
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.trainer import (
     Batches,
+    EpochStats,
     OptimConfig,
     Optimizers,
+    ValidationResult,
+    batch_losses,
     record_validation,
     train_epoch,
     validate_with_counterfactuals,
 )
 
+Outcome = tuple[Action, bool, str]  # an applied action, whether it was done, and what happened
+
 
 @dataclass(slots=True)
 class EpochRecord:
+    """One epoch's numbers. After a rollback the train loss and accuracy are the last healthy
+    epoch's (the diverged ones are in `rollback`'s text), so the record is always finite."""
+
     epoch: int
     train_loss: float
     train_accuracy: float
@@ -81,29 +110,56 @@ class MorphogeneticTrainer:
     def slots(self):
         return self.model.seed_slots
 
+    # ------------------------------------------------------------------ the phases
+    def train_phase(self) -> EpochStats:
+        """Phase "train": one pass over this epoch's training batches."""
+        self.governor.inspect_parameters()
+        _set_epoch(self.train_loader, self.epoch)
+        return train_epoch(self.model, self.train_loader, self.optimizers)
+
+    def measure(self) -> ValidationResult:
+        """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
+        return validate_with_counterfactuals(self.model, self.val_loader)
+
+    def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
+        """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
+
+        Returns the epoch's (train, val, rollback reason). After a rollback the
+        train numbers are the last healthy epoch's (or, before any, the restored
+        model's validation numbers): the diverged ones are no features.
+        """
+        governor = self.governor
+        failure = governor.failure(train, val)
+        if failure is None:
+            governor.accept(train.loss, val.loss, train.accuracy)
+            return train, val, None
+        verdict = governor.rollback(failure, self._probe)
+        culled = verdict.culprits
+        reason = f"{failure.reason}; {verdict.explanation}"
+        self._emit(
+            TelemetryEventType.GOVERNOR_ROLLBACK,
+            reason,
+            culled=[s.state.seed_id for s in culled],
+            slots=[s.slot_id for s in culled],
+        )
+        self._sync_optimizers()
+        val = self.measure()
+        loss, accuracy = governor.last_good_train or (val.loss, val.accuracy)
+        return EpochStats(loss, accuracy, train.steps), val, reason
+
+    def _probe(self, split: str, indices: list[int]) -> list[float]:
+        """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
+        if split == "train":
+            return batch_losses(self.model, self.train_loader, indices, train_mode=True)
+        return batch_losses(self.model, self.val_loader, indices, train_mode=False)
+
     def run_epoch(self) -> EpochRecord:
-        """Train one epoch, validate (with per-slot counterfactuals) and guard against divergence."""
+        """Phases train, measure and guard of the current epoch."""
         start = time.perf_counter()
-        epoch = self.epoch
-        _set_epoch(self.train_loader, epoch)
-        train = train_epoch(self.model, self.train_loader, self.optimizers)
-        val = validate_with_counterfactuals(self.model, self.val_loader)
-        rollback = self.governor.diagnose(train.loss, val.loss)
-        if rollback is None:
-            self.governor.accept(train.loss)
-        else:
-            culled = self.governor.rollback(rollback)
-            self._emit(
-                TelemetryEventType.GOVERNOR_ROLLBACK,
-                rollback,
-                culled=[s.state.seed_id for s in culled],
-                slots=[s.slot_id for s in culled],
-            )
-            self._sync_optimizers()
-            val = validate_with_counterfactuals(self.model, self.val_loader)
+        train, val, rollback = self.guard(self.train_phase(), self.measure())
         record_validation(self.slots.values(), val.accuracy)
         record = EpochRecord(
-            epoch=epoch,
+            epoch=self.epoch,
             train_loss=train.loss,
             train_accuracy=train.accuracy,
             val_loss=val.loss,
@@ -118,6 +174,7 @@ class MorphogeneticTrainer:
         return record
 
     def signals(self, record: EpochRecord, total_epochs: int) -> EpochSignals:
+        """What a controller sees after `record`'s epoch; hands out the moves since the last call."""
         return EpochSignals(
             epoch=record.epoch,
             total_epochs=total_epochs,
@@ -129,10 +186,11 @@ class MorphogeneticTrainer:
             seed_params=record.seed_params,
             slots={slot_id: slot.report() for slot_id, slot in self.slots.items()},
             rolled_back=record.rollback is not None,
+            transitions=self.drain_transitions(),
         )
 
-    def apply(self, actions: Iterable[Action]) -> list[tuple[Action, bool, str]]:
-        """Carry out a controller's actions; returns (action, done, message) for each."""
+    def apply(self, actions: Iterable[Action]) -> list[Outcome]:
+        """Phase "apply": carry out a controller's actions; returns (action, done, message) for each."""
         outcomes = []
         for action in actions:
             if action.kind == ActionKind.WAIT:
@@ -161,12 +219,21 @@ class MorphogeneticTrainer:
         return outcomes
 
     def end_epoch(self) -> None:
-        """Step every slot's lifecycle clock and snapshot the (now final) host state."""
+        """Phase "step lifecycle": every slot's clock, optimiser groups, the governor's snapshot."""
         for slot in self.slots.values():
             slot.step_epoch()
         self._sync_optimizers()
         self.governor.snapshot()
         self.epoch += 1
+
+    # ------------------------------------------------------------------ lifecycle moves
+    def drain_transitions(self) -> list[StageTransition]:
+        """Every slot's moves since the last drain (slot order, then time order)."""
+        return [t for slot in self.slots.values() for t in slot.drain_transitions()]
+
+    def pending_transitions(self) -> list[StageTransition]:
+        """The moves the next `signals` will hand out, without handing them out."""
+        return [t for slot in self.slots.values() for t in slot.transitions]
 
     def _sync_optimizers(self) -> None:
         """Keep the seed optimiser's groups in line with the slots' live seeds."""
@@ -217,3 +284,97 @@ class MorphogeneticTrainer:
         self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(slots=True)
+class EpochResult:
+    """One epoch, as the loop hands it out: its record and what the controller is shown."""
+
+    record: EpochRecord
+    signals: EpochSignals
+
+
+class TrainingFailed(RuntimeError):
+    """The governor rolled back too many epochs in a row: the fault does not go away."""
+
+    def __init__(self, reason: str, result: EpochResult) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+# Called once an epoch is over (after its lifecycle step): the epoch, the outcomes of the
+# actions taken on it, and every lifecycle move that happened in it.
+EpochHook = Callable[[EpochResult, list[Outcome], list[StageTransition]], None]
+
+
+class EpochLoop:
+    """The one epoch loop: `start` runs the current epoch; `step(actions)` finishes it and runs the next.
+
+    `start()` runs train, measure and guard and returns the epoch's result;
+    the caller decides on `result.signals`; `step(actions)` applies them, steps
+    the lifecycle, calls `on_epoch`, and returns the next epoch's result (None
+    once `total_epochs` are done). `run_epochs` is that with a `Controller`; an
+    environment calls `start` and `step` itself, one per environment step.
+
+    With `max_consecutive_rollbacks`, an epoch that makes that many rollbacks in
+    a row raises `TrainingFailed` (after `on_epoch` saw it, with no outcomes):
+    a fault that survives every rollback is the host's or the data's.
+    """
+
+    def __init__(
+        self,
+        trainer: MorphogeneticTrainer,
+        total_epochs: int,
+        on_epoch: EpochHook | None = None,
+        max_consecutive_rollbacks: int | None = None,
+    ) -> None:
+        if max_consecutive_rollbacks is not None and max_consecutive_rollbacks < 1:
+            raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {max_consecutive_rollbacks}")
+        self.trainer = trainer
+        self.total_epochs = total_epochs
+        self.on_epoch = on_epoch
+        self.max_consecutive_rollbacks = max_consecutive_rollbacks
+        self.current: EpochResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.epoch >= self.total_epochs
+
+    def start(self) -> EpochResult:
+        """Train, measure and guard the current epoch."""
+        trainer = self.trainer
+        record = trainer.run_epoch()
+        result = self.current = EpochResult(record, trainer.signals(record, self.total_epochs))
+        limit = self.max_consecutive_rollbacks
+        if limit is not None and trainer.governor.consecutive_rollbacks >= limit:
+            if self.on_epoch is not None:
+                self.on_epoch(result, [], self._epoch_transitions(result))
+            raise TrainingFailed(f"{limit} consecutive rollbacks, the last: {record.rollback}", result)
+        return result
+
+    def step(self, actions: Iterable[Action]) -> EpochResult | None:
+        """Apply the decision on the current epoch, step the lifecycle, run the next epoch."""
+        if self.current is None:
+            raise RuntimeError("EpochLoop.step() before start()")
+        outcomes = self.trainer.apply(actions)
+        self.trainer.end_epoch()
+        if self.on_epoch is not None:
+            self.on_epoch(self.current, outcomes, self._epoch_transitions(self.current))
+        self.current = None
+        return None if self.done else self.start()
+
+    def _epoch_transitions(self, result: EpochResult) -> list[StageTransition]:
+        """The epoch's own moves: its rollback culls (in its signals) and those since its decision."""
+        epoch = result.record.epoch
+        return [t for t in result.signals.transitions if t.epoch == epoch] + self.trainer.pending_transitions()
+
+
+def run_epochs(loop: EpochLoop, controller: Controller) -> None:
+    """Run `loop` to its end with `controller` deciding on every epoch's signals."""
+    result = None if loop.done else loop.start()
+    while result is not None:
+        result = loop.step(controller.decide(result.signals))

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from esper.kasmina.host import StagedHost
-from esper.leyline import SeedStage
-from esper.tolaria.trainer import _MEASURED_STAGES, loss_and_correct
+from esper.leyline import MEASURED_STAGES, SeedStage
+from esper.tolaria.trainer import loss_and_correct
 
 __all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature", "flop_counter"]
 
@@ -142,7 +142,7 @@ def _stage_class(slot: Any) -> str:
     if slot.state is None or slot.seed is None:
         return "empty"
     stage = slot.stage
-    if stage in _MEASURED_STAGES:
+    if stage in MEASURED_STAGES:
         return "measured"  # runs at its alpha, train and eval; counterfactual measured
     if stage == SeedStage.FOSSILIZED:
         return "fossilized"  # part of the host: runs everywhere, not measured
@@ -247,7 +247,7 @@ class FlopMeter:
         measured = {
             key: slot
             for key, slot in getattr(model, "seed_slots", {}).items()
-            if slot.stage in _MEASURED_STAGES
+            if slot.stage in MEASURED_STAGES
         }
         naive = {}
         for key, slot in measured.items():

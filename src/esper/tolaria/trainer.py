@@ -7,7 +7,7 @@ touching the host optimiser or its momentum.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +17,9 @@ from torch import Tensor, nn
 
 from esper.kasmina.host import MorphogeneticModel, StagedHost
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import ACTIVE_STAGES, SeedStage
+from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
 
 Batches = Iterable[tuple[Tensor, Tensor]]
-
-# Counterfactuals are measured for seeds whose output is mixed into the host's.
-_MEASURED_STAGES = frozenset({SeedStage.BLENDING, SeedStage.SHADOWING, SeedStage.PROBATIONARY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,27 +115,41 @@ class EpochStats:
     loss: float
     accuracy: float
     steps: int
+    # Each batch's mean loss, in loader order: which batches failed, when the governor asks.
+    batch_losses: list[float] = field(default_factory=list)
 
 
 class _Totals:
-    """Sums loss and correct counts on-device; one host sync when the epoch ends."""
+    """Sums loss and correct counts on-device; one host sync when the epoch ends.
+
+    Each batch's loss is kept as a device tensor too (no sync per step), so a
+    diverged epoch can say which batches went wrong.
+    """
 
     def __init__(self) -> None:
         self.loss = torch.zeros(())
         self.correct = torch.zeros((), dtype=torch.long)
         self.count = 0
         self.steps = 0
+        self.batch_losses: list[Tensor] = []
 
     def add(self, loss: Tensor, correct: Tensor, targets: Tensor) -> None:
-        self.loss += loss.detach() * targets.numel()
+        loss = loss.detach()
+        self.loss += loss * targets.numel()
         self.correct += correct
         self.count += targets.numel()
         self.steps += 1
+        self.batch_losses.append(loss)
 
     def stats(self, what: str) -> EpochStats:
         if self.count == 0:
             raise ValueError(f"{what} got no batches: its loader is empty")
-        return EpochStats(self.loss.item() / self.count, self.correct.item() / self.count, self.steps)
+        return EpochStats(
+            self.loss.item() / self.count,
+            self.correct.item() / self.count,
+            self.steps,
+            torch.stack(self.batch_losses).float().tolist(),
+        )
 
 
 def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimizers) -> EpochStats:
@@ -188,6 +199,7 @@ class ValidationResult:
     accuracy: float
     # slot id -> accuracy with the slot as is minus accuracy with its alpha forced to 0.
     contributions: dict[str, float] = field(default_factory=dict)
+    batch_losses: list[float] = field(default_factory=list)
 
 
 def validate_with_counterfactuals(
@@ -206,7 +218,7 @@ def validate_with_counterfactuals(
     contributions are identical; its cost is one pass plus the tails. Hosts that
     are not a `StagedHost` (no stages to resume from) take the naive path.
     """
-    measured = {key: slot for key, slot in model.seed_slots.items() if slot.stage in _MEASURED_STAGES}
+    measured = {key: slot for key, slot in model.seed_slots.items() if slot.stage in MEASURED_STAGES}
     host = model.host
     if naive or not measured or not isinstance(host, StagedHost):
         return _naive_counterfactuals(model, batches, measured)
@@ -221,7 +233,7 @@ def validate_with_counterfactuals(
                 _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
                 without[key] += correct
     stats = base.stats("validate")
-    result = ValidationResult(loss=stats.loss, accuracy=stats.accuracy)
+    result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)
     for key, slot in measured.items():
         _record_contribution(result, key, slot, stats.accuracy - without[key].item() / base.count)
     return result
@@ -232,7 +244,7 @@ def _naive_counterfactuals(
 ) -> ValidationResult:
     """The reference: one plain validation pass, then one per measured slot at alpha 0."""
     base = validate(model, batches)
-    result = ValidationResult(loss=base.loss, accuracy=base.accuracy)
+    result = ValidationResult(base.loss, base.accuracy, batch_losses=base.batch_losses)
     for key, slot in measured.items():
         with slot.force_alpha(0.0):
             without = validate(model, batches)
@@ -243,6 +255,27 @@ def _naive_counterfactuals(
 def _record_contribution(result: ValidationResult, key: str, slot: SeedSlot, contribution: float) -> None:
     result.contributions[key] = contribution
     slot.state.metrics.counterfactual_contribution = contribution
+
+
+@torch.no_grad()
+def batch_losses(model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool) -> list[float]:
+    """Recompute the mean loss of the batches at `indices` (loader order) as the model is now.
+
+    For the governor's culprit search only, on the rare rollback path: it
+    re-iterates the loader, which must yield the same batches again (an
+    `InMemoryLoader` with the same epoch set does). `train_mode` runs the model
+    as training ran it (BatchNorm on batch statistics; running statistics get
+    updated, so the caller restores the model afterwards).
+    """
+    model.train(train_mode)
+    wanted, last = set(indices), max(indices)
+    losses: list[Tensor] = []
+    for i, (inputs, targets) in enumerate(batches):
+        if i > last:
+            break
+        if i in wanted:
+            losses.append(loss_and_correct(model(inputs), targets)[0])
+    return torch.stack(losses).float().tolist()
 
 
 def record_validation(slots: Iterable[SeedSlot], accuracy: float) -> None:
