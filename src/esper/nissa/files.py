@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import tempfile
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -39,6 +41,32 @@ class TorchFileError(ValueError):
         self.path = path
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Let a Ctrl-C that arrives during a write take effect once the write is complete.
+
+    Why: a KeyboardInterrupt raised inside torch.save's zip writer surfaces from its
+    C++ side as a RuntimeError ("unexpected pos ..."): the interrupt is lost and the
+    run ends with a confusing error instead of "interrupted, continue with --resume".
+    A write takes milliseconds, so deferring the signal that long costs nothing.
+    Only the main thread can install signal handlers; elsewhere writes run as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Write `path` with `write(file)` through a temporary file and a rename; on failure nothing is left.
 
@@ -47,9 +75,10 @@ def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = Fa
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with tmp.open("wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
+        with _interrupts_deferred():
+            with tmp.open("wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+                write(f)
+            os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
