@@ -23,6 +23,8 @@ import typing_extensions
 
 T = TypeVar("T")
 
+HOST_VARIANTS = ("task", "reference")  # HeuristicRunConfig.host
+
 
 @dataclass(slots=True)
 class HeuristicRunConfig:
@@ -40,6 +42,15 @@ class HeuristicRunConfig:
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
     # The run stops, "failed", after this many governor rollbacks in a row (a fault that stays).
     max_consecutive_rollbacks: int = 3
+    # What is trained; `esper compare`'s arms are runs of this job that differ only here.
+    # "heuristic", "none" (nothing is grown: the host alone) or the path of a policy.pt.
+    controller: str = "heuristic"
+    host: str = "task"  # "task": the task's host; "reference": the task's static reference host
+    # Blueprints built into the host's trunk after each named slot, from epoch 0 at full strength
+    # (summary.json's architecture "slots" of a grown run: its final network, trained statically).
+    built_in: dict[str, list[str]] = field(default_factory=dict)
+    # The run stops once its cumulative training FLOPs reach this (its last epoch may be partial).
+    max_training_flops: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -52,6 +63,12 @@ class HeuristicRunConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_consecutive_rollbacks < 1:
             raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {self.max_consecutive_rollbacks}")
+        if not self.controller:
+            raise ValueError("controller must be 'heuristic', 'none' or the path of a policy.pt")
+        if self.host not in HOST_VARIANTS:
+            raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
+        if self.max_training_flops is not None and not self.max_training_flops > 0:
+            raise ValueError(f"max_training_flops must be > 0, got {self.max_training_flops}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

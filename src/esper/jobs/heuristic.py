@@ -10,6 +10,8 @@ written up to then stays.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired
 
@@ -20,7 +22,7 @@ from esper import __version__
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
+from esper.leyline import Controller, SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import (
     BlueprintAnalytics,
     JsonlEventOutput,
@@ -30,9 +32,12 @@ from esper.nissa import (
     read_jsonl,
 )
 from esper.runtime import get_task
+from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
+from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
+from esper.simic.policy import PolicyController
 from esper.simic.recording import RecordedController, episode_recorder
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo import (
@@ -82,6 +87,61 @@ def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConf
             )
         curriculum = saved
     return curriculum
+
+
+@dataclass(slots=True)
+class PreparedRun:
+    """A run's task (with its host variant), data, controller and trainer, built from its config.
+
+    Building it checks everything a config can get wrong, so a caller (this job, `esper
+    compare`) finds every mistake before any folder is made.
+    """
+
+    spec: TaskSpec
+    data: TaskData
+    epochs: int
+    slots: tuple[str, ...]
+    blueprints: list[str]
+    controller: Controller
+    hub: TelemetryHub
+    trainer: MorphogeneticTrainer
+
+
+def prepare_run(config: HeuristicRunConfig) -> PreparedRun:
+    spec = host_variant(get_task(config.task), config.host, config.built_in)
+    data = spec.load_data(**config.task_options)
+    controller, slots, blueprints = make_controller(spec, config)
+    hub = TelemetryHub()
+    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub)
+    return PreparedRun(spec, data, config.epochs or spec.epochs, slots, blueprints, controller, hub, trainer)
+
+
+def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, tuple[str, ...], list[str]]:
+    """The run's controller, with the slots and blueprints it acts on.
+
+    "heuristic" and "none" (nothing grown) use the config's slots and blueprints (default:
+    the task's); a policy.pt brings its own, and a config naming others is refused.
+    """
+    if config.controller not in ("heuristic", "none"):
+        return _policy_controller(config)
+    blueprints = resolve_blueprints(spec, config.blueprints)
+    slots = tuple(config.slots or spec.slots)
+    if config.controller == "none":
+        return NoGrowthController(), slots, blueprints
+    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
+    return controller, slots, blueprints
+
+
+def _policy_controller(config: HeuristicRunConfig) -> tuple[Controller, tuple[str, ...], list[str]]:
+    policy = PolicyController.load(config.controller)
+    info = policy.info
+    slots, blueprints = tuple(info["slot_ids"]), list(info["blueprints"])
+    if info["task"] != config.task:
+        raise ValueError(f"{config.controller} was trained on task '{info['task']}', not '{config.task}'")
+    for name, asked, own in (("slots", config.slots, list(slots)), ("blueprints", config.blueprints, blueprints)):
+        if asked is not None and list(asked) != own:
+            raise ValueError(f"{config.controller} acts on {name} {own}, not {list(asked)}; leave {name} unset")
+    return policy, slots, blueprints
 
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
@@ -170,21 +230,21 @@ def run_heuristic(
     run_dir: str | Path,
     resume: bool = False,
     console: Console | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json."""
+    """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json.
+
+    `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
+    """
     folder = RunFolder(run_dir)
     if resume:
         config = build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {})
     elif config is None:
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     # Everything that can be wrong with the config or the data is found before the folder is made.
-    spec = get_task(config.task)
-    data = spec.load_data(**config.task_options)
-    epochs = config.epochs or spec.epochs
-    blueprints = resolve_blueprints(spec, config.blueprints)
-    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
-    hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
+    prepared = prepare_run(config)
+    spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
+    controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
     if config.tensorboard:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     if not resume:
@@ -198,7 +258,7 @@ def run_heuristic(
     # Logs are truncated to the checkpoint loaded before any output opens them.
     resumed = folder.resume(HeuristicCheckpoint, restore_state) if resume else None
     # Every decision is also recorded as a transition, for `esper train offline`.
-    recorder = episode_recorder(folder.path, config.task, config.slots or spec.slots, blueprints, RewardConfig(),
+    recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
                                 mode="heuristic", episode_length=epochs)  # fmt: skip
     if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
         resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
@@ -228,6 +288,8 @@ def run_heuristic(
         finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
         if finished and trainer.epoch % config.checkpoint_every == 0:
             save(folder.checkpoint_path(trainer.epoch))
+        if progress is not None:
+            progress(trainer.epoch, epochs)
 
     started = time.perf_counter()
     hub.emit(
@@ -240,7 +302,7 @@ def run_heuristic(
     try:
         run_epochs(loop, RecordedController(controller, recorder))
         save(folder.checkpoint_dir / FINAL_CHECKPOINT)
-        if isinstance(controller.chooser, BlueprintCurriculum):
+        if isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
             # What this run learned about blueprints, for the next run's --curriculum.
             controller.chooser.save(folder.path / CURRICULUM_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
