@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from esper.jobs.run_data import RunData
+from esper.jobs.run_folder import RunFolder, read_json
+from esper.nissa import read_jsonl
 
 ARMS = ("host-only", "grown", "static-final", "static-final-matched", "static-reference")
 PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"))
@@ -38,10 +40,10 @@ class ArmRun:
     flops: dict[str, float]  # the run's totals: training, validation, counterfactual
 
     @classmethod
-    def from_run(cls, run: RunData, seed: int, path: str) -> ArmRun:
-        if run.summary is None:
-            raise ValueError(f"{run.path} has no summary.json: the arm run is not finished")
-        summary, metrics = run.summary, run.metrics
+    def read(cls, run_dir: Path, seed: int, path: str) -> ArmRun:
+        """From a finished run folder's metrics.jsonl and summary.json."""
+        folder = RunFolder(run_dir)
+        summary, metrics = read_json(folder.summary_path), read_jsonl(folder.metrics_path)
         return cls(
             seed=seed,
             path=path,
