@@ -93,9 +93,10 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
         "run": read_config_file(args.config) if args.config else None,
     }
     if args.resume:
-        given = [f"--{key.replace('_', '-')}" for key, value in settings.items() if value is not None]
-        if given or args.out:
-            raise ValueError(f"--resume DIR continues a compare with its own settings; drop {', '.join(given + ['--out'] * bool(args.out))}")
+        given = [key for key, value in {**settings, "out": args.out}.items() if value is not None]
+        if given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ValueError(f"--resume DIR continues a compare with its own settings; drop {flags}")
         out, config = Path(args.resume), None
     else:
         if not args.out:

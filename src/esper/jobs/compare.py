@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -179,7 +180,7 @@ def check(config: CompareConfig) -> list[str]:
     return arms
 
 
-def _arm_state(path: Path) -> str:
+def arm_state(path: Path) -> str:
     """"new", "started" (cut off: resume it), "complete" or "failed"."""
     summary = path / "summary.json"
     if summary.exists():
@@ -227,7 +228,7 @@ def collect(folder: CompareFolder, config: CompareConfig, arms: list[str]) -> di
 
 def _add_if_complete(runs: dict[str, list[ArmRun]], folder: CompareFolder, seed: int, arm: str) -> None:
     path = folder.run_path(seed, arm)
-    if _arm_state(path) == "complete":
+    if arm_state(path) == "complete":
         runs[arm].append(ArmRun.read(path, seed, str(path.relative_to(folder.path))))
 
 
@@ -268,14 +269,13 @@ def _with_loss(config: CompareConfig) -> bool:
     return get_task(config.task).topology == "transformer"
 
 
-def write_figures(runs: dict[str, list[ArmRun]], config: CompareConfig, out: Path) -> dict[str, Path | None]:
-    """The compare figures into `out` (None for a figure with nothing to plot yet)."""
+def build_figures(runs: dict[str, list[ArmRun]], config: CompareConfig) -> dict[str, Figure | None]:
+    """The compare's figures by file name (None for one with nothing to plot yet)."""
     metrics = ["val_accuracy", "val_loss"] if _with_loss(config) else ["val_accuracy"]
-    built = {
+    return {
         "metric_vs_flops.png": compare_figures.metric_against_flops(runs, metrics),
         "metric_vs_params.png": compare_figures.metric_against_params(runs, metrics),
     }
-    return {name: None if fig is None else save_png(fig, out / name) for name, fig in built.items()}
 
 
 def run_compare(
@@ -304,7 +304,7 @@ def run_compare(
             grown: dict[str, Any] | None = None
             for arm in arms:
                 path = folder.run_path(seed, arm)
-                state = _arm_state(path)
+                state = arm_state(path)
                 if arm in NEEDS_GROWN and grown is None:
                     failed.append(f"seed-{seed}/{arm}: not trained, the grown run failed")
                 elif state == "failed":
@@ -321,5 +321,7 @@ def run_compare(
                     grown = read_json(path / "summary.json")
                 display.finish()
                 write_results(folder, config, runs, earlier + time.perf_counter() - started, failed)
-    write_figures(runs, config, folder.path)
+    for name, fig in build_figures(runs, config).items():
+        if fig is not None:
+            save_png(fig, folder.path / name)
     return read_json(folder.results_path)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from esper.jobs.compare_results import REACH_FRACTION, ArmRun, mean_se
 
@@ -21,6 +22,8 @@ ARM_COLOURS = {
     "static-final-matched": "#6baed6",
     "static-reference": "#d94801",
 }
+# Arms that share a size (grown, static-final, static-final-matched) stay apart by marker.
+ARM_MARKERS = {"host-only": "o", "grown": "o", "static-final": "s", "static-final-matched": "D", "static-reference": "^"}
 METRIC_LABELS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 GRID_POINTS = 200
 
@@ -83,10 +86,11 @@ def metric_against_params(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequenc
         for arm, arm_runs in present.items():
             params, params_se = _mean_se([float(run.params) for run in arm_runs])
             final, final_se = _mean_se([_series(run, metric)[-1] for run in arm_runs])
-            ax.errorbar([params], [final], xerr=[params_se], yerr=[final_se], fmt="o", capsize=4,
-                        color=ARM_COLOURS.get(arm), label=f"{arm} (n={len(arm_runs)})")  # fmt: skip
+            ax.errorbar([params], [final], xerr=[params_se], yerr=[final_se], fmt=ARM_MARKERS.get(arm, "o"),
+                        capsize=4, markersize=7, color=ARM_COLOURS.get(arm), alpha=0.85,
+                        label=f"{arm} (n={len(arm_runs)})")  # fmt: skip
         _style(ax, "parameters", f"final {METRIC_LABELS[metric]}")
-        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     return fig
 
 

@@ -22,11 +22,12 @@ def si(value: float | None) -> str:
 
 
 def _pm(stats: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
-    """'mean ± SE' (just the mean with one seed)."""
+    """'mean ± SE'; just the mean with one seed, or when every seed has the same value."""
     if stats is None or stats["mean"] is None:
         return "-"
     mean = format(stats["mean"] * scale, fmt)
-    return mean if stats["se"] is None else f"{mean} ± {format(stats['se'] * scale, fmt)}"
+    se = format(stats["se"] * scale, fmt.removeprefix("+")) if stats["se"] else None
+    return mean if se is None else f"{mean} ± {se}"
 
 
 def _si_pm(stats: dict[str, Any] | None) -> str:
