@@ -83,11 +83,14 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.compare_report import print_compare
     from esper.jobs.config import build_config, read_config_file
 
+    controller = args.controller
+    if controller is not None and Path(controller).is_file():
+        controller = str(Path(controller).resolve())  # the arms' configs hold it; resume may run elsewhere
     settings = {
         "task": args.task,
         "seeds": args.seeds,
         "first_seed": args.first_seed,
-        "controller": args.controller,
+        "controller": controller,
         "epochs": args.epochs,
         "arms": args.arms,
         "run": read_config_file(args.config) if args.config else None,

@@ -23,7 +23,7 @@ def _words(text: str) -> str:
         (["--controller", "missing/policy.pt"], "policy file missing/policy.pt does not exist"),
         (["--controller", "none"], "--controller must be 'heuristic' or a policy.pt"),
         (["--task", "digits", "--arms", "grown", "static-reference"],
-         "task 'digits' has no static reference host, so no static-reference arm"),
+         "task 'digits' has no static reference host; tasks with one: mnist5k-tiny"),
         (["--arms", "grown", "wide"], "unknown arm(s) ['wide']"),
         (["--arms", "static-final"], "add the grown arm"),
     ],

@@ -42,6 +42,7 @@ from esper.jobs.report_figures import save_png
 from esper.jobs.run_folder import read_json, write_json
 from esper.nissa.files import check_writable
 from esper.runtime import get_task
+from esper.runtime.static_host import host_variant
 from esper.tolaria import TrainingFailed
 
 CONFIG_FILE = "compare_config.json"
@@ -99,19 +100,12 @@ def planned_arms(config: CompareConfig) -> list[str]:
     spec = get_task(config.task)
     if config.arms is None:
         return [arm for arm in ARMS if arm != "static-reference" or spec.reference_host is not None]
-    if "static-reference" in config.arms and spec.reference_host is None:
-        with_reference = [t.name for t in _tasks_with_reference()]
-        raise ValueError(
-            f"task '{config.task}' has no static reference host, so no static-reference arm; "
-            f"leave it out of --arms, or use a task with one: {', '.join(with_reference)}"
-        )
+    if "static-reference" in config.arms:
+        try:
+            host_variant(spec, "reference", {})
+        except ValueError as err:
+            raise ValueError(f"{err}; leave static-reference out of --arms") from None
     return [arm for arm in ARMS if arm in config.arms]
-
-
-def _tasks_with_reference() -> list[Any]:
-    from esper.runtime import list_tasks
-
-    return [spec for spec in list_tasks() if spec.reference_host is not None]
 
 
 class CompareFolder:
