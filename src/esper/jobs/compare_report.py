@@ -103,8 +103,11 @@ def print_compare(results: dict[str, Any], console: Console) -> None:
         ("targets", target_rows(results)),
     ):
         table = Table(title=caption)
-        for index, column in enumerate(header):
-            table.add_column(column, justify="left" if index == 0 else "right")
+        # The first column names the row (an arm, a pair, a target): kept legible in a narrow terminal.
+        names = min(24, max((len(row[0]) for row in rows), default=0))
+        table.add_column(header[0], min_width=names)
+        for column in header[1:]:
+            table.add_column(column, justify="right")
         for row in rows:
             table.add_row(*row)
         console.print(table)
