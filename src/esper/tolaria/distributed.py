@@ -92,8 +92,9 @@ class World:
         self.device = device or torch.device("cpu")
         self.timeout_s = timeout_s
         self.collectives = 0  # entered by the main thread; the heartbeat publishes it
-        self.doing = "starting"  # what the main thread does (`at`); the heartbeat publishes it
+        self.doing = "start-up"  # what the main thread does (`at`); the heartbeat publishes it
         self._store: dist.Store | None = None
+        self._beat_count = 0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -110,29 +111,31 @@ class World:
         return self.rank == 0
 
     def at(self, doing: str) -> None:
-        """Say what this rank is doing now (named in another rank's fault message)."""
+        """Say what this rank is doing now (named in another rank's fault message); published at once."""
         self.doing = doing
+        if self._store is not None:
+            self._publish()
 
     # ------------------------------------------------------------------ lifecycle
     def _start_heartbeat(self) -> None:
         # The process group's own store: torchrun's agent hosts it, so it outlives a dead worker.
         self._store = dist.distributed_c10d._get_default_store()
-        self._publish(0)
+        self._publish()
 
         def beat() -> None:
-            count = 0
             while not self._stop.wait(HEARTBEAT_S):
-                count += 1
+                self._beat_count += 1
                 try:
-                    self._publish(count)
+                    self._publish()
                 except (RuntimeError, OSError):  # the store is gone: the run is ending or already failed
                     return
 
         self._beat = threading.Thread(target=beat, name="esper-heartbeat", daemon=True)
         self._beat.start()
 
-    def _publish(self, count: int) -> None:
-        value = json.dumps({"beat": count, "collectives": self.collectives, "doing": self.doing})
+    def _publish(self) -> None:
+        # The store's client serialises its operations, so the main thread (`at`) may publish too.
+        value = json.dumps({"beat": self._beat_count, "collectives": self.collectives, "doing": self.doing})
         self._store.set(_KEY.format(self.rank), value)
 
     def close(self) -> None:
@@ -179,9 +182,9 @@ class World:
             if now is None:
                 culprits.append(f"rank {rank} never reported in (did it start?)")
             elif before.get(rank, {}).get("beat") == now["beat"]:
-                culprits.append(f"rank {rank} stopped responding while at {now['doing']} (its process died or is frozen)")
+                culprits.append(f"rank {rank} stopped responding during {now['doing']} (its process died or is frozen)")
             elif now["collectives"] < self.collectives:
-                culprits.append(f"rank {rank} is alive but stuck at {now['doing']} (it never reached this step)")
+                culprits.append(f"rank {rank} is alive but stuck in {now['doing']} (it never reached this step)")
         if not culprits:
             return f"{what} failed on rank {self.rank} ({self.doing}): {cause}"
         return f"{'; '.join(culprits)}; {waited}"
