@@ -308,13 +308,17 @@ def _rank_prefix() -> str:
     return f"rank {os.environ.get('RANK', '0')}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _reported_by_rank_zero(err: BaseException) -> bool:
     """An error every rank meets together (decided on rank 0, or on numbers every rank shares):
     rank 0 prints it, the others stay quiet."""
     from esper.tolaria import TrainingFailed
     from esper.tolaria.distributed import RankZeroFailed
 
-    return isinstance(err, (RankZeroFailed, TrainingFailed)) and os.environ.get("RANK", "0") != "0"
+    return isinstance(err, (RankZeroFailed, TrainingFailed)) and not _is_rank_zero()
 
 
 def _print_error(console: Console, message: str) -> None:
@@ -336,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, console)
     except _Stopped as stop:
         if stop.code == 130:
-            console.print(Text(str(stop), style="yellow"), soft_wrap=True)
+            # Ctrl-C reaches every rank and the `--nproc` launcher: one of them says what to do.
+            from esper.jobs.scaleout import is_launched_worker
+
+            if _is_rank_zero() and not is_launched_worker():
+                console.print(Text(str(stop), style="yellow"), soft_wrap=True)
         else:
             _print_error(console, str(stop))
         return stop.code

@@ -37,7 +37,7 @@ def test_broadcast_makes_replicas_identical_and_drift_is_caught(ranks):
 def test_ranks_that_disagree_on_the_config_refuse_to_start(ranks):
     for rank in ranks:
         error = rank["disagreeing_configs"]["error"]
-        assert "rank 1 (differing: config)" in error and "same command line" in error
+        assert "rank 1 differs from rank 0 in config.envs." in error and "same command line" in error
 
 
 def test_a_failure_on_rank_zero_stops_every_rank(ranks):

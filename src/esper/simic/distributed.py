@@ -49,7 +49,7 @@ class SharedVecEnv:
         self.n_envs = n_envs
         self.bounds = [shard(n_envs, rank, world.size) for rank in range(world.size)]
         self.lo, self.hi = self.bounds[world.rank]
-        if local.envs and len(local.envs) != self.hi - self.lo:
+        if len(local.envs) != self.hi - self.lo:
             raise ValueError(f"rank {world.rank} holds {len(local.envs)} environments, its share is {self.hi - self.lo}")
         self.layout = local.layout
         self.space = local.space

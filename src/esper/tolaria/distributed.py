@@ -265,15 +265,15 @@ class World:
         digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
         gathered = self.all_gather_object((digest, value))
         reference_digest, reference = gathered[0]
-        differ = []
-        for rank, (rank_digest, rank_value) in enumerate(gathered):
-            if rank_digest != reference_digest:
-                keys = sorted(k for k in reference.keys() | rank_value.keys() if reference.get(k) != rank_value.get(k))
-                differ.append(f"rank {rank} (differing: {', '.join(keys)})")
+        differ = [
+            f"rank {rank} differs from rank 0 in {', '.join(_differing_keys(reference, rank_value))}"
+            for rank, (rank_digest, rank_value) in enumerate(gathered)
+            if rank_digest != reference_digest
+        ]
         if differ:
             raise ValueError(
-                f"the ranks disagree on the {what}: {'; '.join(differ)} differ from rank 0. Start every "
-                "rank with the same command line, config file, data and Esper version"
+                f"the ranks disagree on the {what}: {'; '.join(differ)}. Start every rank with the same "
+                "command line, config file, data and Esper version"
             )
 
     # ------------------------------------------------------------------ data parallel
@@ -356,6 +356,20 @@ class World:
                 f"the model on rank(s) {drifted} differs from rank 0's: the replicas drifted apart "
                 "(a non-deterministic operation or a fault); continue from the last checkpoint"
             )
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys whose values differ, one level into nested dicts ("config.envs")."""
+    keys = []
+    for key in sorted(a.keys() | b.keys()):
+        left, right = a.get(key), b.get(key)
+        if left == right:
+            continue
+        if isinstance(left, dict) and isinstance(right, dict) and not prefix:
+            keys += _differing_keys(left, right, f"{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
 
 
 def init_world(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
