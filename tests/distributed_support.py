@@ -26,6 +26,9 @@ from torch import nn
 
 import esper
 from esper.jobs.scaleout import WORKER_MARK
+from esper.kasmina.host import MLPHost, MorphogeneticModel
+from esper.runtime.data import InMemoryLoader
+from esper.tolaria import MorphogeneticTrainer, OptimConfig
 from esper.tolaria.distributed import RankFailure, RankZeroFailed, World, init_world
 
 SOURCES = str(Path(esper.__file__).parents[1])
@@ -189,6 +192,23 @@ def rank_zero_fails(world: World, folder: Path) -> dict:
     return {"raised": None}
 
 
+def rollback_together(world: World, folder: Path) -> dict:
+    """A NaN in rank 1's share of a batch poisons every rank (the gradients are shared); the
+    governor sees it in the summed losses on every rank, and every rank rolls back the same way."""
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    inputs[20, 3] = float("nan")  # batch 0 is samples 0-31 in order: rank 1 holds 16-31
+    loaders = [InMemoryLoader(x, y, 32, shuffle=False, seed=0, rank=world.rank, world_size=world.size)
+               for x, y in ((inputs, targets), (inputs[:16].nan_to_num(), targets[:16]))]  # fmt: skip
+    model = MorphogeneticModel(MLPHost(8, num_classes=3, hidden=8, n_layers=1), ["layer1"])
+    trainer = MorphogeneticTrainer(model, *loaders, OptimConfig(), world=world)
+    before = [p.detach().clone() for p in model.parameters()]
+    record = trainer.run_epoch()
+    restored = all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    world.check_replicas(model)
+    return {"rollback": record.rollback, "restored": restored, "rollbacks": trainer.governor.rollbacks}
+
+
 def rank_one_dies(world: World, folder: Path) -> dict:
     """Rank 1 dies before a collective: rank 0's `RankFailure` names it."""
     world.at("epoch 3 of 9")
@@ -206,7 +226,7 @@ def every_check(world: World, folder: Path) -> dict:
     """All of the above in one process group (starting processes is what costs), the death last."""
     results = {
         check.__name__: check(world, folder)
-        for check in (gradients_of_shares, broadcast_and_replicas, disagreeing_configs, rank_zero_fails)
+        for check in (gradients_of_shares, broadcast_and_replicas, disagreeing_configs, rank_zero_fails, rollback_together)
     }
     # Rank 1 never returns from the last check: what it found so far is written first.
     (folder / f"rank{world.rank}.json").write_text(json.dumps({**results, "rank_one_dies": {"died": True}}))

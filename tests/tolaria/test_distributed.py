@@ -45,6 +45,13 @@ def test_a_failure_on_rank_zero_stops_every_rank(ranks):
     assert ranks[1]["rank_zero_fails"] == {"raised": "RankZeroFailed"}
 
 
+def test_a_fault_in_one_ranks_share_rolls_every_rank_back_together(ranks):
+    for rank in ranks:
+        checks = rank["rollback_together"]
+        assert checks["rollback"].startswith("non-finite loss (train nan")
+        assert checks["restored"] and checks["rollbacks"] == 1
+
+
 def test_a_dead_rank_is_named_by_the_one_left_waiting(ranks):
     message = ranks[0]["rank_one_dies"]["message"]
     assert message.startswith("rank 1 stopped responding during epoch 3 of 9"), message
