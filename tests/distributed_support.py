@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from esper.jobs.scaleout import WORKER_MARK
 from esper.kasmina.host import MLPHost, MorphogeneticModel
 from esper.runtime.data import InMemoryLoader
 from esper.tolaria import MorphogeneticTrainer, OptimConfig
-from esper.tolaria.distributed import RankFailure, RankZeroFailed, World, init_world
+from esper.tolaria.distributed import HEARTBEAT_S, RankFailure, RankZeroFailed, World, init_world
 
 SOURCES = str(Path(esper.__file__).parents[1])
 
@@ -231,3 +232,17 @@ def every_check(world: World, folder: Path) -> dict:
     # Rank 1 never returns from the last check: what it found so far is written first.
     (folder / f"rank{world.rank}.json").write_text(json.dumps({**results, "rank_one_dies": {"died": True}}))
     return {**results, "rank_one_dies": rank_one_dies(world, folder), "leave_early": True}
+
+
+def rank_one_is_stuck(world: World, folder: Path) -> dict:
+    """Rank 1 is alive (its heartbeat goes on) but busy elsewhere: rank 0's timeout names it as stuck."""
+    world.all_reduce_(torch.ones(2))
+    if world.rank == 1:
+        world.at("a long computation")
+        time.sleep(3 * world.timeout_s + 4 * HEARTBEAT_S)  # outlives rank 0's timeout and diagnosis
+        return {"leave_early": True}
+    try:
+        world.all_reduce_(torch.ones(2))
+    except RankFailure as err:
+        return {"message": str(err), "leave_early": True}
+    return {"message": None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from distributed_support import every_check, run_ranks
+from distributed_support import every_check, rank_one_is_stuck, run_ranks
 
 from esper.tolaria.distributed import World, shard
 
@@ -56,6 +56,13 @@ def test_a_dead_rank_is_named_by_the_one_left_waiting(ranks):
     message = ranks[0]["rank_one_dies"]["message"]
     assert message.startswith("rank 1 stopped responding during epoch 3 of 9"), message
     assert "rank 0 stopped waiting for them in all_reduce" in message
+
+
+@pytest.mark.slow
+def test_a_live_but_stuck_rank_is_named_once_the_timeout_runs_out(tmp_path):
+    ranks = run_ranks(rank_one_is_stuck, 2, tmp_path, timeout_s=2.0)
+    message = ranks[0]["message"]
+    assert message.startswith("rank 1 is alive but stuck in a long computation (it never reached this step)"), message
 
 
 def test_one_process_is_a_world_of_one_with_identity_collectives():
