@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import bench_counterfactual
+import bench_distributed
 import bench_dormant
 import bench_epoch
 import bench_graft
@@ -25,7 +26,8 @@ import bench_recompiles
 import bench_vec_env
 import per
 
-FIGURES = (bench_dormant, bench_graft, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per)
+FIGURES = (bench_dormant, bench_graft, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per,
+           bench_distributed)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,10 +48,13 @@ def _task_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs import scaleout
     from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
-    from esper.jobs.heuristic import run_heuristic
+    from esper.jobs.heuristic import check_processes, run_heuristic
     from esper.jobs.report import print_summary
+    from esper.jobs.run_folder import RunFolder
 
+    scaleout.check_launch(args)
     if args.resume:
         run_dir, config = Path(args.resume), None
     else:
@@ -71,8 +75,15 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/heuristic-{config.task}-{stamp}")
-    with _resumable("heuristic", run_dir):
-        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    if scaleout.wants_launch(args):
+        resolved = config or build_config(HeuristicRunConfig, RunFolder(run_dir).saved_config("heuristic"), {})
+        check_processes(resolved, scaleout.processes(args))
+        return _launch(args, "heuristic", run_dir, console)
+    with scaleout.worker_world(args) as world, _resumable("heuristic", run_dir):
+        quiet = args.quiet or not world.is_main
+        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+    if summary is None:  # a rank other than 0: rank 0 reports
+        return 0
     print_summary(summary, console)
     console.print(f"Run folder: {run_dir}", highlight=False)
     return 0
@@ -130,10 +141,23 @@ def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
-    from esper.jobs.config import build_config, read_config_file
-    from esper.jobs.ppo import PPORunConfig, overrides_from_args, run_ppo
+def _launch(args: argparse.Namespace, mode: str, run_dir: Path, console: Console) -> int:
+    """`esper train MODE --nproc N ...`: the same command on N processes, through torchrun."""
+    from esper.jobs import scaleout
 
+    scaleout.check_run_dir(run_dir, mode, bool(args.resume))
+    with _resumable(mode, run_dir, f" --nproc {args.nproc}"):
+        scaleout.launch(args, run_dir, bool(args.resume))
+    return 0
+
+
+def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs import scaleout
+    from esper.jobs.config import build_config, read_config_file
+    from esper.jobs.ppo import PPORunConfig, check_processes, overrides_from_args, run_ppo
+    from esper.jobs.run_folder import RunFolder
+
+    scaleout.check_launch(args)
     if args.resume:
         run_dir, config = Path(args.resume), None
     else:
@@ -141,8 +165,15 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
         config = build_config(PPORunConfig, file_values, overrides_from_args(args, file_values))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/ppo-{config.task}-{stamp}")
-    with _resumable("ppo", run_dir):
-        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if args.quiet else console)
+    if scaleout.wants_launch(args):
+        resolved = config or build_config(PPORunConfig, RunFolder(run_dir).saved_config("ppo"), {})
+        check_processes(resolved, scaleout.processes(args))
+        return _launch(args, "ppo", run_dir, console)
+    with scaleout.worker_world(args) as world, _resumable("ppo", run_dir):
+        quiet = args.quiet or not world.is_main
+        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+    if summary is None:  # a rank other than 0: rank 0 reports
+        return 0
     console.print(
         f"return: first rounds {summary['first_rounds_return']:+.3f}, last rounds {summary['last_rounds_return']:+.3f}",
         highlight=False,
@@ -211,12 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
+    from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
+
+    add_scaleout_arguments(heuristic)
     heuristic.set_defaults(func=_cmd_train_heuristic)
 
     ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
     from esper.jobs.ppo import add_arguments as add_ppo_arguments
 
     add_ppo_arguments(ppo)
+    add_scaleout_arguments(ppo)
     ppo.set_defaults(func=_cmd_train_ppo)
 
     offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
@@ -281,49 +316,78 @@ def _os_reason(err: OSError, fallback: Path | None = None) -> str:
 
 
 @contextmanager
-def _resumable(mode: str, run_dir: Path) -> Iterator[None]:
-    """Turn Ctrl-C or a disk fault during a run into one line with the exact command to continue.
+def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
+    """Turn Ctrl-C, a disk fault or a failed rank during a run into one line with the exact command to continue.
 
     Once the run folder holds its config what was written is kept and valid, so
     `esper train MODE --resume RUN_DIR` (`esper compare --resume DIR` for mode
-    "compare") continues from the last checkpoint; before that nothing was written
-    and the command is simply run again.
+    "compare") continues from the last checkpoint (`flags`, e.g. " --nproc 2", are
+    added to it); before that nothing was written and the command is simply run again.
     """
     from esper.jobs.compare import CONFIG_FILE
     from esper.jobs.run_folder import RunFolder
+    from esper.jobs.scaleout import LaunchFailed
+    from esper.tolaria.distributed import RankFailure
 
     started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path
-    command = f"esper compare --resume {run_dir}" if mode == "compare" else f"esper train {mode} --resume {run_dir}"
+    command = "esper compare" if mode == "compare" else f"esper train {mode}"
+    resume = f"{command} --resume {run_dir}{flags}"
     try:
         yield
     except KeyboardInterrupt:
         if started.exists():
-            message = f"interrupted: checkpoints so far are kept; continue with: {command}"
+            message = f"interrupted: checkpoints so far are kept; continue with: {resume}"
         else:
             message = "interrupted before the run folder was made; nothing was written"
         raise _Stopped(message, 130) from None
+    except (RankFailure, LaunchFailed) as err:
+        if started.exists():
+            message = f"{err}. The checkpoints so far are kept; continue with: {resume}"
+        else:
+            message = f"{err}. Nothing was written; run the command again"
+        raise _Stopped(message, 2) from None
     except OSError as err:
         if err.errno is None:  # one of Esper's own messages (FileNotFoundError, FileExistsError)
             raise
         if started.exists():
             message = (
                 f"{_os_reason(err, run_dir)}. What was written so far is kept; once that is fixed, "
-                f"continue with: {command}"
+                f"continue with: {resume}"
             )
         else:
             message = f"{_os_reason(err, run_dir)}. Nothing was written; fix that and run the command again"
         raise _Stopped(message, 2) from None
 
 
+def _rank_prefix() -> str:
+    """"rank N: " in a process of a distributed run (its lines mix with the other ranks')."""
+    return f"rank {os.environ.get('RANK', '0')}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _reported_by_rank_zero(err: BaseException) -> bool:
+    """An error every rank meets together (decided on rank 0, or on numbers every rank shares):
+    rank 0 prints it, the others stay quiet."""
+    from esper.tolaria import TrainingFailed
+    from esper.tolaria.distributed import RankZeroFailed
+
+    return isinstance(err, (RankZeroFailed, TrainingFailed)) and not _is_rank_zero()
+
+
 def _print_error(console: Console, message: str) -> None:
     """One line, printed verbatim: a message holding [brackets] is not rich markup."""
-    line = Text("error: ", style="bold red")
+    line = Text(f"{_rank_prefix()}error: ", style="bold red")
     line.append(" ".join(message.split()))
     console.print(line, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `--nproc` runs again on every process
     if args.threads < 1:
         raise SystemExit("esper: --threads must be >= 1")
     torch.set_num_threads(args.threads)
@@ -332,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, console)
     except _Stopped as stop:
         if stop.code == 130:
-            console.print(Text(str(stop), style="yellow"), soft_wrap=True)
+            # Ctrl-C reaches every rank and the `--nproc` launcher: one of them says what to do.
+            from esper.jobs.scaleout import is_launched_worker
+
+            if _is_rank_zero() and not is_launched_worker():
+                console.print(Text(str(stop), style="yellow"), soft_wrap=True)
         else:
             _print_error(console, str(stop))
         return stop.code
@@ -340,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(console, str(err) if err.errno is None else _os_reason(err))
         return 2
     except (ValueError, RuntimeError, ImportError) as err:
-        _print_error(console, str(err))
+        if not _reported_by_rank_zero(err):
+            _print_error(console, str(err))
         return 2
     except KeyboardInterrupt:
         console.print(Text("interrupted", style="yellow"))

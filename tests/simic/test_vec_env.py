@@ -76,3 +76,22 @@ def test_policy_and_random_controllers_drive_an_ordinary_trainer(digits, tmp_pat
         assert germinations and all(germinations)
         state = controller.state_dict()
         controller.load_state_dict(state)
+
+
+def test_an_episode_does_not_depend_on_the_environments_stepped_beside_it(digits):
+    """Each environment draws from its own random stream: a seed planted in episode 7 gets the
+    same weights whether episode 7 runs alone or after another environment's germination
+    (what lets several processes share the environments of one PPO round)."""
+    spec, data, _ = digits
+    blueprints = ["norm", "conv_light"]
+
+    def planted_seed(seeds: list[int]) -> dict[str, torch.Tensor]:
+        env = VecEnv(spec, data, n_envs=len(seeds), episode_length=3, blueprints=blueprints)
+        env.reset(seeds)
+        germinate = env.space.names().index("GERMINATE block2 conv_light")
+        env.step(torch.full((len(seeds),), germinate))
+        return env.envs[seeds.index(7)].trainer.slots["block2"].seed.state_dict()
+
+    alone, beside = planted_seed([7]), planted_seed([8, 7])
+    assert alone.keys() == beside.keys()
+    assert all(torch.equal(alone[name], beside[name]) for name in alone)

@@ -5,6 +5,11 @@ in a row: a fault in the host or the data that no rollback cures) stops: its
 summary.json says `"status": "failed"` with the reason, and `run_heuristic`
 raises `TrainingFailed` (the CLI prints it and exits non-zero). Everything
 written up to then stays.
+
+Under torchrun (a distributed `World`) every rank trains its share of each batch
+(`runtime.session.build_trainer`); rank 0 alone owns the run folder: it reads the
+config and checkpoint on resume and hands them to the others, runs the controller
+(its decisions are broadcast), and writes every file. The others write nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing_extensions import TypedDict  # pydantic checks typing's TypedDict on
 from esper import __version__
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
+from esper.jobs.scaleout import run_fingerprint
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.leyline import Controller, SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import (
@@ -48,6 +54,7 @@ from esper.tamiyo import (
     NoGrowthController,
 )
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
+from esper.tolaria.distributed import MainRankDecides, World
 
 CURRICULUM_FILE = "curriculum.json"
 # The seed outcomes a summary counts, by the stage a seed moved to.
@@ -89,6 +96,16 @@ def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConf
     return curriculum
 
 
+def check_processes(config: HeuristicRunConfig, processes: int) -> None:
+    """Refuse more processes than a batch can be shared by (each needs 2 samples of every batch)."""
+    batch = get_task(config.task).batch_size
+    if processes > batch // 2:
+        raise ValueError(
+            f"{processes} processes cannot share task {config.task}'s batch of {batch} (every process needs "
+            f"at least 2 samples of each batch); use at most {batch // 2} processes"
+        )
+
+
 @dataclass(slots=True)
 class PreparedRun:
     """A run's task (with its host variant), data, controller and trainer, built from its config.
@@ -107,12 +124,13 @@ class PreparedRun:
     trainer: MorphogeneticTrainer
 
 
-def prepare_run(config: HeuristicRunConfig) -> PreparedRun:
+def prepare_run(config: HeuristicRunConfig, world: World | None = None) -> PreparedRun:
+    """Every rank builds the same (a controller too, though only rank 0's decides)."""
     spec = host_variant(get_task(config.task), config.host, config.built_in)
     data = spec.load_data(**config.task_options)
     controller, slots, blueprints = make_controller(spec, config)
     hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub)
+    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world)
     return PreparedRun(spec, data, config.epochs or spec.epochs, slots, blueprints, controller, hub, trainer)
 
 
@@ -167,12 +185,14 @@ def count_seeds(metrics: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epochs: int, console: Console | None) -> dict[str, Any]:
+def train_host_only(
+    spec: TaskSpec, data: Any, config: HeuristicRunConfig, epochs: int, console: Console | None, world: World | None = None
+) -> dict[str, Any]:
     """The same host, data order and budget with nothing grown: the honest comparison."""
     hub = TelemetryHub()
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
-    trainer = build_trainer(spec, data, config.seed, config.slots)
+    trainer = build_trainer(spec, data, config.seed, config.slots, world=world)
     history: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
@@ -217,6 +237,7 @@ def summarize(
         "seeds": count_seeds(metrics),
         "blueprints": per_blueprint,
         "rollbacks": trainer.governor.rollbacks,
+        "processes": trainer.world.size,
         "final_slots": slot_snapshot(trainer),
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
@@ -230,52 +251,77 @@ def run_heuristic(
     run_dir: str | Path,
     resume: bool = False,
     console: Console | None = None,
+    world: World | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json.
 
+    With a distributed `world` every rank calls this; rank 0 returns the summary, the others None.
     `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
     """
+    world = world or World.single()
+    main = world.is_main
     folder = RunFolder(run_dir)
     if resume:
-        config = build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {})
+        config = world.run_on_main(lambda: build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {}))
     elif config is None:
         raise ValueError("a new run needs a config (or resume=True to continue one)")
+    check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
-    prepared = prepare_run(config)
+    prepared = prepare_run(config, world)
     spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
     controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
-    if config.tensorboard:
+    world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
+    resumed = None
+    if config.tensorboard and main:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
-    if not resume:
-        folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "esper_version": __version__})
 
     def restore_state(payload: dict[str, Any]) -> int:
         trainer.load_state_dict(payload["trainer"])
         controller.load_state_dict(payload["controller"])
         return trainer.epoch
 
-    # Logs are truncated to the checkpoint loaded before any output opens them.
-    resumed = folder.resume(HeuristicCheckpoint, restore_state) if resume else None
-    # Every decision is also recorded as a transition, for `esper train offline`.
-    recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
-                                mode="heuristic", episode_length=epochs)  # fmt: skip
-    if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
-        resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
-    hub.add_output(JsonlEventOutput(folder.events_path))
-    if console is not None:
-        hub.add_output(RichConsoleOutput(console))
-    if config.tensorboard:
-        hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
+    def open_folder() -> dict[str, Any] | None:
+        """Rank 0: the run folder; resuming, the trainer state every rank loads."""
+        nonlocal resumed
+        if not resume:
+            folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "processes": world.size,
+                           "esper_version": __version__})  # fmt: skip
+        # Logs are truncated to the checkpoint loaded before any output opens them.
+        resumed = folder.resume(HeuristicCheckpoint, restore_state) if resume else None
+        return resumed.payload["trainer"] if resumed is not None and world.distributed else None
+
+    state = world.run_on_main(open_folder)
+    if state is not None and not main:
+        trainer.load_state_dict(state)
+    recorder = None
+    metrics = None
+    if main:
+        # Every decision is also recorded as a transition, for `esper train offline`.
+        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
+                                    mode="heuristic", episode_length=epochs)  # fmt: skip
+        if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
+            resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
+        hub.add_output(JsonlEventOutput(folder.events_path))
+        if console is not None:
+            hub.add_output(RichConsoleOutput(console))
+        if config.tensorboard:
+            hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
+        metrics = JsonlWriter(folder.metrics_path)
 
     def save(path: Path) -> None:
         state = {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": recorder.state_dict()}
         folder.save_checkpoint(state, path)
 
-    metrics = JsonlWriter(folder.metrics_path)
-
     def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
         record = result.record
+        finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
+        checkpoint = finished and trainer.epoch % config.checkpoint_every == 0
+        if checkpoint:
+            world.check_replicas(trainer.model)
+        world.at(f"epoch {trainer.epoch} of {epochs}")
+        if not main:
+            return
         epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
         metrics.write(
             {
@@ -285,8 +331,7 @@ def run_heuristic(
             }
         )
         hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
-        finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
-        if finished and trainer.epoch % config.checkpoint_every == 0:
+        if checkpoint:
             save(folder.checkpoint_path(trainer.epoch))
         if progress is not None:
             progress(trainer.epoch, epochs)
@@ -295,22 +340,31 @@ def run_heuristic(
     hub.emit(
         TelemetryEvent(
             TelemetryEventType.RUN_STARTED,
-            data={"total_epochs": epochs, "task": config.task, "mode": "heuristic", "start_epoch": trainer.epoch},
+            data={
+                "total_epochs": epochs,
+                "task": config.task,
+                "mode": "heuristic",
+                "start_epoch": trainer.epoch,
+                "processes": world.size,
+            },
         )
     )
+    world.at(f"epoch {trainer.epoch} of {epochs}")
     loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks)
     try:
-        run_epochs(loop, RecordedController(controller, recorder))
-        save(folder.checkpoint_dir / FINAL_CHECKPOINT)
-        if isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
-            # What this run learned about blueprints, for the next run's --curriculum.
-            controller.chooser.save(folder.path / CURRICULUM_FILE)
+        run_epochs(loop, MainRankDecides(RecordedController(controller, recorder) if main else None, world))
+        if main:
+            save(folder.checkpoint_dir / FINAL_CHECKPOINT)
+            if isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
+                # What this run learned about blueprints, for the next run's --curriculum.
+                controller.chooser.save(folder.path / CURRICULUM_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
     except TrainingFailed as failed:
         epoch = failed.result.record.epoch
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, epoch=epoch, message=failed.reason, data={"status": "failed"}))
-        metrics.close()
-        summarize(folder, trainer, config, epochs, time.perf_counter() - started, None, failure=failed.reason)
+        if main:
+            metrics.close()
+            summarize(folder, trainer, config, epochs, time.perf_counter() - started, None, failure=failed.reason)
         raise TrainingFailed(
             f"the run failed at epoch {epoch}: {failed.reason}. Every epoch up to it is kept in "
             f"{folder.path} (summary.json: status failed). Look for non-finite values in the data "
@@ -318,15 +372,19 @@ def run_heuristic(
             failed.result,
         ) from None
     finally:
-        metrics.close()
-        recorder.log.close()
+        if main:
+            metrics.close()
+            recorder.log.close()
         hub.close()
     baseline = None
     if config.baseline:
         baseline_path = folder.path / "baseline.json"
-        if baseline_path.exists():
-            baseline = read_json(baseline_path)
-        else:
-            baseline = train_host_only(spec, data, config, epochs, console)
-            write_json(baseline_path, baseline)
+        baseline = world.run_on_main(lambda: read_json(baseline_path) if baseline_path.exists() else None)
+        if baseline is None:
+            world.at("the host-only baseline")
+            baseline = train_host_only(spec, data, config, epochs, console if main else None, world)
+            if main:
+                write_json(baseline_path, baseline)
+    if not main:
+        return None
     return summarize(folder, trainer, config, epochs, time.perf_counter() - started, baseline)

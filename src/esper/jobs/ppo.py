@@ -13,6 +13,11 @@ checkpoint files are named by round through `RunFolder.checkpoint_path`.
 
 Training episodes use seeds below `EVAL_SEED_OFFSET` (episode k of round r:
 seed*1000 + r*K + k, modulo the offset), so `esper evaluate` never sees them.
+
+Under torchrun the K environments are shared by the ranks (DD-PPO, `simic.distributed`):
+each rank steps its share, every rank holds the whole round and takes the same update,
+and rank 0 alone reads and writes the run folder. A run resumes with any number of
+processes: nothing in a checkpoint depends on how the environments were shared.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from esper import __version__
 from esper.jobs.config import build_config
 from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
+from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
+from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
 from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
@@ -46,6 +53,7 @@ from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
 from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, VecEnv
+from esper.tolaria.distributed import World, shard
 
 POLICY_FILE = "policy.pt"
 DEFAULT_EPISODE_LENGTH = 25
@@ -136,27 +144,48 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json."""
+def check_processes(config: PPORunConfig, processes: int) -> None:
+    """Refuse more processes than environments: every process steps at least one."""
+    if processes > config.envs:
+        raise ValueError(too_many_processes(processes, config.envs))
+
+
+def run_ppo(
+    config: PPORunConfig | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    world: World | None = None,
+) -> dict[str, Any] | None:
+    """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json.
+
+    With a distributed `world` (DD-PPO, see `simic.distributed`) every rank calls this and
+    steps its share of the environments; rank 0 alone reads and writes the run folder
+    and returns the summary, the others return None.
+    """
+    world = world or World.single()
+    main = world.is_main
     folder = RunFolder(run_dir)
     if resume:
-        config = build_config(PPORunConfig, folder.saved_config("ppo"), {})
+        config = world.run_on_main(lambda: build_config(PPORunConfig, folder.saved_config("ppo"), {}))
     elif config is None:
         raise ValueError("a new run needs a config (or resume=True to continue one)")
+    check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
     ppo_config, network_config, reward_config = config.parts()
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
-    env = VecEnv(spec, data, config.envs, config.episode_length, blueprints, config.slots, reward_config)
+    lo, hi = shard(config.envs, world.rank, world.size)  # the global environments this rank steps
+    local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config)
+    env = SharedVecEnv(local, world, config.envs) if world.distributed else local
     build_trainer(spec, data, config.seed, config.slots)  # checks the slots now: environments build theirs later
+    world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
     norm = RunningNorm(env.layout.size)
     generator = torch.Generator().manual_seed(config.seed)
-    if not resume:
-        folder.create({"mode": "ppo", "config": config.to_dict(), "esper_version": __version__})
 
     def restore_state(state: dict[str, Any]) -> int:
         model.load_state_dict(state["model"])
@@ -165,15 +194,32 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
         generator.set_state(state["generator"])
         return state["round"]
 
-    resumed = folder.resume(PPOCheckpoint, restore_state) if resume else None
-    start_round = 0 if resumed is None else resumed.payload["round"]
+    def open_folder() -> tuple[int, dict[str, Any] | None]:
+        """Rank 0: the run folder; the round to start from and, resuming, the state every rank loads."""
+        if not resume:
+            folder.create({"mode": "ppo", "config": config.to_dict(), "processes": world.size, "esper_version": __version__})
+        resumed = folder.resume(PPOCheckpoint, restore_state) if resume else None
+        if resumed is None:
+            return 0, None
+        return resumed.payload["round"], resumed.payload if world.distributed else None
+
+    start_round, state = world.run_on_main(open_folder)
+    if state is not None and not main:
+        restore_state(state)
 
     hub = TelemetryHub()
-    hub.add_output(JsonlEventOutput(folder.events_path))
-    # Every environment's decisions are also recorded as transitions, for `esper train offline`.
-    log = TransitionLog(folder.path, transitions_meta(config.task, env.layout, env.space, reward_config,
-                                                      mode="ppo", episode_length=config.episode_length))  # fmt: skip
-    env.recorders = [EpisodeRecorder(log, env.layout, env.space, reward_config) for _ in env.envs]
+    metrics = log = None
+    if main:
+        hub.add_output(JsonlEventOutput(folder.events_path))
+        # Every environment's decisions are also recorded as transitions, for `esper train offline`.
+        log = TransitionLog(folder.path, transitions_meta(config.task, env.layout, env.space, reward_config,
+                                                          mode="ppo", episode_length=config.episode_length))  # fmt: skip
+        metrics = JsonlWriter(folder.metrics_path)
+    # Several ranks: each records its own environments, and rank 0 writes every line once a round.
+    lines = RoundLines() if world.distributed else None
+    local.recorders = [
+        EpisodeRecorder(log if lines is None else lines.for_env(k), env.layout, env.space, reward_config) for k in range(lo, hi)
+    ]
 
     def save(rounds_done: int, path: Path) -> None:
         state = {"round": rounds_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -184,44 +230,60 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
         folder.save_checkpoint(policy, folder.path / POLICY_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=rounds_done - 1, message=str(path)))
 
-    metrics = JsonlWriter(folder.metrics_path)
-    progress = _progress(console) if console is not None else None
+    progress = _progress(console) if console is not None and main else None
     started = time.perf_counter()
-    hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"mode": "ppo", "task": config.task, "total_rounds": config.rounds, "start_round": start_round}))
+    split = split_description(config.envs, world.size) if world.distributed else None
+    hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, message=split or "", data={"mode": "ppo", "task": config.task,
+             "total_rounds": config.rounds, "start_round": start_round, "processes": world.size}))  # fmt: skip
+    if split is not None and console is not None and main:
+        console.print(split, highlight=False)
     try:
         if progress is not None:
             progress.start()
             bar = progress.add_task(f"ppo {config.task}", total=config.rounds, completed=start_round, info="")
         for round_index in range(start_round, config.rounds):
+            world.at(f"round {round_index}")
             round_started = time.perf_counter()
             seeds = [training_seed(config.seed, round_index, k, config.envs) for k in range(config.envs)]
-            for recorder, episode_seed in zip(env.recorders, seeds, strict=True):
+            for recorder, episode_seed in zip(local.recorders, seeds[lo:hi], strict=True):
                 recorder.start(episode_seed, epoch=round_index)
             model.eval()
             rollout = collect_rollout(env, model, norm, seeds, generator)
             model.train()
-            update = ppo_update(model, optimizer, rollout, ppo_config, generator)
-            record = round_metrics(round_index, rollout, env.episode_stats(), update)
+            update = ppo_update(model, optimizer, rollout, ppo_config, generator, world)
+            episodes = env.episode_stats()
+            if lines is not None:
+                lines.flush(world, log)
+            checkpoint = (round_index + 1) % config.checkpoint_every == 0
+            if checkpoint:
+                world.check_replicas(model)
+            if not main:
+                continue
+            record = round_metrics(round_index, rollout, episodes, update)
             record["seconds"] = round(time.perf_counter() - round_started, 3)
             metrics.write(record)
             hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index, data={k: v for k, v in record.items() if k != "rewards_per_step"}))
             if progress is not None:
                 info = f"return {record['return']['mean']:+.3f}  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"
                 progress.update(bar, advance=1, info=info)
-            if (round_index + 1) % config.checkpoint_every == 0:
+            if checkpoint:
                 save(round_index + 1, folder.checkpoint_path(round_index + 1))
-        save(config.rounds, folder.checkpoint_dir / FINAL_CHECKPOINT)
+        if main:
+            save(config.rounds, folder.checkpoint_dir / FINAL_CHECKPOINT)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"rounds": config.rounds}))
     finally:
         if progress is not None:
             progress.stop()
-        metrics.close()
-        log.close()
+        if main:
+            metrics.close()
+            log.close()
         hub.close()
-    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round)
+    if not main:
+        return None
+    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round, world.size)
 
 
-def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_this_session: int) -> dict[str, Any]:
+def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_this_session: int, processes: int = 1) -> dict[str, Any]:
     rounds = [r["return"]["mean"] for r in read_jsonl(folder.metrics_path)]
     window = max(len(rounds) // 10, 1)
     summary = {
@@ -238,6 +300,7 @@ def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_th
         "best_round_return": max(rounds),
         "policy": str(folder.path / POLICY_FILE),
         "rounds_this_session": rounds_this_session,
+        "processes": processes,
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
     }

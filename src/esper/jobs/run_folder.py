@@ -81,16 +81,19 @@ class RunFolder:
         Call it only once everything the run needs has been checked: a run folder
         is never left half-made by an error the checks could have found.
         """
+        self.check_new(config.get("mode"))
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.config_path, config)
+
+    def check_new(self, mode: str | None) -> None:
+        """Refuse a folder that already holds a run (a `mode` run is to be started in it)."""
         if self.config_path.exists():
-            mode = config.get("mode")
             hint = (
                 f"Continue it with `esper train {mode} --resume {self.path}`, or choose another --run-dir."
                 if mode in RESUMABLE_MODES
                 else "Choose another --run-dir."
             )
             raise FileExistsError(f"{self.path} already holds a run. {hint}")
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.config_path, config)
 
     def saved_config(self, mode: str) -> dict[str, Any]:
         """The config a run of `mode` was started with (for --resume)."""

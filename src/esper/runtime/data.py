@@ -9,6 +9,7 @@ run that silently trains on noise looks like a run that failed to learn.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from esper.tolaria.distributed import shard
 
 # The train/val split is a property of the dataset, not of the run: it is drawn
 # from this fixed seed so every run (and every PPO environment) validates on the
@@ -40,6 +43,12 @@ class InMemoryLoader:
     smaller than `min_batch_size` is dropped (training uses 2 so a lone sample never
     makes a noisy step or starves BatchNorm). `max_batches` caps an epoch, which
     with shuffling means a fresh random subset each epoch.
+
+    Data parallel (`rank` of `world_size` ranks, as `DistributedSampler` does for a
+    DataLoader): the global batches are exactly one process's, and each rank yields
+    its contiguous share of every one, so the ranks together see the same batches
+    as one process. A trailing global batch is kept only if every rank's share has
+    at least `min_batch_size` samples.
     """
 
     def __init__(
@@ -51,6 +60,8 @@ class InMemoryLoader:
         seed: int,
         max_batches: int | None = None,
         min_batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(inputs) != len(targets):
             raise ValueError(
@@ -60,6 +71,13 @@ class InMemoryLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if batch_size < min_batch_size * world_size:
+            raise ValueError(
+                f"a batch of {batch_size} cannot be shared by {world_size} processes with at least "
+                f"{min_batch_size} sample(s) each; use at most {batch_size // min_batch_size} processes"
+            )
         self.inputs = inputs
         self.targets = targets
         self.batch_size = batch_size
@@ -67,6 +85,8 @@ class InMemoryLoader:
         self.seed = seed
         self.max_batches = max_batches
         self.min_batch_size = min_batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,7 +94,7 @@ class InMemoryLoader:
 
     def __len__(self) -> int:
         full, tail = divmod(len(self.inputs), self.batch_size)
-        n = full + (1 if tail and tail >= self.min_batch_size else 0)
+        n = full + (1 if tail and tail >= self.min_batch_size * self.world_size else 0)
         return n if self.max_batches is None else min(n, self.max_batches)
 
     def _order(self) -> Tensor | None:
@@ -88,7 +108,10 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         for i in range(len(self)):
-            start, stop = i * self.batch_size, (i + 1) * self.batch_size
+            start = i * self.batch_size
+            size = min(self.batch_size, len(self.inputs) - start)
+            lo, hi = shard(size, self.rank, self.world_size)
+            start, stop = start + lo, start + hi
             if order is None:
                 yield self.inputs[start:stop], self.targets[start:stop]
             else:
@@ -111,14 +134,30 @@ class TaskData:
     val_targets: Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def signature(self) -> str:
+        """A short digest of the tensors, to tell whether two processes loaded the same data.
+
+        At most ~1M evenly spaced elements of each tensor are hashed: enough to tell
+        another dataset or another preprocessing apart, cheap even for CIFAR-10.
+        """
+        digest = hashlib.sha256()
+        for tensor in (self.train_inputs, self.train_targets, self.val_inputs, self.val_targets):
+            flat = tensor.reshape(-1)
+            step = max(flat.numel() // 1_000_000, 1)
+            digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+            digest.update(flat[::step].contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def loaders(
         self,
         batch_size: int,
         seed: int,
         max_train_batches: int | None = None,
         max_val_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> tuple[InMemoryLoader, InMemoryLoader]:
-        """Shuffled training loader and an in-order validation loader."""
+        """Shuffled training loader and an in-order validation loader (this rank's shares)."""
         train = InMemoryLoader(
             self.train_inputs,
             self.train_targets,
@@ -127,6 +166,8 @@ class TaskData:
             seed=seed,
             max_batches=max_train_batches,
             min_batch_size=2,
+            rank=rank,
+            world_size=world_size,
         )
         val = InMemoryLoader(
             self.val_inputs,
@@ -135,6 +176,8 @@ class TaskData:
             shuffle=False,
             seed=seed,
             max_batches=max_val_batches,
+            rank=rank,
+            world_size=world_size,
         )
         return train, val
 

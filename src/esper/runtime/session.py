@@ -12,6 +12,7 @@ from esper.leyline import TelemetryEvent
 from esper.runtime.data import TaskData
 from esper.runtime.tasks import TaskSpec
 from esper.tolaria import MorphogeneticTrainer, OptimConfig
+from esper.tolaria.distributed import World
 
 
 def build_trainer(
@@ -21,8 +22,14 @@ def build_trainer(
     slots: Sequence[str] | None = None,
     on_telemetry: Callable[[TelemetryEvent], None] | None = None,
     fast_mode: bool = False,
+    world: World | None = None,
 ) -> MorphogeneticTrainer:
-    """Seeded host + slots + loaders + optimisers: the same seed gives the same run."""
+    """Seeded host + slots + loaders + optimisers: the same seed gives the same run.
+
+    With a distributed `world` the host is trained data parallel on its ranks: the
+    loaders give this rank's share of every global batch.
+    """
+    world = world or World.single()
     torch.manual_seed(seed)
     model = MorphogeneticModel(
         spec.build_host(data),
@@ -32,6 +39,8 @@ def build_trainer(
         task_config=spec.task_config,
         fast_mode=fast_mode,
     )
-    train, val = data.loaders(spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches)
+    train, val = data.loaders(
+        spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches, world.rank, world.size
+    )
     optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr)
-    return MorphogeneticTrainer(model, train, val, optim, on_telemetry=on_telemetry)
+    return MorphogeneticTrainer(model, train, val, optim, on_telemetry=on_telemetry, world=world)

@@ -16,11 +16,16 @@ Logged numbers (`ppo_update` returns them):
   clip_fraction      share of samples whose ratio left [1-e, 1+e]
   explained_variance 1 - Var(return - value) / Var(return): 1 is a perfect critic, <= 0 a useless one
   update_epochs      passes over the batch actually run (fewer if target_kl stopped it early)
+
+Under torchrun (DD-PPO, `simic.distributed`) every rank holds the same rollout and
+draws the same minibatches; each computes the loss of its share of every minibatch
+and the shares' gradients are averaged, weighted by share size, before the one
+clipped step every rank takes: the step one process would take on the minibatch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -29,6 +34,10 @@ from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic
 from esper.simic.rewards import COMPONENTS
 from esper.simic.vec_env import VecEnv
+from esper.tolaria.distributed import World, shard
+
+# The numbers `ppo_loss` logs per minibatch (means over its samples).
+LOSS_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +187,20 @@ def ppo_update(
     rollout: Rollout,
     config: PPOConfig,
     generator: torch.Generator,
+    world: World | None = None,
 ) -> dict[str, float]:
-    """Clipped PPO on one rollout of complete episodes; returns the logged numbers (means over minibatches)."""
+    """Clipped PPO on one rollout of complete episodes; returns the logged numbers (means over minibatches).
+
+    With a distributed `world`, every rank passes the same rollout and generator state
+    and gets the same update; each computes only its share of every minibatch.
+    """
+    world = world or World.single()
     batch = update_batch(rollout, config, model.recurrent)
     units = batch["actions"].shape[1]
     minibatch = max(units // config.num_minibatches, 1)
+    # Advantages are standardised over the whole minibatch here, before it is shared out,
+    # so the loss of a share must not standardise them again.
+    share_config = replace(config, norm_adv=False)
     history: list[dict[str, float]] = []
     epochs_run = 0
     for _ in range(config.update_epochs):
@@ -190,9 +208,20 @@ def ppo_update(
         order = torch.randperm(units, generator=generator)
         for start in range(0, units, minibatch):
             mb = {k: v[:, order[start : start + minibatch]] for k, v in batch.items()}
-            loss, stats = ppo_loss(model, mb, config)
+            adv = mb["advantages"]
+            if config.norm_adv and adv.numel() > 1:
+                mb["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
+            lo, hi = shard(mb["actions"].shape[1], world.rank, world.size)
+            share = {k: v[:, lo:hi] for k, v in mb.items()}
             optimizer.zero_grad()
-            loss.backward()
+            stats = dict.fromkeys(LOSS_STATS, 0.0)  # a rank with no share this step adds nothing
+            if hi > lo:
+                loss, stats = ppo_loss(model, share, share_config)
+                loss.backward()
+            means = world.reduce_gradients(
+                model.parameters(), share["actions"].numel(), [stats[k] for k in LOSS_STATS], fill_missing=True
+            )
+            stats = dict(zip(LOSS_STATS, means, strict=True))
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             history.append(stats)

@@ -8,7 +8,11 @@ epoch runs; the reward for those actions is read from that next epoch's signals
 (`simic.rewards`). A rolled-back epoch is part of the episode (the reward has a
 rollback penalty): its signals stay finite and the episode goes on. It takes any list of `Action`s, so
 the same episode loop serves the PPO policy, the heuristic, the random policy
-and the host-only baseline (`jobs.evaluate`).
+and the host-only baseline (`jobs.evaluate`). An episode is a function of its seed
+and its actions alone: the environment runs on its own stream of torch's global
+random generator (a new seed's weights come from it), so neither the other
+environments stepped in between nor how they are split over processes
+(`simic.distributed`) change it.
 
 `VecEnv` runs K of them in lockstep in one process: all episodes have the same
 length, so they start and end together, one PPO round collects exactly one
@@ -20,7 +24,8 @@ hosts are tiny, so one intra-op thread each is fastest on a small machine).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,13 +101,29 @@ class MorphogeneticEnv:
         self.loop: EpochLoop | None = None
         self.stats: EpisodeStats | None = None
         self.signals: EpochSignals | None = None
+        self.rng_state: torch.Tensor | None = None
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run on this episode's stream of the global torch generator; the caller's stream is kept."""
+        outside = torch.get_rng_state()
+        if self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = torch.get_rng_state()
+            torch.set_rng_state(outside)
 
     def reset(self, seed: int) -> EpochSignals:
         """Start an episode on a fresh host seeded with `seed`; returns its first epoch's signals."""
-        self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
-        self.loop = EpochLoop(self.trainer, self.episode_length)
-        self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
-        self.signals = self._observe(self.loop.start())
+        self.rng_state = None
+        with self._own_rng():
+            # build_trainer seeds the generator with `seed`: the episode's stream starts there.
+            self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
+            self.loop = EpochLoop(self.trainer, self.episode_length)
+            self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
+            self.signals = self._observe(self.loop.start())
         self.rewards.reset(self.signals)
         return self.signals
 
@@ -112,7 +133,8 @@ class MorphogeneticEnv:
         if loop is None or stats is None:
             raise RuntimeError("MorphogeneticEnv.step() before reset()")
         stats.actions.update([action_name(a) for a in actions] or ["WAIT"])
-        result = loop.step(actions)
+        with self._own_rng():
+            result = loop.step(actions)
         if result is None:
             raise RuntimeError("the episode is over: reset() before stepping again")
         self.signals = self._observe(result)

@@ -19,9 +19,14 @@ still to come plug into it rather than copy it: a `Grower` for users' own
 training loops is a trainer whose `train_phase` reports the epoch the user's
 loop already trained and whose `measure` calls the user's `evaluate(model)`
 (each slot's counterfactual with `force_alpha(0.0)`), then the same guard,
-decide, apply and step lifecycle; under torchrun every rank runs train and
-measure, rank 0's controller decides, and the decision is broadcast to every
-rank before `step(actions)` applies it.
+decide, apply and step lifecycle.
+
+Under torchrun (a trainer given a distributed `World`) every rank runs every
+phase on its share of each batch, with the numbers summed over the ranks, so
+the guard and the lifecycle decide the same everywhere; rank 0's controller
+decides (`tolaria.distributed.MainRankDecides`), its decision is broadcast to
+every rank before `step(actions)` applies it, and a new seed is made identical
+on every rank from rank 0's.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
 )
+from esper.tolaria.distributed import World
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.trainer import (
     Batches,
@@ -96,8 +102,12 @@ class MorphogeneticTrainer:
         optim: OptimConfig,
         governor: GovernorConfig | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = model
+        # The ranks this host is trained on together (the loaders give this rank's shares).
+        self.world = world or World.single()
+        self.world.broadcast_module(model)  # every replica starts as rank 0's
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.optimizers = Optimizers(model, optim)
@@ -115,11 +125,11 @@ class MorphogeneticTrainer:
         """Phase "train": one pass over this epoch's training batches."""
         self.governor.inspect_parameters()
         _set_epoch(self.train_loader, self.epoch)
-        return train_epoch(self.model, self.train_loader, self.optimizers)
+        return train_epoch(self.model, self.train_loader, self.optimizers, self.world)
 
     def measure(self) -> ValidationResult:
         """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
-        return validate_with_counterfactuals(self.model, self.val_loader)
+        return validate_with_counterfactuals(self.model, self.val_loader, world=self.world)
 
     def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
         """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
@@ -150,8 +160,8 @@ class MorphogeneticTrainer:
     def _probe(self, split: str, indices: list[int]) -> list[float]:
         """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
         if split == "train":
-            return batch_losses(self.model, self.train_loader, indices, train_mode=True)
-        return batch_losses(self.model, self.val_loader, indices, train_mode=False)
+            return batch_losses(self.model, self.train_loader, indices, train_mode=True, world=self.world)
+        return batch_losses(self.model, self.val_loader, indices, train_mode=False, world=self.world)
 
     def run_epoch(self) -> EpochRecord:
         """Phases train, measure and guard of the current epoch."""
@@ -199,6 +209,7 @@ class MorphogeneticTrainer:
             match action.kind:
                 case ActionKind.GERMINATE:
                     slot.germinate(action.blueprint_id, host_module=self.model.host)
+                    self.world.broadcast_module(slot.seed)  # the same new seed on every rank
                     done, message = True, f"germinated {action.blueprint_id}"
                 case ActionKind.FOSSILIZE:
                     result = slot.advance_stage(SeedStage.FOSSILIZED)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from esper.kasmina.host import MorphogeneticModel, StagedHost
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
+from esper.tolaria.distributed import World
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -123,7 +124,8 @@ class _Totals:
     """Sums loss and correct counts on-device; one host sync when the epoch ends.
 
     Each batch's loss is kept as a device tensor too (no sync per step), so a
-    diverged epoch can say which batches went wrong.
+    diverged epoch can say which batches went wrong. On several ranks (each with
+    its share of every batch) `stats` first sums the ranks' totals in one collective.
     """
 
     def __init__(self) -> None:
@@ -132,6 +134,7 @@ class _Totals:
         self.count = 0
         self.steps = 0
         self.batch_losses: list[Tensor] = []
+        self.batch_counts: list[int] = []
 
     def add(self, loss: Tensor, correct: Tensor, targets: Tensor) -> None:
         loss = loss.detach()
@@ -140,8 +143,25 @@ class _Totals:
         self.count += targets.numel()
         self.steps += 1
         self.batch_losses.append(loss)
+        self.batch_counts.append(targets.numel())
 
-    def stats(self, what: str) -> EpochStats:
+    def reduce(self, world: World | None) -> None:
+        """Replace this rank's totals by the global batches' (every rank ran the same batches)."""
+        if world is None or not world.distributed:
+            return
+        counts = torch.tensor(self.batch_counts, dtype=torch.float64)
+        sums = torch.stack(self.batch_losses).double().cpu() * counts
+        packed = torch.cat([torch.stack([self.loss.double().cpu(), self.correct.double().cpu()]), sums, counts])
+        world.all_reduce_(packed)
+        steps = self.steps
+        self.loss, self.correct = packed[0], packed[1].round().long()
+        counts = packed[2 + steps :]
+        self.count = int(counts.sum().round())
+        self.batch_losses = list(packed[2 : 2 + steps] / counts)
+        self.batch_counts = counts.round().long().tolist()
+
+    def stats(self, what: str, world: World | None = None) -> EpochStats:
+        self.reduce(world)
         if self.count == 0:
             raise ValueError(f"{what} got no batches: its loader is empty")
         return EpochStats(
@@ -152,12 +172,20 @@ class _Totals:
         )
 
 
-def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimizers) -> EpochStats:
+def train_epoch(
+    model: MorphogeneticModel, batches: Batches, optimizers: Optimizers, world: World | None = None
+) -> EpochStats:
     """Train host and live seeds for one pass over `batches`.
 
     Live seeds' gradient norms (relative to the host's) are read every
     `grad_stats_every` steps into their metrics; this is what G2 checks.
+
+    With a distributed `world`, `batches` are this rank's shares of the global
+    batches: after each backward the gradients become the global batch's (before
+    the norms are read and clipped, so every rank sees and does the same), and the
+    BatchNorm running statistics are averaged over the ranks at the end.
     """
+    distributed = world is not None and world.distributed
     model.train()
     config = optimizers.config
     live = [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
@@ -173,6 +201,8 @@ def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimiz
         loss, correct = loss_and_correct(logits, targets)
         optimizers.zero_grad()
         loss.backward()
+        if distributed:
+            world.reduce_gradients(params, targets.numel())
         if totals.steps % config.grad_stats_every == 0:
             for slot in live:
                 slot.record_gradient_norms()
@@ -180,17 +210,19 @@ def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimiz
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizers.step()
         totals.add(loss, correct, targets)
-    return totals.stats("train_epoch")
+    if distributed:
+        world.average_buffers(model)
+    return totals.stats("train_epoch", world)
 
 
 @torch.no_grad()
-def validate(model: nn.Module, batches: Batches) -> EpochStats:
+def validate(model: nn.Module, batches: Batches, world: World | None = None) -> EpochStats:
     model.eval()
     totals = _Totals()
     for inputs, targets in batches:
         loss, correct = loss_and_correct(model(inputs), targets)
         totals.add(loss, correct, targets)
-    return totals.stats("validate")
+    return totals.stats("validate", world)
 
 
 @dataclass(slots=True)
@@ -203,7 +235,7 @@ class ValidationResult:
 
 
 def validate_with_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, naive: bool = False
+    model: MorphogeneticModel, batches: Batches, naive: bool = False, world: World | None = None
 ) -> ValidationResult:
     """Validation accuracy, plus each blended seed's counterfactual contribution.
 
@@ -217,11 +249,13 @@ def validate_with_counterfactuals(
     with `force_alpha(0.0)`) computes, the same ops on the same values, so the
     contributions are identical; its cost is one pass plus the tails. Hosts that
     are not a `StagedHost` (no stages to resume from) take the naive path.
+    With a distributed `world` each rank validates its share of every batch and
+    the counts are summed over the ranks.
     """
     measured = {key: slot for key, slot in model.seed_slots.items() if slot.stage in MEASURED_STAGES}
     host = model.host
     if naive or not measured or not isinstance(host, StagedHost):
-        return _naive_counterfactuals(model, batches, measured)
+        return _naive_counterfactuals(model, batches, measured, world)
     model.eval()
     base = _Totals()
     without = {key: torch.zeros((), dtype=torch.long) for key in measured}
@@ -232,7 +266,10 @@ def validate_with_counterfactuals(
             for key, features in taps.items():
                 _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
                 without[key] += correct
-    stats = base.stats("validate")
+    stats = base.stats("validate", world)
+    if world is not None and world.distributed:
+        summed = world.all_reduce_(torch.stack(list(without.values())))
+        without = dict(zip(without, summed, strict=True))
     result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)
     for key, slot in measured.items():
         _record_contribution(result, key, slot, stats.accuracy - without[key].item() / base.count)
@@ -240,14 +277,14 @@ def validate_with_counterfactuals(
 
 
 def _naive_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, measured: dict[str, SeedSlot]
+    model: MorphogeneticModel, batches: Batches, measured: dict[str, SeedSlot], world: World | None = None
 ) -> ValidationResult:
     """The reference: one plain validation pass, then one per measured slot at alpha 0."""
-    base = validate(model, batches)
+    base = validate(model, batches, world)
     result = ValidationResult(base.loss, base.accuracy, batch_losses=base.batch_losses)
     for key, slot in measured.items():
         with slot.force_alpha(0.0):
-            without = validate(model, batches)
+            without = validate(model, batches, world)
         _record_contribution(result, key, slot, base.accuracy - without.accuracy)
     return result
 
@@ -258,7 +295,9 @@ def _record_contribution(result: ValidationResult, key: str, slot: SeedSlot, con
 
 
 @torch.no_grad()
-def batch_losses(model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool) -> list[float]:
+def batch_losses(
+    model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool, world: World | None = None
+) -> list[float]:
     """Recompute the mean loss of the batches at `indices` (loader order) as the model is now.
 
     For the governor's culprit search only, on the rare rollback path: it
@@ -269,13 +308,14 @@ def batch_losses(model: nn.Module, batches: Batches, indices: Sequence[int], tra
     """
     model.train(train_mode)
     wanted, last = set(indices), max(indices)
-    losses: list[Tensor] = []
+    totals = _Totals()
     for i, (inputs, targets) in enumerate(batches):
         if i > last:
             break
         if i in wanted:
-            losses.append(loss_and_correct(model(inputs), targets)[0])
-    return torch.stack(losses).float().tolist()
+            totals.add(*loss_and_correct(model(inputs), targets), targets)
+    totals.reduce(world)  # each rank recomputed its share of those batches
+    return torch.stack(totals.batch_losses).float().tolist()
 
 
 def record_validation(slots: Iterable[SeedSlot], accuracy: float) -> None:
