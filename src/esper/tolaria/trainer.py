@@ -7,9 +7,9 @@ touching the host optimiser or its momentum.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from esper.kasmina.host import MorphogeneticModel, StagedHost
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
+from esper.tolaria.precision import FP32, Precision
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -45,12 +46,46 @@ def _make_optimizer(config: OptimConfig, params: list[nn.Parameter], lr: float) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
+class SeedOptimizers(Protocol):
+    """What the engine needs of the optimisers it keeps in step with the slots.
+
+    `Optimizers` (the trainer's own host and seed optimisers) and
+    `tolaria.user_loop.UserOptimizer` (a user's optimiser, for `esper.Grower`) provide it.
+    Groups are keyed by the slot their seed lives in.
+    """
+
+    def slot_order(self) -> list[str]: ...
+
+    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None: ...
+
+    def remove_seed(self, slot_id: str) -> None: ...
+
+    def move_seed_to_host(self, slot_id: str) -> None: ...
+
+    def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(
+        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
+    ) -> None: ...
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
 class Optimizers:
     """Host optimiser plus one seed optimiser with a param group per slot."""
 
     def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
+        self.model = model
         self.config = config
-        self.host = _make_optimizer(config, model.host_parameters(), config.host_lr)
+        self._build()
+
+    def _build(self) -> None:
+        config = self.config
+        self.host = _make_optimizer(config, self.model.host_parameters(), config.host_lr)
         # An optimiser needs at least one group at construction; this one stays empty.
         self.seeds = _make_optimizer(config, [torch.zeros(0, requires_grad=True)], config.seed_lr)
         self.seeds.param_groups.clear()
@@ -65,16 +100,7 @@ class Optimizers:
         self.seeds.add_param_group({"params": params, "slot_id": slot_id})
 
     def remove_seed(self, slot_id: str) -> None:
-        # Rebuild the list instead of `list.remove`: that compares groups with ==, which
-        # compares their parameter tensors and fails when shapes differ.
-        kept = []
-        for group in self.seeds.param_groups:
-            if group["slot_id"] == slot_id:
-                for param in group["params"]:
-                    self.seeds.state.pop(param, None)
-            else:
-                kept.append(group)
-        self.seeds.param_groups[:] = kept
+        _remove_groups(self.seeds, lambda group: group["slot_id"] == slot_id)
 
     def move_seed_to_host(self, slot_id: str) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""
@@ -83,11 +109,27 @@ class Optimizers:
         self.remove_seed(slot_id)
         self.host.add_param_group({"params": params, "lr": self.config.host_lr, "slot_id": slot_id})
 
+    def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        return self.host, self.seeds
+
     def zero_grad(self) -> None:
         self.host.zero_grad(set_to_none=True)
         self.seeds.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
+    def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        """Divide the gradients by the loss scale (fp16-mixed), before they are read or clipped."""
+        for optimizer in self.torch_optimizers():
+            if _has_grads(optimizer):  # the scaler refuses an optimiser without gradients
+                scaler.unscale_(optimizer)
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        if scaler is not None:
+            # The scaler skips the step when a gradient overflowed; it steps only optimisers
+            # that hold gradients (a GERMINATED seed's group has none yet).
+            for optimizer in self.torch_optimizers():
+                if _has_grads(optimizer):
+                    scaler.step(optimizer)
+            return
         self.host.step()
         if self.seeds.param_groups:
             self.seeds.step()
@@ -99,6 +141,33 @@ class Optimizers:
             "host_extra_slots": [g["slot_id"] for g in self.host.param_groups[1:]],
             "seed_slots": self.slot_order(),
         }
+
+    def load_state_dict(
+        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
+    ) -> None:
+        """Fresh optimisers with the saved groups in their saved order (so the state lines up)."""
+        self._build()
+        for slot_id in saved["seed_slots"]:
+            self.add_seed(slot_id, seed_params(slot_id))
+        for slot_id in saved["host_extra_slots"]:
+            self.add_seed(slot_id, seed_params(slot_id))
+            self.move_seed_to_host(slot_id)
+        self.host.load_state_dict(saved["host"])
+        self.seeds.load_state_dict(saved["seeds"])
+
+
+def _remove_groups(optimizer: torch.optim.Optimizer, drop: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove the param groups `drop` selects, with their parameters' optimiser state."""
+    # Rebuild the list instead of `list.remove`: that compares groups with ==, which
+    # compares their parameter tensors and fails when shapes differ.
+    kept = []
+    for group in optimizer.param_groups:
+        if drop(group):
+            for param in group["params"]:
+                optimizer.state.pop(param, None)
+        else:
+            kept.append(group)
+    optimizer.param_groups[:] = kept
 
 
 def loss_and_correct(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,75 +189,112 @@ class EpochStats:
 
 
 class _Totals:
-    """Sums loss and correct counts on-device; one host sync when the epoch ends.
+    """Sums loss and correct counts on the batches' device; one host sync when the epoch ends.
 
     Each batch's loss is kept as a device tensor too (no sync per step), so a
     diverged epoch can say which batches went wrong.
     """
 
     def __init__(self) -> None:
-        self.loss = torch.zeros(())
-        self.correct = torch.zeros((), dtype=torch.long)
+        self.loss: Tensor | None = None
+        self.correct: Tensor | None = None
         self.count = 0
         self.steps = 0
         self.batch_losses: list[Tensor] = []
 
     def add(self, loss: Tensor, correct: Tensor, targets: Tensor) -> None:
         loss = loss.detach()
-        self.loss += loss * targets.numel()
+        if self.loss is None or self.correct is None:
+            self.loss = torch.zeros((), device=loss.device)
+            self.correct = torch.zeros((), dtype=torch.long, device=loss.device)
+        self.loss += loss.float() * targets.numel()
         self.correct += correct
         self.count += targets.numel()
         self.steps += 1
         self.batch_losses.append(loss)
 
     def stats(self, what: str) -> EpochStats:
-        if self.count == 0:
+        if self.count == 0 or self.loss is None or self.correct is None:
             raise ValueError(f"{what} got no batches: its loader is empty")
-        return EpochStats(
-            self.loss.item() / self.count,
-            self.correct.item() / self.count,
-            self.steps,
-            torch.stack(self.batch_losses).float().tolist(),
-        )
+        correct, losses = _read_back(self.correct, torch.stack([self.loss, *self.batch_losses]))
+        return EpochStats(losses[0] / self.count, correct / self.count, self.steps, losses[1:])
 
 
-def train_epoch(model: MorphogeneticModel, batches: Batches, optimizers: Optimizers) -> EpochStats:
-    """Train host and live seeds for one pass over `batches`.
+def _read_back(count: Tensor, values: Tensor) -> tuple[int, list[float]]:
+    """An int64 count and float32 values, read back to the host in ONE device-to-host copy.
 
-    Live seeds' gradient norms (relative to the host's) are read every
-    `grad_stats_every` steps into their metrics; this is what G2 checks.
+    Hand-packed because `.item()` per number synchronises once each, and packing into
+    float64 is not available on every device (MPS has none): both go into one int32
+    buffer by reinterpreting their bits (exact), and come apart the same way.
     """
-    model.train()
-    config = optimizers.config
-    live = [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
+    packed = torch.cat([count.reshape(1).view(torch.int32), values.float().view(torch.int32)]).cpu()
+    return int(packed[:2].view(torch.int64)), packed[2:].view(torch.float32).tolist()
+
+
+def live_slots(model: MorphogeneticModel) -> list[SeedSlot]:
+    """The slots whose seed trains this epoch."""
+    return [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
+
+
+def note_unisolated_incubators(live: Iterable[SeedSlot]) -> None:
+    """Count an isolation violation for each seed that incubated this epoch without isolation."""
     for slot in live:
         if slot.stage == SeedStage.TRAINING and not slot.isolate_gradients:
             # The incubator runs without isolation: the host learns from the seed's path.
             slot.state.metrics.isolation_violations += 1
+
+
+def train_epoch(
+    model: MorphogeneticModel,
+    batches: Batches,
+    optimizers: Optimizers,
+    precision: Precision = FP32,
+    scaler: torch.amp.GradScaler | None = None,
+) -> EpochStats:
+    """Train host and live seeds for one pass over `batches`.
+
+    Live seeds' gradient norms (relative to the host's) are read every
+    `grad_stats_every` steps into their metrics; this is what G2 checks. The
+    forward pass and the loss run under `precision`'s autocast; with a `scaler`
+    (fp16-mixed) the loss is scaled for backward and the gradients unscaled before
+    they are read, clipped and stepped.
+    """
+    model.train()
+    config = optimizers.config
+    live = live_slots(model)
+    note_unisolated_incubators(live)
     params = [p for group in optimizers.host.param_groups for p in group["params"]]
     params += [p for group in optimizers.seeds.param_groups for p in group["params"]]
     totals = _Totals()
     for inputs, targets in batches:
-        logits = model(inputs)
-        loss, correct = loss_and_correct(logits, targets)
+        with precision.autocast():
+            logits = model(inputs)
+            loss, correct = loss_and_correct(logits, targets)
         optimizers.zero_grad()
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            optimizers.unscale_(scaler)
         if totals.steps % config.grad_stats_every == 0:
             for slot in live:
                 slot.record_gradient_norms()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizers.step()
+        optimizers.step(scaler)
+        if scaler is not None:
+            scaler.update()
         totals.add(loss, correct, targets)
     return totals.stats("train_epoch")
 
 
 @torch.no_grad()
-def validate(model: nn.Module, batches: Batches) -> EpochStats:
+def validate(model: nn.Module, batches: Batches, precision: Precision = FP32) -> EpochStats:
     model.eval()
     totals = _Totals()
     for inputs, targets in batches:
-        loss, correct = loss_and_correct(model(inputs), targets)
+        with precision.autocast():
+            loss, correct = loss_and_correct(model(inputs), targets)
         totals.add(loss, correct, targets)
     return totals.stats("validate")
 
@@ -203,7 +309,7 @@ class ValidationResult:
 
 
 def validate_with_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, naive: bool = False
+    model: MorphogeneticModel, batches: Batches, naive: bool = False, precision: Precision = FP32
 ) -> ValidationResult:
     """Validation accuracy, plus each blended seed's counterfactual contribution.
 
@@ -221,44 +327,56 @@ def validate_with_counterfactuals(
     measured = {key: slot for key, slot in model.seed_slots.items() if slot.stage in MEASURED_STAGES}
     host = model.host
     if naive or not measured or not isinstance(host, StagedHost):
-        return _naive_counterfactuals(model, batches, measured)
+        return _naive_counterfactuals(model, batches, measured, precision)
     model.eval()
     base = _Totals()
-    without = {key: torch.zeros((), dtype=torch.long) for key in measured}
-    with torch.no_grad():
+    without: dict[str, Tensor] = {}
+    with torch.no_grad(), precision.autocast():
         for inputs, targets in batches:
             taps: dict[str, Tensor] = dict.fromkeys(measured)
             base.add(*loss_and_correct(host.run(host.stem(inputs), taps=taps), targets), targets)
             for key, features in taps.items():
                 _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
-                without[key] += correct
+                without[key] = without[key] + correct if key in without else correct
     stats = base.stats("validate")
     result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)
-    for key, slot in measured.items():
-        _record_contribution(result, key, slot, stats.accuracy - without[key].item() / base.count)
+    # One more read-back for all the slots' counts together.
+    counts = torch.stack([without[key] for key in measured]).tolist()
+    for (key, slot), count in zip(measured.items(), counts, strict=True):
+        contribution = stats.accuracy - count / base.count
+        result.contributions[key] = slot.state.metrics.counterfactual_contribution = contribution
     return result
 
 
 def _naive_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, measured: dict[str, SeedSlot]
+    model: MorphogeneticModel, batches: Batches, measured: dict[str, SeedSlot], precision: Precision
 ) -> ValidationResult:
     """The reference: one plain validation pass, then one per measured slot at alpha 0."""
-    base = validate(model, batches)
+    base = validate(model, batches, precision)
     result = ValidationResult(base.loss, base.accuracy, batch_losses=base.batch_losses)
-    for key, slot in measured.items():
-        with slot.force_alpha(0.0):
-            without = validate(model, batches)
-        _record_contribution(result, key, slot, base.accuracy - without.accuracy)
+    result.contributions = contributions_by_force_alpha(
+        measured, lambda: validate(model, batches, precision).accuracy, base.accuracy
+    )
     return result
 
 
-def _record_contribution(result: ValidationResult, key: str, slot: SeedSlot, contribution: float) -> None:
-    result.contributions[key] = contribution
-    slot.state.metrics.counterfactual_contribution = contribution
+def contributions_by_force_alpha(
+    measured: dict[str, SeedSlot], score: Callable[[], float], base: float
+) -> dict[str, float]:
+    """Each slot's counterfactual contribution: `base` (the score as is) minus `score()` with
+    that slot's alpha forced to 0, the other slots as they are; written into the seed's metrics."""
+    contributions = {}
+    for key, slot in measured.items():
+        with slot.force_alpha(0.0):
+            without = score()
+        contributions[key] = slot.state.metrics.counterfactual_contribution = base - without
+    return contributions
 
 
 @torch.no_grad()
-def batch_losses(model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool) -> list[float]:
+def batch_losses(
+    model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool, precision: Precision = FP32
+) -> list[float]:
     """Recompute the mean loss of the batches at `indices` (loader order) as the model is now.
 
     For the governor's culprit search only, on the rare rollback path: it
@@ -274,7 +392,8 @@ def batch_losses(model: nn.Module, batches: Batches, indices: Sequence[int], tra
         if i > last:
             break
         if i in wanted:
-            losses.append(loss_and_correct(model(inputs), targets)[0])
+            with precision.autocast():
+                losses.append(loss_and_correct(model(inputs), targets)[0])
     return torch.stack(losses).float().tolist()
 
 
