@@ -66,7 +66,7 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
             if policy == "random":
                 return RandomController(space, seed)
             # Exactly what `esper train heuristic` runs by default.
-            return HeuristicController(make_chooser(spec, blueprints, HeuristicRunConfig(task=spec.name)))
+            return HeuristicController(make_chooser(spec.topology, blueprints, HeuristicRunConfig(task=spec.name)))
 
         length = episode_length or DEFAULT_EPISODE_LENGTH
         return EvaluationSetup(make, spec.name, length, spec.slots, tuple(blueprints), RewardConfig())

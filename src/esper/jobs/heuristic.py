@@ -10,6 +10,7 @@ written up to then stays.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NotRequired
 
@@ -43,6 +44,7 @@ from esper.tamiyo import (
     NoGrowthController,
 )
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
+from esper.tolaria.engine import Outcome
 
 CURRICULUM_FILE = "curriculum.json"
 # The seed outcomes a summary counts, by the stage a seed moved to.
@@ -58,20 +60,25 @@ class HeuristicCheckpoint(TypedDict):
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
-    available = [s.name for s in BlueprintRegistry.list_specs(spec.topology)]
+    return blueprints_for(spec.topology, requested)
+
+
+def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
+    """`requested` checked against the registry of `topology` (None: all of them, cheapest first)."""
+    available = [s.name for s in BlueprintRegistry.list_specs(topology)]
     if requested is None:
         return available
     unknown = [b for b in requested if b not in available]
     if unknown:
-        raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
+        raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")
     return list(requested)
 
 
-def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
+def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
     """The heuristic's blueprint chooser: simic's UCB1 curriculum (default) or plain rotation."""
     if config.chooser == "rotation":
         return BlueprintRotation(blueprints)
-    complexity = [BlueprintRegistry.get(spec.topology, name).param_estimate for name in blueprints]
+    complexity = [BlueprintRegistry.get(topology, name).param_estimate for name in blueprints]
     curriculum = BlueprintCurriculum(blueprints, complexity)
     if config.curriculum is not None:
         saved = BlueprintCurriculum.load(config.curriculum)
@@ -137,11 +144,6 @@ def summarize(
     failure: str | None = None,
 ) -> dict[str, Any]:
     """Write summary.json: "status" is "complete", or "failed" with the `failure` as "reason"."""
-    analytics = BlueprintAnalytics()
-    for record in read_jsonl(folder.events_path):
-        analytics.handle(TelemetryEvent.from_dict(record))
-    per_blueprint = analytics.summary()
-    metrics = read_jsonl(folder.metrics_path)
     summary = {
         "mode": "heuristic",
         "task": config.task,
@@ -149,20 +151,52 @@ def summarize(
         "epochs": epochs,
         "status": "complete" if failure is None else "failed",
         **({} if failure is None else {"reason": failure}),
-        "final_val_accuracy": metrics[-1]["val_accuracy"],
-        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        **growth_summary(folder, trainer),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
-        "host_params": trainer.model.host_param_count(),
-        "params_added": trainer.model.seed_param_count(),
-        "seeds": count_seeds(metrics),
-        "blueprints": per_blueprint,
-        "rollbacks": trainer.governor.rollbacks,
-        "final_slots": slot_snapshot(trainer),
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
     }
     write_json(folder.summary_path, summary)
     return summary
+
+
+def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str, Any]:
+    """What every growing run's summary.json says of the growth, from its run folder and trainer."""
+    analytics = BlueprintAnalytics()
+    for record in read_jsonl(folder.events_path):
+        analytics.handle(TelemetryEvent.from_dict(record))
+    metrics = read_jsonl(folder.metrics_path)
+    return {
+        "final_val_accuracy": metrics[-1]["val_accuracy"],
+        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        "host_params": trainer.model.host_param_count(),
+        "params_added": trainer.model.seed_param_count(),
+        "seeds": count_seeds(metrics),
+        "blueprints": analytics.summary(),
+        "rollbacks": trainer.governor.rollbacks,
+        "final_slots": slot_snapshot(trainer),
+    }
+
+
+def write_epoch(
+    metrics: JsonlWriter,
+    hub: TelemetryHub,
+    trainer: MorphogeneticTrainer,
+    result: EpochResult,
+    outcomes: list[Outcome],
+    moves: list[StageTransition],
+) -> None:
+    """An epoch's metrics.jsonl line and its EPOCH_COMPLETED event, as every growing run writes them."""
+    record = result.record
+    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
+    metrics.write(
+        {
+            **epoch_data,
+            "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+            "transitions": [move.to_dict() for move in moves],
+        }
+    )
+    hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
 
 
 def run_heuristic(
@@ -182,7 +216,7 @@ def run_heuristic(
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
     blueprints = resolve_blueprints(spec, config.blueprints)
-    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
+    controller = HeuristicController(make_chooser(spec.topology, blueprints, config), heuristic_config(config.heuristic))
     hub = TelemetryHub()
     trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
     if config.tensorboard:
@@ -214,17 +248,9 @@ def run_heuristic(
 
     metrics = JsonlWriter(folder.metrics_path)
 
-    def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
+    def on_epoch(result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]) -> None:
+        write_epoch(metrics, hub, trainer, result, outcomes, moves)
         record = result.record
-        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
-        metrics.write(
-            {
-                **epoch_data,
-                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
-                "transitions": [move.to_dict() for move in moves],
-            }
-        )
-        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
         finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
         if finished and trainer.epoch % config.checkpoint_every == 0:
             save(folder.checkpoint_path(trainer.epoch))
