@@ -168,7 +168,8 @@ def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str
     metrics = read_jsonl(folder.metrics_path)
     return {
         "final_val_accuracy": metrics[-1]["val_accuracy"],
-        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        # Non-finite values read back as None (strict JSON): a run that never measured a finite one has none.
+        "best_val_accuracy": max((m["val_accuracy"] for m in metrics if m["val_accuracy"] is not None), default=None),
         "host_params": trainer.model.host_param_count(),
         "params_added": trainer.model.seed_param_count(),
         "seeds": count_seeds(metrics),
@@ -179,23 +180,25 @@ def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str
 
 
 def write_epoch(
-    metrics: JsonlWriter,
+    metrics: JsonlWriter | None,
     hub: TelemetryHub,
     trainer: MorphogeneticTrainer,
     result: EpochResult,
     outcomes: list[Outcome],
     moves: list[StageTransition],
 ) -> None:
-    """An epoch's metrics.jsonl line and its EPOCH_COMPLETED event, as every growing run writes them."""
+    """An epoch's metrics.jsonl line (when the run keeps a folder) and its EPOCH_COMPLETED event,
+    as every growing run writes them."""
     record = result.record
     epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
-    metrics.write(
-        {
-            **epoch_data,
-            "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
-            "transitions": [move.to_dict() for move in moves],
-        }
-    )
+    if metrics is not None:
+        metrics.write(
+            {
+                **epoch_data,
+                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+                "transitions": [move.to_dict() for move in moves],
+            }
+        )
     hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
 
 

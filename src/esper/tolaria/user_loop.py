@@ -18,7 +18,8 @@ training loss from the user, the evaluation stands in for it too.
 
 The governor's culprit search cannot replay the user's batches; it asks `evaluate`
 again instead, with seeds switched off one by one, so a seed that makes the
-evaluation non-finite (or explode) is found and culled.
+evaluation non-finite (or explode) is found and culled. A score counts as
+non-finite when the model's output was, whatever `evaluate` made of it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from esper.kasmina.graft import training_modes_kept
 from esper.kasmina.host import SeededModel
 from esper.leyline import MEASURED_STAGES, TelemetryEvent
 from esper.tolaria.engine import MorphogeneticTrainer
@@ -43,6 +45,19 @@ from esper.tolaria.trainer import (
 )
 
 Evaluate = Callable[[nn.Module], float]
+
+
+def _note_finite(output: Any, finite: list[Tensor]) -> None:
+    """Append whether each floating-point tensor of a model's output is all finite (on its device)."""
+    if isinstance(output, Tensor):
+        if output.is_floating_point():
+            finite.append(torch.isfinite(output).all().to(finite[0].device if finite else output.device))
+    elif isinstance(output, (tuple, list)):
+        for item in output:
+            _note_finite(item, finite)
+    elif isinstance(output, dict):
+        for item in output.values():
+            _note_finite(item, finite)
 
 
 class UserOptimizer:
@@ -154,16 +169,26 @@ class UserLoopTrainer(MorphogeneticTrainer):
         self._reported = EpochStats(loss, accuracy, steps=0, batch_losses=[loss])
 
     def score(self) -> float:
-        """`evaluate(model)` as a float, without gradients."""
-        with torch.no_grad():
-            value = self.evaluate(self.model)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
+        """`evaluate(model)` as a float, without gradients; NaN when the model's output was
+        non-finite during it (an accuracy of a model gone NaN is still a number: argmax picks
+        something). Every module's train/eval flag is left as it was (an `evaluate` that calls
+        `model.eval()` does not end the user's training)."""
+        finite: list[Tensor] = []
+        watch = self.model.host.register_forward_hook(lambda module, args, output: _note_finite(output, finite))
+        try:
+            with torch.no_grad(), training_modes_kept(self.model):
+                value = self.evaluate(self.model)
+        finally:
+            watch.remove()
+        if isinstance(value, Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(
                 f"evaluate(model) must return one number, higher is better (e.g. the validation "
                 f"accuracy), got {type(value).__name__}"
             )
+        if finite and not torch.stack(finite).all().item():  # one read-back for the whole evaluation
+            return math.nan
         return float(value)
 
     # ------------------------------------------------------------------ the phases
