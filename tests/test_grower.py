@@ -399,7 +399,7 @@ def test_slots_of_several_topologies_need_a_controller_that_knows_them() -> None
 
     grown = esper.graft(Mixed(), ["conv", "fc"], torch.randn(2, 1, 8, 8))
     optimizer = torch.optim.SGD(grown.parameters(), lr=0.05)
-    with pytest.raises(ValueError, match="conv: cnn, fc: mlp"):
+    with pytest.raises(ValueError, match="one topology; these are conv: cnn, fc: mlp"):
         esper.Grower(grown, optimizer, accuracy)
     esper.Grower(grown, optimizer, accuracy, controller=Script({}))  # its own business
 

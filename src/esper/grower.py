@@ -125,20 +125,34 @@ class Grower:
                 f"Grower grows a model with seed slots, got {type(grafted).__name__}: "
                 "graft slots onto it first, grown = esper.graft(model, targets, example_input)"
             )
-        for name, value in (("epochs", epochs), ("grad_stats_every", grad_stats_every), ("checkpoint_every", checkpoint_every)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        for name, value in (
+            ("epochs", epochs),
+            ("grad_stats_every", grad_stats_every),
+            ("checkpoint_every", checkpoint_every),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.model = grafted
-        self.controller, self.blueprints, planned = _resolve_controller(controller, grafted, blueprints)
+        self.controller, self.blueprints, planned = _resolve_controller(
+            controller, grafted, blueprints
+        )
         self.epochs = epochs if epochs is not None else planned
         self.grad_stats_every = grad_stats_every
         self.checkpoint_every = checkpoint_every
         self.hub = TelemetryHub()
         self.trainer = UserLoopTrainer(
-            grafted, UserOptimizer(optimizer, seed_lr, fossil_lr), evaluate, governor, on_telemetry=self.hub
+            grafted,
+            UserOptimizer(optimizer, seed_lr, fossil_lr),
+            evaluate,
+            governor,
+            on_telemetry=self.hub,
         )
         for slot in grafted.seed_slots.values():
-            slot.on_telemetry = self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
+            slot.on_telemetry = (
+                self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
+            )
         self.loop = EpochLoop(
             self.trainer, self.epochs or _OPEN_ENDED, self._on_epoch, max_consecutive_rollbacks
         )
@@ -158,7 +172,12 @@ class Grower:
             self.hub.emit(
                 TelemetryEvent(
                     TelemetryEventType.RUN_STARTED,
-                    data={"total_epochs": self.epochs, "task": self.task, "mode": MODE, "start_epoch": self.epoch},
+                    data={
+                        "total_epochs": self.epochs,
+                        "task": self.task,
+                        "mode": MODE,
+                        "start_epoch": self.epoch,
+                    },
                 )
             )
         except BaseException:
@@ -175,7 +194,9 @@ class Grower:
     def task(self) -> str:
         return f"{type(self.model.host).__name__} (own loop)"
 
-    def end_epoch(self, train_loss: float | None = None, train_accuracy: float | None = None) -> EpochRecord:
+    def end_epoch(
+        self, train_loss: float | None = None, train_accuracy: float | None = None
+    ) -> EpochRecord:
         """After each epoch of your loop: measure, guard, decide, apply, step the lifecycle.
 
         `train_loss` (the epoch's mean training loss) lets the governor catch a diverging
@@ -195,7 +216,11 @@ class Grower:
             result = self.loop.start()
         except TrainingFailed as failed:
             self._finish(failure=failed.reason)
-            where = "" if self._folder is None else f" Every epoch up to it is kept in {self._folder.path}."
+            where = (
+                ""
+                if self._folder is None
+                else f" Every epoch up to it is kept in {self._folder.path}."
+            )
             raise TrainingFailed(
                 f"growing failed at epoch {failed.result.record.epoch}: {failed.reason}.{where} Look for "
                 "non-finite values in the data and for a model that diverges on its own (learning rate).",
@@ -215,7 +240,12 @@ class Grower:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         elif not self.closed:
@@ -240,13 +270,19 @@ class Grower:
                 slot.record_gradient_norms()
         self._steps += 1
 
-    def _on_epoch(self, result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]) -> None:
+    def _on_epoch(
+        self, result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]
+    ) -> None:
         self.history.append(result.record)
         self.transitions.extend(moves)
         write_epoch(self._metrics, self.hub, self.trainer, result, outcomes, moves)
-        finished = self.epoch > result.record.epoch  # a failed epoch stops before its lifecycle step
+        finished = (
+            self.epoch > result.record.epoch
+        )  # a failed epoch stops before its lifecycle step
         if self._folder is not None and finished and self.epoch % self.checkpoint_every == 0:
-            self._folder.save_checkpoint(self.state_dict(), self._folder.checkpoint_path(self.epoch))
+            self._folder.save_checkpoint(
+                self.state_dict(), self._folder.checkpoint_path(self.epoch)
+            )
 
     def _open_run(self, folder: RunFolder, controller: object, resume: bool) -> None:
         if resume and folder.config_path.exists():
@@ -260,12 +296,21 @@ class Grower:
             config = {
                 "task": self.task,
                 "epochs": self.epochs,
-                "controller": str(controller) if isinstance(controller, (str, os.PathLike)) else type(controller).__name__,
+                "controller": str(controller)
+                if isinstance(controller, (str, os.PathLike))
+                else type(controller).__name__,
                 "slots": list(self.model.seed_slots),
                 "blueprints": self.blueprints,
                 "checkpoint_every": self.checkpoint_every,
             }
-            folder.create({"mode": MODE, "config": config, "epochs": self.epochs, "esper_version": __version__})
+            folder.create(
+                {
+                    "mode": MODE,
+                    "config": config,
+                    "epochs": self.epochs,
+                    "esper_version": __version__,
+                }
+            )
         self._folder = folder
         self.hub.add_output(JsonlEventOutput(folder.events_path))
         self._metrics = JsonlWriter(folder.metrics_path)
@@ -284,7 +329,10 @@ class Grower:
                 TelemetryEvent(
                     TelemetryEventType.RUN_FINISHED,
                     message=failure or "",
-                    data={"epochs": self.epoch, **({} if failure is None else {"status": "failed"})},
+                    data={
+                        "epochs": self.epoch,
+                        **({} if failure is None else {"status": "failed"}),
+                    },
                 )
             )
             if self._metrics is not None:
@@ -319,7 +367,9 @@ class Grower:
 
 
 def _resolve_controller(
-    controller: str | os.PathLike[str] | Controller, model: SeededModel, blueprints: Sequence[str] | None
+    controller: str | os.PathLike[str] | Controller,
+    model: SeededModel,
+    blueprints: Sequence[str] | None,
 ) -> tuple[Controller, list[str], int | None]:
     """The controller, the blueprints it may plant, and the epochs it plans for (None: any)."""
     if not isinstance(controller, (str, os.PathLike)):
@@ -329,10 +379,14 @@ def _resolve_controller(
                 f"decide(signals), got {type(controller).__name__}"
             )
         return controller, [] if blueprints is None else list(blueprints), None
-    topology = _slot_topology(model)
+    topology = model.slot_topology()
     if str(controller) == "heuristic":
         chosen = blueprints_for(topology, blueprints)
-        return HeuristicController(make_chooser(topology, chosen, HeuristicRunConfig())), chosen, None
+        return (
+            HeuristicController(make_chooser(topology, chosen, HeuristicRunConfig())),
+            chosen,
+            None,
+        )
     path = Path(controller)
     if not path.is_file():
         raise FileNotFoundError(
@@ -340,7 +394,9 @@ def _resolve_controller(
             "`esper train ppo` or `esper train offline`)"
         )
     if blueprints is not None:
-        raise ValueError(f"{path} plants the blueprints it was trained with; leave blueprints unset")
+        raise ValueError(
+            f"{path} plants the blueprints it was trained with; leave blueprints unset"
+        )
     policy = PolicyController.load(path)
     ours, theirs = list(model.seed_slots), list(policy.layout.slot_ids)
     if len(ours) != len(theirs):
@@ -356,20 +412,11 @@ def _resolve_controller(
             f"{path} plants {', '.join(chosen)}, which are not all {topology} blueprints (the grafted "
             f"slots' topology); use a policy trained on a {topology} task"
         ) from None
-    return _RenamedSlots(policy, dict(zip(ours, theirs, strict=True))), chosen, policy.info.get("episode_length")
-
-
-def _slot_topology(model: SeededModel) -> str:
-    topologies = {slot_id: slot.task_config.topology for slot_id, slot in model.seed_slots.items()}
-    if not topologies:
-        raise ValueError("the model has no seed slots to grow")
-    if len(set(topologies.values())) > 1:
-        found = ", ".join(f"{slot_id}: {topology}" for slot_id, topology in topologies.items())
-        raise ValueError(
-            f"the controller plants the same blueprints in every slot, so the slots must share one "
-            f"topology; these are {found}: graft targets of one kind"
-        )
-    return next(iter(topologies.values()))
+    return (
+        _RenamedSlots(policy, dict(zip(ours, theirs, strict=True))),
+        chosen,
+        policy.info.get("episode_length"),
+    )
 
 
 class _RenamedSlots:
@@ -384,7 +431,10 @@ class _RenamedSlots:
         seen = dataclasses.replace(
             signals,
             slots={self.to_policy[k]: report for k, report in signals.slots.items()},
-            transitions=[dataclasses.replace(t, slot_id=self.to_policy[t.slot_id]) for t in signals.transitions],
+            transitions=[
+                dataclasses.replace(t, slot_id=self.to_policy[t.slot_id])
+                for t in signals.transitions
+            ],
         )
         return [
             a if a.slot_id is None else dataclasses.replace(a, slot_id=self.to_model[a.slot_id])
@@ -403,7 +453,9 @@ def _state_of(controller: object) -> dict[str, Any]:
     return {} if state_dict is None else state_dict()
 
 
-def _both(first: Callable[[TelemetryEvent], None], second: Callable[[TelemetryEvent], None]) -> Callable[[TelemetryEvent], None]:
+def _both(
+    first: Callable[[TelemetryEvent], None], second: Callable[[TelemetryEvent], None]
+) -> Callable[[TelemetryEvent], None]:
     def emit(event: TelemetryEvent) -> None:
         first(event)
         second(event)

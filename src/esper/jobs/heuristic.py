@@ -31,7 +31,7 @@ from esper.nissa import (
     read_jsonl,
 )
 from esper.runtime import get_task
-from esper.runtime.session import build_trainer
+from esper.runtime.session import build_trainer, spec_for_model
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
 from esper.simic.recording import RecordedController, episode_recorder
@@ -91,6 +91,11 @@ def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfi
     return curriculum
 
 
+def model_options(config: HeuristicRunConfig) -> dict[str, Any]:
+    """What `build_trainer` takes from the run config besides the task: model, device, precision."""
+    return {"model": config.model, "device": config.device, "precision": config.precision}
+
+
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
     """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
     return build_config(HeuristicConfig, overrides, {}, section="heuristic")
@@ -119,7 +124,7 @@ def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epoch
     hub = TelemetryHub()
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
-    trainer = build_trainer(spec, data, config.seed, config.slots)
+    trainer = build_trainer(spec, data, config.seed, config.slots, **model_options(config))
     history: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
@@ -218,10 +223,12 @@ def run_heuristic(
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
+    hub = TelemetryHub()
+    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub, **model_options(config))
+    if config.model is not None:
+        spec = spec_for_model(spec, trainer.model)
     blueprints = resolve_blueprints(spec, config.blueprints)
     controller = HeuristicController(make_chooser(spec.topology, blueprints, config), heuristic_config(config.heuristic))
-    hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
     if config.tensorboard:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     if not resume:

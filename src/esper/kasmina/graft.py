@@ -143,6 +143,8 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 def _closest(target: str, names: list[str]) -> str:
+    if not names:
+        return "it has no submodules to target"
     close = difflib.get_close_matches(target, names, n=5, cutoff=0.5)
     if close:
         return f"closest module names: {', '.join(close)}"

@@ -39,7 +39,8 @@ class InMemoryLoader:
     pass repeats the same order. The last partial batch is kept; a trailing batch
     smaller than `min_batch_size` is dropped (training uses 2 so a lone sample never
     makes a noisy step or starves BatchNorm). `max_batches` caps an epoch, which
-    with shuffling means a fresh random subset each epoch.
+    with shuffling means a fresh random subset each epoch. With a `device`, each
+    batch is moved there as it is handed out (the data itself stays where it is).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class InMemoryLoader:
         seed: int,
         max_batches: int | None = None,
         min_batch_size: int = 1,
+        device: torch.device | None = None,
     ) -> None:
         if len(inputs) != len(targets):
             raise ValueError(
@@ -67,6 +69,7 @@ class InMemoryLoader:
         self.seed = seed
         self.max_batches = max_batches
         self.min_batch_size = min_batch_size
+        self.device = device
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,13 +90,17 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
+        device = self.device
         for i in range(len(self)):
             start, stop = i * self.batch_size, (i + 1) * self.batch_size
             if order is None:
-                yield self.inputs[start:stop], self.targets[start:stop]
+                inputs, targets = self.inputs[start:stop], self.targets[start:stop]
             else:
                 idx = order[start:stop]
-                yield self.inputs[idx], self.targets[idx]
+                inputs, targets = self.inputs[idx], self.targets[idx]
+            if device is not None:
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            yield inputs, targets
 
 
 @dataclass
@@ -117,8 +124,9 @@ class TaskData:
         seed: int,
         max_train_batches: int | None = None,
         max_val_batches: int | None = None,
+        device: torch.device | None = None,
     ) -> tuple[InMemoryLoader, InMemoryLoader]:
-        """Shuffled training loader and an in-order validation loader."""
+        """Shuffled training loader and an in-order validation loader (batches moved to `device`)."""
         train = InMemoryLoader(
             self.train_inputs,
             self.train_targets,
@@ -127,6 +135,7 @@ class TaskData:
             seed=seed,
             max_batches=max_train_batches,
             min_batch_size=2,
+            device=device,
         )
         val = InMemoryLoader(
             self.val_inputs,
@@ -135,6 +144,7 @@ class TaskData:
             shuffle=False,
             seed=seed,
             max_batches=max_val_batches,
+            device=device,
         )
         return train, val
 

@@ -81,7 +81,9 @@ class Precision:
         if self.name not in PRECISIONS:
             raise ValueError(f"unknown precision '{self.name}': use {', '.join(PRECISIONS)}")
         if self.device_type not in DEVICE_TYPES:
-            raise ValueError(f"unknown device type '{self.device_type}': use {', '.join(DEVICE_TYPES)}")
+            raise ValueError(
+                f"unknown device type '{self.device_type}': use {', '.join(DEVICE_TYPES)}"
+            )
 
     @classmethod
     def on(cls, name: str, device: str | torch.device) -> Precision:

@@ -51,7 +51,9 @@ def _note_finite(output: Any, finite: list[Tensor]) -> None:
     """Append whether each floating-point tensor of a model's output is all finite (on its device)."""
     if isinstance(output, Tensor):
         if output.is_floating_point():
-            finite.append(torch.isfinite(output).all().to(finite[0].device if finite else output.device))
+            finite.append(
+                torch.isfinite(output).all().to(finite[0].device if finite else output.device)
+            )
     elif isinstance(output, (tuple, list)):
         for item in output:
             _note_finite(item, finite)
@@ -72,10 +74,15 @@ class UserOptimizer:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, seed_lr: float | None = None, fossil_lr: float | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        seed_lr: float | None = None,
+        fossil_lr: float | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         for name, lr in (("seed_lr", seed_lr), ("fossil_lr", fossil_lr)):
             if lr is not None and not lr > 0:
                 raise ValueError(f"{name} must be > 0, got {lr}")
@@ -93,7 +100,9 @@ class UserOptimizer:
     def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None:
         if slot_id in self.slot_order():
             raise RuntimeError(f"slot '{slot_id}' already has a seed param group")
-        self.optimizer.add_param_group({"params": params, "lr": self.seed_lr, "slot_id": slot_id, "fossil": False})
+        self.optimizer.add_param_group(
+            {"params": params, "lr": self.seed_lr, "slot_id": slot_id, "fossil": False}
+        )
 
     def remove_seed(self, slot_id: str) -> None:
         kept = []
@@ -108,7 +117,9 @@ class UserOptimizer:
     def move_seed_to_host(self, slot_id: str) -> None:
         group = next(g for g in self._seed_groups() if g["slot_id"] == slot_id and not g["fossil"])
         group["fossil"] = True
-        group["lr"] = self.fossil_lr if self.fossil_lr is not None else self.optimizer.param_groups[0]["lr"]
+        group["lr"] = (
+            self.fossil_lr if self.fossil_lr is not None else self.optimizer.param_groups[0]["lr"]
+        )
 
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return (self.optimizer,)
@@ -127,10 +138,17 @@ class UserOptimizer:
         The user's optimiser must hold the same groups of its own as when it was saved
         (build it the same way); seed groups it holds now are replaced.
         """
-        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if "slot_id" not in g]
+        self.optimizer.param_groups[:] = [
+            g for g in self.optimizer.param_groups if "slot_id" not in g
+        ]
         for slot_id, fossil in saved["seed_groups"]:
             self.optimizer.add_param_group(
-                {"params": seed_params(slot_id), "lr": self.seed_lr, "slot_id": slot_id, "fossil": fossil}
+                {
+                    "params": seed_params(slot_id),
+                    "lr": self.seed_lr,
+                    "slot_id": slot_id,
+                    "fossil": fossil,
+                }
             )
         self.optimizer.load_state_dict(saved["optimizer"])  # brings back each group's lr too
 
@@ -151,18 +169,24 @@ class UserLoopTrainer(MorphogeneticTrainer):
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
     ) -> None:
         if not callable(evaluate):
-            raise TypeError(f"evaluate must be a function of the model, got {type(evaluate).__name__}")
+            raise TypeError(
+                f"evaluate must be a function of the model, got {type(evaluate).__name__}"
+            )
         super().__init__(model, (), (), optimizer, governor, on_telemetry)
         self.evaluate = evaluate
         self._reported: EpochStats | None = None
         self._loss_given = False
         self.governor.inspect_parameters()  # as the first epoch starts
 
-    def report_epoch(self, train_loss: float | None = None, train_accuracy: float | None = None) -> None:
+    def report_epoch(
+        self, train_loss: float | None = None, train_accuracy: float | None = None
+    ) -> None:
         """The epoch the user's loop trained: its mean training loss (and accuracy), when known."""
         for name, value in (("train_loss", train_loss), ("train_accuracy", train_accuracy)):
             if value is not None and not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number (e.g. loss.item()), got {type(value).__name__}")
+                raise TypeError(
+                    f"{name} must be a number (e.g. loss.item()), got {type(value).__name__}"
+                )
         self._loss_given = train_loss is not None
         loss = math.nan if train_loss is None else float(train_loss)
         accuracy = math.nan if train_accuracy is None else float(train_accuracy)
@@ -174,7 +198,9 @@ class UserLoopTrainer(MorphogeneticTrainer):
         something). Every module's train/eval flag is left as it was (an `evaluate` that calls
         `model.eval()` does not end the user's training)."""
         finite: list[Tensor] = []
-        watch = self.model.host.register_forward_hook(lambda module, args, output: _note_finite(output, finite))
+        watch = self.model.host.register_forward_hook(
+            lambda module, args, output: _note_finite(output, finite)
+        )
         try:
             with torch.no_grad(), training_modes_kept(self.model):
                 value = self.evaluate(self.model)
@@ -187,7 +213,9 @@ class UserLoopTrainer(MorphogeneticTrainer):
                 f"evaluate(model) must return one number, higher is better (e.g. the validation "
                 f"accuracy), got {type(value).__name__}"
             )
-        if finite and not torch.stack(finite).all().item():  # one read-back for the whole evaluation
+        if (
+            finite and not torch.stack(finite).all().item()
+        ):  # one read-back for the whole evaluation
             return math.nan
         return float(value)
 
@@ -207,7 +235,9 @@ class UserLoopTrainer(MorphogeneticTrainer):
         contributions = contributions_by_force_alpha(measured, self.score, score)
         return ValidationResult(-score, score, contributions, batch_losses=[-score])
 
-    def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
+    def guard(
+        self, train: EpochStats, val: ValidationResult
+    ) -> tuple[EpochStats, ValidationResult, str | None]:
         if not self._loss_given:  # the evaluation stands in for the training loss
             train = EpochStats(val.loss, train.accuracy, train.steps, [val.loss])
         return super().guard(train, val)
