@@ -302,7 +302,8 @@ def _run(tmp_path: Path, epochs: int, stop_after: int | None = None, resume: boo
 def test_a_run_folder_that_esper_report_reads(tmp_path: Path) -> None:
     from esper.jobs.html_report import write_report
 
-    _run(tmp_path / "run", epochs=6)
+    grower, grown = _run(tmp_path / "run", epochs=6)
+    assert grower.closed and all(slot.on_telemetry is None for slot in grown.seed_slots.values())
     run = load_run(tmp_path / "run")
     assert run.complete and run.mode == "grower" and run.task == "Sequential (own loop)"
     assert run.done == run.planned == 6 and not run.missing

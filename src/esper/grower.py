@@ -149,6 +149,8 @@ class Grower:
             governor,
             on_telemetry=self.hub,
         )
+        # The slots report lifecycle events to this run too (and still to whoever they did before).
+        self._slot_telemetry = {k: s.on_telemetry for k, s in grafted.seed_slots.items()}
         for slot in grafted.seed_slots.values():
             slot.on_telemetry = (
                 self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
@@ -358,6 +360,8 @@ class Grower:
     def _release(self) -> None:
         self.closed = True
         self._hook.remove()
+        for slot_id, previous in self._slot_telemetry.items():
+            self.model.seed_slots[slot_id].on_telemetry = previous
         if self._metrics is not None:
             self._metrics.close()
         self.hub.close()
