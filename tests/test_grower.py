@@ -388,6 +388,17 @@ def test_mistakes_get_one_clear_error() -> None:
         grower.end_epoch()
 
 
+def test_a_seed_planted_before_the_grower_joins_the_optimiser_once() -> None:
+    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2])
+    grown.germinate("1", "mlp")
+    optimizer = torch.optim.SGD(grown.host_parameters(), lr=0.05)
+    esper.Grower(grown, optimizer, accuracy, controller=Script({})).close()
+    assert _seed_groups(optimizer) == [("1", False, 0.05)]
+    twice = torch.optim.SGD(grown.parameters(), lr=0.05)  # the seed's parameters already in it
+    with pytest.raises(ValueError, match="already holds parameters of the seed in slot '1'"):
+        esper.Grower(grown, twice, accuracy, controller=Script({}))
+
+
 def test_slots_of_several_topologies_need_a_controller_that_knows_them() -> None:
     class Mixed(nn.Module):
         def __init__(self) -> None:

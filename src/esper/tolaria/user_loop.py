@@ -100,6 +100,12 @@ class UserOptimizer:
     def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None:
         if slot_id in self.slot_order():
             raise RuntimeError(f"slot '{slot_id}' already has a seed param group")
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if any(id(p) in held for p in params):
+            raise ValueError(
+                f"the optimizer already holds parameters of the seed in slot '{slot_id}': build it "
+                "before planting seeds (the Grower adds each seed's parameters itself)"
+            )
         self.optimizer.add_param_group(
             {"params": params, "lr": self.seed_lr, "slot_id": slot_id, "fossil": False}
         )
@@ -176,6 +182,7 @@ class UserLoopTrainer(MorphogeneticTrainer):
         self.evaluate = evaluate
         self._reported: EpochStats | None = None
         self._loss_given = False
+        self._sync_optimizers()  # seeds planted before: their parameters join the optimiser now
         self.governor.inspect_parameters()  # as the first epoch starts
 
     def report_epoch(
