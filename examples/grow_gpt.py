@@ -1,6 +1,6 @@
 """Grow a small GPT of your own, in your own training loop, on CPython's bundled pydoc text.
 
-    python examples/grow_gpt.py                       # a few minutes on a CPU
+    python examples/grow_gpt.py                       # about a minute on one CPU thread
     python examples/grow_gpt.py --epochs 1 --max-batches 2   # a smoke test
 
 The GPT below is plain PyTorch, written without Esper in mind: blocks in a
@@ -47,7 +47,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, context: int, dim: int = 32, heads: int = 2, layers: int = 2) -> None:
+    def __init__(self, vocab: int, context: int, dim: int = 64, heads: int = 4, layers: int = 2) -> None:
         super().__init__()
         self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(context, dim)
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
@@ -62,8 +62,8 @@ class GPT(nn.Module):
 
 def main(argv: list[str] | None = None) -> esper.Grower:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--max-batches", type=int, default=20, help="training batches per epoch")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--max-batches", type=int, default=40, help="training batches per epoch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--context", type=int, default=64, help="characters per sequence")
     parser.add_argument("--seed", type=int, default=0)
