@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from esper import __version__
+from esper.jobs.device_options import add_device_arguments
 
 
 def _cmd_blueprints(args: argparse.Namespace, console: Console) -> int:
@@ -71,6 +72,9 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "chooser": args.chooser,
             "curriculum": args.curriculum,
             "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
+            "model": args.model,
+            "device": args.device,
+            "precision": args.precision,
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -164,7 +168,8 @@ def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.evaluate import evaluate
 
-    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console, args.record)
+    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console, args.record,
+             device=args.device or "cpu", precision=args.precision or "fp32")  # fmt: skip
     return 0
 
 
@@ -207,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )
     heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
+    heuristic.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="grow a model of your own on the task: FACTORY(task data) returns (model, targets to graft)",
+    )
+    add_device_arguments(heuristic)
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
 
@@ -234,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episode-length", type=int, help="epochs per episode (default: the policy's, or 25)")
     evaluate.add_argument("--json", help="also write the report to this JSON file")
     evaluate.add_argument("--record", metavar="DIR", help="record the controller's transitions in DIR (for `esper train offline`)")
+    add_device_arguments(evaluate, "the episodes' hosts")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     report = commands.add_parser("report", help="plots and an HTML page from run folders")

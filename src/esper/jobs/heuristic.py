@@ -15,6 +15,7 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NotRequired
 
@@ -36,7 +37,7 @@ from esper.nissa import (
     read_jsonl,
 )
 from esper.runtime import get_task
-from esper.runtime.session import build_trainer
+from esper.runtime.session import build_trainer, spec_for_model
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
 from esper.simic.recording import RecordedController, episode_recorder
@@ -50,6 +51,7 @@ from esper.tamiyo import (
 )
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
 from esper.tolaria.distributed import MainRankDecides, World
+from esper.tolaria.engine import Outcome
 
 CURRICULUM_FILE = "curriculum.json"
 # The seed outcomes a summary counts, by the stage a seed moved to.
@@ -65,20 +67,25 @@ class HeuristicCheckpoint(TypedDict):
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
-    available = [s.name for s in BlueprintRegistry.list_specs(spec.topology)]
+    return blueprints_for(spec.topology, requested)
+
+
+def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
+    """`requested` checked against the registry of `topology` (None: all of them, cheapest first)."""
+    available = [s.name for s in BlueprintRegistry.list_specs(topology)]
     if requested is None:
         return available
     unknown = [b for b in requested if b not in available]
     if unknown:
-        raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
+        raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")
     return list(requested)
 
 
-def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
+def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
     """The heuristic's blueprint chooser: simic's UCB1 curriculum (default) or plain rotation."""
     if config.chooser == "rotation":
         return BlueprintRotation(blueprints)
-    complexity = [BlueprintRegistry.get(spec.topology, name).param_estimate for name in blueprints]
+    complexity = [BlueprintRegistry.get(topology, name).param_estimate for name in blueprints]
     curriculum = BlueprintCurriculum(blueprints, complexity)
     if config.curriculum is not None:
         saved = BlueprintCurriculum.load(config.curriculum)
@@ -99,6 +106,11 @@ def check_processes(config: HeuristicRunConfig, processes: int) -> None:
             f"{processes} processes cannot share task {config.task}'s batch of {batch} (every process needs "
             f"at least 2 samples of each batch); use at most {batch // 2} processes"
         )
+
+
+def model_options(config: HeuristicRunConfig) -> dict[str, Any]:
+    """What `build_trainer` takes from the run config besides the task: model, device, precision."""
+    return {"model": config.model, "device": config.device, "precision": config.precision}
 
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
@@ -131,7 +143,7 @@ def train_host_only(
     hub = TelemetryHub()
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
-    trainer = build_trainer(spec, data, config.seed, config.slots, world=world)
+    trainer = build_trainer(spec, data, config.seed, config.slots, world=world, **model_options(config))
     history: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
@@ -156,11 +168,6 @@ def summarize(
     failure: str | None = None,
 ) -> dict[str, Any]:
     """Write summary.json: "status" is "complete", or "failed" with the `failure` as "reason"."""
-    analytics = BlueprintAnalytics()
-    for record in read_jsonl(folder.events_path):
-        analytics.handle(TelemetryEvent.from_dict(record))
-    per_blueprint = analytics.summary()
-    metrics = read_jsonl(folder.metrics_path)
     summary = {
         "mode": "heuristic",
         "task": config.task,
@@ -168,21 +175,56 @@ def summarize(
         "epochs": epochs,
         "status": "complete" if failure is None else "failed",
         **({} if failure is None else {"reason": failure}),
-        "final_val_accuracy": metrics[-1]["val_accuracy"],
-        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        **growth_summary(folder, trainer),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
-        "host_params": trainer.model.host_param_count(),
-        "params_added": trainer.model.seed_param_count(),
-        "seeds": count_seeds(metrics),
-        "blueprints": per_blueprint,
-        "rollbacks": trainer.governor.rollbacks,
         "processes": trainer.world.size,
-        "final_slots": slot_snapshot(trainer),
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
     }
     write_json(folder.summary_path, summary)
     return summary
+
+
+def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str, Any]:
+    """What every growing run's summary.json says of the growth, from its run folder and trainer."""
+    analytics = BlueprintAnalytics()
+    for record in read_jsonl(folder.events_path):
+        analytics.handle(TelemetryEvent.from_dict(record))
+    metrics = read_jsonl(folder.metrics_path)
+    return {
+        "final_val_accuracy": metrics[-1]["val_accuracy"],
+        # Non-finite values read back as None (strict JSON): a run that never measured a finite one has none.
+        "best_val_accuracy": max((m["val_accuracy"] for m in metrics if m["val_accuracy"] is not None), default=None),
+        "host_params": trainer.model.host_param_count(),
+        "params_added": trainer.model.seed_param_count(),
+        "seeds": count_seeds(metrics),
+        "blueprints": analytics.summary(),
+        "rollbacks": trainer.governor.rollbacks,
+        "final_slots": slot_snapshot(trainer),
+    }
+
+
+def write_epoch(
+    metrics: JsonlWriter | None,
+    hub: TelemetryHub,
+    trainer: MorphogeneticTrainer,
+    result: EpochResult,
+    outcomes: list[Outcome],
+    moves: list[StageTransition],
+) -> None:
+    """An epoch's metrics.jsonl line (when the run keeps a folder) and its EPOCH_COMPLETED event,
+    as every growing run writes them."""
+    record = result.record
+    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
+    if metrics is not None:
+        metrics.write(
+            {
+                **epoch_data,
+                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+                "transitions": [move.to_dict() for move in moves],
+            }
+        )
+    hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
 
 
 def run_heuristic(
@@ -208,11 +250,13 @@ def run_heuristic(
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
-    blueprints = resolve_blueprints(spec, config.blueprints)
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
-    controller: HeuristicController | None = None
     hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub, world=world)
+    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub, world=world, **model_options(config))
+    if config.model is not None:
+        spec = spec_for_model(spec, trainer.model)
+    blueprints = resolve_blueprints(spec, config.blueprints)
+    controller: HeuristicController | None = None
     resumed = None
     if config.tensorboard and main:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
@@ -225,7 +269,7 @@ def run_heuristic(
     def open_folder() -> dict[str, Any] | None:
         """Rank 0: the controller and the run folder; resuming, the trainer state every rank loads."""
         nonlocal controller, resumed
-        controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
+        controller = HeuristicController(make_chooser(spec.topology, blueprints, config), heuristic_config(config.heuristic))
         if not resume:
             folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "processes": world.size,
                            "esper_version": __version__})  # fmt: skip
@@ -255,7 +299,7 @@ def run_heuristic(
         state = {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": recorder.state_dict()}
         folder.save_checkpoint(state, path)
 
-    def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
+    def on_epoch(result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]) -> None:
         record = result.record
         finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
         checkpoint = finished and trainer.epoch % config.checkpoint_every == 0
@@ -264,15 +308,7 @@ def run_heuristic(
         world.at(f"epoch {trainer.epoch} of {epochs}")
         if not main:
             return
-        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
-        metrics.write(
-            {
-                **epoch_data,
-                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
-                "transitions": [move.to_dict() for move in moves],
-            }
-        )
-        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
+        write_epoch(metrics, hub, trainer, result, outcomes, moves)
         if checkpoint:
             save(folder.checkpoint_path(trainer.epoch))
 
