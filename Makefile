@@ -1,6 +1,6 @@
 # The two commands a new user types: `make train` and `make test`. Both set up a venv first.
 # Another interpreter gets a venv of its own: `make test PYTHON=python3.13` uses .venv-3.13.
-.PHONY: setup train test test-all lint
+.PHONY: setup train test test-all test-vision lint
 
 PYTHON ?= python3
 ifeq ($(PYTHON),python3)
@@ -26,6 +26,17 @@ test: setup
 
 test-all: setup
 	$(VENV)/bin/python -m pytest -q -m "slow or not slow"
+
+# The optional vision extra (torchvision's models for esper.graft and examples/grow_resnet.py) in a
+# venv of its own: torchvision only imports with the exact torch it was built for.
+VISION_VENV := .venv-vision
+VISION_TORCH := torch==2.14.1 torchvision==0.29.1
+VISION_TESTS := tests/kasmina/test_graft_vision.py tests/examples
+
+test-vision:
+	@VENV=$(VISION_VENV) TORCH_SPEC="$(VISION_TORCH)" EXTRAS=dev,vision bash scripts/setup.sh
+	$(VISION_VENV)/bin/python -c "import torchvision"  # fails loudly rather than skipping every test
+	$(VISION_VENV)/bin/python -m pytest -q $(VISION_TESTS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

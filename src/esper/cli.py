@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from esper import __version__
+from esper.jobs.device_options import add_device_arguments
 
 
 def _cmd_blueprints(args: argparse.Namespace, console: Console) -> int:
@@ -71,6 +72,9 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "chooser": args.chooser,
             "curriculum": args.curriculum,
             "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
+            "model": args.model,
+            "device": args.device,
+            "precision": args.precision,
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -89,10 +93,19 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _compare_run_keys(args: argparse.Namespace) -> dict | None:
+    """The run-config keys every arm shares: --config's, then --device and --precision."""
+    from esper.jobs.config import read_config_file
+
+    keys = read_config_file(args.config) if args.config else {}
+    keys |= {key: value for key in ("device", "precision") if (value := getattr(args, key)) is not None}
+    return keys or None
+
+
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.compare import CompareConfig, run_compare
     from esper.jobs.compare_report import print_compare
-    from esper.jobs.config import build_config, read_config_file
+    from esper.jobs.config import build_config
 
     controller = args.controller
     if controller is not None and Path(controller).is_file():
@@ -104,7 +117,7 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
         "controller": controller,
         "epochs": args.epochs,
         "arms": args.arms,
-        "run": read_config_file(args.config) if args.config else None,
+        "run": _compare_run_keys(args),
     }
     if args.resume:
         given = [key for key, value in {**settings, "out": args.out}.items() if value is not None]
@@ -198,7 +211,8 @@ def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.evaluate import evaluate
 
-    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console, args.record)
+    evaluate(args.policy, args.task, args.episodes, args.seed, args.episode_length, args.json, console, args.record,
+             device=args.device or "cpu", precision=args.precision or "fp32")  # fmt: skip
     return 0
 
 
@@ -241,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )
     heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
+    heuristic.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="grow a model of your own on the task: FACTORY(task data) returns (model, targets to graft)",
+    )
+    add_device_arguments(heuristic)
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
 
@@ -268,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episode-length", type=int, help="epochs per episode (default: the policy's, or 25)")
     evaluate.add_argument("--json", help="also write the report to this JSON file")
     evaluate.add_argument("--record", metavar="DIR", help="record the controller's transitions in DIR (for `esper train offline`)")
+    add_device_arguments(evaluate, "the episodes' hosts")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     compare = commands.add_parser(
@@ -284,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and static-reference when the task has a reference host)",
     )  # fmt: skip
     compare.add_argument("--config", help="JSON or TOML file of run-config keys for every arm (as esper train heuristic --config)")
+    add_device_arguments(compare, "every arm")
     compare.add_argument("--out", help="the compare folder (rerun the same command to continue it)")
     compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
     compare.add_argument("--quiet", action="store_true", help="no live progress")

@@ -82,6 +82,8 @@ def test_config_checks_the_variant_fields() -> None:
         HeuristicRunConfig(host="wide")
     with pytest.raises(ValueError, match="max_training_flops must be > 0"):
         HeuristicRunConfig(max_training_flops=0.0)
+    with pytest.raises(ValueError, match="with model there is none to vary"):
+        HeuristicRunConfig(model="examples.models:tiny", built_in={"block2": ["norm"]})
 
 
 @pytest.fixture(scope="module")

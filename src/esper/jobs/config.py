@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 import pydantic
 import typing_extensions
 
+from esper.runtime.user_model import check_factory_path
+from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
+
 T = TypeVar("T")
 
 HOST_VARIANTS = ("task", "reference")  # HeuristicRunConfig.host
@@ -42,6 +45,9 @@ class HeuristicRunConfig:
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
     # The run stops, "failed", after this many governor rollbacks in a row (a fault that stays).
     max_consecutive_rollbacks: int = 3
+    model: str | None = None  # "package.module:factory": a model of one's own instead of the task's host
+    device: str = "cpu"  # cpu, cuda, cuda:N or mps
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16-mixed (autocast + loss scaling)
     # What is trained; `esper compare`'s arms are runs of this job that differ only here.
     # "heuristic", "none" (nothing is grown: the host alone) or the path of a policy.pt.
     controller: str = "heuristic"
@@ -53,6 +59,9 @@ class HeuristicRunConfig:
     max_training_flops: float | None = None
 
     def __post_init__(self) -> None:
+        check_placement(self.device, self.precision)
+        if self.model is not None:
+            check_factory_path(self.model)
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.chooser not in ("curriculum", "rotation"):
@@ -67,11 +76,22 @@ class HeuristicRunConfig:
             raise ValueError("controller must be 'heuristic', 'none' or the path of a policy.pt")
         if self.host not in HOST_VARIANTS:
             raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
+        if self.model is not None and (self.host != "task" or self.built_in):
+            raise ValueError("host and built_in vary the task's host; with model there is none to vary")
         if self.max_training_flops is not None and not self.max_training_flops > 0:
             raise ValueError(f"max_training_flops must be > 0, got {self.max_training_flops}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_placement(device: str, precision: str) -> None:
+    """The form of `device` and `precision` (whether the device is there is checked when a run
+    builds its model, so a config written on one machine still reads on another)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if device.split(":")[0] not in DEVICE_TYPES:
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got '{device}'")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

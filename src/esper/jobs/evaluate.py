@@ -39,6 +39,7 @@ from esper.simic.recording import (
 from esper.simic.rewards import RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, MorphogeneticEnv
 from esper.tamiyo import HeuristicController, NoGrowthController
+from esper.tolaria.precision import Precision
 
 BUILTIN = ("heuristic", "random")
 MEASURES = ("final_val_accuracy", "host_only_val_accuracy", "params_added", "return", "host_only_return", "return_over_host_only")
@@ -66,7 +67,7 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
             if policy == "random":
                 return RandomController(space, seed)
             # Exactly what `esper train heuristic` runs by default.
-            return HeuristicController(make_chooser(spec, blueprints, HeuristicRunConfig(task=spec.name)))
+            return HeuristicController(make_chooser(spec.topology, blueprints, HeuristicRunConfig(task=spec.name)))
 
         length = episode_length or DEFAULT_EPISODE_LENGTH
         return EvaluationSetup(make, spec.name, length, spec.slots, tuple(blueprints), RewardConfig())
@@ -111,13 +112,17 @@ def evaluate(
     json_path: str | Path | None = None,
     console: Console | None = None,
     record: str | Path | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Play `episodes` held-out episodes with `policy` and with the host alone; returns the report.
 
     With `record`, the controller's transitions (not the host-only runs') go to that folder.
+    The episodes' hosts train on `device` in `precision` (the controller runs on the CPU).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    Precision.on(precision, device)  # an unavailable device is refused before any work
     # Where the results go is checked before the work, which may take minutes.
     if json_path is not None:
         check_writable(json_path, "--json file")
@@ -127,7 +132,7 @@ def evaluate(
         check_writable(record, "--record folder", folder=True)
     setup = resolve(policy, task, episode_length)
     spec = get_task(setup.task)
-    env = MorphogeneticEnv(spec, spec.load_data(), setup.episode_length, setup.slots, setup.reward)
+    env = MorphogeneticEnv(spec, spec.load_data(), setup.episode_length, setup.slots, setup.reward, device, precision)
     seeds = [EVAL_SEED_OFFSET + seed + i for i in range(episodes)]
     recorder = None
     if record is not None:

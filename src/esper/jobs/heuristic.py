@@ -15,7 +15,7 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired
@@ -39,7 +39,7 @@ from esper.nissa import (
 )
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
-from esper.runtime.session import build_trainer
+from esper.runtime.session import build_trainer, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
@@ -55,6 +55,7 @@ from esper.tamiyo import (
 )
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
 from esper.tolaria.distributed import MainRankDecides, World
+from esper.tolaria.engine import Outcome
 
 CURRICULUM_FILE = "curriculum.json"
 # The seed outcomes a summary counts, by the stage a seed moved to.
@@ -70,20 +71,25 @@ class HeuristicCheckpoint(TypedDict):
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
-    available = [s.name for s in BlueprintRegistry.list_specs(spec.topology)]
+    return blueprints_for(spec.topology, requested)
+
+
+def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
+    """`requested` checked against the registry of `topology` (None: all of them, cheapest first)."""
+    available = [s.name for s in BlueprintRegistry.list_specs(topology)]
     if requested is None:
         return available
     unknown = [b for b in requested if b not in available]
     if unknown:
-        raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
+        raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")
     return list(requested)
 
 
-def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
+def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
     """The heuristic's blueprint chooser: simic's UCB1 curriculum (default) or plain rotation."""
     if config.chooser == "rotation":
         return BlueprintRotation(blueprints)
-    complexity = [BlueprintRegistry.get(spec.topology, name).param_estimate for name in blueprints]
+    complexity = [BlueprintRegistry.get(topology, name).param_estimate for name in blueprints]
     curriculum = BlueprintCurriculum(blueprints, complexity)
     if config.curriculum is not None:
         saved = BlueprintCurriculum.load(config.curriculum)
@@ -104,6 +110,11 @@ def check_processes(config: HeuristicRunConfig, processes: int) -> None:
             f"{processes} processes cannot share task {config.task}'s batch of {batch} (every process needs "
             f"at least 2 samples of each batch); use at most {batch // 2} processes"
         )
+
+
+def model_options(config: HeuristicRunConfig) -> dict[str, Any]:
+    """What `build_trainer` takes from the run config besides the task: model, device, precision."""
+    return {"model": config.model, "device": config.device, "precision": config.precision}
 
 
 @dataclass(slots=True)
@@ -128,38 +139,40 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None) -> Prepa
     """Every rank builds the same (a controller too, though only rank 0's decides)."""
     spec = host_variant(get_task(config.task), config.host, config.built_in)
     data = spec.load_data(**config.task_options)
-    controller, slots, blueprints = make_controller(spec, config)
+    policy = None if config.controller in ("heuristic", "none") else load_policy(config)
+    slots = config.slots if policy is None else policy.info["slot_ids"]
     hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world)
-    return PreparedRun(spec, data, config.epochs or spec.epochs, slots, blueprints, controller, hub, trainer)
+    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world, **model_options(config))
+    if config.model is not None:
+        spec = spec_for_model(spec, trainer.model)
+    if policy is not None:
+        controller, blueprints = policy, list(policy.info["blueprints"])
+    else:
+        controller, blueprints = make_controller(spec, config)
+    epochs = config.epochs or spec.epochs
+    return PreparedRun(spec, data, epochs, tuple(trainer.slots), blueprints, controller, hub, trainer)
 
 
-def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, tuple[str, ...], list[str]]:
-    """The run's controller, with the slots and blueprints it acts on.
-
-    "heuristic" and "none" (nothing grown) use the config's slots and blueprints (default:
-    the task's); a policy.pt brings its own, and a config naming others is refused.
-    """
-    if config.controller not in ("heuristic", "none"):
-        return _policy_controller(config)
+def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, list[str]]:
+    """The heuristic, or nothing grown ("none"), with the blueprints it may plant (the config's,
+    default all of the topology's)."""
     blueprints = resolve_blueprints(spec, config.blueprints)
-    slots = tuple(config.slots or spec.slots)
     if config.controller == "none":
-        return NoGrowthController(), slots, blueprints
-    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
-    return controller, slots, blueprints
+        return NoGrowthController(), blueprints
+    return HeuristicController(make_chooser(spec.topology, blueprints, config), heuristic_config(config.heuristic)), blueprints
 
 
-def _policy_controller(config: HeuristicRunConfig) -> tuple[Controller, tuple[str, ...], list[str]]:
+def load_policy(config: HeuristicRunConfig) -> PolicyController:
+    """The policy.pt the config names; it brings its slots and blueprints, and a config naming
+    others (or another task) is refused."""
     policy = PolicyController.load(config.controller)
     info = policy.info
-    slots, blueprints = tuple(info["slot_ids"]), list(info["blueprints"])
     if info["task"] != config.task:
         raise ValueError(f"{config.controller} was trained on task '{info['task']}', not '{config.task}'")
-    for name, asked, own in (("slots", config.slots, list(slots)), ("blueprints", config.blueprints, blueprints)):
-        if asked is not None and list(asked) != own:
-            raise ValueError(f"{config.controller} acts on {name} {own}, not {list(asked)}; leave {name} unset")
-    return policy, slots, blueprints
+    for key, own, asked in (("slots", info["slot_ids"], config.slots), ("blueprints", info["blueprints"], config.blueprints)):
+        if asked is not None and list(asked) != list(own):
+            raise ValueError(f"{config.controller} acts on {key} {list(own)}, not {list(asked)}; leave {key} unset")
+    return policy
 
 
 def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
@@ -192,7 +205,7 @@ def train_host_only(
     hub = TelemetryHub()
     if console is not None:
         hub.add_output(RichConsoleOutput(console))
-    trainer = build_trainer(spec, data, config.seed, config.slots, world=world)
+    trainer = build_trainer(spec, data, config.seed, config.slots, world=world, **model_options(config))
     history: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
@@ -217,11 +230,6 @@ def summarize(
     failure: str | None = None,
 ) -> dict[str, Any]:
     """Write summary.json: "status" is "complete", or "failed" with the `failure` as "reason"."""
-    analytics = BlueprintAnalytics()
-    for record in read_jsonl(folder.events_path):
-        analytics.handle(TelemetryEvent.from_dict(record))
-    per_blueprint = analytics.summary()
-    metrics = read_jsonl(folder.metrics_path)
     summary = {
         "mode": "heuristic",
         "task": config.task,
@@ -229,21 +237,56 @@ def summarize(
         "epochs": epochs,
         "status": "complete" if failure is None else "failed",
         **({} if failure is None else {"reason": failure}),
-        "final_val_accuracy": metrics[-1]["val_accuracy"],
-        "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
+        **growth_summary(folder, trainer),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
-        "host_params": trainer.model.host_param_count(),
-        "params_added": trainer.model.seed_param_count(),
-        "seeds": count_seeds(metrics),
-        "blueprints": per_blueprint,
-        "rollbacks": trainer.governor.rollbacks,
         "processes": trainer.world.size,
-        "final_slots": slot_snapshot(trainer),
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
     }
     write_json(folder.summary_path, summary)
     return summary
+
+
+def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str, Any]:
+    """What every growing run's summary.json says of the growth, from its run folder and trainer."""
+    analytics = BlueprintAnalytics()
+    for record in read_jsonl(folder.events_path):
+        analytics.handle(TelemetryEvent.from_dict(record))
+    metrics = read_jsonl(folder.metrics_path)
+    return {
+        "final_val_accuracy": metrics[-1]["val_accuracy"],
+        # Non-finite values read back as None (strict JSON): a run that never measured a finite one has none.
+        "best_val_accuracy": max((m["val_accuracy"] for m in metrics if m["val_accuracy"] is not None), default=None),
+        "host_params": trainer.model.host_param_count(),
+        "params_added": trainer.model.seed_param_count(),
+        "seeds": count_seeds(metrics),
+        "blueprints": analytics.summary(),
+        "rollbacks": trainer.governor.rollbacks,
+        "final_slots": slot_snapshot(trainer),
+    }
+
+
+def write_epoch(
+    metrics: JsonlWriter | None,
+    hub: TelemetryHub,
+    trainer: MorphogeneticTrainer,
+    result: EpochResult,
+    outcomes: list[Outcome],
+    moves: list[StageTransition],
+) -> None:
+    """An epoch's metrics.jsonl line (when the run keeps a folder) and its EPOCH_COMPLETED event,
+    as every growing run writes them."""
+    record = result.record
+    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
+    if metrics is not None:
+        metrics.write(
+            {
+                **epoch_data,
+                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
+                "transitions": [move.to_dict() for move in moves],
+            }
+        )
+    hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
 
 
 def run_heuristic(
@@ -313,7 +356,7 @@ def run_heuristic(
         state = {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": recorder.state_dict()}
         folder.save_checkpoint(state, path)
 
-    def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
+    def on_epoch(result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]) -> None:
         record = result.record
         finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
         checkpoint = finished and trainer.epoch % config.checkpoint_every == 0
@@ -322,15 +365,7 @@ def run_heuristic(
         world.at(f"epoch {trainer.epoch} of {epochs}")
         if not main:
             return
-        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
-        metrics.write(
-            {
-                **epoch_data,
-                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
-                "transitions": [move.to_dict() for move in moves],
-            }
-        )
-        hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
+        write_epoch(metrics, hub, trainer, result, outcomes, moves)
         if checkpoint:
             save(folder.checkpoint_path(trainer.epoch))
         if progress is not None:

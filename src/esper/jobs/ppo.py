@@ -37,7 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
-from esper.jobs.config import build_config
+from esper.jobs.config import build_config, check_placement
+from esper.jobs.device_options import add_device_arguments
 from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.jobs.scaleout import run_fingerprint
@@ -83,8 +84,11 @@ class PPORunConfig:
     network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig overrides
     reward: dict[str, Any] = field(default_factory=dict)  # RewardConfig overrides
     task_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # where the environments' hosts train (the policy stays on the CPU)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_placement(self.device, self.precision)
         for name in ("rounds", "envs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -177,9 +181,11 @@ def run_ppo(
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
     lo, hi = shard(config.envs, world.rank, world.size)  # the global environments this rank steps
-    local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config)
+    local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config,
+                   device=config.device, precision=config.precision)  # fmt: skip
     env = SharedVecEnv(local, world, config.envs) if world.distributed else local
-    build_trainer(spec, data, config.seed, config.slots)  # checks the slots now: environments build theirs later
+    # Checks the slots and the device now: environments build theirs later.
+    build_trainer(spec, data, config.seed, config.slots, device=config.device, precision=config.precision)
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
@@ -327,6 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
+    add_device_arguments(parser, "the environments' hosts")
     for cls, group_name, prefix in _FLAGGED:
         add_config_flags(parser, cls, group_name, prefix)
     parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
@@ -358,7 +365,8 @@ def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -
     """CLI values for `build_config(PPORunConfig, ...)`; nested config flags merge over the file's."""
     overrides: dict[str, Any] = {
         name: getattr(args, name)
-        for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every")
+        for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every",
+                     "device", "precision")
     }
     for _, group_name, _ in _FLAGGED:
         given = config_flag_values(args, group_name)

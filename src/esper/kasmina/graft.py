@@ -22,10 +22,11 @@ are created on the device and in the dtype of the features the probe saw.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -142,6 +143,8 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 def _closest(target: str, names: list[str]) -> str:
+    if not names:
+        return "it has no submodules to target"
     close = difflib.get_close_matches(target, names, n=5, cutoff=0.5)
     if close:
         return f"closest module names: {', '.join(close)}"
@@ -204,15 +207,26 @@ def _call(model: nn.Module, example_input: Any) -> Any:
     return model(example_input)
 
 
+@contextlib.contextmanager
+def training_modes_kept(model: nn.Module) -> Iterator[None]:
+    """Every submodule's train/eval flag as it is now, put back on exit (whatever ran inside)."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _probe(model: nn.Module, names: list[str], example_input: Any) -> dict[str, list[Any]]:
     """Every output of every target during one eval-mode, gradient-free forward."""
     outputs: dict[str, list[Any]] = {name: [] for name in names}
     handles = [record_output(model.get_submodule(name), outputs[name].append) for name in names]
-    modes = [(module, module.training) for module in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
-            _call(model, example_input)
+        with training_modes_kept(model):
+            model.eval()
+            with torch.no_grad():
+                _call(model, example_input)
     except Exception as error:
         raise ValueError(
             f"The probe forward of example_input through {type(model).__name__} failed "
@@ -222,8 +236,6 @@ def _probe(model: nn.Module, names: list[str], example_input: Any) -> dict[str, 
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     return outputs
 
 

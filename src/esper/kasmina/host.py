@@ -261,6 +261,22 @@ class SeededModel(nn.Module):
         slots = self.seed_slots if slot_id is None else {slot_id: self.seed_slots[slot_id]}
         return [p for slot in slots.values() if slot.seed is not None for p in slot.seed.parameters()]
 
+    def slot_topology(self) -> str:
+        """The one seed topology of every slot; a `ValueError` naming them when they differ.
+
+        Controllers plant the same blueprints in every slot, so they need slots of one kind.
+        """
+        topologies = {slot_id: slot.task_config.topology for slot_id, slot in self.seed_slots.items()}
+        if not topologies:
+            raise ValueError("the model has no seed slots to grow")
+        if len(set(topologies.values())) > 1:
+            found = ", ".join(f"{slot_id}: {topology}" for slot_id, topology in topologies.items())
+            raise ValueError(
+                f"a controller plants the same blueprints in every slot, so the slots must share "
+                f"one topology; these are {found}: choose targets of one kind"
+            )
+        return next(iter(topologies.values()))
+
     def host_param_count(self) -> int:
         return sum(p.numel() for p in self.host_parameters())
 

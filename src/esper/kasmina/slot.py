@@ -213,6 +213,11 @@ class SeedSlot(nn.Module):
             return host_features
         seed_input = host_features.detach() if self.isolate_gradients else host_features
         seed_features = self.seed(seed_input)
+        if seed_features.dtype != host_features.dtype:
+            # Under autocast a seed's output can come out in another dtype than the host's
+            # features (a norm layer in float32 on bf16 features, or the other way round):
+            # the host's dtype wins, so a slot never changes what the host computes in.
+            seed_features = seed_features.to(host_features.dtype)
         if incubating:
             return ste_forward(host_features, seed_features)
         # The buffer, clamped into a new tensor: autograd saves that copy, so a later alpha

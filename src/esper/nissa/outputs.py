@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,10 +170,15 @@ def format_event_line(event: TelemetryEvent) -> Text:
     return Text("  ".join(parts), style=_STYLES[event.event_type])
 
 
+def _figure(value: Any, spec: str) -> str:
+    """A number as `spec` says; "-" for one not measured (None, NaN: e.g. a user's loop's train accuracy)."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def _format_metrics(data: dict[str, Any]) -> str:
     metrics = (
-        f"loss {data['train_loss']:.4f}/{data['val_loss']:.4f}  "
-        f"acc {data['train_accuracy']:.2%}/{data['val_accuracy']:.2%}"
+        f"loss {_figure(data['train_loss'], '.4f')}/{_figure(data['val_loss'], '.4f')}  "
+        f"acc {_figure(data['train_accuracy'], '.2%')}/{_figure(data['val_accuracy'], '.2%')}"
     )
     if "active_seeds" in data:
         metrics += f"  seeds {data['active_seeds']}"

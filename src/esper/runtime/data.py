@@ -42,7 +42,8 @@ class InMemoryLoader:
     pass repeats the same order. The last partial batch is kept; a trailing batch
     smaller than `min_batch_size` is dropped (training uses 2 so a lone sample never
     makes a noisy step or starves BatchNorm). `max_batches` caps an epoch, which
-    with shuffling means a fresh random subset each epoch.
+    with shuffling means a fresh random subset each epoch. With a `device`, each
+    batch is moved there as it is handed out (the data itself stays where it is).
 
     Data parallel (`rank` of `world_size` ranks, as `DistributedSampler` does for a
     DataLoader): the global batches are exactly one process's, and each rank yields
@@ -60,6 +61,7 @@ class InMemoryLoader:
         seed: int,
         max_batches: int | None = None,
         min_batch_size: int = 1,
+        device: torch.device | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -85,6 +87,7 @@ class InMemoryLoader:
         self.seed = seed
         self.max_batches = max_batches
         self.min_batch_size = min_batch_size
+        self.device = device
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -107,16 +110,20 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
+        device = self.device
         for i in range(len(self)):
             start = i * self.batch_size
             size = min(self.batch_size, len(self.inputs) - start)
             lo, hi = shard(size, self.rank, self.world_size)
             start, stop = start + lo, start + hi
             if order is None:
-                yield self.inputs[start:stop], self.targets[start:stop]
+                inputs, targets = self.inputs[start:stop], self.targets[start:stop]
             else:
                 idx = order[start:stop]
-                yield self.inputs[idx], self.targets[idx]
+                inputs, targets = self.inputs[idx], self.targets[idx]
+            if device is not None:
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            yield inputs, targets
 
 
 @dataclass
@@ -154,10 +161,12 @@ class TaskData:
         seed: int,
         max_train_batches: int | None = None,
         max_val_batches: int | None = None,
+        device: torch.device | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> tuple[InMemoryLoader, InMemoryLoader]:
-        """Shuffled training loader and an in-order validation loader (this rank's shares)."""
+        """Shuffled training loader and an in-order validation loader (this rank's shares of the
+        batches, moved to `device`)."""
         train = InMemoryLoader(
             self.train_inputs,
             self.train_targets,
@@ -166,6 +175,7 @@ class TaskData:
             seed=seed,
             max_batches=max_train_batches,
             min_batch_size=2,
+            device=device,
             rank=rank,
             world_size=world_size,
         )
@@ -176,6 +186,7 @@ class TaskData:
             shuffle=False,
             seed=seed,
             max_batches=max_val_batches,
+            device=device,
             rank=rank,
             world_size=world_size,
         )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 
-from esper.kasmina.host import MorphogeneticModel
+from esper.kasmina.host import MorphogeneticModel, SeededModel
 from esper.kasmina.slot import QualityGates
 from esper.leyline import TelemetryEvent
 from esper.runtime.data import TaskData
 from esper.runtime.tasks import TaskSpec
+from esper.runtime.user_model import build_user_model
 from esper.tolaria import MorphogeneticTrainer, OptimConfig
 from esper.tolaria.distributed import World
+from esper.tolaria.precision import Precision, resolve_device
 
 
 def build_trainer(
@@ -23,24 +26,50 @@ def build_trainer(
     on_telemetry: Callable[[TelemetryEvent], None] | None = None,
     fast_mode: bool = False,
     world: World | None = None,
+    *,
+    model: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> MorphogeneticTrainer:
     """Seeded host + slots + loaders + optimisers: the same seed gives the same run.
 
+    `model` ("package.module:factory", `runtime.user_model`) replaces the task's host
+    with the factory's model, grafted on its targets (`slots` must then be None).
+    Model and batches live on `device`; `precision` is "fp32", "bf16" or "fp16-mixed"
+    (`tolaria.precision`). An unavailable device is a `ValueError` before any work.
     With a distributed `world` the host is trained data parallel on its ranks: the
     loaders give this rank's share of every global batch.
     """
     world = world or World.single()
+    placement = resolve_device(device)
+    computing = Precision.on(precision, placement)
     torch.manual_seed(seed)
-    model = MorphogeneticModel(
-        spec.build_host(data),
-        slots or spec.slots,
-        gates=QualityGates(**spec.gate_kwargs),
-        on_telemetry=on_telemetry,
-        task_config=spec.task_config,
-        fast_mode=fast_mode,
-    )
+    gates = QualityGates(**spec.gate_kwargs)
+    grown: SeededModel
+    if model is None:
+        grown = MorphogeneticModel(
+            spec.build_host(data),
+            slots or spec.slots,
+            device=placement,
+            gates=gates,
+            on_telemetry=on_telemetry,
+            task_config=spec.task_config,
+            fast_mode=fast_mode,
+        )
+    else:
+        if slots:
+            raise ValueError("--slots does not go with --model: the factory's targets are the slots")
+        grown = build_user_model(model, data, placement, gates=gates, on_telemetry=on_telemetry,
+                                 task_config=spec.task_config, fast_mode=fast_mode)  # fmt: skip
     train, val = data.loaders(
-        spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches, world.rank, world.size
+        spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches, placement, world.rank, world.size
     )
     optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr)
-    return MorphogeneticTrainer(model, train, val, optim, on_telemetry=on_telemetry, world=world)
+    return MorphogeneticTrainer(
+        grown, train, val, optim, on_telemetry=on_telemetry, precision=computing, world=world
+    )
+
+
+def spec_for_model(spec: TaskSpec, model: SeededModel) -> TaskSpec:
+    """The task as a model of the user's makes it: its slots, and their topology for the blueprints."""
+    return dataclasses.replace(spec, topology=model.slot_topology(), slots=tuple(model.seed_slots))

@@ -89,6 +89,8 @@ class MorphogeneticEnv:
         episode_length: int,
         slots: Sequence[str] | None = None,
         reward: RewardConfig | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         if episode_length < 2:
             raise ValueError(f"episode_length must be >= 2 epochs (one decision), got {episode_length}")
@@ -96,6 +98,8 @@ class MorphogeneticEnv:
         self.data = data
         self.episode_length = episode_length
         self.slots = tuple(slots or spec.slots)
+        self.device = device  # where each episode's host trains, in which precision
+        self.precision = precision
         self.rewards = RewardTracker(reward)
         self.trainer: MorphogeneticTrainer | None = None
         self.loop: EpochLoop | None = None
@@ -120,7 +124,8 @@ class MorphogeneticEnv:
         self.rng_state = None
         with self._own_rng():
             # build_trainer seeds the generator with `seed`: the episode's stream starts there.
-            self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
+            self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True,
+                                         device=self.device, precision=self.precision)  # fmt: skip
             self.loop = EpochLoop(self.trainer, self.episode_length)
             self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
             self.signals = self._observe(self.loop.start())
@@ -177,10 +182,12 @@ class VecEnv:
         blueprints: Sequence[str],
         slots: Sequence[str] | None = None,
         reward: RewardConfig | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"need at least one environment, got {n_envs}")
-        self.envs = [MorphogeneticEnv(spec, data, episode_length, slots, reward) for _ in range(n_envs)]
+        self.envs = [MorphogeneticEnv(spec, data, episode_length, slots, reward, device, precision) for _ in range(n_envs)]
         slot_ids = self.envs[0].slots
         self.layout = FeatureLayout(slot_ids, tuple(blueprints))
         self.space = ActionSpace(slot_ids, blueprints)

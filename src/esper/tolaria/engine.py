@@ -14,12 +14,13 @@ phases, each a method, so that other drivers can reuse them one by one:
 
 `EpochLoop` is the only loop over epochs: the heuristic job and its host-only
 baseline (through `run_epochs`), `esper evaluate` and the PPO environments
-(`simic.vec_env`, one `step` per environment step) all run it. The drivers
-still to come plug into it rather than copy it: a `Grower` for users' own
-training loops is a trainer whose `train_phase` reports the epoch the user's
-loop already trained and whose `measure` calls the user's `evaluate(model)`
-(each slot's counterfactual with `force_alpha(0.0)`), then the same guard,
-decide, apply and step lifecycle.
+(`simic.vec_env`, one `step` per environment step) all run it, and so does
+`esper.Grower` for users' own training loops: its trainer
+(`tolaria.user_loop.UserLoopTrainer`) is one whose `train_phase` reports the
+epoch the user's loop already trained and whose `measure` calls the user's
+`evaluate(model)` (each slot's counterfactual with `force_alpha(0.0)`), with
+the user's optimiser kept in step; it runs `start()` and then `finish(actions)`,
+because the next epoch is the user's to train.
 
 Under torchrun (a trainer given a distributed `World`) every rank runs every
 phase on its share of each batch, with the numbers summed over the ranks, so
@@ -52,11 +53,13 @@ from esper.leyline import (
 )
 from esper.tolaria.distributed import World
 from esper.tolaria.governor import Governor, GovernorConfig
+from esper.tolaria.precision import FP32, Precision
 from esper.tolaria.trainer import (
     Batches,
     EpochStats,
     OptimConfig,
     Optimizers,
+    SeedOptimizers,
     ValidationResult,
     batch_losses,
     record_validation,
@@ -94,14 +97,23 @@ def _set_epoch(loader: Iterable, epoch: int) -> None:
 
 
 class MorphogeneticTrainer:
+    """One host's epochs, phase by phase (see the module docstring).
+
+    `optim` is an `OptimConfig` (the trainer makes its host and seed optimisers)
+    or optimisers already made that it keeps in step with the slots (`SeedOptimizers`,
+    e.g. a user's own). `precision` (`tolaria.precision`) sets autocast and, for
+    fp16-mixed, the loss scaler, whose state is checkpointed with the trainer's.
+    """
+
     def __init__(
         self,
         model: MorphogeneticModel,
         train_loader: Batches,
         val_loader: Batches,
-        optim: OptimConfig,
+        optim: OptimConfig | SeedOptimizers,
         governor: GovernorConfig | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        precision: Precision = FP32,
         world: World | None = None,
     ) -> None:
         self.model = model
@@ -110,7 +122,9 @@ class MorphogeneticTrainer:
         self.world.broadcast_module(model)  # every replica starts as rank 0's
         self.train_loader = train_loader
         self.val_loader = val_loader
-        self.optimizers = Optimizers(model, optim)
+        self.optimizers = Optimizers(model, optim) if isinstance(optim, OptimConfig) else optim
+        self.precision = precision
+        self.scaler = precision.grad_scaler()
         self.governor = Governor(model, self.optimizers, governor)
         self.on_telemetry = on_telemetry
         self.epoch = 0
@@ -125,11 +139,15 @@ class MorphogeneticTrainer:
         """Phase "train": one pass over this epoch's training batches."""
         self.governor.inspect_parameters()
         _set_epoch(self.train_loader, self.epoch)
-        return train_epoch(self.model, self.train_loader, self.optimizers, self.world)
+        return train_epoch(
+            self.model, self.train_loader, self.optimizers, self.precision, self.scaler, self.world
+        )
 
     def measure(self) -> ValidationResult:
         """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
-        return validate_with_counterfactuals(self.model, self.val_loader, world=self.world)
+        return validate_with_counterfactuals(
+            self.model, self.val_loader, precision=self.precision, world=self.world
+        )
 
     def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
         """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
@@ -160,8 +178,8 @@ class MorphogeneticTrainer:
     def _probe(self, split: str, indices: list[int]) -> list[float]:
         """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
         if split == "train":
-            return batch_losses(self.model, self.train_loader, indices, train_mode=True, world=self.world)
-        return batch_losses(self.model, self.val_loader, indices, train_mode=False, world=self.world)
+            return batch_losses(self.model, self.train_loader, indices, True, self.precision, self.world)
+        return batch_losses(self.model, self.val_loader, indices, False, self.precision, self.world)
 
     def run_epoch(self) -> EpochRecord:
         """Phases train, measure and guard of the current epoch."""
@@ -268,7 +286,7 @@ class MorphogeneticTrainer:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "slots": {slot_id: slot.lifecycle_state() for slot_id, slot in self.slots.items()},
@@ -276,22 +294,19 @@ class MorphogeneticTrainer:
             "governor": self.governor.state_dict(),
             "rng": torch.get_rng_state(),
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for slot_id, slot in self.slots.items():
             slot.load_lifecycle_state(state["slots"][slot_id], host_module=self.model.host)
         self.model.load_state_dict(state["model"])
-        saved = state["optimizers"]
-        self.optimizers = Optimizers(self.model, self.optimizers.config)
-        # Rebuild groups in their saved order so the optimiser state lines up.
-        for slot_id in saved["seed_slots"]:
-            self.optimizers.add_seed(slot_id, list(self.slots[slot_id].seed.parameters()))
-        for slot_id in saved["host_extra_slots"]:
-            self.optimizers.add_seed(slot_id, list(self.slots[slot_id].seed.parameters()))
-            self.optimizers.move_seed_to_host(slot_id)
-        self.optimizers.host.load_state_dict(saved["host"])
-        self.optimizers.seeds.load_state_dict(saved["seeds"])
-        self.governor.optimizers = self.optimizers
+        self.optimizers.load_state_dict(
+            state["optimizers"], lambda slot_id: list(self.slots[slot_id].seed.parameters())
+        )
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
@@ -373,14 +388,19 @@ class EpochLoop:
 
     def step(self, actions: Iterable[Action]) -> EpochResult | None:
         """Apply the decision on the current epoch, step the lifecycle, run the next epoch."""
+        self.finish(actions)
+        return None if self.done else self.start()
+
+    def finish(self, actions: Iterable[Action]) -> None:
+        """Apply the decision on the current epoch and step the lifecycle; the next epoch is
+        the caller's to run (`esper.Grower`: the user's loop trains it)."""
         if self.current is None:
-            raise RuntimeError("EpochLoop.step() before start()")
+            raise RuntimeError("EpochLoop.finish() before start()")
         outcomes = self.trainer.apply(actions)
         self.trainer.end_epoch()
         if self.on_epoch is not None:
             self.on_epoch(self.current, outcomes, self._epoch_transitions(self.current))
         self.current = None
-        return None if self.done else self.start()
 
     def _epoch_transitions(self, result: EpochResult) -> list[StageTransition]:
         """The epoch's own moves: its rollback culls (in its signals) and those since its decision."""

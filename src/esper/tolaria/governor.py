@@ -40,8 +40,7 @@ import torch
 
 from esper.kasmina.host import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
-from esper.leyline import ACTIVE_STAGES
-from esper.tolaria.trainer import EpochStats, Optimizers, ValidationResult
+from esper.tolaria.trainer import EpochStats, SeedOptimizers, ValidationResult, live_slots
 
 # (split, batch indices) -> those batches' mean losses, recomputed with the model as it is now.
 Probe = Callable[[str, list[int]], list[float]]
@@ -73,10 +72,6 @@ class Verdict:
     explanation: str
 
 
-def _live_slots(model: MorphogeneticModel) -> list[SeedSlot]:
-    return [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
-
-
 def _finite_groups(groups: list[list[torch.nn.Parameter]]) -> list[bool]:
     """Whether each group of parameters is all finite, with one host synchronisation.
 
@@ -91,18 +86,24 @@ def _names(slots: list[SeedSlot]) -> str:
     return ", ".join(f"{s.state.seed_id} ({s.state.blueprint_id} in {s.slot_id})" for s in slots)
 
 
+def _group_key(index: int, group: dict[str, Any]) -> str:
+    """A seed's group by its slot; the host's own groups (a user's optimiser may have several,
+    and seed groups are only ever appended after them) by position."""
+    return group.get("slot_id", f"host group {index}")
+
+
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[dict[str, Any] | None]]:
-    """Per param group (keyed by its slot, "host" for the host's own), each parameter's state."""
+    """Per param group (see `_group_key`), each parameter's state."""
     return {
-        group.get("slot_id", "host"): [_clone(optimizer.state.get(p)) for p in group["params"]]
-        for group in optimizer.param_groups
+        _group_key(i, group): [_clone(optimizer.state.get(p)) for p in group["params"]]
+        for i, group in enumerate(optimizer.param_groups)
     }
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, list[dict[str, Any] | None]]) -> None:
-    """Put back the saved state of every group that existed at the snapshot (matched by slot)."""
-    for group in optimizer.param_groups:
-        states = saved.get(group.get("slot_id", "host"))
+    """Put back the saved state of every group that existed at the snapshot (matched by key)."""
+    for i, group in enumerate(optimizer.param_groups):
+        states = saved.get(_group_key(i, group))
         if states is None or len(states) != len(group["params"]):
             continue  # a group made after the snapshot has no earlier state to go back to
         for param, state in zip(group["params"], states, strict=True):
@@ -122,7 +123,7 @@ def _clone(state: dict[str, Any] | None) -> dict[str, Any] | None:
 class Governor:
     """Watches every epoch's losses; rolls a diverged epoch back and culls only a guilty seed."""
 
-    def __init__(self, model: MorphogeneticModel, optimizers: Optimizers, config: GovernorConfig | None = None) -> None:
+    def __init__(self, model: MorphogeneticModel, optimizers: SeedOptimizers, config: GovernorConfig | None = None) -> None:
         self.model = model
         self.optimizers = optimizers
         self.config = config or GovernorConfig()
@@ -182,7 +183,7 @@ class Governor:
         Once an epoch has diverged every weight is non-finite, so only this look
         from before can tell a corrupted seed from a corrupted host.
         """
-        live = _live_slots(self.model)
+        live = live_slots(self.model)
         live_ids = {id(p) for s in live for p in s.seed.parameters()}
         # The host: its own parameters and its fossilized seeds'.
         host = [p for p in self.model.parameters() if id(p) not in live_ids]
@@ -196,18 +197,17 @@ class Governor:
         """Remember the model, both optimisers and the live seeds' metrics as they are now."""
         self._snapshot = {
             "model": {key: value.detach().clone() for key, value in self.model.state_dict().items()},
-            "host_optimizer": _optimizer_state(self.optimizers.host),
-            "seed_optimizer": _optimizer_state(self.optimizers.seeds),
-            "metrics": {s.state.seed_id: replace(s.state.metrics) for s in _live_slots(self.model)},
+            "optimizers": [_optimizer_state(o) for o in self.optimizers.torch_optimizers()],
+            "metrics": {s.state.seed_id: replace(s.state.metrics) for s in live_slots(self.model)},
         }
 
     def restore(self) -> None:
         """Put the last snapshot back (a seed made since keeps its weights: it has no earlier ones)."""
         saved = self._snapshot
         self.model.load_state_dict(saved["model"], strict=False)
-        _load_optimizer_state(self.optimizers.host, saved["host_optimizer"])
-        _load_optimizer_state(self.optimizers.seeds, saved["seed_optimizer"])
-        for slot in _live_slots(self.model):
+        for optimizer, states in zip(self.optimizers.torch_optimizers(), saved["optimizers"], strict=True):
+            _load_optimizer_state(optimizer, states)
+        for slot in live_slots(self.model):
             metrics = saved["metrics"].get(slot.state.seed_id)
             if metrics is not None:
                 slot.state.metrics = replace(metrics)
@@ -215,7 +215,7 @@ class Governor:
     def find_culprits(self, failure: Failure, probe: Probe) -> Verdict:
         """Which live seeds caused `failure` (see the module docstring). Leaves the model restored
         only if it had to look at the last good state; `rollback` restores in any case."""
-        live = _live_slots(self.model)
+        live = live_slots(self.model)
         if "host" in self.broken_at_start:
             return Verdict([], "the host's parameters were non-finite before the epoch: the host")
         if not live:

@@ -7,9 +7,9 @@ touching the host optimiser or its momentum.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from esper.kasmina.host import MorphogeneticModel, StagedHost
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
 from esper.tolaria.distributed import World
+from esper.tolaria.precision import FP32, Precision
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -46,12 +47,46 @@ def _make_optimizer(config: OptimConfig, params: list[nn.Parameter], lr: float) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
+class SeedOptimizers(Protocol):
+    """What the engine needs of the optimisers it keeps in step with the slots.
+
+    `Optimizers` (the trainer's own host and seed optimisers) and
+    `tolaria.user_loop.UserOptimizer` (a user's optimiser, for `esper.Grower`) provide it.
+    Groups are keyed by the slot their seed lives in.
+    """
+
+    def slot_order(self) -> list[str]: ...
+
+    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None: ...
+
+    def remove_seed(self, slot_id: str) -> None: ...
+
+    def move_seed_to_host(self, slot_id: str) -> None: ...
+
+    def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(
+        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
+    ) -> None: ...
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
 class Optimizers:
     """Host optimiser plus one seed optimiser with a param group per slot."""
 
     def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
+        self.model = model
         self.config = config
-        self.host = _make_optimizer(config, model.host_parameters(), config.host_lr)
+        self._build()
+
+    def _build(self) -> None:
+        config = self.config
+        self.host = _make_optimizer(config, self.model.host_parameters(), config.host_lr)
         # An optimiser needs at least one group at construction; this one stays empty.
         self.seeds = _make_optimizer(config, [torch.zeros(0, requires_grad=True)], config.seed_lr)
         self.seeds.param_groups.clear()
@@ -66,16 +101,7 @@ class Optimizers:
         self.seeds.add_param_group({"params": params, "slot_id": slot_id})
 
     def remove_seed(self, slot_id: str) -> None:
-        # Rebuild the list instead of `list.remove`: that compares groups with ==, which
-        # compares their parameter tensors and fails when shapes differ.
-        kept = []
-        for group in self.seeds.param_groups:
-            if group["slot_id"] == slot_id:
-                for param in group["params"]:
-                    self.seeds.state.pop(param, None)
-            else:
-                kept.append(group)
-        self.seeds.param_groups[:] = kept
+        _remove_groups(self.seeds, lambda group: group["slot_id"] == slot_id)
 
     def move_seed_to_host(self, slot_id: str) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""
@@ -84,11 +110,27 @@ class Optimizers:
         self.remove_seed(slot_id)
         self.host.add_param_group({"params": params, "lr": self.config.host_lr, "slot_id": slot_id})
 
+    def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        return self.host, self.seeds
+
     def zero_grad(self) -> None:
         self.host.zero_grad(set_to_none=True)
         self.seeds.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
+    def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        """Divide the gradients by the loss scale (fp16-mixed), before they are read or clipped."""
+        for optimizer in self.torch_optimizers():
+            if _has_grads(optimizer):  # the scaler refuses an optimiser without gradients
+                scaler.unscale_(optimizer)
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        if scaler is not None:
+            # The scaler skips the step when a gradient overflowed; it steps only optimisers
+            # that hold gradients (a GERMINATED seed's group has none yet).
+            for optimizer in self.torch_optimizers():
+                if _has_grads(optimizer):
+                    scaler.step(optimizer)
+            return
         self.host.step()
         if self.seeds.param_groups:
             self.seeds.step()
@@ -100,6 +142,33 @@ class Optimizers:
             "host_extra_slots": [g["slot_id"] for g in self.host.param_groups[1:]],
             "seed_slots": self.slot_order(),
         }
+
+    def load_state_dict(
+        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
+    ) -> None:
+        """Fresh optimisers with the saved groups in their saved order (so the state lines up)."""
+        self._build()
+        for slot_id in saved["seed_slots"]:
+            self.add_seed(slot_id, seed_params(slot_id))
+        for slot_id in saved["host_extra_slots"]:
+            self.add_seed(slot_id, seed_params(slot_id))
+            self.move_seed_to_host(slot_id)
+        self.host.load_state_dict(saved["host"])
+        self.seeds.load_state_dict(saved["seeds"])
+
+
+def _remove_groups(optimizer: torch.optim.Optimizer, drop: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove the param groups `drop` selects, with their parameters' optimiser state."""
+    # Rebuild the list instead of `list.remove`: that compares groups with ==, which
+    # compares their parameter tensors and fails when shapes differ.
+    kept = []
+    for group in optimizer.param_groups:
+        if drop(group):
+            for param in group["params"]:
+                optimizer.state.pop(param, None)
+        else:
+            kept.append(group)
+    optimizer.param_groups[:] = kept
 
 
 def loss_and_correct(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,7 +190,7 @@ class EpochStats:
 
 
 class _Totals:
-    """Sums loss and correct counts on-device; one host sync when the epoch ends.
+    """Sums loss and correct counts on the batches' device; one host sync when the epoch ends.
 
     Each batch's loss is kept as a device tensor too (no sync per step), so a
     diverged epoch can say which batches went wrong. On several ranks (each with
@@ -129,8 +198,8 @@ class _Totals:
     """
 
     def __init__(self) -> None:
-        self.loss = torch.zeros(())
-        self.correct = torch.zeros((), dtype=torch.long)
+        self.loss: Tensor | None = None
+        self.correct: Tensor | None = None
         self.count = 0
         self.steps = 0
         self.batch_losses: list[Tensor] = []
@@ -138,7 +207,10 @@ class _Totals:
 
     def add(self, loss: Tensor, correct: Tensor, targets: Tensor) -> None:
         loss = loss.detach()
-        self.loss += loss * targets.numel()
+        if self.loss is None or self.correct is None:
+            self.loss = torch.zeros((), device=loss.device)
+            self.correct = torch.zeros((), dtype=torch.long, device=loss.device)
+        self.loss += loss.float() * targets.numel()
         self.correct += correct
         self.count += targets.numel()
         self.steps += 1
@@ -147,68 +219,99 @@ class _Totals:
 
     def reduce(self, world: World | None) -> None:
         """Replace this rank's totals by the global batches' (every rank ran the same batches)."""
-        if world is None or not world.distributed:
+        if world is None or not world.distributed or self.loss is None or self.correct is None:
             return
         counts = torch.tensor(self.batch_counts, dtype=torch.float64)
         sums = torch.stack(self.batch_losses).double().cpu() * counts
         packed = torch.cat([torch.stack([self.loss.double().cpu(), self.correct.double().cpu()]), sums, counts])
         world.all_reduce_(packed)
         steps = self.steps
-        self.loss, self.correct = packed[0], packed[1].round().long()
+        self.loss, self.correct = packed[0].float(), packed[1].round().long()
         counts = packed[2 + steps :]
         self.count = int(counts.sum().round())
-        self.batch_losses = list(packed[2 : 2 + steps] / counts)
+        self.batch_losses = list((packed[2 : 2 + steps] / counts).float())
         self.batch_counts = counts.round().long().tolist()
 
     def stats(self, what: str, world: World | None = None) -> EpochStats:
         self.reduce(world)
-        if self.count == 0:
+        if self.count == 0 or self.loss is None or self.correct is None:
             raise ValueError(f"{what} got no batches: its loader is empty")
-        return EpochStats(
-            self.loss.item() / self.count,
-            self.correct.item() / self.count,
-            self.steps,
-            torch.stack(self.batch_losses).float().tolist(),
-        )
+        correct, losses = _read_back(self.correct, torch.stack([self.loss, *self.batch_losses]))
+        return EpochStats(losses[0] / self.count, correct / self.count, self.steps, losses[1:])
 
 
-def train_epoch(
-    model: MorphogeneticModel, batches: Batches, optimizers: Optimizers, world: World | None = None
-) -> EpochStats:
-    """Train host and live seeds for one pass over `batches`.
+def _read_back(count: Tensor, values: Tensor) -> tuple[int, list[float]]:
+    """An int64 count and float32 values, read back to the host in ONE device-to-host copy.
 
-    Live seeds' gradient norms (relative to the host's) are read every
-    `grad_stats_every` steps into their metrics; this is what G2 checks.
-
-    With a distributed `world`, `batches` are this rank's shares of the global
-    batches: after each backward the gradients become the global batch's (before
-    the norms are read and clipped, so every rank sees and does the same), and the
-    BatchNorm running statistics are averaged over the ranks at the end.
+    Hand-packed because `.item()` per number synchronises once each, and packing into
+    float64 is not available on every device (MPS has none): both go into one int32
+    buffer by reinterpreting their bits (exact), and come apart the same way.
     """
-    distributed = world is not None and world.distributed
-    model.train()
-    config = optimizers.config
-    live = [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
+    packed = torch.cat([count.reshape(1).view(torch.int32), values.float().view(torch.int32)]).cpu()
+    return int(packed[:2].view(torch.int64)), packed[2:].view(torch.float32).tolist()
+
+
+def live_slots(model: MorphogeneticModel) -> list[SeedSlot]:
+    """The slots whose seed trains this epoch."""
+    return [s for s in model.seed_slots.values() if s.stage in ACTIVE_STAGES and s.seed is not None]
+
+
+def note_unisolated_incubators(live: Iterable[SeedSlot]) -> None:
+    """Count an isolation violation for each seed that incubated this epoch without isolation."""
     for slot in live:
         if slot.stage == SeedStage.TRAINING and not slot.isolate_gradients:
             # The incubator runs without isolation: the host learns from the seed's path.
             slot.state.metrics.isolation_violations += 1
+
+
+def train_epoch(
+    model: MorphogeneticModel,
+    batches: Batches,
+    optimizers: Optimizers,
+    precision: Precision = FP32,
+    scaler: torch.amp.GradScaler | None = None,
+    world: World | None = None,
+) -> EpochStats:
+    """Train host and live seeds for one pass over `batches`.
+
+    Live seeds' gradient norms (relative to the host's) are read every
+    `grad_stats_every` steps into their metrics; this is what G2 checks. The
+    forward pass and the loss run under `precision`'s autocast; with a `scaler`
+    (fp16-mixed) the loss is scaled for backward and the gradients unscaled before
+    they are read, clipped and stepped.
+
+    With a distributed `world`, `batches` are this rank's shares of the global
+    batches: after each backward the gradients become the global batch's (before
+    they are unscaled, read and clipped, so every rank sees the same overflow and
+    does the same), and the BatchNorm running statistics are averaged over the
+    ranks at the end.
+    """
+    distributed = world is not None and world.distributed
+    model.train()
+    config = optimizers.config
+    live = live_slots(model)
+    note_unisolated_incubators(live)
     params = [p for group in optimizers.host.param_groups for p in group["params"]]
     params += [p for group in optimizers.seeds.param_groups for p in group["params"]]
     totals = _Totals()
     for inputs, targets in batches:
-        logits = model(inputs)
-        loss, correct = loss_and_correct(logits, targets)
+        with precision.autocast():
+            logits = model(inputs)
+            loss, correct = loss_and_correct(logits, targets)
         optimizers.zero_grad()
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         if distributed:
             world.reduce_gradients(params, targets.numel())
+        if scaler is not None:
+            optimizers.unscale_(scaler)
         if totals.steps % config.grad_stats_every == 0:
             for slot in live:
                 slot.record_gradient_norms()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizers.step()
+        optimizers.step(scaler)
+        if scaler is not None:
+            scaler.update()
         totals.add(loss, correct, targets)
     if distributed:
         world.average_buffers(model)
@@ -216,11 +319,14 @@ def train_epoch(
 
 
 @torch.no_grad()
-def validate(model: nn.Module, batches: Batches, world: World | None = None) -> EpochStats:
+def validate(
+    model: nn.Module, batches: Batches, precision: Precision = FP32, world: World | None = None
+) -> EpochStats:
     model.eval()
     totals = _Totals()
     for inputs, targets in batches:
-        loss, correct = loss_and_correct(model(inputs), targets)
+        with precision.autocast():
+            loss, correct = loss_and_correct(model(inputs), targets)
         totals.add(loss, correct, targets)
     return totals.stats("validate", world)
 
@@ -235,7 +341,11 @@ class ValidationResult:
 
 
 def validate_with_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, naive: bool = False, world: World | None = None
+    model: MorphogeneticModel,
+    batches: Batches,
+    naive: bool = False,
+    precision: Precision = FP32,
+    world: World | None = None,
 ) -> ValidationResult:
     """Validation accuracy, plus each blended seed's counterfactual contribution.
 
@@ -249,54 +359,71 @@ def validate_with_counterfactuals(
     with `force_alpha(0.0)`) computes, the same ops on the same values, so the
     contributions are identical; its cost is one pass plus the tails. Hosts that
     are not a `StagedHost` (no stages to resume from) take the naive path.
-    With a distributed `world` each rank validates its share of every batch and
-    the counts are summed over the ranks.
     """
     measured = {key: slot for key, slot in model.seed_slots.items() if slot.stage in MEASURED_STAGES}
     host = model.host
     if naive or not measured or not isinstance(host, StagedHost):
-        return _naive_counterfactuals(model, batches, measured, world)
+        return _naive_counterfactuals(model, batches, measured, precision, world)
     model.eval()
     base = _Totals()
-    without = {key: torch.zeros((), dtype=torch.long) for key in measured}
-    with torch.no_grad():
+    without: dict[str, Tensor] = {}
+    with torch.no_grad(), precision.autocast():
         for inputs, targets in batches:
             taps: dict[str, Tensor] = dict.fromkeys(measured)
             base.add(*loss_and_correct(host.run(host.stem(inputs), taps=taps), targets), targets)
             for key, features in taps.items():
                 _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
-                without[key] += correct
+                without[key] = without[key] + correct if key in without else correct
     stats = base.stats("validate", world)
-    if world is not None and world.distributed:
-        summed = world.all_reduce_(torch.stack(list(without.values())))
-        without = dict(zip(without, summed, strict=True))
     result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)
-    for key, slot in measured.items():
-        _record_contribution(result, key, slot, stats.accuracy - without[key].item() / base.count)
+    # One more read-back for all the slots' counts together (on several ranks, one collective).
+    stacked = torch.stack([without[key] for key in measured]).cpu()
+    if world is not None and world.distributed:
+        stacked = world.all_reduce_(stacked)
+    counts = stacked.tolist()
+    for (key, slot), count in zip(measured.items(), counts, strict=True):
+        contribution = stats.accuracy - count / base.count
+        result.contributions[key] = slot.state.metrics.counterfactual_contribution = contribution
     return result
 
 
 def _naive_counterfactuals(
-    model: MorphogeneticModel, batches: Batches, measured: dict[str, SeedSlot], world: World | None = None
+    model: MorphogeneticModel,
+    batches: Batches,
+    measured: dict[str, SeedSlot],
+    precision: Precision,
+    world: World | None = None,
 ) -> ValidationResult:
     """The reference: one plain validation pass, then one per measured slot at alpha 0."""
-    base = validate(model, batches, world)
+    base = validate(model, batches, precision, world)
     result = ValidationResult(base.loss, base.accuracy, batch_losses=base.batch_losses)
-    for key, slot in measured.items():
-        with slot.force_alpha(0.0):
-            without = validate(model, batches, world)
-        _record_contribution(result, key, slot, base.accuracy - without.accuracy)
+    result.contributions = contributions_by_force_alpha(
+        measured, lambda: validate(model, batches, precision, world).accuracy, base.accuracy
+    )
     return result
 
 
-def _record_contribution(result: ValidationResult, key: str, slot: SeedSlot, contribution: float) -> None:
-    result.contributions[key] = contribution
-    slot.state.metrics.counterfactual_contribution = contribution
+def contributions_by_force_alpha(
+    measured: dict[str, SeedSlot], score: Callable[[], float], base: float
+) -> dict[str, float]:
+    """Each slot's counterfactual contribution: `base` (the score as is) minus `score()` with
+    that slot's alpha forced to 0, the other slots as they are; written into the seed's metrics."""
+    contributions = {}
+    for key, slot in measured.items():
+        with slot.force_alpha(0.0):
+            without = score()
+        contributions[key] = slot.state.metrics.counterfactual_contribution = base - without
+    return contributions
 
 
 @torch.no_grad()
 def batch_losses(
-    model: nn.Module, batches: Batches, indices: Sequence[int], train_mode: bool, world: World | None = None
+    model: nn.Module,
+    batches: Batches,
+    indices: Sequence[int],
+    train_mode: bool,
+    precision: Precision = FP32,
+    world: World | None = None,
 ) -> list[float]:
     """Recompute the mean loss of the batches at `indices` (loader order) as the model is now.
 
@@ -313,7 +440,8 @@ def batch_losses(
         if i > last:
             break
         if i in wanted:
-            totals.add(*loss_and_correct(model(inputs), targets), targets)
+            with precision.autocast():
+                totals.add(*loss_and_correct(model(inputs), targets), targets)
     totals.reduce(world)  # each rank recomputed its share of those batches
     return torch.stack(totals.batch_losses).float().tolist()
 

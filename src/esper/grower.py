@@ -1,0 +1,467 @@
+"""`esper.Grower`: Esper's growth inside a training loop you write yourself.
+
+    grown = esper.graft(model, ["blocks.*"], example_input=x)
+    optimizer = torch.optim.AdamW(grown.parameters(), lr=3e-4)
+    grower = esper.Grower(grown, optimizer, evaluate=val_accuracy, epochs=EPOCHS)
+    for epoch in range(EPOCHS):
+        for x, y in loader:                 # your loop, your loss, your optimiser
+            ...; loss.backward(); optimizer.step()
+        grower.end_epoch(train_loss=mean_loss)
+
+What you do: build the optimiser over the grafted model's parameters, train each
+epoch as you like, and call `end_epoch` after it, with the epoch's mean training
+loss if you have it. Nothing is needed after `backward`: the seeds' gradient norms
+(relative to the host's, which gate G2 checks) are read in a pre-hook on your
+optimiser's `step`, every `grad_stats_every` steps, after any clipping you do
+(global clipping scales seed and host alike, so the ratio stands).
+
+What `end_epoch` does, in the engine's own phases (`tolaria.engine`, through
+`tolaria.user_loop.UserLoopTrainer`): scores the model with `evaluate(model)`
+(higher is better; run without gradients, the model's train/eval flags restored
+afterwards), measures each blended seed's counterfactual (the score with that
+slot's alpha forced to 0), lets the governor roll back a diverged epoch (model,
+optimiser and live seeds back to the last good epoch, a guilty seed culled), asks
+the controller, applies its decision, steps every seed's lifecycle and keeps your
+optimiser in step: a new seed's parameters join it as their own param group at
+`seed_lr` (default: your first group's learning rate), a culled seed's group
+leaves it, a fossilized seed's group stays, as host, at `fossil_lr` (default: your
+first group's learning rate then).
+
+With `run_dir`, the run gets a run folder like `esper train heuristic`'s
+(config.json, events.jsonl, metrics.jsonl, checkpoints/ every `checkpoint_every`
+epochs, summary.json once the planned epochs are done or at `close()`), so
+`esper report` and `esper runs` work on it; `resume=True` continues the run the
+folder holds (build the same model and optimiser first; `grower.epoch` says where
+to go on from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import torch
+from rich.console import Console
+from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
+
+from esper import __version__
+from esper.jobs.config import HeuristicRunConfig
+from esper.jobs.heuristic import blueprints_for, growth_summary, make_chooser, write_epoch
+from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
+from esper.kasmina.host import SeededModel
+from esper.leyline import (
+    Action,
+    Controller,
+    EpochSignals,
+    StageTransition,
+    TelemetryEvent,
+    TelemetryEventType,
+)
+from esper.nissa import JsonlEventOutput, JsonlWriter, RichConsoleOutput, TelemetryHub
+from esper.simic.policy import PolicyController
+from esper.tamiyo import HeuristicController
+from esper.tolaria import EpochLoop, EpochRecord, EpochResult, TrainingFailed
+from esper.tolaria.engine import Outcome
+from esper.tolaria.governor import GovernorConfig
+from esper.tolaria.trainer import live_slots
+from esper.tolaria.user_loop import Evaluate, UserLoopTrainer, UserOptimizer
+
+MODE = "grower"
+# The horizon the heuristic plans for when the user names no number of epochs: far enough
+# that it never holds back a germination for lack of time.
+_OPEN_ENDED = 1_000_000
+
+
+class GrowerCheckpoint(TypedDict):
+    """What a Grower's checkpoint holds (checked before resuming from it)."""
+
+    trainer: dict[str, Any]
+    controller: dict[str, Any]
+
+
+class Grower:
+    """Grow `grafted` (from `esper.graft`) while your own loop trains it; see the module docstring.
+
+    `controller`: "heuristic" (tamiyo's rules with simic's UCB1 blueprint curriculum,
+    as `esper train heuristic` runs by default), the path of a policy.pt from `esper
+    train ppo` / `esper train offline` (its slots are mapped onto the grafted ones in
+    order, so it needs as many; its blueprints must exist for their topology), or any
+    object with `decide(signals) -> list[Action]` (plus `state_dict`/`load_state_dict`
+    to be checkpointed). `epochs`: how many epochs your loop will train, which the
+    controller plans with (the heuristic plants nothing it has no time to finish); None:
+    a policy's own episode length, or for the heuristic no planned end. `blueprints`:
+    what the heuristic may plant (default: every blueprint of the slots' topology).
+    `governor`, `max_consecutive_rollbacks`: as in `esper train heuristic`; after that
+    many rollbacks in a row `end_epoch` raises `TrainingFailed`. `console`: a rich
+    console for live progress and lifecycle lines.
+    """
+
+    def __init__(
+        self,
+        grafted: SeededModel,
+        optimizer: torch.optim.Optimizer,
+        evaluate: Evaluate,
+        controller: str | os.PathLike[str] | Controller = "heuristic",
+        *,
+        epochs: int | None = None,
+        blueprints: Sequence[str] | None = None,
+        seed_lr: float | None = None,
+        fossil_lr: float | None = None,
+        grad_stats_every: int = 4,
+        governor: GovernorConfig | None = None,
+        max_consecutive_rollbacks: int = 3,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 5,
+        console: Console | None = None,
+    ) -> None:
+        if not isinstance(grafted, SeededModel):
+            raise TypeError(
+                f"Grower grows a model with seed slots, got {type(grafted).__name__}: "
+                "graft slots onto it first, grown = esper.graft(model, targets, example_input)"
+            )
+        for name, value in (
+            ("epochs", epochs),
+            ("grad_stats_every", grad_stats_every),
+            ("checkpoint_every", checkpoint_every),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.model = grafted
+        self.controller, self.blueprints, planned = _resolve_controller(
+            controller, grafted, blueprints
+        )
+        self.epochs = epochs if epochs is not None else planned
+        self.grad_stats_every = grad_stats_every
+        self.checkpoint_every = checkpoint_every
+        self.hub = TelemetryHub()
+        self.trainer = UserLoopTrainer(
+            grafted,
+            UserOptimizer(optimizer, seed_lr, fossil_lr),
+            evaluate,
+            governor,
+            on_telemetry=self.hub,
+        )
+        # The slots report lifecycle events to this run too (and still to whoever they did before).
+        self._slot_telemetry = {k: s.on_telemetry for k, s in grafted.seed_slots.items()}
+        for slot in grafted.seed_slots.values():
+            slot.on_telemetry = (
+                self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
+            )
+        self.loop = EpochLoop(
+            self.trainer, self.epochs or _OPEN_ENDED, self._on_epoch, max_consecutive_rollbacks
+        )
+        self.history: list[EpochRecord] = []  # every epoch's record, in order
+        self.transitions: list[StageTransition] = []  # every lifecycle move, in order
+        self.closed = False
+        self._steps = 0
+        self._hook = optimizer.register_step_pre_hook(self._before_step)
+        self._folder: RunFolder | None = None
+        self._metrics: JsonlWriter | None = None
+        self._started = time.perf_counter()
+        try:
+            if run_dir is not None:
+                self._open_run(RunFolder(run_dir), controller, resume)
+            if console is not None:
+                self.hub.add_output(RichConsoleOutput(console))
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.RUN_STARTED,
+                    data={
+                        "total_epochs": self.epochs,
+                        "task": self.task,
+                        "mode": MODE,
+                        "start_epoch": self.epoch,
+                    },
+                )
+            )
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ the user's calls
+    @property
+    def epoch(self) -> int:
+        """Epochs ended so far (after a resume: where your loop goes on from)."""
+        return self.trainer.epoch
+
+    @property
+    def task(self) -> str:
+        return f"{type(self.model.host).__name__} (own loop)"
+
+    def end_epoch(
+        self, train_loss: float | None = None, train_accuracy: float | None = None
+    ) -> EpochRecord:
+        """After each epoch of your loop: measure, guard, decide, apply, step the lifecycle.
+
+        `train_loss` (the epoch's mean training loss) lets the governor catch a diverging
+        epoch and the heuristic see when training has settled; without it the evaluation
+        stands in. Returns the epoch's record: `val_accuracy` is the score, `contributions`
+        each blended seed's counterfactual, `rollback` why the epoch was rolled back.
+        """
+        if self.closed:
+            if self.epochs is not None and self.epoch >= self.epochs:
+                raise RuntimeError(
+                    f"the {self.epochs} epochs this Grower planned are done; give it more (epochs=...) "
+                    "to train longer"
+                )
+            raise RuntimeError("this Grower is closed; make a new one to go on growing")
+        self.trainer.report_epoch(train_loss, train_accuracy)
+        try:
+            result = self.loop.start()
+        except TrainingFailed as failed:
+            self._finish(failure=failed.reason)
+            where = (
+                ""
+                if self._folder is None
+                else f" Every epoch up to it is kept in {self._folder.path}."
+            )
+            raise TrainingFailed(
+                f"growing failed at epoch {failed.result.record.epoch}: {failed.reason}.{where} Look for "
+                "non-finite values in the data and for a model that diverges on its own (learning rate).",
+                failed.result,
+            ) from None
+        self.loop.finish(self.controller.decide(result.signals))
+        self._steps = 0
+        if self.epochs is not None and self.epoch >= self.epochs:
+            self._finish()
+        return result.record
+
+    def close(self) -> None:
+        """Finish the run (final checkpoint and summary.json with a run folder); idempotent."""
+        if not self.closed:
+            self._finish()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self.closed:
+            self._release()  # an error or Ctrl-C in the user's loop: the checkpoints so far are the run
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, slots, your optimiser (with the seeds' groups), governor and controller."""
+        return {"trainer": self.trainer.state_dict(), "controller": _state_of(self.controller)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` into a Grower built the same way (same model, same optimiser)."""
+        self.trainer.load_state_dict(state["trainer"])
+        load = getattr(self.controller, "load_state_dict", None)
+        if load is not None:
+            load(state["controller"])
+
+    # ------------------------------------------------------------------ inside
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Read the live seeds' gradient norms (one device sync) every `grad_stats_every` steps."""
+        if self._steps % self.grad_stats_every == 0:
+            for slot in live_slots(self.model):
+                slot.record_gradient_norms()
+        self._steps += 1
+
+    def _on_epoch(
+        self, result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]
+    ) -> None:
+        self.history.append(result.record)
+        self.transitions.extend(moves)
+        write_epoch(self._metrics, self.hub, self.trainer, result, outcomes, moves)
+        finished = (
+            self.epoch > result.record.epoch
+        )  # a failed epoch stops before its lifecycle step
+        if self._folder is not None and finished and self.epoch % self.checkpoint_every == 0:
+            self._folder.save_checkpoint(
+                self.state_dict(), self._folder.checkpoint_path(self.epoch)
+            )
+
+    def _open_run(self, folder: RunFolder, controller: object, resume: bool) -> None:
+        if resume and folder.config_path.exists():
+            folder.saved_config(MODE)  # refuses another kind of run
+            folder.resume(GrowerCheckpoint, self._restore)
+        else:
+            if folder.config_path.exists():
+                raise FileExistsError(
+                    f"{folder.path} already holds a run: pass resume=True to continue it, or another run_dir"
+                )
+            config = {
+                "task": self.task,
+                "epochs": self.epochs,
+                "controller": str(controller)
+                if isinstance(controller, (str, os.PathLike))
+                else type(controller).__name__,
+                "slots": list(self.model.seed_slots),
+                "blueprints": self.blueprints,
+                "checkpoint_every": self.checkpoint_every,
+            }
+            folder.create(
+                {
+                    "mode": MODE,
+                    "config": config,
+                    "epochs": self.epochs,
+                    "esper_version": __version__,
+                }
+            )
+        self._folder = folder
+        self.hub.add_output(JsonlEventOutput(folder.events_path))
+        self._metrics = JsonlWriter(folder.metrics_path)
+
+    def _restore(self, payload: dict[str, Any]) -> int:
+        self.load_state_dict(payload)
+        return self.epoch
+
+    def _finish(self, failure: str | None = None) -> None:
+        """The run's end: final checkpoint and summary (with a run folder), outputs closed."""
+        try:
+            folder = self._folder
+            if folder is not None and failure is None:
+                folder.save_checkpoint(self.state_dict(), folder.checkpoint_dir / FINAL_CHECKPOINT)
+            self.hub.emit(
+                TelemetryEvent(
+                    TelemetryEventType.RUN_FINISHED,
+                    message=failure or "",
+                    data={
+                        "epochs": self.epoch,
+                        **({} if failure is None else {"status": "failed"}),
+                    },
+                )
+            )
+            if self._metrics is not None:
+                self._metrics.close()
+            if folder is not None and self.history:
+                self._summarize(folder, failure)
+        finally:
+            self._release()
+
+    def _summarize(self, folder: RunFolder, failure: str | None) -> None:
+        summary = {
+            "mode": MODE,
+            "task": self.task,
+            "epochs": self.epoch,
+            "status": "complete" if failure is None else "failed",
+            **({} if failure is None else {"reason": failure}),
+            **growth_summary(folder, self.trainer),
+            "wall_seconds_this_session": round(time.perf_counter() - self._started, 2),
+            "esper_version": __version__,
+        }
+        write_json(folder.summary_path, summary)
+
+    def _release(self) -> None:
+        self.closed = True
+        self._hook.remove()
+        for slot_id, previous in self._slot_telemetry.items():
+            self.model.seed_slots[slot_id].on_telemetry = previous
+        if self._metrics is not None:
+            self._metrics.close()
+        self.hub.close()
+
+
+# --------------------------------------------------------------------------- controllers
+
+
+def _resolve_controller(
+    controller: str | os.PathLike[str] | Controller,
+    model: SeededModel,
+    blueprints: Sequence[str] | None,
+) -> tuple[Controller, list[str], int | None]:
+    """The controller, the blueprints it may plant, and the epochs it plans for (None: any)."""
+    if not isinstance(controller, (str, os.PathLike)):
+        if not callable(getattr(controller, "decide", None)):
+            raise TypeError(
+                f"controller must be 'heuristic', the path of a policy.pt, or an object with "
+                f"decide(signals), got {type(controller).__name__}"
+            )
+        return controller, [] if blueprints is None else list(blueprints), None
+    topology = model.slot_topology()
+    if str(controller) == "heuristic":
+        chosen = blueprints_for(topology, blueprints)
+        return (
+            HeuristicController(make_chooser(topology, chosen, HeuristicRunConfig())),
+            chosen,
+            None,
+        )
+    path = Path(controller)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"controller '{controller}' is neither 'heuristic' nor a policy file (policy.pt from "
+            "`esper train ppo` or `esper train offline`)"
+        )
+    if blueprints is not None:
+        raise ValueError(
+            f"{path} plants the blueprints it was trained with; leave blueprints unset"
+        )
+    policy = PolicyController.load(path)
+    ours, theirs = list(model.seed_slots), list(policy.layout.slot_ids)
+    if len(ours) != len(theirs):
+        raise ValueError(
+            f"{path} controls {len(theirs)} slot(s) ({', '.join(theirs)}) and the grafted model has "
+            f"{len(ours)} ({', '.join(ours)}): graft as many targets as the policy has slots"
+        )
+    chosen = list(policy.layout.blueprints)
+    try:
+        blueprints_for(topology, chosen)
+    except ValueError:
+        raise ValueError(
+            f"{path} plants {', '.join(chosen)}, which are not all {topology} blueprints (the grafted "
+            f"slots' topology); use a policy trained on a {topology} task"
+        ) from None
+    return (
+        _RenamedSlots(policy, dict(zip(ours, theirs, strict=True))),
+        chosen,
+        policy.info.get("episode_length"),
+    )
+
+
+class _RenamedSlots:
+    """A policy trained on other slot names, driving the grafted slots in the same order."""
+
+    def __init__(self, policy: PolicyController, names: dict[str, str]) -> None:
+        self.policy = policy
+        self.to_policy = names
+        self.to_model = {theirs: ours for ours, theirs in names.items()}
+
+    def decide(self, signals: EpochSignals) -> list[Action]:
+        seen = dataclasses.replace(
+            signals,
+            slots={self.to_policy[k]: report for k, report in signals.slots.items()},
+            transitions=[
+                dataclasses.replace(t, slot_id=self.to_policy[t.slot_id])
+                for t in signals.transitions
+            ],
+        )
+        return [
+            a if a.slot_id is None else dataclasses.replace(a, slot_id=self.to_model[a.slot_id])
+            for a in self.policy.decide(seen)
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state)
+
+
+def _state_of(controller: object) -> dict[str, Any]:
+    state_dict = getattr(controller, "state_dict", None)
+    return {} if state_dict is None else state_dict()
+
+
+def _both(
+    first: Callable[[TelemetryEvent], None], second: Callable[[TelemetryEvent], None]
+) -> Callable[[TelemetryEvent], None]:
+    def emit(event: TelemetryEvent) -> None:
+        first(event)
+        second(event)
+
+    return emit
