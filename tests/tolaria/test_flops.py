@@ -162,17 +162,29 @@ def test_profile_is_measured_once_per_architecture() -> None:
     assert meter.measurements == 4
 
 
-def test_fossilized_seed_counts_everywhere_and_is_not_measured() -> None:
+def test_fossilized_seeds_count_everywhere_and_are_not_measured() -> None:
     model, batch = _cnn_model()
-    model.germinate("block2", "conv_light")
-    _step_until(model, "block2", SeedStage.PROBATIONARY, batch)
+    meter = FlopMeter(model, batch)
     slot = model.seed_slots["block2"]
-    assert slot.advance_stage(SeedStage.FOSSILIZED).passed
-    profile = FlopMeter(model, batch).profile()
     features = _block2_features(batch[0])
     seed_eval = _seed_alone("conv_light", features, train=False, input_grad=False)
-    assert profile.inference == _plain_inference(_cnn_plain(), batch[0]) + seed_eval
-    assert profile.counterfactual == 0
+    host = _plain_inference(_cnn_plain(), batch[0])
+    for depth in (1, 2):  # a stack: each fossil adds its own cost
+        model.germinate("block2", "conv_light")
+        _step_until(model, "block2", SeedStage.PROBATIONARY, batch)
+        assert slot.advance_stage(SeedStage.FOSSILIZED).passed
+        profile = meter.profile()
+        assert profile.inference == host + depth * seed_eval
+        assert profile.counterfactual == 0  # fossils are host: never measured
+    # A live seed on top of the stack: its counterfactual resumes after the fossils.
+    model.germinate("block2", "norm")
+    _step_until(model, "block2", SeedStage.BLENDING, batch)
+    profile = meter.profile()
+    tail = model.host
+    model.eval()
+    with torch.no_grad():
+        expected = _count(lambda: tail.run(features, tail.stage_index("block2") + 1)) / BATCH
+    assert profile.counterfactual_fast == {"block2": expected}
 
 
 def _state(model: nn.Module) -> dict[str, object]:

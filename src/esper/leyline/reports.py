@@ -32,6 +32,25 @@ class SeedReport:
 
 
 @dataclass(frozen=True, slots=True)
+class FossilReport:
+    """A fossilized seed: part of its slot's stack for good, applied before any live seed there.
+
+    `params` is its size, `counterfactual_contribution` what it was kept for (measured
+    while it was on probation), `epoch` the slot's lifecycle epoch when it fossilized.
+    """
+
+    seed_id: str
+    blueprint_id: str
+    slot_id: str
+    params: int
+    counterfactual_contribution: float | None
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class StageTransition:
     """One move of one seed through the lifecycle, as it happened.
 

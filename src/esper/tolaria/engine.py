@@ -187,6 +187,7 @@ class MorphogeneticTrainer:
             slots={slot_id: slot.report() for slot_id, slot in self.slots.items()},
             rolled_back=record.rollback is not None,
             transitions=self.drain_transitions(),
+            fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
         )
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
@@ -236,18 +237,24 @@ class MorphogeneticTrainer:
         return [t for slot in self.slots.values() for t in slot.transitions]
 
     def _sync_optimizers(self) -> None:
-        """Keep the seed optimiser's groups in line with the slots' live seeds."""
+        """Keep the optimisers' groups in line with the slots: a group per live seed in the seed
+        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped."""
         optimizers = self.optimizers
-        for slot_id in optimizers.slot_order():
-            slot = self.slots[slot_id]
-            if slot.stage == SeedStage.FOSSILIZED:
-                optimizers.move_seed_to_host(slot_id)
-            elif slot.stage not in ACTIVE_STAGES or slot.seed is None:
-                optimizers.remove_seed(slot_id)
-        known = set(optimizers.slot_order())
-        for slot_id, slot in self.slots.items():
-            if slot.stage in ACTIVE_STAGES and slot.seed is not None and slot_id not in known:
-                optimizers.add_seed(slot_id, list(slot.seed.parameters()))
+        live = {
+            (slot_id, slot.state.seed_id): slot
+            for slot_id, slot in self.slots.items()
+            if slot.stage in ACTIVE_STAGES and slot.seed is not None
+        }
+        fossils = {(slot_id, r.seed_id) for slot_id, slot in self.slots.items() for r in slot.fossil_reports}
+        for key in optimizers.seed_order():
+            if key in fossils:
+                optimizers.move_seed_to_host(key)
+            elif key not in live:
+                optimizers.remove_seed(key)
+        known = set(optimizers.seed_order())
+        for key, slot in live.items():
+            if key not in known:
+                optimizers.add_seed(key, list(slot.seed.parameters()))
 
     def _emit(self, event_type: TelemetryEventType, message: str, slot_id: str | None = None, **data: Any) -> None:
         if self.on_telemetry is not None:
@@ -267,23 +274,39 @@ class MorphogeneticTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The slots first: they rebuild their stacks and live seeds for the weights to load into.
         for slot_id, slot in self.slots.items():
             slot.load_lifecycle_state(state["slots"][slot_id], host_module=self.model.host)
         self.model.load_state_dict(state["model"])
         saved = state["optimizers"]
-        self.optimizers = Optimizers(self.model, self.optimizers.config)
+        self.optimizers = optimizers = Optimizers(self.model, self.optimizers.config)
         # Rebuild groups in their saved order so the optimiser state lines up.
-        for slot_id in saved["seed_slots"]:
-            self.optimizers.add_seed(slot_id, list(self.slots[slot_id].seed.parameters()))
-        for slot_id in saved["host_extra_slots"]:
-            self.optimizers.add_seed(slot_id, list(self.slots[slot_id].seed.parameters()))
-            self.optimizers.move_seed_to_host(slot_id)
+        for slot_id, seed_id in _saved_groups(saved, "seed_groups", self.slots):
+            optimizers.add_seed((slot_id, seed_id), list(self.slots[slot_id].seed.parameters()))
+        for slot_id, seed_id in _saved_groups(saved, "host_fossils", self.slots):
+            slot = self.slots[slot_id]
+            index = [r.seed_id for r in slot.fossil_reports].index(seed_id)
+            optimizers.add_seed((slot_id, seed_id), list(slot.fossils[index].parameters()))
+            optimizers.move_seed_to_host((slot_id, seed_id))
         self.optimizers.host.load_state_dict(saved["host"])
         self.optimizers.seeds.load_state_dict(saved["seeds"])
         self.governor.optimizers = self.optimizers
         self.governor.load_state_dict(state["governor"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+
+
+def _saved_groups(saved: dict[str, Any], key: str, slots: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (slot id, seed id) of each saved param group, in order.
+
+    Checkpoints from before seed stacks keyed groups by slot alone ("seed_slots",
+    "host_extra_slots"); a slot then held one seed, its live one (a fossilized seed
+    in such a checkpoint is refused by the slot, which says so).
+    """
+    if key in saved:
+        return [(slot_id, seed_id) for slot_id, seed_id in saved[key]]
+    legacy = {"seed_groups": "seed_slots", "host_fossils": "host_extra_slots"}[key]
+    return [(slot_id, slots[slot_id].state.seed_id) for slot_id in saved[legacy]]
 
 
 # --------------------------------------------------------------------------- the loop

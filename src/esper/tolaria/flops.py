@@ -26,8 +26,9 @@ One library formula is corrected (see `_conv_backward_flop`): a grouped
 convolution's weight gradient, which it overcounts by the number of groups.
 
 A profile is measured once per architecture and cached on a signature of the
-slots (stage class, blueprint, seed identity, isolation), so calling `profile()`
-every epoch is free until a seed is planted, starts blending or is removed.
+slots (their stacks of fossils; the live seed's stage class, blueprint, identity and
+isolation), so calling `profile()` every epoch is free until a seed is planted,
+starts blending, is fossilized or is removed.
 """
 
 from __future__ import annotations
@@ -144,26 +145,27 @@ def _stage_class(slot: Any) -> str:
     stage = slot.stage
     if stage in MEASURED_STAGES:
         return "measured"  # runs at its alpha, train and eval; counterfactual measured
-    if stage == SeedStage.FOSSILIZED:
-        return "fossilized"  # part of the host: runs everywhere, not measured
     if stage == SeedStage.TRAINING:
         return "incubating" if slot.state.alpha == 0.0 else "blended"
     return "idle"  # GERMINATED: planted, not run yet
 
 
 def _slot_signature(slot: Any) -> tuple[Hashable, ...]:
+    stack = tuple(report.seed_id for report in slot.fossil_reports)
     stage_class = _stage_class(slot)
     if stage_class == "empty":
-        return (stage_class,)
-    return (stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
+        return (stack, stage_class)
+    return (stack, stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
 
 
 def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
     """A key that changes whenever the FLOPs of `model`'s passes may change.
 
-    Per slot: its stage class, blueprint, seed identity and whether its input is
-    detached (isolation spares the backward through the host's features). A module
-    without `seed_slots` has a fixed architecture: the empty key.
+    Per slot: its stack of fossils (part of the host: they run in every pass, at
+    full strength), and its live seed's stage class, blueprint, seed identity and
+    whether its input is detached (isolation spares the backward through the
+    host's features). A module without `seed_slots` has a fixed architecture: the
+    empty key.
     """
     slots = getattr(model, "seed_slots", {})
     return tuple((slot_id, *_slot_signature(slot)) for slot_id, slot in slots.items())

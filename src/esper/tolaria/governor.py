@@ -41,7 +41,7 @@ import torch
 from esper.kasmina.host import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES
-from esper.tolaria.trainer import EpochStats, Optimizers, ValidationResult
+from esper.tolaria.trainer import EpochStats, Optimizers, SeedKey, ValidationResult, group_key
 
 # (split, batch indices) -> those batches' mean losses, recomputed with the model as it is now.
 Probe = Callable[[str, list[int]], list[float]]
@@ -91,18 +91,21 @@ def _names(slots: list[SeedSlot]) -> str:
     return ", ".join(f"{s.state.seed_id} ({s.state.blueprint_id} in {s.slot_id})" for s in slots)
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[dict[str, Any] | None]]:
-    """Per param group (keyed by its slot, "host" for the host's own), each parameter's state."""
+GroupStates = dict[SeedKey | None, list[dict[str, Any] | None]]
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> GroupStates:
+    """Per param group (keyed by its seed, None for the host's own), each parameter's state."""
     return {
-        group.get("slot_id", "host"): [_clone(optimizer.state.get(p)) for p in group["params"]]
+        group_key(group): [_clone(optimizer.state.get(p)) for p in group["params"]]
         for group in optimizer.param_groups
     }
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, list[dict[str, Any] | None]]) -> None:
-    """Put back the saved state of every group that existed at the snapshot (matched by slot)."""
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: GroupStates) -> None:
+    """Put back the saved state of every group that existed at the snapshot (matched by seed)."""
     for group in optimizer.param_groups:
-        states = saved.get(group.get("slot_id", "host"))
+        states = saved.get(group_key(group))
         if states is None or len(states) != len(group["params"]):
             continue  # a group made after the snapshot has no earlier state to go back to
         for param, state in zip(group["params"], states, strict=True):

@@ -1,8 +1,9 @@
 """One epoch of morphogenetic training: host and seed optimisers, validation, counterfactuals.
 
 The host and the seeds have separate optimisers. Seeds share one optimiser with a
-param group per slot, so a new seed is added (and a culled one removed) without
-touching the host optimiser or its momentum.
+param group per live seed, so a new seed is added (and a culled one removed)
+without touching the host optimiser or its momentum; a fossilized seed's group
+moves to the host optimiser, where it stays (a slot's stack can hold many).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+# A seed's param group is keyed by (slot id, seed id): seed ids are unique within a slot.
+SeedKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,17 @@ def _make_optimizer(config: OptimConfig, params: list[nn.Parameter], lr: float) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
+def group_key(group: dict[str, Any]) -> SeedKey | None:
+    """The seed a param group belongs to; None for the host's own group."""
+    return (group["slot_id"], group["seed_id"]) if "seed_id" in group else None
+
+
 class Optimizers:
-    """Host optimiser plus one seed optimiser with a param group per slot."""
+    """Host optimiser plus one seed optimiser with a param group per live seed.
+
+    Every seed group carries its "slot_id" and "seed_id"; so does each group of a
+    fossil in the host optimiser (the host's own group is the first and has neither).
+    """
 
     def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
         self.config = config
@@ -56,32 +68,45 @@ class Optimizers:
         self.seeds.param_groups.clear()
         self.seeds.state.clear()
 
+    def seed_order(self) -> list[SeedKey]:
+        """The live seeds with a group in the seed optimiser, in group order."""
+        return [group_key(group) for group in self.seeds.param_groups]
+
     def slot_order(self) -> list[str]:
-        return [group["slot_id"] for group in self.seeds.param_groups]
+        """The slots whose live seed has a group in the seed optimiser, in group order."""
+        return [slot_id for slot_id, _ in self.seed_order()]
 
-    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None:
-        if slot_id in self.slot_order():
-            raise RuntimeError(f"slot '{slot_id}' already has a seed param group")
-        self.seeds.add_param_group({"params": params, "slot_id": slot_id})
+    def fossil_order(self) -> list[SeedKey]:
+        """The fossils with a group in the host optimiser, in group order."""
+        return [group_key(group) for group in self.host.param_groups[1:]]
 
-    def remove_seed(self, slot_id: str) -> None:
+    def add_seed(self, key: SeedKey, params: list[nn.Parameter]) -> None:
+        if key in self.seed_order():
+            raise RuntimeError(f"seed {key[1]} in slot '{key[0]}' already has a param group")
+        slot_id, seed_id = key
+        self.seeds.add_param_group({"params": params, "slot_id": slot_id, "seed_id": seed_id})
+
+    def remove_seed(self, key: SeedKey) -> None:
         # Rebuild the list instead of `list.remove`: that compares groups with ==, which
         # compares their parameter tensors and fails when shapes differ.
         kept = []
         for group in self.seeds.param_groups:
-            if group["slot_id"] == slot_id:
+            if group_key(group) == key:
                 for param in group["params"]:
                     self.seeds.state.pop(param, None)
             else:
                 kept.append(group)
         self.seeds.param_groups[:] = kept
 
-    def move_seed_to_host(self, slot_id: str) -> None:
+    def move_seed_to_host(self, key: SeedKey) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""
-        group = next(g for g in self.seeds.param_groups if g["slot_id"] == slot_id)
+        group = next(g for g in self.seeds.param_groups if group_key(g) == key)
         params = group["params"]
-        self.remove_seed(slot_id)
-        self.host.add_param_group({"params": params, "lr": self.config.host_lr, "slot_id": slot_id})
+        self.remove_seed(key)
+        slot_id, seed_id = key
+        self.host.add_param_group(
+            {"params": params, "lr": self.config.host_lr, "slot_id": slot_id, "seed_id": seed_id}
+        )
 
     def zero_grad(self) -> None:
         self.host.zero_grad(set_to_none=True)
@@ -96,8 +121,8 @@ class Optimizers:
         return {
             "host": self.host.state_dict(),
             "seeds": self.seeds.state_dict(),
-            "host_extra_slots": [g["slot_id"] for g in self.host.param_groups[1:]],
-            "seed_slots": self.slot_order(),
+            "host_fossils": [list(key) for key in self.fossil_order()],
+            "seed_groups": [list(key) for key in self.seed_order()],
         }
 
 
