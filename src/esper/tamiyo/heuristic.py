@@ -107,21 +107,21 @@ class HeuristicController:
         once, whoever ended it. The governor culls only a seed it found guilty (a
         host or data fault culls nobody), so a cull is always the seed's own failure.
         """
-        current = {r.seed_id: r for r in signals.slots.values() if r is not None}
         for move in signals.transitions:
             if move.to_stage == SeedStage.GERMINATED:
                 self.pending[move.seed_id] = move.blueprint_id
             elif move.to_stage in OUTCOME_STAGES and move.seed_id in self.pending:
-                self._resolve(move, current, signals.host_params)
-        for seed_id, report in current.items():
-            if report.stage in ACTIVE_STAGES:
-                self.last_report[seed_id] = report
+                self._resolve(move, signals.host_params)
+        for report in signals.slots.values():
+            if report is not None and report.stage in ACTIVE_STAGES:
+                self.last_report[report.seed_id] = report
 
-    def _resolve(self, move: StageTransition, current: dict[str, SeedReport], host_params: int) -> None:
+    def _resolve(self, move: StageTransition, host_params: int) -> None:
         blueprint = self.pending.pop(move.seed_id)
         success = move.to_stage == SeedStage.FOSSILIZED
-        # A fossil still holds its seed; a culled one lost it: its size is in its last live report.
-        report = current.get(move.seed_id) if success else self.last_report.get(move.seed_id)
+        # Either way the seed has left its slot's report (a fossil for its slot's stack, a culled
+        # one for good): its size and contribution are in its last live report.
+        report = self.last_report.get(move.seed_id)
         params = 0 if report is None else report.params
         rent = self.config.rent_weight * math.log1p(params / max(host_params, 1))
         contribution = 0.0 if report is None else report.counterfactual_contribution or 0.0
