@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import run_heuristic
+from esper.jobs.report import format_flops, print_summary
 from esper.jobs.run_folder import RunFolder
 from esper.leyline import LIFECYCLE_EVENTS, TelemetryEventType
 from esper.nissa import read_jsonl
@@ -64,6 +66,27 @@ def test_metrics_and_lifecycle_events_are_complete(finished_run) -> None:
             assert event[key] is not None, (key, event)
     germinated = sum(e["event_type"] == "seed_germinated" for e in events)
     assert summary["seeds"]["germinated"] == germinated
+
+
+def test_flops_params_and_the_grown_architecture_are_in_metrics_and_summary(finished_run) -> None:
+    run_dir, summary = finished_run
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    keys = {"training", "validation", "counterfactual", "cumulative_training", "cumulative_validation",
+            "cumulative_counterfactual", "inference_per_sample"}  # fmt: skip
+    for name in ("training", "validation", "counterfactual"):
+        assert all(set(m["flops"]) == keys for m in metrics)
+        assert summary["flops"][name] == pytest.approx(sum(m["flops"][name] for m in metrics), rel=1e-12)
+        assert summary["flops"][name] == metrics[-1]["flops"][f"cumulative_{name}"]
+    assert summary["flops"]["inference_per_sample"] == metrics[-1]["flops"]["inference_per_sample"] > 0
+    stacks = metrics[-1]["fossils"]
+    assert summary["architecture"]["slots"] == {slot: [f["blueprint_id"] for f in stack] for slot, stack in stacks.items()}
+    assert summary["architecture"]["host"] == "CNNHost(3 blocks, 4 base channels)"
+    params = summary["params"]
+    assert params["total"] == params["host"] + params["added"] and params["added"] == summary["params_added"]
+    console = Console(width=200, record=True)
+    print_summary(summary, console)
+    text = console.export_text()
+    assert "training FLOPs (run)" in text and format_flops(summary["flops"]["training"]) in text
 
 
 def test_resume_reaches_the_same_result_as_an_uninterrupted_run(finished_run, tmp_path, monkeypatch) -> None:

@@ -303,3 +303,73 @@ def test_grouped_convolution_backward_is_counted_once_not_per_group() -> None:
     assert profile.training * 2 == forward + forward + (forward - first)
     # The library alone counts the depthwise weight gradient 16 times.
     assert _plain_training(net, inputs, torch.randint(0, 10, (2,))) > profile.training
+
+
+# --------------------------------------------------------------------------- a run's account
+def _samples(loader) -> int:
+    return sum(inputs.shape[0] for inputs, _ in loader)
+
+
+def test_the_trainer_accounts_every_epoch_and_a_fossil_raises_inference() -> None:
+    from seed_lifecycle import grow
+
+    from esper.leyline import Action, ActionKind
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    train_samples, val_samples = _samples(trainer.train_loader), _samples(trainer.val_loader)
+    records = []
+
+    def epoch() -> None:
+        profile = trainer.flops.profile()
+        record = trainer.run_epoch()
+        assert record.flops.training == profile.training * train_samples
+        assert record.flops.validation == profile.validation * val_samples
+        assert record.flops.counterfactual == profile.counterfactual * val_samples
+        assert trainer.signals(record, 10).flops == record.flops
+        records.append(record)
+        trainer.end_epoch()
+
+    epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()  # -> TRAINING
+    epoch()  # an incubating seed: costs training, not inference
+    grow(trainer.slots["block2"], SeedStage.PROBATIONARY)
+    epoch()  # a blended seed: its counterfactual is measured
+    assert records[-1].flops.counterfactual > 0
+    trainer.apply([Action(ActionKind.FOSSILIZE, "block2")])
+    epoch()
+    first, incubating, blended, fossil = (r.flops for r in records)
+    assert incubating.training > first.training and incubating.inference_per_sample == first.inference_per_sample
+    assert fossil.inference_per_sample > first.inference_per_sample and fossil.counterfactual == 0
+    # A blended seed at full alpha costs what it costs once fossilized: the same ops.
+    assert blended.inference_per_sample == fossil.inference_per_sample
+    for name in ("training", "validation", "counterfactual"):
+        assert getattr(records[-1].flops, f"cumulative_{name}") == pytest.approx(
+            sum(getattr(r.flops, name) for r in records), rel=1e-12
+        )
+    assert trainer.state_dict()["flops"]["training"] == records[-1].flops.cumulative_training
+
+
+def test_a_rolled_back_epoch_counts_what_it_recomputed() -> None:
+    from esper.leyline import Action, ActionKind
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    for _ in range(2):
+        healthy = trainer.run_epoch()
+        trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()
+    with torch.no_grad():
+        next(trainer.slots["block2"].seed.parameters()).fill_(float("nan"))
+    rolled = trainer.run_epoch()
+    assert rolled.rollback is not None
+    # Validated twice: before the rollback and after it. (The seed was non-finite before the
+    # epoch, so the governor named it without probing batches.)
+    assert rolled.flops.validation == 2 * healthy.flops.validation
+    assert rolled.flops.cumulative_validation == (2 + 2) * healthy.flops.validation

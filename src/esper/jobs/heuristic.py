@@ -90,9 +90,27 @@ def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
+    """Each slot's live seed, as a report (None without one)."""
     return {
         slot_id: None if (report := slot.report()) is None else report.to_dict()
         for slot_id, slot in trainer.slots.items()
+    }
+
+
+def stack_snapshot(trainer: MorphogeneticTrainer) -> dict[str, list[dict[str, Any]]]:
+    """Each slot's stack: its fossilized seeds, in the order they were kept."""
+    return {
+        slot_id: [fossil.to_dict() for fossil in slot.fossil_reports]
+        for slot_id, slot in trainer.slots.items()
+    }
+
+
+def grown_architecture(spec: TaskSpec, trainer: MorphogeneticTrainer) -> dict[str, Any]:
+    """The static-final network: the host and, per slot, the blueprints of its fossils in order
+    (live seeds are not in it: they were not kept)."""
+    return {
+        "host": str(spec.build_host),
+        "slots": {slot_id: [f.blueprint_id for f in slot.fossil_reports] for slot_id, slot in trainer.slots.items()},
     }
 
 
@@ -114,17 +132,25 @@ def train_host_only(spec: TaskSpec, data: Any, config: HeuristicRunConfig, epoch
         hub.add_output(RichConsoleOutput(console))
     trainer = build_trainer(spec, data, config.seed, config.slots)
     history: list[float] = []
+    spent: list[float] = []
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
     def on_epoch(result: EpochResult, _outcomes, _moves) -> None:
         record = result.record
         history.append(record.val_accuracy)
+        spent.append(record.flops.cumulative_training)
         hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
 
     run_epochs(EpochLoop(trainer, epochs, on_epoch), NoGrowthController())
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED))
     hub.close()
-    return {"final_val_accuracy": history[-1], "best_val_accuracy": max(history), "val_accuracy": history, "host_params": trainer.model.host_param_count()}
+    return {
+        "final_val_accuracy": history[-1],
+        "best_val_accuracy": max(history),
+        "val_accuracy": history,
+        "cumulative_training_flops": spent,
+        "host_params": trainer.model.host_param_count(),
+    }
 
 
 def summarize(
@@ -142,6 +168,7 @@ def summarize(
         analytics.handle(TelemetryEvent.from_dict(record))
     per_blueprint = analytics.summary()
     metrics = read_jsonl(folder.metrics_path)
+    model, flops = trainer.model, trainer.flops
     summary = {
         "mode": "heuristic",
         "task": config.task,
@@ -152,8 +179,20 @@ def summarize(
         "final_val_accuracy": metrics[-1]["val_accuracy"],
         "best_val_accuracy": max(m["val_accuracy"] for m in metrics),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
-        "host_params": trainer.model.host_param_count(),
-        "params_added": trainer.model.seed_param_count(),
+        "host_params": model.host_param_count(),
+        "params_added": model.seed_param_count(),
+        "params": {
+            "host": model.host_param_count(),
+            "added": model.seed_param_count(),
+            "total": model.host_param_count() + model.seed_param_count(),
+        },
+        "flops": {
+            "inference_per_sample": flops.inference_per_sample,
+            "training": flops.total.training,
+            "validation": flops.total.validation,
+            "counterfactual": flops.total.counterfactual,
+        },
+        "architecture": grown_architecture(get_task(config.task), trainer),
         "seeds": count_seeds(metrics),
         "blueprints": per_blueprint,
         "rollbacks": trainer.governor.rollbacks,
@@ -216,7 +255,7 @@ def run_heuristic(
 
     def on_epoch(result: EpochResult, outcomes, moves: list[StageTransition]) -> None:
         record = result.record
-        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
+        epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer), "fossils": stack_snapshot(trainer)}
         metrics.write(
             {
                 **epoch_data,

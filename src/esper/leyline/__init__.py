@@ -3,7 +3,7 @@
 from esper.leyline.actions import WAIT, Action, ActionKind
 from esper.leyline.config import TaskConfig
 from esper.leyline.gates import GateLevel, GateResult
-from esper.leyline.reports import FossilReport, SeedReport, StageTransition
+from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 from esper.leyline.signals import Controller, EpochSignals
 from esper.leyline.stages import (
     ACTIVE_STAGES,
@@ -36,6 +36,7 @@ __all__ = [
     "ActionKind",
     "Controller",
     "EpochSignals",
+    "FlopsReport",
     "FossilReport",
     "GateLevel",
     "GateResult",

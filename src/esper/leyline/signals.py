@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from esper.leyline.actions import Action
-from esper.leyline.reports import FossilReport, SeedReport, StageTransition
+from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 
 
 @dataclass(slots=True)
@@ -28,6 +28,8 @@ class EpochSignals:
     transitions: list[StageTransition] = field(default_factory=list)
     # Each slot's stack: its fossilized seeds in the order they were kept (part of the host).
     fossils: dict[str, list[FossilReport]] = field(default_factory=dict)
+    # The epoch's FLOPs, the run's so far, and the inference FLOPs per sample of the network.
+    flops: FlopsReport = field(default_factory=FlopsReport)
 
 
 class Controller(Protocol):

@@ -34,4 +34,5 @@ def build_trainer(
     )
     train, val = data.loaders(spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches)
     optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr)
-    return MorphogeneticTrainer(model, train, val, optim, on_telemetry=on_telemetry)
+    example = (data.train_inputs[:2], data.train_targets[:2])  # shapes for the FLOPs meter
+    return MorphogeneticTrainer(model, train, val, optim, on_telemetry=on_telemetry, example_batch=example)

@@ -40,11 +40,13 @@ from esper.leyline import (
     ActionKind,
     Controller,
     EpochSignals,
+    FlopsReport,
     SeedStage,
     StageTransition,
     TelemetryEvent,
     TelemetryEventType,
 )
+from esper.tolaria.flops import CountedBatches, FlopAccount
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.trainer import (
     Batches,
@@ -76,6 +78,7 @@ class EpochRecord:
     contributions: dict[str, float] = field(default_factory=dict)
     rollback: str | None = None
     seconds: float = 0.0
+    flops: FlopsReport = field(default_factory=FlopsReport)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,12 +99,16 @@ class MorphogeneticTrainer:
         optim: OptimConfig,
         governor: GovernorConfig | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        example_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """`example_batch`, one (inputs, targets) batch of the task, gives the FLOPs meter its
+        shapes; without it they are taken from the first training batch."""
         self.model = model
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.optimizers = Optimizers(model, optim)
         self.governor = Governor(model, self.optimizers, governor)
+        self.flops = FlopAccount(model, example_batch)
         self.on_telemetry = on_telemetry
         self.epoch = 0
         self.last_record: EpochRecord | None = None
@@ -115,11 +122,17 @@ class MorphogeneticTrainer:
         """Phase "train": one pass over this epoch's training batches."""
         self.governor.inspect_parameters()
         _set_epoch(self.train_loader, self.epoch)
-        return train_epoch(self.model, self.train_loader, self.optimizers)
+        batches = CountedBatches(self.train_loader, on_first=self.flops.observe)
+        stats = train_epoch(self.model, batches, self.optimizers)
+        self.flops.trained(batches.samples)
+        return stats
 
     def measure(self) -> ValidationResult:
         """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
-        return validate_with_counterfactuals(self.model, self.val_loader)
+        batches = CountedBatches(self.val_loader)
+        result = validate_with_counterfactuals(self.model, batches)
+        self.flops.validated(batches.samples)
+        return result
 
     def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
         """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
@@ -149,9 +162,11 @@ class MorphogeneticTrainer:
 
     def _probe(self, split: str, indices: list[int]) -> list[float]:
         """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
-        if split == "train":
-            return batch_losses(self.model, self.train_loader, indices, train_mode=True)
-        return batch_losses(self.model, self.val_loader, indices, train_mode=False)
+        loader = self.train_loader if split == "train" else self.val_loader
+        batches = CountedBatches(loader, only=indices)
+        losses = batch_losses(self.model, batches, indices, train_mode=split == "train")
+        self.flops.probed(batches.samples)
+        return losses
 
     def run_epoch(self) -> EpochRecord:
         """Phases train, measure and guard of the current epoch."""
@@ -169,6 +184,7 @@ class MorphogeneticTrainer:
             contributions=val.contributions,
             rollback=rollback,
             seconds=time.perf_counter() - start,
+            flops=self.flops.close_epoch(),
         )
         self.last_record = record
         return record
@@ -188,6 +204,7 @@ class MorphogeneticTrainer:
             rolled_back=record.rollback is not None,
             transitions=self.drain_transitions(),
             fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
+            flops=record.flops,
         )
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
@@ -270,6 +287,7 @@ class MorphogeneticTrainer:
             "slots": {slot_id: slot.lifecycle_state() for slot_id, slot in self.slots.items()},
             "optimizers": self.optimizers.state_dict(),
             "governor": self.governor.state_dict(),
+            "flops": self.flops.state_dict(),
             "rng": torch.get_rng_state(),
         }
 
@@ -292,6 +310,8 @@ class MorphogeneticTrainer:
         self.optimizers.seeds.load_state_dict(saved["seeds"])
         self.governor.optimizers = self.optimizers
         self.governor.load_state_dict(state["governor"])
+        if "flops" in state:  # checkpoints from before FLOPs accounting: the count starts here
+            self.flops.load_state_dict(state["flops"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
 

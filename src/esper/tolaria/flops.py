@@ -33,7 +33,7 @@ starts blending, is fossilized or is removed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +42,18 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from esper.kasmina.host import StagedHost
-from esper.leyline import MEASURED_STAGES, SeedStage
+from esper.leyline import MEASURED_STAGES, FlopsReport, SeedStage
 from esper.tolaria.trainer import loss_and_correct
 
-__all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature", "flop_counter"]
+__all__ = [
+    "CountedBatches",
+    "EpochFlops",
+    "FlopAccount",
+    "FlopMeter",
+    "FlopProfile",
+    "architecture_signature",
+    "flop_counter",
+]
 
 _CONV_BACKWARD = torch.ops.aten.convolution_backward
 _LIBRARY_CONV_BACKWARD = flop_registry[_CONV_BACKWARD]
@@ -292,3 +300,117 @@ class FlopMeter:
                 f"tensors ({str(err).splitlines()[0]}); FLOPs are measured without data, so the "
                 "forward must not read tensor values (e.g. .item() or data-dependent branches)"
             ) from err
+
+
+# --------------------------------------------------------------------------- a run's account
+
+
+class CountedBatches:
+    """`batches`, re-iterable, counting the samples of its first pass (one sample: one image or
+    one sequence); `on_first` is handed the first batch seen, and with `only` just the batches
+    at those positions are counted (those a caller computes on; it skips the others).
+
+    Only the first pass is counted: the naive counterfactual path iterates the
+    validation batches once per measured slot, and those passes are priced per
+    sample by the profile, on the samples of one pass.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        on_first: Callable[[tuple[Tensor, Tensor]], None] | None = None,
+        only: Iterable[int] | None = None,
+    ) -> None:
+        self.batches = batches
+        self.on_first = on_first
+        self.only = None if only is None else frozenset(only)
+        self.samples = 0
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        counting = self.passes == 0
+        self.passes += 1
+        for index, batch in enumerate(self.batches):
+            if self.on_first is not None:
+                self.on_first(batch)
+                self.on_first = None
+            if counting and (self.only is None or index in self.only):
+                self.samples += batch[0].shape[0]
+            yield batch
+
+
+class FlopAccount:
+    """What a trainer's run spends: FLOPs per epoch by kind, and cumulative over the run.
+
+    The phases report the samples they ran (`trained`, `validated`, `probed`); each
+    is priced at the current architecture's per-sample profile (`FlopMeter`, measured
+    once per architecture). `close_epoch` hands out the epoch's `FlopsReport` and
+    starts the next. Without an example batch the meter is built from the first
+    training batch (`observe`). The cumulative totals are checkpointed (`state_dict`).
+    """
+
+    def __init__(self, model: nn.Module, example_batch: tuple[Tensor, Tensor] | None = None) -> None:
+        self.model = model
+        self.meter: FlopMeter | None = None
+        if example_batch is not None:
+            self.observe(example_batch)
+        self.total = EpochFlops()
+        self.epoch = EpochFlops()
+        self.inference_per_sample = 0.0
+
+    def observe(self, batch: tuple[Tensor, Tensor]) -> None:
+        """Take the shapes of a batch of the task, if the meter has none yet."""
+        if self.meter is None:
+            self.meter = FlopMeter(self.model, batch)
+
+    def profile(self) -> FlopProfile:
+        if self.meter is None:
+            raise RuntimeError("FLOPs cannot be counted before a batch of the task was seen")
+        return self.meter.profile()
+
+    def trained(self, samples: int) -> None:
+        """Train steps (forward + backward) on `samples` samples, with the architecture as it is."""
+        self._spend(EpochFlops(training=self.profile().training * samples))
+
+    def validated(self, samples: int) -> None:
+        """A validation on `samples` samples, with a counterfactual pass for each blended seed."""
+        profile = self.profile()
+        self.inference_per_sample = profile.inference
+        self._spend(profile.epoch(train_samples=0, val_samples=samples))
+
+    def probed(self, samples: int) -> None:
+        """The governor's culprit search recomputed `samples` samples' forward passes. Priced at
+        the full network's forward: a probe with seeds switched off costs at most that."""
+        self._spend(EpochFlops(validation=self.profile().inference * samples))
+
+    def _spend(self, flops: EpochFlops) -> None:
+        self.epoch = self.epoch + flops
+        self.total = self.total + flops
+
+    def close_epoch(self) -> FlopsReport:
+        """The epoch's FLOPs and the run's so far; the next epoch starts from zero."""
+        epoch, total = self.epoch, self.total
+        self.epoch = EpochFlops()
+        return FlopsReport(
+            training=epoch.training,
+            validation=epoch.validation,
+            counterfactual=epoch.counterfactual,
+            cumulative_training=total.training,
+            cumulative_validation=total.validation,
+            cumulative_counterfactual=total.counterfactual,
+            inference_per_sample=self.inference_per_sample,
+        )
+
+    def state_dict(self) -> dict[str, float]:
+        total = self.total
+        return {
+            "training": total.training,
+            "validation": total.validation,
+            "counterfactual": total.counterfactual,
+            "inference_per_sample": self.inference_per_sample,
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.total = EpochFlops(state["training"], state["validation"], state["counterfactual"])
+        self.inference_per_sample = state["inference_per_sample"]
+        self.epoch = EpochFlops()
