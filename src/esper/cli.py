@@ -46,6 +46,13 @@ def _task_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _budget(args: argparse.Namespace, file_values: dict) -> dict | None:
+    """The config file's growth budget with the budget flags given on top (None: no flag)."""
+    flags = {"max_params_added": args.max_params_added, "max_inference_flops": args.max_inference_flops}
+    given = {key: value for key, value in flags.items() if value is not None}
+    return {**file_values.get("budget", {}), **given} if given else None
+
+
 def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
     from esper.jobs.heuristic import run_heuristic
@@ -67,6 +74,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "chooser": args.chooser,
             "curriculum": args.curriculum,
             "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
+            "budget": _budget(args, file_values),
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -176,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )
     heuristic.add_argument("--curriculum", metavar="FILE", help="start from an earlier run's curriculum.json")
+    heuristic.add_argument(
+        "--max-params-added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
+    )
+    heuristic.add_argument(
+        "--max-inference-flops",
+        type=float,
+        metavar="F",
+        help="growth budget: at most F inference FLOPs per sample for the whole grown network",
+    )
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     heuristic.set_defaults(func=_cmd_train_heuristic)
 

@@ -11,6 +11,7 @@ from esper.cli import main
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import heuristic_config
 from esper.jobs.ppo import PPORunConfig
+from esper.runtime import get_task
 
 
 def _fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
@@ -98,7 +99,7 @@ def test_a_tampered_saved_config_is_refused_on_resume(tmp_path, capsys) -> None:
 
 
 def test_ints_are_accepted_for_floats_and_nested_tables_become_configs() -> None:
-    config = heuristic_config({"fossilize_above": 0, "tracker": {"min_delta": 1}})
+    config = heuristic_config(get_task("digits"), {"fossilize_above": 0, "tracker": {"min_delta": 1}})
     assert isinstance(config.fossilize_above, float) and config.fossilize_above == 0.0
     assert isinstance(config.tracker.min_delta, float) and config.tracker.min_delta == 1.0
     ppo, _, reward = build_config(PPORunConfig, {"ppo": {"learning_rate": 1, "target_kl": None}}, {}).parts()

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import pydantic
 import typing_extensions
 
+from esper.leyline import GrowthBudget
+
 T = TypeVar("T")
 
 
@@ -40,6 +42,8 @@ class HeuristicRunConfig:
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
     # The run stops, "failed", after this many governor rollbacks in a row (a fault that stays).
     max_consecutive_rollbacks: int = 3
+    # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
+    budget: GrowthBudget = field(default_factory=GrowthBudget)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:

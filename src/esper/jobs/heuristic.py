@@ -58,9 +58,11 @@ class HeuristicCheckpoint(TypedDict):
 
 
 def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
+    """The blueprints a run plants: those requested, else the task's own list, else every one
+    of its topology."""
     available = [s.name for s in BlueprintRegistry.list_specs(spec.topology)]
     if requested is None:
-        return available
+        return list(spec.blueprints) if spec.blueprints is not None else available
     unknown = [b for b in requested if b not in available]
     if unknown:
         raise ValueError(f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(available)}")
@@ -84,9 +86,20 @@ def make_chooser(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConf
     return curriculum
 
 
-def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
-    """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
-    return build_config(HeuristicConfig, overrides, {}, section="heuristic")
+def heuristic_config(spec: TaskSpec, overrides: dict[str, Any]) -> HeuristicConfig:
+    """The heuristic's settings for `spec`: a germination only while the task's seed lifecycle
+    still fits in the epochs left, the task's own settings, then `overrides` (plain dicts; a
+    nested "tracker" dict sets TrackerConfig fields)."""
+    values = {"min_epochs_left": spec.lifecycle_epochs(), **spec.heuristic}
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(values.get(key), dict)
+        values[key] = {**values[key], **value} if nested else value
+    return build_config(HeuristicConfig, values, {}, section="heuristic")
+
+
+def make_heuristic(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> HeuristicController:
+    """The controller `esper train heuristic` runs with `config` (and `esper evaluate` by default)."""
+    return HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(spec, config.heuristic))
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
@@ -221,9 +234,11 @@ def run_heuristic(
     data = spec.load_data(**config.task_options)
     epochs = config.epochs or spec.epochs
     blueprints = resolve_blueprints(spec, config.blueprints)
-    controller = HeuristicController(make_chooser(spec, blueprints, config), heuristic_config(config.heuristic))
+    controller = make_heuristic(spec, blueprints, config)
     hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub)
+    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub, budget=config.budget, blueprints=blueprints)
+    if trainer.budget is not None and not resume:
+        trainer.budget.check_startup()  # a budget no seed fits in is a mistake: said before any folder
     if config.tensorboard:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     if not resume:

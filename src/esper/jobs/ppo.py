@@ -35,7 +35,7 @@ from esper import __version__
 from esper.jobs.config import build_config
 from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
-from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
@@ -75,6 +75,8 @@ class PPORunConfig:
     network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig overrides
     reward: dict[str, Any] = field(default_factory=dict)  # RewardConfig overrides
     task_options: dict[str, Any] = field(default_factory=dict)
+    # How far each episode's host may grow; the policy's action mask forbids germinations past it.
+    budget: GrowthBudget = field(default_factory=GrowthBudget)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "envs", "checkpoint_every"):
@@ -148,8 +150,11 @@ def run_ppo(config: PPORunConfig | None, run_dir: str | Path, resume: bool = Fal
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
-    env = VecEnv(spec, data, config.envs, config.episode_length, blueprints, config.slots, reward_config)
-    build_trainer(spec, data, config.seed, config.slots)  # checks the slots now: environments build theirs later
+    env = VecEnv(spec, data, config.envs, config.episode_length, blueprints, config.slots, reward_config, config.budget)
+    # Checks the slots and the budget now: environments build their hosts later.
+    trainer = build_trainer(spec, data, config.seed, config.slots, budget=config.budget, blueprints=blueprints)
+    if trainer.budget is not None:
+        trainer.budget.check_startup()
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)

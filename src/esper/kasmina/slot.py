@@ -285,7 +285,7 @@ class SeedSlot(nn.Module):
             self._raise_occupied()
         topology = self._topology(host_module)
         self.seed_topology = topology
-        seed = self._build_seed(topology, blueprint_id, **self._kwargs(blueprint_id))
+        seed = self._build_seed(topology, blueprint_id, **self.blueprint_kwargs(blueprint_id))
         self._verify_shape(seed, topology, blueprint_id)
         self.seeds_planted += 1
         state = _SlotState(
@@ -437,7 +437,7 @@ class SeedSlot(nn.Module):
         # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
         self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
         self.fossils = nn.ModuleList(
-            self._build_seed(self.seed_topology, report.blueprint_id, **self._kwargs(report.blueprint_id))
+            self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
             for report in self.fossil_reports
         )
         saved = record["seed"]
@@ -463,7 +463,7 @@ class SeedSlot(nn.Module):
                 "checkpoint was written by an Esper without seed stacks; resume it with that version"
             )
         if saved["has_module"]:
-            self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **self._kwargs(state.blueprint_id))
+            self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **self.blueprint_kwargs(state.blueprint_id))
             if host_module is not None:
                 self.isolation_monitor.register(host_module, self.seed)
         if state.blending_steps_total:
@@ -636,7 +636,7 @@ class SeedSlot(nn.Module):
             return self.task_config.topology
         return getattr(host_module, "topology", self.task_config.topology)
 
-    def _kwargs(self, blueprint_id: str) -> dict[str, Any]:
+    def blueprint_kwargs(self, blueprint_id: str) -> dict[str, Any]:
         """The task's options for `blueprint_id` (how every seed of it in this slot is built)."""
         return self.task_config.blueprint_kwargs.get(blueprint_id, {})
 

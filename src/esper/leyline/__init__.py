@@ -1,7 +1,7 @@
 """Shared contracts: stages, gates, actions, telemetry, reports. Imports nothing from esper."""
 
 from esper.leyline.actions import WAIT, Action, ActionKind
-from esper.leyline.config import TaskConfig
+from esper.leyline.config import GrowthBudget, TaskConfig
 from esper.leyline.gates import GateLevel, GateResult
 from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 from esper.leyline.signals import Controller, EpochSignals
@@ -40,6 +40,7 @@ __all__ = [
     "FossilReport",
     "GateLevel",
     "GateResult",
+    "GrowthBudget",
     "SeedReport",
     "SeedStage",
     "StageTransition",

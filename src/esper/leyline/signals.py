@@ -30,6 +30,9 @@ class EpochSignals:
     fossils: dict[str, list[FossilReport]] = field(default_factory=dict)
     # The epoch's FLOPs, the run's so far, and the inference FLOPs per sample of the network.
     flops: FlopsReport = field(default_factory=FlopsReport)
+    # Per slot, the run's blueprints a germination there may plant within its growth budget;
+    # None when the run has no budget (every blueprint may be planted).
+    affordable: dict[str, list[str]] | None = None
 
 
 class Controller(Protocol):

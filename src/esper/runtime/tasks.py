@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from esper.kasmina.gates import QualityGates
 from esper.kasmina.host import CNNHost, MLPHost, TransformerHost
 from esper.leyline import TaskConfig
 from esper.runtime.cifar10 import load_cifar10
@@ -96,6 +97,9 @@ class TaskSpec:
     or "adamw"; `host_lr` and `seed_lr` are its learning rates for host and seeds.
     `reference_host`, when set, builds the static network a grown host is judged
     against (e.g. a wider host trained the same way), for tasks whose host is small.
+    `blueprints` are what a run plants unless told otherwise (None: every blueprint of
+    the topology); `heuristic` holds the task's own `HeuristicConfig` settings (a
+    nested "tracker" dict for its `TrackerConfig`), under a run's overrides.
     """
 
     name: str
@@ -115,6 +119,8 @@ class TaskSpec:
     options: tuple[str, ...] = ()
     optimizer: str = "sgd"
     reference_host: Callable[[TaskData], nn.Module] | None = None
+    blueprints: tuple[str, ...] | None = None
+    heuristic: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -132,6 +138,15 @@ class TaskSpec:
                 f"accepted: {accepted}"
             )
         return self.load(**given)
+
+    def lifecycle_epochs(self) -> int:
+        """Epochs from a germination to the verdict on the seed when every gate passes at once:
+        the germination epoch, the least training, the alpha ramp, the shadowing dwell and one
+        measured epoch on probation. A seed planted later than this before the end cannot be
+        kept."""
+        gates = QualityGates(**self.gate_kwargs)
+        config = self.task_config
+        return 1 + gates.min_training_epochs + config.blending_epochs + gates.min_shadowing_epochs + 1
 
     def describe(self) -> str:
         """One line for `esper tasks`: name, data, host (and reference host), training budget."""

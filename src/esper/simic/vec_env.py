@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, SeedStage
+from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, GrowthBudget, SeedStage
 from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
@@ -84,7 +84,11 @@ class MorphogeneticEnv:
         episode_length: int,
         slots: Sequence[str] | None = None,
         reward: RewardConfig | None = None,
+        budget: GrowthBudget | None = None,
+        blueprints: Sequence[str] = (),
     ) -> None:
+        """With a growth `budget`, germinations past it are refused and each epoch's signals say
+        which of `blueprints` every slot can still afford (the policy's action mask reads it)."""
         if episode_length < 2:
             raise ValueError(f"episode_length must be >= 2 epochs (one decision), got {episode_length}")
         self.spec = spec
@@ -92,6 +96,8 @@ class MorphogeneticEnv:
         self.episode_length = episode_length
         self.slots = tuple(slots or spec.slots)
         self.rewards = RewardTracker(reward)
+        self.budget = budget
+        self.blueprints = tuple(blueprints)
         self.trainer: MorphogeneticTrainer | None = None
         self.loop: EpochLoop | None = None
         self.stats: EpisodeStats | None = None
@@ -99,7 +105,9 @@ class MorphogeneticEnv:
 
     def reset(self, seed: int) -> EpochSignals:
         """Start an episode on a fresh host seeded with `seed`; returns its first epoch's signals."""
-        self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True)
+        self.trainer = build_trainer(
+            self.spec, self.data, seed, self.slots, fast_mode=True, budget=self.budget, blueprints=self.blueprints
+        )
         self.loop = EpochLoop(self.trainer, self.episode_length)
         self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
         self.signals = self._observe(self.loop.start())
@@ -155,10 +163,13 @@ class VecEnv:
         blueprints: Sequence[str],
         slots: Sequence[str] | None = None,
         reward: RewardConfig | None = None,
+        budget: GrowthBudget | None = None,
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"need at least one environment, got {n_envs}")
-        self.envs = [MorphogeneticEnv(spec, data, episode_length, slots, reward) for _ in range(n_envs)]
+        self.envs = [
+            MorphogeneticEnv(spec, data, episode_length, slots, reward, budget, blueprints) for _ in range(n_envs)
+        ]
         slot_ids = self.envs[0].slots
         self.layout = FeatureLayout(slot_ids, tuple(blueprints))
         self.space = ActionSpace(slot_ids, blueprints)

@@ -27,7 +27,7 @@ rank before `step(actions)` applies it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,11 +41,13 @@ from esper.leyline import (
     Controller,
     EpochSignals,
     FlopsReport,
+    GrowthBudget,
     SeedStage,
     StageTransition,
     TelemetryEvent,
     TelemetryEventType,
 )
+from esper.tolaria.budget import BudgetGuard
 from esper.tolaria.flops import CountedBatches, FlopAccount
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.trainer import (
@@ -100,15 +102,20 @@ class MorphogeneticTrainer:
         governor: GovernorConfig | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
         example_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        budget: GrowthBudget | None = None,
+        blueprints: Sequence[str] = (),
     ) -> None:
         """`example_batch`, one (inputs, targets) batch of the task, gives the FLOPs meter its
-        shapes; without it they are taken from the first training batch."""
+        shapes; without it they are taken from the first training batch. With a limited
+        `budget`, a germination past it is refused, and the signals say which of
+        `blueprints` (the run's candidates) each slot can still afford."""
         self.model = model
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.optimizers = Optimizers(model, optim)
         self.governor = Governor(model, self.optimizers, governor)
         self.flops = FlopAccount(model, example_batch)
+        self.budget = None if budget is None or not budget.limited else BudgetGuard(model, self.flops, budget, blueprints)
         self.on_telemetry = on_telemetry
         self.epoch = 0
         self.last_record: EpochRecord | None = None
@@ -205,6 +212,7 @@ class MorphogeneticTrainer:
             transitions=self.drain_transitions(),
             fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
             flops=record.flops,
+            affordable=None if self.budget is None else self.budget.affordable(),
         )
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
@@ -216,6 +224,9 @@ class MorphogeneticTrainer:
             slot = self.slots[action.slot_id]
             match action.kind:
                 case ActionKind.GERMINATE:
+                    refused = None if self.budget is None else self.budget.refusal(action.slot_id, action.blueprint_id)
+                    if refused is not None:
+                        raise ValueError(f"germination refused by the run's growth budget: {refused}")
                     slot.germinate(action.blueprint_id, host_module=self.model.host)
                     done, message = True, f"germinated {action.blueprint_id}"
                 case ActionKind.FOSSILIZE:

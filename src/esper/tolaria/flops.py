@@ -33,7 +33,9 @@ starts blending, is fossilized or is removed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,7 @@ __all__ = [
     "FlopProfile",
     "architecture_signature",
     "flop_counter",
+    "module_inference_flops",
 ]
 
 _CONV_BACKWARD = torch.ops.aten.convolution_backward
@@ -179,6 +182,34 @@ def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
     return tuple((slot_id, *_slot_signature(slot)) for slot_id, slot in slots.items())
 
 
+def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:
+    shapes[key] = tuple(features.shape[1:])
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode; every module's own train/eval flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def module_inference_flops(module: nn.Module, sample_shape: tuple[int, ...]) -> float:
+    """Inference FLOPs of `module` alone on one sample of features shaped `sample_shape`.
+
+    The module is best built on the meta device (`with torch.device("meta")`): then
+    neither its construction nor this count computes anything or draws random numbers.
+    """
+    features = torch.empty((1, *sample_shape), device="meta")
+    with _eval_mode(module), torch.no_grad(), flop_counter() as counter:
+        module(features)
+    return float(counter.get_total_flops())
+
+
 class _Call(nn.Module):
     """Lets `functional_call` run any function of `model` (not only its forward)."""
 
@@ -213,7 +244,46 @@ class FlopMeter:
         self._inputs = torch.empty_like(inputs, device="meta")
         self._targets = torch.empty_like(targets, device="meta")
         self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
+        self._committed: dict[tuple[Hashable, ...], float] = {}
+        self._slot_shapes: dict[str, tuple[int, ...]] | None = None
         self.measurements = 0  # profiles measured (not served from the cache)
+
+    def slot_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per slot, the per-sample shape of the features entering its live seed (seeds keep
+        the shape, so a stack never changes it). Measured once, on meta tensors."""
+        if self._slot_shapes is None:
+            slots = getattr(self.model, "seed_slots", {})
+            shapes: dict[str, tuple[int, ...]] = {}
+
+            def forward(x: Tensor) -> None:
+                with ExitStack() as recording:
+                    for key, slot in slots.items():
+                        sink = functools.partial(_record_shape, shapes, key)
+                        recording.enter_context(slot.recording_seed_input(sink))
+                    self.model(x)
+
+            with _eval_mode(self.model), torch.no_grad():
+                self._run_on_meta(forward, self._inputs)
+            self._slot_shapes = shapes
+        return self._slot_shapes
+
+    def committed_inference(self) -> float:
+        """Inference FLOPs per sample of the host with its fossils, every live seed left out
+        (what growth has kept so far). Measured once per set of stacks."""
+        slots = getattr(self.model, "seed_slots", {})
+        key = tuple((slot_id, tuple(r.seed_id for r in slot.fossil_reports)) for slot_id, slot in slots.items())
+        cached = self._committed.get(key)
+        if cached is None:
+
+            def without_live_seeds(x: Tensor) -> None:
+                with ExitStack() as off:
+                    for slot in slots.values():
+                        off.enter_context(slot.force_alpha(0.0))
+                    self.model(x)
+
+            with _eval_mode(self.model), torch.no_grad():
+                cached = self._committed[key] = self._count(without_live_seeds) / self._inputs.shape[0]
+        return cached
 
     def profile(self) -> FlopProfile:
         """The current architecture's profile, measured now only if it is new."""
@@ -227,18 +297,13 @@ class FlopMeter:
     # ------------------------------------------------------------------ measuring
     def _measure(self) -> FlopProfile:
         model = self.model
-        modes = [(module, module.training) for module in model.modules()]
-        try:
-            model.eval()
+        with _eval_mode(model):  # every module's flag is restored afterwards
             with torch.no_grad():
                 inference = self._count(lambda x: model(x))
                 fast, naive = self._counterfactuals()
             model.train()
             with torch.enable_grad():
                 training = self._count(self._train_step, self._targets)
-        finally:
-            for module, training_mode in modes:
-                module.training = training_mode
         batch = self._inputs.shape[0]
         return FlopProfile(
             inference=inference / batch,
@@ -363,10 +428,14 @@ class FlopAccount:
         if self.meter is None:
             self.meter = FlopMeter(self.model, batch)
 
-    def profile(self) -> FlopProfile:
+    def measured(self) -> FlopMeter:
+        """The meter, once it has a batch's shapes."""
         if self.meter is None:
             raise RuntimeError("FLOPs cannot be counted before a batch of the task was seen")
-        return self.meter.profile()
+        return self.meter
+
+    def profile(self) -> FlopProfile:
+        return self.measured().profile()
 
     def trained(self, samples: int) -> None:
         """Train steps (forward + backward) on `samples` samples, with the architecture as it is."""
