@@ -355,11 +355,10 @@ class SeedSlot(nn.Module):
             case SeedStage.GERMINATED:
                 self.advance_stage(SeedStage.TRAINING)
             case SeedStage.TRAINING:
-                if (
-                    not self.advance_stage(SeedStage.BLENDING).passed
-                    and metrics.epochs_in_current_stage >= config.max_training_epochs
-                ):
-                    self.cull(f"stalled: G2 not passed in {config.max_training_epochs} epochs")
+                g2 = self.advance_stage(SeedStage.BLENDING)
+                if not g2.passed and metrics.epochs_in_current_stage >= config.max_training_epochs:
+                    failed = "; ".join(g2.checks_failed)
+                    self.cull(f"stalled: G2 not passed in {config.max_training_epochs} epochs ({failed})")
             case SeedStage.BLENDING:
                 metrics.alpha_ramp_step += 1
                 assert self._alpha_schedule is not None, "BLENDING without an alpha schedule"

@@ -187,6 +187,15 @@ def list_tasks() -> list[TaskSpec]:
 
 _SMALL_CNN = CNNHostFactory(n_blocks=3, base_channels=4)
 _CNN_SLOTS = ("block2", "block3")
+# Seeds that add real capacity to a small CNN (scripts/calibrate_growth.md).
+_CNN_CAPACITY = ("residual_block", "inverted_bottleneck")
+# A small host is short of capacity early: the heuristic grows once the training loss falls
+# by less than 20% an epoch, one seed per slot at a time, so a stack can grow in each slot.
+_GROW_EARLY = {"max_growing": 2, "tracker": {"underfit_progress": 0.2}}
+# A character LM's per-character accuracy moves by a few tenths of a point from one epoch to
+# the next, and a seed's contribution is of that order: any measured gain keeps it, and
+# probation is long enough to see one.
+_LM_HEURISTIC = {"fossilize_above": 0.0, "max_growing": 2}
 
 
 def _char_lm_task(
@@ -208,13 +217,15 @@ def _char_lm_task(
             topology="transformer",
             blending_epochs=3,
             max_training_epochs=6,
-            max_probation_epochs=4,
+            max_probation_epochs=6,
             embargo_epochs=2,
         ),
         max_train_batches=40,
         max_val_batches=20,
         options=options,
         optimizer="adamw",
+        blueprints=("block", "mlp", "attention"),
+        heuristic=_LM_HEURISTIC,
     )
 
 
@@ -260,6 +271,8 @@ register_task(
             max_probation_epochs=4,
             embargo_epochs=2,
         ),
+        blueprints=_CNN_CAPACITY,
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -282,6 +295,8 @@ register_task(
             max_probation_epochs=4,
             embargo_epochs=2,
         ),
+        blueprints=("mlp", "lowrank"),
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -358,6 +373,8 @@ register_task(
             max_probation_epochs=3,
             embargo_epochs=1,
         ),
+        blueprints=_CNN_CAPACITY,
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -379,12 +396,14 @@ register_task(
             topology="transformer",
             blending_epochs=3,
             max_training_epochs=5,
-            max_probation_epochs=3,
+            max_probation_epochs=6,
             embargo_epochs=1,
         ),
         max_train_batches=40,
         max_val_batches=20,
         options=("block_size",),
         optimizer="adamw",
+        blueprints=("block",),
+        heuristic=_LM_HEURISTIC,
     )
 )
