@@ -14,7 +14,7 @@ from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
 from esper.kasmina.slot import QualityGates
 from esper.leyline import SeedStage, TaskConfig
-from esper.tolaria.flops import EpochFlops, FlopMeter, FlopProfile
+from esper.tolaria.flops import EpochFlops, FlopMeter, FlopProfile, flop_counter
 from esper.tolaria.trainer import loss_and_correct, validate_with_counterfactuals
 
 BATCH = 4
@@ -373,3 +373,32 @@ def test_a_rolled_back_epoch_counts_what_it_recomputed() -> None:
     # epoch, so the governor named it without probing batches.)
     assert rolled.flops.validation == 2 * healthy.flops.validation
     assert rolled.flops.cumulative_validation == (2 + 2) * healthy.flops.validation
+
+
+def test_a_composed_profile_equals_counting_the_whole_model() -> None:
+    """Stacks in two slots, a blended seed on one, an incubating one on the other: the sum the
+    meter composes is what FlopCounterMode counts on the whole model, pass by pass."""
+    from seed_lifecycle import grow
+
+    model, (inputs, targets) = _cnn_model()
+    block2, block3 = model.seed_slots["block2"], model.seed_slots["block3"]
+    for slot, blueprints in ((block2, ("conv_light", "depthwise")), (block3, ("attention",))):
+        for blueprint in blueprints:
+            grow(slot, SeedStage.FOSSILIZED, blueprint)
+    grow(block3, SeedStage.BLENDING, "conv_heavy")
+    grow(block2, SeedStage.TRAINING, "residual_block")
+    profile = FlopMeter(model, (inputs, targets)).profile()
+    host = model.host
+    model.eval()
+    with torch.no_grad():
+        assert profile.inference == _count(lambda: model(inputs)) / BATCH
+        with block3.force_alpha(0.0):
+            assert profile.counterfactual_naive == {"block3": _count(lambda: model(inputs)) / BATCH}
+        taps = dict.fromkeys(["block3"])
+        host.run(host.stem(inputs), taps=taps)
+        tail = _count(lambda: host.run(taps["block3"], host.stage_index("block3") + 1)) / BATCH
+        assert profile.counterfactual_fast == {"block3": tail}
+    model.train()
+    with flop_counter() as counter:  # the library's count, grouped-convolution backward corrected
+        loss_and_correct(model(inputs), targets)[0].backward()
+    assert profile.training == counter.get_total_flops() / BATCH

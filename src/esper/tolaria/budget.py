@@ -1,26 +1,22 @@
 """The growth budget: whether planting a seed keeps the grown network within the run's limits.
 
-A candidate's cost is known before it is planted: its blueprint's module is built on
-the meta device (no arithmetic, no random draws, so checking never changes a run)
-and counted alone on one sample of the features entering its slot's live seed
-(`flops.module_inference_flops`), cached per (topology, blueprint, options, shape).
-The grown network's inference FLOPs per sample are what growth has kept (the host
-with its fossils, measured by the FLOPs meter) plus each live seed's own cost at
-full strength, and the candidate's: a seed keeps its input's shape and leaves the
-host's own operations as they are, so the costs add up.
+A candidate's cost is known before it is planted: the FLOPs meter's `seed_cost`
+(its blueprint's module built on the meta device and counted alone on one sample
+of the features entering its slot's live seed: nothing computed, no random number
+drawn, so checking never changes a run). The grown network's inference FLOPs per
+sample are what growth has kept (the host with its fossils) plus each live seed's
+own cost at full strength, and the candidate's: a seed keeps its input's shape and
+leaves the host's own operations as they are, so the costs add up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
-from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import SeededModel
 from esper.leyline import ACTIVE_STAGES, GrowthBudget
-from esper.tolaria.flops import FlopAccount, module_inference_flops
+from esper.tolaria.flops import FlopAccount
 
 __all__ = ["BudgetGuard", "SeedCost"]
 
@@ -41,22 +37,11 @@ class BudgetGuard:
         self.flops = flops
         self.budget = budget
         self.blueprints = tuple(blueprints)
-        self._costs: dict[tuple[Hashable, ...], SeedCost] = {}
 
     def seed_cost(self, slot_id: str, blueprint: str) -> SeedCost:
         """What a seed of `blueprint` in `slot_id` adds: its parameters and inference FLOPs."""
-        slot = self.model.seed_slots[slot_id]
-        topology = slot.task_config.topology
-        options = slot.blueprint_kwargs(blueprint)
-        shape = self.flops.measured().slot_input_shapes()[slot_id]
-        key = (topology, blueprint, tuple(sorted(options.items())), shape)
-        cost = self._costs.get(key)
-        if cost is None:
-            with torch.device("meta"):
-                module = BlueprintRegistry.create(topology, blueprint, slot.channels, **options)
-            params = sum(p.numel() for p in module.parameters())
-            cost = self._costs[key] = SeedCost(params, module_inference_flops(module, shape))
-        return cost
+        cost = self.flops.measured().seed_cost(slot_id, blueprint)
+        return SeedCost(cost.params, cost.inference)
 
     def grown(self) -> SeedCost:
         """Growth so far: parameters added (fossils and live seeds) and the inference FLOPs per

@@ -25,10 +25,14 @@ the matmuls FlopCounterMode counts (the same number its formula gives on GPU).
 One library formula is corrected (see `_conv_backward_flop`): a grouped
 convolution's weight gradient, which it overcounts by the number of groups.
 
-A profile is measured once per architecture and cached on a signature of the
-slots (their stacks of fossils; the live seed's stage class, blueprint, identity and
-isolation), so calling `profile()` every epoch is free until a seed is planted,
-starts blending, is fossilized or is removed.
+Counted once, composed after: the host with nothing grown is counted once per
+process (whole, on meta tensors), each blueprint's module once per (width, options,
+input shape), and a profile is their sum (a seed keeps its input's shape and leaves
+the host's operations as they are, so the counts add up exactly;
+tests/tolaria/test_flops.py checks the sums against whole-model counts). A profile is
+cached on a signature of the slots (their stacks of fossils; the live seed's stage
+class, blueprint, identity and isolation), so calling `profile()` every epoch costs a
+dictionary lookup, and a new architecture a few additions.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
+from esper.kasmina.slot import SeedSlot
 from esper.leyline import MEASURED_STAGES, FlopsReport, SeedStage
 from esper.tolaria.trainer import loss_and_correct
 
@@ -53,9 +59,10 @@ __all__ = [
     "FlopAccount",
     "FlopMeter",
     "FlopProfile",
+    "ModuleCost",
     "architecture_signature",
     "flop_counter",
-    "module_inference_flops",
+    "module_cost",
 ]
 
 _CONV_BACKWARD = torch.ops.aten.convolution_backward
@@ -146,10 +153,10 @@ class FlopProfile:
 
 
 def _stage_class(slot: Any) -> str:
-    """What a slot's seed costs, coarsely: the stages within one class run the same ops.
+    """What a slot's live seed costs, coarsely: the stages within one class run the same ops.
 
     Conservative on purpose: every move out of a class changes the signature, so a
-    new profile is measured whenever the slot's cost might have changed.
+    new profile is composed whenever the slot's cost might have changed.
     """
     if slot.state is None or slot.seed is None:
         return "empty"
@@ -182,10 +189,6 @@ def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
     return tuple((slot_id, *_slot_signature(slot)) for slot_id, slot in slots.items())
 
 
-def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:
-    shapes[key] = tuple(features.shape[1:])
-
-
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """`model` in eval mode; every module's own train/eval flag is restored afterwards."""
@@ -198,16 +201,104 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def module_inference_flops(module: nn.Module, sample_shape: tuple[int, ...]) -> float:
-    """Inference FLOPs of `module` alone on one sample of features shaped `sample_shape`.
+@dataclass(frozen=True, slots=True)
+class ModuleCost:
+    """One seed module on one sample of its slot's features: its parameters and FLOPs.
 
-    The module is best built on the meta device (`with torch.device("meta")`): then
-    neither its construction nor this count computes anything or draws random numbers.
+    `training` is a train-mode forward and the backward to its parameters (an
+    incubating seed: its input is detached); `training_through` also propagates
+    the gradient to its input (a blended seed or a fossil: the host learns through it).
     """
-    features = torch.empty((1, *sample_shape), device="meta")
-    with _eval_mode(module), torch.no_grad(), flop_counter() as counter:
-        module(features)
-    return float(counter.get_total_flops())
+
+    params: int
+    inference: float
+    training: float
+    training_through: float
+
+
+# A blueprint's cost depends on its factory, width, options and input shape alone: kept for
+# the whole process (PPO environments and repeated runs plant the same blueprints again).
+_MODULE_COSTS: dict[Hashable, ModuleCost] = {}
+_PAIR = 2
+
+
+def module_cost(
+    topology: str, blueprint: str, channels: int, options: dict[str, Any], sample_shape: tuple[int, ...]
+) -> ModuleCost:
+    """The cost of a `blueprint` seed on features of `sample_shape` (one sample), measured once.
+
+    The module is built on the meta device, so neither building it nor counting
+    computes anything or draws a random number: checking a candidate before
+    planting it never changes a run.
+    """
+    factory = BlueprintRegistry.get(topology, blueprint).factory
+    key = (factory, channels, repr(sorted(options.items())), sample_shape)
+    cost = _MODULE_COSTS.get(key)
+    if cost is None:
+        with torch.device("meta"):
+            module = factory(channels, **options)
+        # Two samples, not one: a BatchNorm in train mode needs more than one value per channel.
+        features = torch.empty((_PAIR, *sample_shape), device="meta")
+        with _eval_mode(module):
+            with torch.no_grad(), flop_counter() as counter:
+                module(features)
+            inference = counter.get_total_flops() / _PAIR
+            module.train()
+            training = _train_flops(module, features) / _PAIR
+            training_through = _train_flops(module, features.requires_grad_()) / _PAIR
+        params = sum(p.numel() for p in module.parameters())
+        cost = _MODULE_COSTS[key] = ModuleCost(params, inference, training, training_through)
+    return cost
+
+
+def _train_flops(module: nn.Module, features: Tensor) -> int:
+    with flop_counter() as counter:
+        module(features).sum().backward()  # the sum's backward is an expand: no FLOPs counted
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True, slots=True)
+class _HostCosts:
+    """Per-sample FLOPs of the host with nothing grown (every slot bare), and what the
+    composition needs of it: each slot's counterfactual tail and the features' shape there."""
+
+    inference: float
+    training: float
+    tails: dict[str, float] | None  # None: not a StagedHost (counterfactuals take the naive path)
+    shapes: dict[str, tuple[int, ...]]
+
+
+# The host's costs depend only on its structure and the input's shape: kept for the process.
+_HOST_COSTS: dict[Hashable, _HostCosts] = {}
+
+
+def _host_key(model: nn.Module, inputs: Tensor, targets: Tensor) -> Hashable:
+    """The model's structure outside its slots (module types, their configuration and
+    parameter shapes), with the shapes of a batch: what the host's costs depend on."""
+    slots = [name + "." for name, module in model.named_modules() if isinstance(module, SeedSlot)]
+    parts = [
+        (name, type(module).__qualname__, module.extra_repr(),
+         tuple((n, tuple(t.shape)) for n, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]))
+        for name, module in model.named_modules()
+        if not any(name.startswith(prefix) or name + "." == prefix for prefix in slots)
+    ]  # fmt: skip
+    return (tuple(parts), tuple(inputs.shape), inputs.dtype, tuple(targets.shape))
+
+
+@contextmanager
+def _bare(slots: Iterable[Any]) -> Iterator[None]:
+    """Every slot as if nothing had grown: no fossils, no live seed. For meta passes only
+    (inside `functional_call`, where every tensor is a stand-in); restored afterwards."""
+    stacks = [(slot, slot.fossils) for slot in slots]
+    with ExitStack() as off:
+        for slot, _ in stacks:
+            slot.fossils = nn.ModuleList()
+            off.enter_context(slot.force_alpha(0.0))
+        try:
+            yield
+        finally:
+            for slot, fossils in stacks:
+                slot.fossils = fossils
 
 
 class _Call(nn.Module):
@@ -227,11 +318,18 @@ def _meta(tensor: Tensor) -> Tensor:
 
 
 class FlopMeter:
-    """Measures a model's per-sample FLOPs once per architecture; see the module docstring.
+    """Per-sample FLOPs of a model's current architecture; see the module docstring.
 
-    `model` is a `MorphogeneticModel` or any module whose forward takes one input
-    tensor; `example_batch` is one (inputs, targets) batch of the task (only its
-    shapes and dtypes are kept).
+    `model` is a `MorphogeneticModel` (or `esper.graft`'s model) or any module
+    whose forward takes one input tensor; `example_batch` is one (inputs, targets)
+    batch of the task (only its shapes and dtypes are kept).
+
+    Measured once, composed after: the host with nothing grown is counted once
+    (whole, on meta tensors: inference, a training step, each slot's counterfactual
+    tail); each seed and fossil adds its own module's cost (`module_cost`: a seed
+    keeps its input's shape and leaves the host's operations as they are, so the
+    costs add up exactly). So a growing run pays for one count of its host, not
+    one per architecture: a profile is a sum, cached per `architecture_signature`.
     """
 
     def __init__(self, model: nn.Module, example_batch: tuple[Tensor, Tensor]) -> None:
@@ -244,109 +342,119 @@ class FlopMeter:
         self._inputs = torch.empty_like(inputs, device="meta")
         self._targets = torch.empty_like(targets, device="meta")
         self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
-        self._committed: dict[tuple[Hashable, ...], float] = {}
-        self._slot_shapes: dict[str, tuple[int, ...]] | None = None
-        self.measurements = 0  # profiles measured (not served from the cache)
+        self._host_costs: _HostCosts | None = None
+        self.measurements = 0  # profiles composed (not served from the cache)
+
+    @property
+    def slots(self) -> dict[str, Any]:
+        return getattr(self.model, "seed_slots", {})
 
     def slot_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per slot, the per-sample shape of the features entering its live seed (seeds keep
-        the shape, so a stack never changes it). Measured once, on meta tensors."""
-        if self._slot_shapes is None:
-            slots = getattr(self.model, "seed_slots", {})
-            shapes: dict[str, tuple[int, ...]] = {}
+        the shape, so a stack never changes it)."""
+        return self._host().shapes
 
-            def forward(x: Tensor) -> None:
-                with ExitStack() as recording:
-                    for key, slot in slots.items():
-                        sink = functools.partial(_record_shape, shapes, key)
-                        recording.enter_context(slot.recording_seed_input(sink))
-                    self.model(x)
-
-            with _eval_mode(self.model), torch.no_grad():
-                self._run_on_meta(forward, self._inputs)
-            self._slot_shapes = shapes
-        return self._slot_shapes
+    def seed_cost(self, slot_id: str, blueprint: str) -> ModuleCost:
+        """What a seed of `blueprint` in slot `slot_id` costs (and adds: its parameters)."""
+        slot = self.slots[slot_id]
+        shape = self._host().shapes[slot_id]
+        return module_cost(slot.task_config.topology, blueprint, slot.channels, slot.blueprint_kwargs(blueprint), shape)
 
     def committed_inference(self) -> float:
-        """Inference FLOPs per sample of the host with its fossils, every live seed left out
-        (what growth has kept so far). Measured once per set of stacks."""
-        slots = getattr(self.model, "seed_slots", {})
-        key = tuple((slot_id, tuple(r.seed_id for r in slot.fossil_reports)) for slot_id, slot in slots.items())
-        cached = self._committed.get(key)
-        if cached is None:
-
-            def without_live_seeds(x: Tensor) -> None:
-                with ExitStack() as off:
-                    for slot in slots.values():
-                        off.enter_context(slot.force_alpha(0.0))
-                    self.model(x)
-
-            with _eval_mode(self.model), torch.no_grad():
-                cached = self._committed[key] = self._count(without_live_seeds) / self._inputs.shape[0]
-        return cached
+        """Inference FLOPs per sample of the host with its fossils, every live seed left out:
+        what growth has kept so far."""
+        return self._host().inference + sum(
+            self.seed_cost(slot_id, fossil.blueprint_id).inference
+            for slot_id, slot in self.slots.items()
+            for fossil in slot.fossil_reports
+        )
 
     def profile(self) -> FlopProfile:
-        """The current architecture's profile, measured now only if it is new."""
+        """The current architecture's profile, composed now only if it is new."""
         key = architecture_signature(self.model)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = self._measure()
+            cached = self._cache[key] = self._compose()
             self.measurements += 1
         return cached
 
+    # ------------------------------------------------------------------ composing
+    def _compose(self) -> FlopProfile:
+        host = self._host()
+        inference, training = host.inference, host.training
+        at: dict[str, float] = {}  # what each slot adds to an eval pass: its fossils, a blended seed
+        live: dict[str, float] = {}  # of that, its live seed's share
+        for slot_id, slot in self.slots.items():
+            fossils = [self.seed_cost(slot_id, f.blueprint_id) for f in slot.fossil_reports]
+            training += sum(cost.training_through for cost in fossils)
+            live[slot_id] = 0.0
+            stage_class = _stage_class(slot)
+            if stage_class in ("incubating", "blended", "measured"):
+                cost = self.seed_cost(slot_id, slot.state.blueprint_id)
+                training += cost.training if slot.isolate_gradients else cost.training_through
+                if stage_class != "incubating":  # an incubating seed is skipped in eval
+                    live[slot_id] = cost.inference
+            at[slot_id] = sum(cost.inference for cost in fossils) + live[slot_id]
+            inference += at[slot_id]
+        measured = [slot_id for slot_id, slot in self.slots.items() if slot.stage in MEASURED_STAGES]
+        naive = {slot_id: inference - live[slot_id] for slot_id in measured}
+        fast = None
+        if host.tails is not None:
+            stage = self.model.host.stage_index
+            fast = {
+                slot_id: host.tails[slot_id] + sum(at[j] for j in self.slots if stage(j) > stage(slot_id))
+                for slot_id in measured
+            }
+        return FlopProfile(inference, training, fast, naive)
+
+    def _host(self) -> _HostCosts:
+        if self._host_costs is None:
+            key = _host_key(self.model, self._inputs, self._targets)
+            if key not in _HOST_COSTS:
+                _HOST_COSTS[key] = self._measure_host()
+            self._host_costs = _HOST_COSTS[key]
+        return self._host_costs
+
     # ------------------------------------------------------------------ measuring
-    def _measure(self) -> FlopProfile:
-        model = self.model
+    def _measure_host(self) -> _HostCosts:
+        """Inference, a training step and each slot's counterfactual tail of the bare host, and
+        the features' shape at each slot; per sample."""
+        model, slots = self.model, self.slots
+        shapes: dict[str, tuple[int, ...]] = {}
+        tails: dict[str, float] | None = None
+        host = getattr(model, "host", None)
+
+        def inference_pass(x: Tensor) -> None:
+            with _bare(slots.values()), ExitStack() as recording:
+                for key, slot in slots.items():
+                    recording.enter_context(slot.recording_seed_input(functools.partial(_record_shape, shapes, key)))
+                model(x)
+
+        def tails_pass(x: Tensor) -> None:
+            with _bare(slots.values()):
+                taps: dict[str, Tensor | None] = dict.fromkeys(slots)
+                host.run(host.stem(x), taps=taps)  # the shared pass: validation, not extra
+                for key, features in taps.items():
+                    with flop_counter() as counter:
+                        host.run(features, host.stage_index(key) + 1)
+                    tails[key] = counter.get_total_flops() / batch
+
+        def train_step(x: Tensor, targets: Tensor) -> None:
+            with _bare(slots.values()):
+                loss, _ = loss_and_correct(model(x), targets)
+                loss.backward()  # into the meta stand-ins' .grad: the real parameters are untouched
+
+        batch = self._inputs.shape[0]
         with _eval_mode(model):  # every module's flag is restored afterwards
             with torch.no_grad():
-                inference = self._count(lambda x: model(x))
-                fast, naive = self._counterfactuals()
+                inference = self._count(inference_pass)
+                if isinstance(host, StagedHost) and slots:
+                    tails = {}
+                    self._run_on_meta(tails_pass, self._inputs)
             model.train()
             with torch.enable_grad():
-                training = self._count(self._train_step, self._targets)
-        batch = self._inputs.shape[0]
-        return FlopProfile(
-            inference=inference / batch,
-            training=training / batch,
-            counterfactual_fast=None if fast is None else {k: v / batch for k, v in fast.items()},
-            counterfactual_naive={k: v / batch for k, v in naive.items()},
-        )
-
-    def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
-        loss, _ = loss_and_correct(self.model(inputs), targets)
-        loss.backward()  # into the meta stand-ins' .grad: the real parameters are untouched
-
-    def _counterfactuals(self) -> tuple[dict[str, int] | None, dict[str, int]]:
-        """Extra FLOPs per measured slot, on the fast path (if the host is staged) and the naive one."""
-        model = self.model
-        measured = {
-            key: slot
-            for key, slot in getattr(model, "seed_slots", {}).items()
-            if slot.stage in MEASURED_STAGES
-        }
-        naive = {}
-        for key, slot in measured.items():
-
-            def without_slot(x: Tensor, slot: Any = slot) -> None:
-                with slot.force_alpha(0.0):  # writes the meta stand-in of its alpha buffer
-                    model(x)
-
-            naive[key] = self._count(without_slot)
-        host = getattr(model, "host", None)
-        if not isinstance(host, StagedHost):
-            return None, naive
-        fast: dict[str, int] = {}
-
-        def tails(x: Tensor) -> None:
-            taps: dict[str, Tensor | None] = dict.fromkeys(measured)
-            host.run(host.stem(x), taps=taps)  # the shared pass: validation, not extra
-            for key, features in taps.items():
-                with flop_counter() as counter:
-                    host.run(features, host.stage_index(key) + 1)
-                fast[key] = counter.get_total_flops()
-
-        self._run_on_meta(tails, self._inputs)
-        return fast, naive
+                training = self._count(train_step, self._targets)
+        return _HostCosts(inference / batch, training / batch, tails, shapes)
 
     def _count(self, fn: Callable[..., None], *extra: Tensor) -> int:
         with flop_counter() as counter:
@@ -365,6 +473,10 @@ class FlopMeter:
                 f"tensors ({str(err).splitlines()[0]}); FLOPs are measured without data, so the "
                 "forward must not read tensor values (e.g. .item() or data-dependent branches)"
             ) from err
+
+
+def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:
+    shapes[key] = tuple(features.shape[1:])
 
 
 # --------------------------------------------------------------------------- a run's account
