@@ -274,7 +274,8 @@ _HOST_COSTS: dict[Hashable, _HostCosts] = {}
 
 def _host_key(model: nn.Module, inputs: Tensor, targets: Tensor) -> Hashable:
     """The model's structure outside its slots (module types, their configuration and
-    parameter shapes), with the shapes of a batch: what the host's costs depend on."""
+    parameter shapes), where its slots are, and the shapes of a batch: what the host's
+    costs depend on."""
     slots = [name + "." for name, module in model.named_modules() if isinstance(module, SeedSlot)]
     parts = [
         (name, type(module).__qualname__, module.extra_repr(),
@@ -282,7 +283,8 @@ def _host_key(model: nn.Module, inputs: Tensor, targets: Tensor) -> Hashable:
         for name, module in model.named_modules()
         if not any(name.startswith(prefix) or name + "." == prefix for prefix in slots)
     ]  # fmt: skip
-    return (tuple(parts), tuple(inputs.shape), inputs.dtype, tuple(targets.shape))
+    placed = tuple(getattr(model, "seed_slots", {}))  # a slot's key names where it acts
+    return (tuple(parts), placed, tuple(inputs.shape), inputs.dtype, tuple(targets.shape))
 
 
 @contextmanager
