@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pydantic
 import typing_extensions
 
+from esper.leyline import GrowthBudget
 from esper.runtime.user_model import check_factory_path
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
 
@@ -46,6 +47,8 @@ class HeuristicRunConfig:
     model: str | None = None  # "package.module:factory": a model of one's own instead of the task's host
     device: str = "cpu"  # cpu, cuda, cuda:N or mps
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16-mixed (autocast + loss scaling)
+    # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
+    budget: GrowthBudget = field(default_factory=GrowthBudget)
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
