@@ -5,8 +5,8 @@
 ours: `run_heuristic` (the job behind `esper train heuristic`: data loading,
 run folder, telemetry, checkpoints every 5 epochs, counterfactual validation,
 governor, controller) on the `digits` task for its default 40 epochs, per epoch.
-baseline: the architecture that run ends with (the host plus its fossilized seeds
-as plain layers), trained and validated for the same epochs on the same data
+baseline: the architecture that run ends with (the host plus each slot's stack of
+fossilized seeds as plain layers), trained and validated for the same epochs on the same data
 (loaded inside the timed region too) by a plain PyTorch loop, per epoch.
 ratio = baseline / ours (higher is better), target >= 0.85.
 """
@@ -21,24 +21,22 @@ import _timing
 
 from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.heuristic import run_heuristic
-from esper.kasmina.blueprints import BlueprintRegistry
 from esper.runtime import get_task
+from esper.runtime.static_host import StaticSeedsHostFactory
 
 TASK = "digits"
 
 
-def grown_architecture_loop(final_slots: dict, epochs: int):
-    """A plain loop over the host with the run's fossilized seeds built in as ordinary layers."""
+def grown_architecture_loop(architecture: dict, epochs: int):
+    """A plain loop over the host with every slot's fossils (its stack, in order) built in as
+    ordinary layers: the static network the run ended with."""
     spec = get_task(TASK)
+    plan = tuple((slot_id, blueprint) for slot_id, stack in architecture["slots"].items() for blueprint in stack)
+    build_host = StaticSeedsHostFactory(spec.build_host, plan, spec.task_config.blueprint_kwargs)
 
     def run() -> None:
         data = spec.load_data()
-        host = spec.build_host(data)
-        for key, report in final_slots.items():
-            if report is not None and report["stage"] == "FOSSILIZED":
-                kwargs = spec.task_config.blueprint_kwargs.get(report["blueprint_id"], {})
-                seed = BlueprintRegistry.create(spec.topology, report["blueprint_id"], host.injection_points[key], **kwargs)
-                host.register_slot(key, seed)
+        host = build_host(data)
         train, val = data.loaders(spec.batch_size, 0, spec.max_train_batches, spec.max_val_batches)
         optimizer = _plain.sgd(host, spec.host_lr)
         for epoch in range(epochs):
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run_heuristic(config, f"{root}/run{next(runs)}")  # a fresh run folder each time
 
         timings = _timing.interleaved(
-            {"ours": ours, "baseline": grown_architecture_loop(summary["final_slots"], epochs)},
+            {"ours": ours, "baseline": grown_architecture_loop(summary["architecture"], epochs)},
             repeats,
             warmup=0,
         )

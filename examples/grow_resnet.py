@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> esper.Grower:
     base = sum(p.numel() for p in model.parameters())
     print(f"validation accuracy {grower.history[-1].val_accuracy:.3f}; parameters {base:,} + {grown.seed_param_count():,} grown")
     for target, slot in grown.seed_slots.items():
-        what = "empty" if slot.state is None else f"{slot.state.blueprint_id} ({slot.stage.name})"
+        kept = [fossil.blueprint_id for fossil in slot.fossil_reports]  # the slot's stack
+        live = "no live seed" if slot.state is None else f"{slot.state.blueprint_id} ({slot.stage.name})"
+        what = f"kept {', '.join(kept) or 'nothing'}; {live}"
         print(f"  {target}: {what}")
     if not math.isfinite(grower.history[-1].val_accuracy):
         raise SystemExit("the run diverged")

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/results_table.py [--tasks digits mnist5k] [--seeds 0 1 2] [--out runs/results]
 
 Each (task, seed) is a real `esper train heuristic --baseline` run; the table
-reports mean ± std over seeds of final and best validation accuracy.
+reports mean ± std over seeds of final and best validation accuracy, and the
+training FLOPs each arm spent (mean over seeds).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from esper.cli import main as esper
+from esper.jobs.report import format_flops
 
 
 def _mean_std(values: list[float]) -> str:
@@ -23,14 +25,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
 
 
+def _baseline_flops(run_dir: Path) -> float:
+    """The training FLOPs the run's host-only baseline spent."""
+    return json.loads((run_dir / "baseline.json").read_text())["cumulative_training_flops"][-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["digits", "mnist5k"])
+    parser.add_argument("--tasks", nargs="+", default=["digits", "mnist5k", "mnist5k-tiny", "mnist5k-mlp"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="runs/results")
     args = parser.parse_args()
-    rows = ["| task | epochs | seeds | host-only final acc % | grown final acc % | grown best acc % | params added (host params) | germinated / fossilized / culled |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| task | epochs | seeds | host-only final acc % | grown final acc % | grown best acc % | params added (host params) | germinated / fossilized / culled | training FLOPs grown / host only |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:
         summaries = []
         for seed in args.seeds:
@@ -50,7 +57,9 @@ def main() -> None:
             f"| {_mean_std([s['host_only_val_accuracy'] for s in summaries])} "
             f"| {_mean_std([s['final_val_accuracy'] for s in summaries])} "
             f"| {_mean_std([s['best_val_accuracy'] for s in summaries])} "
-            f"| {added:.0f} ({summaries[0]['host_params']:,}) | {' / '.join(map(str, seeds))} |"
+            f"| {added:.0f} ({summaries[0]['host_params']:,}) | {' / '.join(map(str, seeds))} "
+            f"| {format_flops(statistics.mean(s['flops']['training'] for s in summaries))} / "
+            f"{format_flops(statistics.mean(_baseline_flops(run_dir.parent / f'{task}-seed{seed}') for seed in args.seeds))} |"
         )
     print("\n".join(rows))
 

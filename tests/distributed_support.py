@@ -210,6 +210,22 @@ def rollback_together(world: World, folder: Path) -> dict:
     return {"rollback": record.rollback, "restored": restored, "rollbacks": trainer.governor.rollbacks}
 
 
+def flops_of_the_global_batches(world: World, folder: Path) -> dict:
+    """Each rank trains and validates its share of every batch (uneven: 15 and 16 of 31): the
+    FLOPs every rank reports are the global batches', what one process counts on the same data."""
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(70, 8), torch.randint(0, 3, (70,))
+
+    def epoch_flops(on: World) -> dict:
+        loaders = [InMemoryLoader(x, y, 31, shuffle=False, seed=0, rank=on.rank, world_size=on.size)
+                   for x, y in ((inputs, targets), (inputs[:40], targets[:40]))]  # fmt: skip
+        torch.manual_seed(0)
+        model = MorphogeneticModel(MLPHost(8, num_classes=3, hidden=8, n_layers=1), ["layer1"])
+        return MorphogeneticTrainer(model, *loaders, OptimConfig(), world=on).run_epoch().flops.to_dict()
+
+    return {"shared": epoch_flops(world), "alone": epoch_flops(World.single())}
+
+
 def rank_one_dies(world: World, folder: Path) -> dict:
     """Rank 1 dies before a collective: rank 0's `RankFailure` names it."""
     world.at("epoch 3 of 9")
@@ -225,10 +241,15 @@ def rank_one_dies(world: World, folder: Path) -> dict:
 
 def every_check(world: World, folder: Path) -> dict:
     """All of the above in one process group (starting processes is what costs), the death last."""
-    results = {
-        check.__name__: check(world, folder)
-        for check in (gradients_of_shares, broadcast_and_replicas, disagreeing_configs, rank_zero_fails, rollback_together)
-    }
+    checks = (
+        gradients_of_shares,
+        broadcast_and_replicas,
+        disagreeing_configs,
+        rank_zero_fails,
+        rollback_together,
+        flops_of_the_global_batches,
+    )
+    results = {check.__name__: check(world, folder) for check in checks}
     # Rank 1 never returns from the last check: what it found so far is written first.
     (folder / f"rank{world.rank}.json").write_text(json.dumps({**results, "rank_one_dies": {"died": True}}))
     return {**results, "rank_one_dies": rank_one_dies(world, folder), "leave_early": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import asdict
@@ -89,8 +90,9 @@ class Script:
         pass
 
 
-def _seed_groups(optimizer: torch.optim.Optimizer) -> list[tuple[str, bool, float]]:
-    return [(g["slot_id"], g["fossil"], g["lr"]) for g in optimizer.param_groups if "slot_id" in g]
+def _seed_groups(optimizer: torch.optim.Optimizer) -> list[tuple[str, str, bool, float]]:
+    """(slot, seed, fossil, lr) of each seed's param group in the user's optimiser."""
+    return [(g["slot_id"], g["seed_id"], g["fossil"], g["lr"]) for g in optimizer.param_groups if "slot_id" in g]
 
 
 # --------------------------------------------------------------------------- the README example
@@ -111,9 +113,9 @@ def test_the_readme_example_runs_as_is_and_grows(capsys: pytest.CaptureFixture[s
     assert len(grower.history) == namespace["EPOCHS"] and grower.closed
     moves = [move.to_stage for move in grower.transitions]
     assert S.GERMINATED in moves and S.FOSSILIZED in moves, moves
-    # Each fossilized seed's parameters stayed in the user's optimiser, as host, at the host's lr.
-    fossils = [slot_id for slot_id, slot in grown.seed_slots.items() if slot.stage == S.FOSSILIZED]
-    assert fossils and all((k, True, 0.05) in _seed_groups(optimizer) for k in fossils)
+    # Each fossilized seed (in its slot's stack) stayed in the user's optimiser, as host, at the host's lr.
+    fossils = [(k, f.seed_id) for k, slot in grown.seed_slots.items() for f in slot.fossil_reports]
+    assert fossils and all((*key, True, 0.05) in _seed_groups(optimizer) for key in fossils)
     assert "epoch 39" in capsys.readouterr().out
 
 
@@ -125,7 +127,7 @@ def test_seeds_join_the_users_optimiser_learn_pass_g2_and_leave_on_cull() -> Non
     grower = esper.Grower(grown, optimizer, accuracy, controller=Script(plan), epochs=8, seed_lr=0.02)
     record = grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, 0))
     assert record.epoch == 0 and record.val_accuracy == accuracy(grown) and record.rollback is None
-    assert _seed_groups(optimizer) == [("1", False, 0.02), ("3", False, 0.02)]
+    assert _seed_groups(optimizer) == [("1", "1-seed1", False, 0.02), ("3", "3-seed1", False, 0.02)]
     assert grown.seed_slots["1"].stage == S.TRAINING  # germinated, then the lifecycle step
     seed = grown.seed_slots["1"].seed
     before = [p.detach().clone() for p in seed.parameters()]
@@ -139,12 +141,15 @@ def test_seeds_join_the_users_optimiser_learn_pass_g2_and_leave_on_cull() -> Non
     grower.controller.plan[2] = [Action(ActionKind.CULL, "3")]
     grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, 2))
     assert grown.seed_slots["3"].stage == S.EMBARGOED and grown.seed_slots["3"].seed is None  # culled
-    assert _seed_groups(optimizer) == [("1", False, 0.02)]
+    assert _seed_groups(optimizer) == [("1", "1-seed1", False, 0.02)]
     assert all(p in optimizer.state for p in grown.seed_slots["1"].seed.parameters())
     for epoch in range(3, 8):
         grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, epoch))
-    assert grown.seed_slots["1"].stage == S.FOSSILIZED
-    assert _seed_groups(optimizer) == [("1", True, 0.05)]  # stays, as host, at the host's lr
+    # Kept: the seed joined its slot's stack (the slot is free again) and its group stays, as host,
+    # at the host's lr.
+    assert [f.seed_id for f in grown.seed_slots["1"].fossil_reports] == ["1-seed1"]
+    assert grown.seed_slots["1"].stage == S.DORMANT and grown.seed_slots["1"].seed is None
+    assert _seed_groups(optimizer) == [("1", "1-seed1", True, 0.05)]
     assert grower.closed  # the 8 planned epochs are done
     with pytest.raises(RuntimeError, match="8 epochs this Grower planned are done"):
         grower.end_epoch()
@@ -269,7 +274,7 @@ def test_a_seed_that_breaks_the_evaluation_is_found_culled_and_rolled_back() -> 
     record = grower.end_epoch(train_loss=math.nan)
     assert record.rollback is not None and "healthy without 3-seed1 (mlp in 3)" in record.rollback
     assert grown.seed_slots["3"].seed is None and grown.seed_slots["1"].stage == S.BLENDING  # culled
-    assert [k for k, _, _ in _seed_groups(optimizer)] == ["1"]
+    assert [k for k, _, _, _ in _seed_groups(optimizer)] == ["1"]
     restored = grown.state_dict()
     assert all(torch.equal(restored[k], v) for k, v in good.items() if k in restored)
     assert math.isfinite(record.val_accuracy)  # measured again, on the restored model
@@ -393,7 +398,7 @@ def test_a_seed_planted_before_the_grower_joins_the_optimiser_once() -> None:
     grown.germinate("1", "mlp")
     optimizer = torch.optim.SGD(grown.host_parameters(), lr=0.05)
     esper.Grower(grown, optimizer, accuracy, controller=Script({})).close()
-    assert _seed_groups(optimizer) == [("1", False, 0.05)]
+    assert _seed_groups(optimizer) == [("1", "1-seed1", False, 0.05)]
     twice = torch.optim.SGD(grown.parameters(), lr=0.05)  # the seed's parameters already in it
     with pytest.raises(ValueError, match="already holds parameters of the seed in slot '1'"):
         esper.Grower(grown, twice, accuracy, controller=Script({}))
@@ -436,3 +441,171 @@ def test_a_bf16_model_grows_in_the_users_loop() -> None:
     slot = grown.seed_slots["1"]
     assert slot.stage == S.BLENDING and {p.dtype for p in slot.seed.parameters()} == {torch.bfloat16}
     assert math.isfinite(grower.history[-1].val_accuracy)
+
+
+# --------------------------------------------------------------------------- stacks and FLOPs
+def _until_fossilized(grower: esper.Grower, grown: nn.Module, optimizer: torch.optim.Optimizer, slot_id: str) -> None:
+    """End the user's epochs until the slot's live seed has joined its stack."""
+    slot = grown.seed_slots[slot_id]
+    depth = slot.stack_depth
+    for _ in range(12):
+        grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, grower.epoch))
+        if slot.stack_depth > depth:
+            return
+    raise AssertionError(f"the seed in slot {slot_id} was not fossilized within 12 epochs")
+
+
+def _two_group_optimizer(grown: nn.Module) -> torch.optim.Optimizer:
+    """A user's optimiser with two groups of its own (weights with decay, the rest without)."""
+    decay = [p for n, p in grown.named_parameters() if n.endswith("weight")]
+    rest = [p for n, p in grown.named_parameters() if not n.endswith("weight")]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": rest}], lr=0.05, momentum=0.9)
+
+
+def test_a_fossil_stays_in_the_users_optimiser_and_a_second_seed_stacks_on_it() -> None:
+    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
+    optimizer = _two_group_optimizer(grown)
+    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({0: [Action(ActionKind.GERMINATE, "1", "mlp")]}),
+                          fossil_lr=0.01)  # fmt: skip
+    _until_fossilized(grower, grown, optimizer, "1")
+    slot = grown.seed_slots["1"]
+    assert slot.state is None and [f.seed_id for f in slot.fossil_reports] == ["1-seed1"]
+    assert _seed_groups(optimizer) == [("1", "1-seed1", True, 0.01)]
+    # The slot is free: a second seed goes on top of the fossil, with a group of its own.
+    grower.controller.plan[grower.epoch] = [Action(ActionKind.GERMINATE, "1", "lowrank")]
+    grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, grower.epoch))
+    assert slot.state.seed_id == "1-seed2" and slot.stack_depth == 1
+    assert _seed_groups(optimizer) == [("1", "1-seed1", True, 0.01), ("1", "1-seed2", False, 0.05)]
+    # The fossil is host: the user's optimiser goes on training it, with its momentum.
+    fossil = list(slot.fossils.parameters())
+    before = [p.detach().clone() for p in fossil]
+    train_one_epoch(grown, optimizer, grower.epoch)
+    assert all(not torch.equal(a, b) for a, b in zip(before, fossil, strict=True))
+    assert all("momentum_buffer" in optimizer.state[p] for p in fossil)
+
+    # A rollback puts back the optimiser state of every group: the user's two (by position),
+    # the fossil's and the live seed's (by seed).
+    grower.end_epoch(train_loss=1.0)
+    saved = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for g in optimizer.param_groups for p in g["params"]}
+    train_one_epoch(grown, optimizer, grower.epoch)
+    record = grower.end_epoch(train_loss=math.nan)  # the user's epoch diverged
+    assert record.rollback is not None and slot.state is not None  # a host fault: no seed to blame
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert torch.equal(optimizer.state[p]["momentum_buffer"], saved[id(p)]["momentum_buffer"])
+
+
+def test_a_grower_with_a_stack_resumes_its_optimiser_groups_exactly() -> None:
+    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
+    optimizer = _two_group_optimizer(grown)
+    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({0: [Action(ActionKind.GERMINATE, "1", "mlp")]}))
+    _until_fossilized(grower, grown, optimizer, "1")
+    grower.controller.plan[grower.epoch] = [Action(ActionKind.GERMINATE, "1", "norm")]
+    grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, grower.epoch))
+    saved = io.BytesIO()  # through bytes, as a checkpoint on disk
+    torch.save(grower.state_dict(), saved)
+
+    again = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)  # built the same way
+    again_optimizer = _two_group_optimizer(again)
+    resumed = esper.Grower(again, again_optimizer, accuracy, controller=Script({}))
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert _seed_groups(again_optimizer) == _seed_groups(optimizer)
+    assert again.seed_slots["1"].stack_depth == 1 and again.seed_slots["1"].state.seed_id == "1-seed2"
+    epoch = grower.epoch
+    train_one_epoch(grown, optimizer, epoch)
+    train_one_epoch(again, again_optimizer, epoch)
+    for (name, a), b in zip(grown.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_grower_checkpoint_from_before_stacks_resumes() -> None:
+    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
+    optimizer = torch.optim.SGD(grown.parameters(), lr=0.05, momentum=0.9)
+    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({0: [Action(ActionKind.GERMINATE, "3", "mlp")]}))
+    for epoch in range(2):
+        grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, epoch))
+    state = grower.state_dict()
+    trainer = state["trainer"]
+    # Before stacks: seed groups saved as [slot, fossil], tagged with their slot alone.
+    trainer["optimizers"] = {
+        "optimizer": {
+            **trainer["optimizers"]["optimizer"],
+            "param_groups": [{k: v for k, v in g.items() if k != "seed_id"} for g in trainer["optimizers"]["optimizer"]["param_groups"]],
+        },
+        "seed_groups": [[slot_id, fossil] for slot_id, _, fossil in trainer["optimizers"]["seed_groups"]],
+    }
+    trainer["slots"] = {k: {f: v for f, v in record.items() if f != "fossils"} for k, record in trainer["slots"].items()}
+    del trainer["flops"]
+    again = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
+    again_optimizer = torch.optim.SGD(again.parameters(), lr=0.05, momentum=0.9)
+    resumed = esper.Grower(again, again_optimizer, accuracy, controller=Script({}))
+    resumed.load_state_dict(state)
+    assert _seed_groups(again_optimizer) == [("3", "3-seed1", False, 0.05)]
+    assert resumed.trainer.optimizers.seed_order() == [("3", "3-seed1")]
+
+
+# One sample's FLOPs through the 64-16-16-10 MLP: a multiply-add is 2. Training adds the
+# backward: both gradients of the second and third layers, only the weight's of the first
+# (the inputs need none).
+MLP_INFERENCE = 2 * (64 * 16 + 16 * 16 + 16 * 10)
+MLP_TRAINING = MLP_INFERENCE + 2 * 64 * 16 + 2 * (2 * 16 * 16 + 2 * 16 * 10)
+
+
+def test_a_grower_counts_the_flops_of_the_users_loop() -> None:
+    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2])
+    optimizer = torch.optim.SGD(grown.parameters(), lr=0.05)
+    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({}))
+    train_one_epoch(grown, optimizer, 0)
+    accuracy(grown)  # the user's own evaluation, outside `evaluate`: not the Grower's to count
+    first = grower.end_epoch(train_loss=1.0).flops
+    assert first.training == MLP_TRAINING * len(TRAIN_X)  # every sample the loop trained on
+    assert first.validation == MLP_INFERENCE * len(VAL_X)  # the one evaluate pass
+    assert first.inference_per_sample == MLP_INFERENCE and first.counterfactual == 0
+    second = grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, 1)).flops
+    assert second.cumulative_training == 2 * first.training
+
+
+def test_a_model_the_flops_meter_cannot_run_grows_without_flops(caplog: pytest.LogCaptureFixture) -> None:
+    class ReadsValues(nn.Module):
+        """A forward that reads a tensor's value: it cannot run on meta tensors."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _mlp()
+
+        def forward(self, x: Tensor) -> Tensor:
+            scale = 1.0 if x.abs().max().item() < 1e6 else 0.0
+            return self.body(x * scale)
+
+    grown = esper.graft(ReadsValues(), ["body.1"], TRAIN_X[:2])
+    optimizer = torch.optim.SGD(grown.parameters(), lr=0.05)
+    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({0: [Action(ActionKind.GERMINATE, "body.1", "mlp")]}))
+    with caplog.at_level("WARNING", logger="esper.tolaria"):
+        records = [grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, epoch)) for epoch in range(3)]
+    assert all(record.flops is None for record in records)
+    assert grown.seed_slots["body.1"].stage in (S.TRAINING, S.BLENDING)  # it grows all the same
+    (warning,) = [r.getMessage() for r in caplog.records if "FLOPs are not counted" in r.getMessage()]
+    assert "cannot count the FLOPs of ReadsValues" in warning and ".item()" in warning
+    assert len(warning.splitlines()) == 1
+
+
+def test_a_policy_sees_stacks_and_budget_under_its_own_slot_names() -> None:
+    from esper.grower import _RenamedSlots
+    from esper.leyline import FossilReport
+
+    class Policy:
+        seen: EpochSignals
+
+        def decide(self, signals: EpochSignals) -> list[Action]:
+            self.seen = signals
+            return [Action(ActionKind.GERMINATE, "layer2", "norm")]
+
+    policy = Policy()
+    renamed = _RenamedSlots(policy, {"1": "layer1", "3": "layer2"})
+    fossil = FossilReport("1-seed1", "mlp", "1", 1000, 0.02, 5)
+    signals = EpochSignals(6, 10, 0.5, 0.8, 0.5, 0.8, 1500, 1000, {"1": None, "3": None},
+                           fossils={"1": [fossil], "3": []}, affordable={"1": [], "3": ["norm"]})  # fmt: skip
+    (action,) = renamed.decide(signals)
+    assert action.slot_id == "3"  # back to the grafted name
+    assert policy.seen.affordable == {"layer1": [], "layer2": ["norm"]}
+    assert [(f.slot_id, f.seed_id) for f in policy.seen.fossils["layer1"]] == [("layer1", "1-seed1")]

@@ -48,6 +48,13 @@ def _task_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _budget(args: argparse.Namespace, file_values: dict) -> dict | None:
+    """The config file's growth budget with the budget flags given on top (None: no flag)."""
+    flags = {"max_params_added": args.max_params_added, "max_inference_flops": args.max_inference_flops}
+    given = {key: value for key, value in flags.items() if value is not None}
+    return {**file_values.get("budget", {}), **given} if given else None
+
+
 def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
     from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
@@ -75,6 +82,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "model": args.model,
             "device": args.device,
             "precision": args.precision,
+            "budget": _budget(args, file_values),
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -261,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="grow a model of your own on the task: FACTORY(task data) returns (model, targets to graft)",
     )
     add_device_arguments(heuristic)
+    heuristic.add_argument(
+        "--max-params-added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
+    )
+    heuristic.add_argument(
+        "--max-inference-flops",
+        type=float,
+        metavar="F",
+        help="growth budget: at most F inference FLOPs per sample for the whole grown network",
+    )
     heuristic.add_argument("--quiet", action="store_true", help="no live progress")
     from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
 

@@ -25,7 +25,14 @@ the controller, applies its decision, steps every seed's lifecycle and keeps you
 optimiser in step: a new seed's parameters join it as their own param group at
 `seed_lr` (default: your first group's learning rate), a culled seed's group
 leaves it, a fossilized seed's group stays, as host, at `fossil_lr` (default: your
-first group's learning rate then).
+first group's learning rate then). Growth has no ceiling: a fossilized seed joins
+its slot's stack (`slot.fossils`), the slot is free again for another seed on top
+of it, and every fossil keeps its own group in your optimiser.
+
+FLOPs are counted as in every Esper run (`tolaria.user_loop`): your loop's forward
+passes in train mode with gradients on are training, those inside `evaluate` are
+validation; per epoch and cumulative in each record's `flops`, and in summary.json.
+A model whose forward cannot run on meta tensors is grown without them (one warning).
 
 With `run_dir`, the run gets a run folder like `esper train heuristic`'s
 (config.json, events.jsonl, metrics.jsonl, checkpoints/ every `checkpoint_every`
@@ -51,18 +58,20 @@ from typing_extensions import TypedDict  # pydantic checks typing's TypedDict on
 
 from esper import __version__
 from esper.jobs.config import HeuristicRunConfig
-from esper.jobs.heuristic import blueprints_for, growth_summary, make_chooser, write_epoch
+from esper.jobs.heuristic import growth_summary, make_chooser, write_epoch
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.kasmina.host import SeededModel
 from esper.leyline import (
     Action,
     Controller,
     EpochSignals,
+    GrowthBudget,
     StageTransition,
     TelemetryEvent,
     TelemetryEventType,
 )
 from esper.nissa import JsonlEventOutput, JsonlWriter, RichConsoleOutput, TelemetryHub
+from esper.runtime.session import blueprints_for
 from esper.simic.policy import PolicyController
 from esper.tamiyo import HeuristicController
 from esper.tolaria import EpochLoop, EpochRecord, EpochResult, TrainingFailed
@@ -97,8 +106,11 @@ class Grower:
     a policy's own episode length, or for the heuristic no planned end. `blueprints`:
     what the heuristic may plant (default: every blueprint of the slots' topology).
     `governor`, `max_consecutive_rollbacks`: as in `esper train heuristic`; after that
-    many rollbacks in a row `end_epoch` raises `TrainingFailed`. `console`: a rich
-    console for live progress and lifecycle lines.
+    many rollbacks in a row `end_epoch` raises `TrainingFailed`. `budget`: a
+    `GrowthBudget` (params added, inference FLOPs per sample) no germination may
+    pass; the heuristic plants only what still fits (checked at the first `end_epoch`,
+    once a forward has shown the shapes of a batch). `console`: a rich console for
+    live progress and lifecycle lines.
     """
 
     def __init__(
@@ -115,6 +127,7 @@ class Grower:
         grad_stats_every: int = 4,
         governor: GovernorConfig | None = None,
         max_consecutive_rollbacks: int = 3,
+        budget: GrowthBudget | None = None,
         run_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
         checkpoint_every: int = 5,
@@ -139,6 +152,11 @@ class Grower:
             controller, grafted, blueprints
         )
         self.epochs = epochs if epochs is not None else planned
+        if budget is not None and budget.limited and not self.blueprints:
+            raise ValueError(
+                "a growth budget is checked against the blueprints the controller may plant: pass "
+                "blueprints=[...] with your own controller"
+            )
         self.grad_stats_every = grad_stats_every
         self.checkpoint_every = checkpoint_every
         self.hub = TelemetryHub()
@@ -148,6 +166,8 @@ class Grower:
             evaluate,
             governor,
             on_telemetry=self.hub,
+            budget=budget,
+            blueprints=self.blueprints,
         )
         # The slots report lifecycle events to this run too (and still to whoever they did before).
         self._slot_telemetry = {k: s.on_telemetry for k, s in grafted.seed_slots.items()}
@@ -351,7 +371,7 @@ class Grower:
             "epochs": self.epoch,
             "status": "complete" if failure is None else "failed",
             **({} if failure is None else {"reason": failure}),
-            **growth_summary(folder, self.trainer),
+            **growth_summary(folder, self.trainer, type(self.model.host).__qualname__),
             "wall_seconds_this_session": round(time.perf_counter() - self._started, 2),
             "esper_version": __version__,
         }
@@ -360,6 +380,7 @@ class Grower:
     def _release(self) -> None:
         self.closed = True
         self._hook.remove()
+        self.trainer.close()
         for slot_id, previous in self._slot_telemetry.items():
             self.model.seed_slots[slot_id].on_telemetry = previous
         if self._metrics is not None:
@@ -432,13 +453,18 @@ class _RenamedSlots:
         self.to_model = {theirs: ours for ours, theirs in names.items()}
 
     def decide(self, signals: EpochSignals) -> list[Action]:
+        rename = self.to_policy
         seen = dataclasses.replace(
             signals,
-            slots={self.to_policy[k]: report for k, report in signals.slots.items()},
-            transitions=[
-                dataclasses.replace(t, slot_id=self.to_policy[t.slot_id])
-                for t in signals.transitions
-            ],
+            slots={rename[k]: report for k, report in signals.slots.items()},
+            transitions=[dataclasses.replace(t, slot_id=rename[t.slot_id]) for t in signals.transitions],
+            fossils={
+                rename[k]: [dataclasses.replace(f, slot_id=rename[k]) for f in stack]
+                for k, stack in signals.fossils.items()
+            },
+            affordable=None
+            if signals.affordable is None
+            else {rename[k]: names for k, names in signals.affordable.items()},
         )
         return [
             a if a.slot_id is None else dataclasses.replace(a, slot_id=self.to_model[a.slot_id])

@@ -11,6 +11,7 @@ from esper.cli import main
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import heuristic_config
 from esper.jobs.ppo import PPORunConfig
+from esper.runtime import get_task
 
 
 def _fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
@@ -39,6 +40,10 @@ def _fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
         ({"heuristic": {"fossilize_above": "high"}}, ("'heuristic.fossilize_above'", "number", "'high'")),
         ({"heuristic": {"tracker": {"warmup": 1}}}, ("heuristic.tracker.warmup", "warmup_epochs")),
         ({"epochz": 3}, ("epochz", "Known keys")),
+        ({"budget": {"max_params_added": 1e4}}, ("'budget.max_params_added'", "integer", "10000.0")),
+        ({"budget": {"max_inference_flops": "1e6"}}, ("'budget.max_inference_flops'", "number", "'1e6'")),
+        ({"budget": {"max_params": 10}}, ("budget.max_params", "max_params_added")),
+        ({"budget": {"max_params_added": 0}}, ("budget.max_params_added must be >= 1",)),
     ],
 )
 def test_heuristic_config_file_values_are_type_checked(values, expected, tmp_path, monkeypatch, capsys) -> None:
@@ -65,6 +70,7 @@ def test_toml_config_values_are_type_checked(tmp_path, monkeypatch, capsys) -> N
         ({"network": {"hidden": True}}, ("'network.hidden'", "integer", "True")),
         ({"reward": {"rent_weight": [0.1]}}, ("'reward.rent_weight'", "number", "[0.1]")),
         ({"ppo": {"gama": 0.9}}, ("ppo.gama", "gamma")),
+        ({"budget": {"max_inference_flops": -1.0}}, ("budget.max_inference_flops must be > 0",)),
     ],
 )
 def test_ppo_config_file_values_are_type_checked(values, expected, tmp_path, monkeypatch, capsys) -> None:
@@ -98,7 +104,7 @@ def test_a_tampered_saved_config_is_refused_on_resume(tmp_path, capsys) -> None:
 
 
 def test_ints_are_accepted_for_floats_and_nested_tables_become_configs() -> None:
-    config = heuristic_config({"fossilize_above": 0, "tracker": {"min_delta": 1}})
+    config = heuristic_config(get_task("digits"), {"fossilize_above": 0, "tracker": {"min_delta": 1}})
     assert isinstance(config.fossilize_above, float) and config.fossilize_above == 0.0
     assert isinstance(config.tracker.min_delta, float) and config.tracker.min_delta == 1.0
     ppo, _, reward = build_config(PPORunConfig, {"ppo": {"learning_rate": 1, "target_kl": None}}, {}).parts()

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import run_heuristic
+from esper.jobs.report import format_flops, print_summary
 from esper.jobs.run_folder import RunFolder
 from esper.leyline import LIFECYCLE_EVENTS, TelemetryEventType
 from esper.nissa import read_jsonl
@@ -66,6 +68,72 @@ def test_metrics_and_lifecycle_events_are_complete(finished_run) -> None:
     assert summary["seeds"]["germinated"] == germinated
 
 
+def test_flops_params_and_the_grown_architecture_are_in_metrics_and_summary(finished_run) -> None:
+    run_dir, summary = finished_run
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    keys = {"training", "validation", "counterfactual", "cumulative_training", "cumulative_validation",
+            "cumulative_counterfactual", "inference_per_sample"}  # fmt: skip
+    for name in ("training", "validation", "counterfactual"):
+        assert all(set(m["flops"]) == keys for m in metrics)
+        assert summary["flops"][name] == pytest.approx(sum(m["flops"][name] for m in metrics), rel=1e-12)
+        assert summary["flops"][name] == metrics[-1]["flops"][f"cumulative_{name}"]
+    assert summary["flops"]["inference_per_sample"] == metrics[-1]["flops"]["inference_per_sample"] > 0
+    stacks = metrics[-1]["fossils"]
+    assert summary["architecture"]["slots"] == {slot: [f["blueprint_id"] for f in stack] for slot, stack in stacks.items()}
+    assert summary["architecture"]["host"] == "CNNHost(3 blocks, 4 base channels)"
+    params = summary["params"]
+    assert params["total"] == params["host"] + params["added"] and params["added"] == summary["params_added"]
+    console = Console(width=200, record=True)
+    print_summary(summary, console)
+    text = console.export_text()
+    assert "training FLOPs (run)" in text and format_flops(summary["flops"]["training"]) in text
+
+
+def _strip(records):
+    """Drop wall-clock fields and run start/finish markers (a resumed run starts twice)."""
+    kept = []
+    for record in records:
+        if record.get("event_type") in ("run_started", "run_finished"):
+            continue
+        record = {k: v for k, v in record.items() if k not in ("seconds", "timestamp")}
+        if isinstance(record.get("data"), dict):
+            record["data"] = {k: v for k, v in record["data"].items() if k != "seconds"}
+        kept.append(record)
+    return kept
+
+
+def _crash_after(monkeypatch, epoch: int):
+    """Make the next run stop (as Ctrl-C would) once `epoch` epochs are done; returns the undo."""
+    real_end_epoch = MorphogeneticTrainer.end_epoch
+
+    def crash(self):
+        real_end_epoch(self)
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", crash)
+    return lambda: monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", real_end_epoch)
+
+
+def test_a_run_with_a_stack_resumes_to_byte_identical_metrics(tmp_path, monkeypatch) -> None:
+    """One slot, so growth stacks there: the checkpoint holds a fossil with a seed on top."""
+    config = _config(epochs=20, slots=["block2"], checkpoint_every=4)
+    full_dir, run_dir = tmp_path / "full", tmp_path / "interrupted"
+    run_heuristic(config, full_dir)
+    undo = _crash_after(monkeypatch, 18)
+    with pytest.raises(KeyboardInterrupt):
+        run_heuristic(config, run_dir)
+    undo()
+    checkpoint = torch.load(run_dir / "checkpoints" / "epoch_0016.pt", weights_only=True)["trainer"]
+    stack = checkpoint["slots"]["block2"]
+    assert len(stack["fossils"]) >= 1 and stack["seed"] is not None  # a live seed on a fossil
+    run_heuristic(None, run_dir, resume=True)
+    for name in ("metrics.jsonl", "events.jsonl"):
+        assert _strip(read_jsonl(run_dir / name)) == _strip(read_jsonl(full_dir / name)), name
+    final = read_jsonl(full_dir / "metrics.jsonl")[-1]
+    assert len(final["fossils"]["block2"]) >= 1
+
+
 def test_resume_reaches_the_same_result_as_an_uninterrupted_run(finished_run, tmp_path, monkeypatch) -> None:
     full_dir, _ = finished_run
     run_dir = tmp_path / "interrupted"
@@ -84,21 +152,8 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(finished_run, tm
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 8  # epoch 9's line never got written
 
     resumed = run_heuristic(None, run_dir, resume=True)
-
-    def strip(records):
-        """Drop wall-clock fields and run start/finish markers (a resumed run starts twice)."""
-        kept = []
-        for record in records:
-            if record.get("event_type") in ("run_started", "run_finished"):
-                continue
-            record = {k: v for k, v in record.items() if k not in ("seconds", "timestamp")}
-            if isinstance(record.get("data"), dict):
-                record["data"] = {k: v for k, v in record["data"].items() if k != "seconds"}
-            kept.append(record)
-        return kept
-
     for name in ("metrics.jsonl", "events.jsonl"):
-        assert strip(read_jsonl(run_dir / name)) == strip(read_jsonl(full_dir / name)), name
+        assert _strip(read_jsonl(run_dir / name)) == _strip(read_jsonl(full_dir / name)), name
     full = torch.load(full_dir / "checkpoints" / "final.pt", weights_only=True)["trainer"]["model"]
     again = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["trainer"]["model"]
     assert full.keys() == again.keys()

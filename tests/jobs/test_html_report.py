@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,7 +13,11 @@ import pytest
 from matplotlib.image import imread
 
 from esper.cli import main
+from esper.jobs import report_figures as figures
 from esper.jobs.html_report import write_report
+from esper.jobs.report import format_flops
+from esper.jobs.run_data import load_run
+from esper.nissa import read_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"
@@ -41,9 +46,12 @@ def _figures(page: Path) -> list[str]:
 def test_report_of_a_real_run_references_every_figure(heuristic_run: Path, tmp_path: Path) -> None:
     page = write_report([heuristic_run], tmp_path / "report")
     assert page == tmp_path / "report" / "report.html"
-    assert sorted(_figures(page)) == ["accuracy.png", "lifecycle.png", "params.png"]
+    assert sorted(_figures(page)) == ["accuracy-flops.png", "accuracy.png", "lifecycle.png", "params.png"]
     html = page.read_text(encoding="utf-8")
     assert "final val accuracy (host only)" in html  # the run has a baseline
+    summary = json.loads((heuristic_run / "summary.json").read_text())
+    assert f"<td>training FLOPs</td><td>{format_flops(summary['flops']['training'])}</td>" in html
+    assert "<td>inference FLOPs per sample</td>" in html and "<td>fossils per slot</td>" in html
     assert "Per blueprint" in html and "<td>norm</td>" in html  # the seed planted at epoch 1
     assert "Incomplete run" not in html
     assert "<script" not in html and "http" not in html  # self-contained
@@ -64,7 +72,7 @@ def test_interrupted_run_report_says_what_is_missing(interrupted_run: Path, tmp_
     assert "summary.json is missing: the run stopped after 4 of 8 epochs" in html
     assert "baseline.json is missing" in html
     assert "interrupted at epoch 4" in html
-    assert len(_figures(page)) == 3
+    assert len(_figures(page)) == 4
 
 
 def test_run_that_stopped_before_its_first_epoch_still_gets_a_page(tmp_path: Path) -> None:
@@ -75,7 +83,19 @@ def test_run_that_stopped_before_its_first_epoch_still_gets_a_page(tmp_path: Pat
     )
     html = write_report([run_dir]).read_text(encoding="utf-8")
     assert "metrics.jsonl is missing" in html and "stopped after 0 of 5 epochs" in html
-    assert html.count("no data in this run") == 3 and "<img" not in html
+    assert html.count("no data in this run") == 4 and "<img" not in html
+
+
+def test_curves_can_be_drawn_against_the_training_flops_spent(heuristic_run: Path) -> None:
+    run = load_run(heuristic_run)
+    metrics = read_jsonl(heuristic_run / "metrics.jsonl")
+    spent = [m["flops"]["cumulative_training"] for m in metrics]
+    fig = figures.accuracy_loss(run, by="flops")
+    accuracy = fig.axes[0]
+    curves = {line.get_label(): list(line.get_xdata()) for line in accuracy.get_lines()}
+    assert curves["val (grown)"] == spent and spent == sorted(spent)
+    assert curves["val (host only)"] == run.baseline["cumulative_training_flops"]
+    assert accuracy.get_xlabel() == "cumulative training FLOPs"
 
 
 def test_ppo_run_report_plots_training_rewards_and_actions(ppo_run: Path, tmp_path: Path) -> None:

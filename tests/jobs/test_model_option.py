@@ -38,9 +38,26 @@ FACTORIES = textwrap.dedent(
     def wrong_classes(data):
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3)), ["2"]
 
+    class ReadsValues(nn.Module):
+        # A forward that reads a tensor's value: it cannot run on meta tensors.
+
+        def __init__(self, data):
+            super().__init__()
+            self.body = mlp(data)[0]
+
+        def forward(self, x):
+            return self.body(x if x.abs().max().item() < 1e6 else x.clamp(-1e6, 1e6))
+
+    def reads_values(data):
+        return ReadsValues(data), ["body.2", "body.4"]
+
     NOT_CALLABLE = 3
     """
 )
+# One 8x8 digit through the 64-16-16-10 MLP: a multiply-add is 2 FLOPs; a training step adds
+# the backward (both gradients for the second and third layers, the first one's weight only).
+MLP_INFERENCE = 2 * (64 * 16 + 16 * 16 + 16 * 10)
+MLP_TRAINING = MLP_INFERENCE + 2 * 64 * 16 + 2 * (2 * 16 * 16 + 2 * 16 * 10)
 # Plants at the first plateau, which a min_delta of 1.0 makes every epoch after warm-up.
 EAGER = {
     "heuristic": {
@@ -89,6 +106,56 @@ def test_a_users_model_grows_with_run_folder_and_resumes(project: Path) -> None:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(project / name / "metrics.jsonl")]
 
     assert lines("cut") == lines("whole")
+
+
+def test_a_users_model_run_counts_its_flops(project: Path) -> None:
+    from esper.runtime import get_task
+
+    assert _train("--model", "user_factories_for_esper:mlp", "--epochs", "2", "--run-dir", "run") == 0
+    metrics = read_jsonl(project / "run" / "metrics.jsonl")
+    first = metrics[0]["flops"]
+    assert first["inference_per_sample"] == MLP_INFERENCE  # nothing grown yet
+    spec = get_task("digits")
+    train, val = spec.load_data().loaders(spec.batch_size, 0, spec.max_train_batches, spec.max_val_batches)
+    assert first["training"] == MLP_TRAINING * sum(len(y) for _, y in train)
+    assert first["validation"] == MLP_INFERENCE * sum(len(y) for _, y in val)
+    summary = json.loads((project / "run" / "summary.json").read_text())
+    assert summary["flops"]["training"] == metrics[-1]["flops"]["cumulative_training"] == 2 * first["training"]
+    assert summary["architecture"] == {"host": "user_factories_for_esper:mlp", "slots": {"2": [], "4": []}}
+
+
+def test_a_users_model_that_cannot_run_on_meta_trains_without_flops(
+    project: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    model = ["--model", "user_factories_for_esper:reads_values", "--config", "eager.json", "--epochs", "5"]
+    with caplog.at_level("WARNING", logger="esper.tolaria"):
+        assert _train(*model, "--baseline", "--run-dir", "run") == 0
+    assert all(line["flops"] is None for line in read_jsonl(project / "run" / "metrics.jsonl"))
+    summary = json.loads((project / "run" / "summary.json").read_text())
+    assert summary["flops"] is None and summary["seeds"]["germinated"] >= 1  # it grew all the same
+    warnings = [r.getMessage() for r in caplog.records if "FLOPs are not counted" in r.getMessage()]
+    assert len(warnings) == 2  # one per run: the grown one and its host-only baseline
+    assert "cannot count the FLOPs of ReadsValues" in warnings[0] and len(warnings[0].splitlines()) == 1
+    assert load_run(project / "run").training_flops is None  # `esper runs` and reports show "-"
+    # A growth budget needs those counts: one line, exit 2, nothing written.
+    capsys.readouterr()
+    assert _train(*model, "--max-params-added", "5000", "--run-dir", "budget") == 2
+    output = capsys.readouterr().out.strip()
+    assert output.startswith("error: the growth budget") and "ReadsValues" in output and len(output.splitlines()) == 1
+    assert not (project / "budget").exists()
+
+
+def test_a_growth_budget_holds_for_a_users_model(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ["--model", "user_factories_for_esper:mlp", "--config", "eager.json", "--epochs", "8"]
+    assert _train(*model, "--max-params-added", "300", "--run-dir", "run") == 0
+    added = [line["seed_params"] for line in read_jsonl(project / "run" / "metrics.jsonl")]
+    assert 0 < max(added) <= 300  # it grew, within the budget all along
+    # Smaller than any mlp blueprint on these 16-wide slots: refused before anything is written.
+    capsys.readouterr()
+    assert _train(*model, "--max-params-added", "10", "--run-dir", "tiny") == 2
+    output = capsys.readouterr().out.strip()
+    assert "is smaller than any blueprint" in output and len(output.splitlines()) == 1
+    assert not (project / "tiny").exists()
 
 
 @pytest.mark.parametrize(

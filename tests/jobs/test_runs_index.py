@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 from rich.console import Console
 
 from esper.cli import main
+from esper.jobs.report import format_flops
 from esper.jobs.runs_index import runs_table
+from esper.nissa import read_jsonl
 
 
 def _render(root: Path) -> list[str]:
@@ -38,12 +41,18 @@ def test_one_line_per_run_with_status(runs_root: Path) -> None:
     lines = _render(runs_root)
     grown = _row(lines, "grown").split("│")
     assert [cell.strip() for cell in grown[2:5]] == ["digits", "heuristic", "8/8"]
-    assert grown[5].strip().endswith("%") and grown[7].strip() == "complete"
+    assert grown[5].strip().endswith("%") and grown[8].strip() == "complete"
+    # The training FLOPs the run spent, as its summary says.
+    summary = json.loads((runs_root / "grown" / "summary.json").read_text())
+    assert grown[7].strip() == format_flops(summary["flops"]["training"]) and grown[7].strip()[-1] in "MGT"
     interrupted = [cell.strip() for cell in _row(lines, "interrupted").split("│")]
-    assert interrupted[4] == "4/8" and interrupted[7] == "interrupted at epoch 4"
+    assert interrupted[4] == "4/8" and interrupted[8] == "interrupted at epoch 4"
+    # An unfinished run: the FLOPs its last epoch line counted so far.
+    metrics = read_jsonl(runs_root / "interrupted" / "metrics.jsonl")
+    assert interrupted[7] == format_flops(metrics[-1]["flops"]["cumulative_training"])
     ppo = [cell.strip() for cell in _row(lines, "ppo").split("│")]
-    # PPO: the last round's episodes, mean final accuracy and params added.
-    assert ppo[3:8] == ["ppo", "5/5", "82.00%", "40", "complete"]
+    # PPO: the last round's episodes, mean final accuracy and params added; no FLOPs counted.
+    assert ppo[3:9] == ["ppo", "5/5", "82.00%", "40", "-", "complete"]
     assert "unreadable" in _row(lines, "broken")
     assert not any("notes" in line for line in lines)
 

@@ -72,6 +72,8 @@ def test_heuristic_on_two_ranks_matches_one_process(heuristic_runs):
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
         assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-3)
         assert b["seed_params"] == a["seed_params"]
+        # FLOPs are the global run's: the ranks' shares summed, one process's count.
+        assert b["flops"] == pytest.approx(a["flops"]) and b["flops"]["training"] > 0
 
 
 def test_rank_zero_alone_writes_the_run_folder(heuristic_runs):

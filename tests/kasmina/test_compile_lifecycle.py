@@ -68,11 +68,15 @@ def test_lifecycle_compiled_matches_eager_and_alpha_never_recompiles() -> None:
     assert slot.advance_stage(SeedStage.PROBATIONARY).passed
     step("probationary")
     assert slot.advance_stage(SeedStage.FOSSILIZED).passed
-    step("fossilized")
+    step("fossilized")  # the seed now runs from the slot's stack
+    slot.germinate("norm", host_module=model.host)  # a second seed on top of the fossil
+    assert slot.advance_stage(SeedStage.TRAINING).passed
+    step("stacked")
 
     assert len(alphas) >= 3 and len(set(alphas)) == len(alphas)  # the ramp moved alpha every step
     assert frames[f"blending{len(alphas) - 1}"] == frames["blending0"]  # no recompile per alpha step
-    stage_changes = 6  # GERMINATED, TRAINING, BLENDING, SHADOWING, PROBATIONARY, FOSSILIZED
+    # GERMINATED, TRAINING, BLENDING, SHADOWING, PROBATIONARY, FOSSILIZED; a second seed TRAINING.
+    stage_changes = 7
     assert counter.frame_count <= stage_changes + 1, frames
 
 

@@ -210,7 +210,7 @@ def test_without_isolation_host_gradients_change() -> None:
 
 
 # ---------------------------------------------------------------- blending and force_alpha
-@pytest.mark.parametrize("stage", [S.BLENDING, S.SHADOWING, S.PROBATIONARY, S.FOSSILIZED])
+@pytest.mark.parametrize("stage", [S.BLENDING, S.SHADOWING, S.PROBATIONARY])
 @pytest.mark.parametrize("alpha", [0.3, 0.8, 1.0])
 def test_blended_output_is_lerp(stage: SeedStage, alpha: float) -> None:
     slot = _blended_slot(stage, alpha)
@@ -248,7 +248,7 @@ def test_force_alpha_zero_gives_host_and_restores() -> None:
 
 
 def test_force_alpha_restores_on_exception() -> None:
-    slot = _blended_slot(S.FOSSILIZED, 1.0)
+    slot = _blended_slot(S.PROBATIONARY, 1.0)
     x = _features()
     with pytest.raises(KeyError), slot.force_alpha(0.0):
         assert torch.equal(slot(x), x)
@@ -571,10 +571,16 @@ def test_full_lifecycle_to_fossilized() -> None:
     blend = [a for s, a in zip(stages, alphas) if s in (S.BLENDING, S.SHADOWING, S.PROBATIONARY)]
     assert all(b >= a for a, b in itertools.pairwise(blend))
     assert blend[0] < 0.5 and blend[-1] >= 0.95
+    seed = slot.seed
     result = slot.advance_stage()
     assert result.passed and result.gate == GateLevel.G5
     assert state.stage == S.FOSSILIZED
-    assert slot.seed is not None
+    # The seed joined the slot's stack and the slot is free for the next one.
+    assert slot.state is None and slot.seed is None and slot.stage == S.DORMANT
+    assert list(slot.fossils) == [seed]
+    (fossil,) = slot.fossil_reports
+    assert (fossil.seed_id, fossil.blueprint_id, fossil.counterfactual_contribution) == ("seed-1", "conv_light", 0.04)
+    assert fossil.params == slot.fossil_param_count() == sum(p.numel() for p in seed.parameters())
     types = [e.event_type for e in events]
     assert types[0] == TelemetryEventType.SEED_GERMINATED
     assert types[-1] == TelemetryEventType.SEED_FOSSILIZED
@@ -586,21 +592,74 @@ def test_alpha_is_full_once_blending_is_done() -> None:
     slot.germinate("norm")
     grow(slot, S.SHADOWING)
     assert slot.alpha == 1.0
-    grow(slot, S.PROBATIONARY)
+    state = grow(slot, S.PROBATIONARY)
     assert slot.advance_stage().passed
-    assert slot.state.stage == S.FOSSILIZED
-    assert slot.alpha == 1.0
+    assert state.stage == S.FOSSILIZED
+    assert state.alpha == 1.0  # kept at full strength
 
 
 def test_fossilized_seed_cannot_be_culled() -> None:
     slot = _fresh_slot()
-    slot.germinate("norm")
-    grow(slot, S.PROBATIONARY)
-    assert slot.advance_stage(S.FOSSILIZED).passed
-    assert slot.cull("try") is False
-    assert slot.state.stage == S.FOSSILIZED
-    assert slot.seed is not None
-    assert slot.isolate_gradients is False  # the seed is part of the host now
+    grow(slot, S.FOSSILIZED, "conv_light")
+    _randomize(slot.fossils[0])
+    x = _features()
+    with torch.no_grad():
+        kept = slot(x)
+    assert slot.cull("try") is False  # nothing live to cull: the fossil is part of the host
+    assert slot.stack_depth == 1
+    with torch.no_grad():
+        assert torch.equal(slot(x), kept)
+
+
+# ---------------------------------------------------------------- stacks
+def test_a_fossil_runs_at_full_strength_before_the_next_seed() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.FOSSILIZED, "conv_light", seed_id="first")
+    fossil = _randomize(slot.fossils[0])
+    x = _features()
+    with torch.no_grad():
+        assert torch.equal(slot(x), fossil(x))
+    grow(slot, S.BLENDING, "conv_light", seed_id="second")
+    live = _randomize(slot.seed, seed=2)
+    slot.state.alpha = 0.4
+    with torch.no_grad():
+        below = fossil(x)
+        torch.testing.assert_close(slot(x), 0.6 * below + 0.4 * live(below), rtol=1e-5, atol=1e-6)
+        with slot.force_alpha(0.0):  # the counterfactual removes the live seed only
+            assert torch.equal(slot(x), below)
+
+
+def test_stack_through_the_real_lifecycle_and_a_culled_second_seed_leaves_the_fossil() -> None:
+    events: list[TelemetryEvent] = []
+    slot = _fresh_slot(on_telemetry=events.append)
+    grow(slot, S.FOSSILIZED, "conv_light", seed_id="kept")
+    grow(slot, S.TRAINING, "norm", seed_id="tried")  # germinates again in the same slot
+    assert slot.stack_depth == 1 and slot.state.seed_id == "tried"
+    assert slot.cull("no good") is True
+    while slot.state is not None:
+        slot.step_epoch()
+    assert [r.seed_id for r in slot.fossil_reports] == ["kept"] and len(slot.fossils) == 1
+    grow(slot, S.FOSSILIZED, "norm", seed_id="third")
+    assert [r.blueprint_id for r in slot.fossil_reports] == ["conv_light", "norm"]
+    assert slot.fossil_param_count() == sum(r.params for r in slot.fossil_reports)
+    fossilized = [e for e in events if e.event_type == TelemetryEventType.SEED_FOSSILIZED]
+    assert [(e.seed_id, e.data["stack_depth"]) for e in fossilized] == [("kept", 1), ("third", 2)]
+
+
+def test_a_stack_survives_a_checkpoint_and_rebuilds_before_the_weights_load() -> None:
+    slot = _fresh_slot()
+    grow(slot, S.FOSSILIZED, "conv_light", seed_id="a")
+    grow(slot, S.FOSSILIZED, "norm", seed_id="b")
+    grow(slot, S.BLENDING, "conv_light", seed_id="c")
+    for module in (*slot.fossils, slot.seed):
+        _randomize(module)
+    restored = _fresh_slot()
+    restored.load_lifecycle_state(json.loads(json.dumps(slot.lifecycle_state())))
+    restored.load_state_dict(slot.state_dict())
+    assert restored.fossil_reports == slot.fossil_reports and restored.state.seed_id == "c"
+    x = _features()
+    with torch.no_grad():
+        assert torch.equal(restored(x), slot(x))
 
 
 def test_cull_on_empty_slot_returns_false() -> None:

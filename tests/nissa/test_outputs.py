@@ -156,7 +156,7 @@ def _run(output: RichConsoleOutput) -> None:
             slot_id="block2",
             seed_id="seed-3",
             blueprint_id="conv_light",
-            data={"counterfactual_contribution": 0.0312},
+            data={"counterfactual_contribution": 0.0312, "stack_depth": 2},
         )
     )
     output.handle(
@@ -178,7 +178,7 @@ def test_console_shows_lifecycle_lines_and_final_bar():
     _run(RichConsoleOutput(console))
     text = buffer.getvalue()
     assert "epoch   2  block2  seed-3  conv_light  GERMINATED" in text
-    assert "epoch   5  block2  seed-3  conv_light  FOSSILIZED (contribution +0.031)" in text
+    assert "epoch   5  block2  seed-3  conv_light  FOSSILIZED (contribution +0.031, stack of 2)" in text
     assert "epoch   5  block1  seed-4  [odd]  CULLED  stalled" in text
     assert "epoch   5  ROLLBACK  loss spike" in text
     assert "cifar10 heuristic" in text

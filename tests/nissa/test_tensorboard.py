@@ -24,6 +24,8 @@ def _epoch(epoch: int, alpha: float) -> TelemetryEvent:
         "seed_params": 16,
         "contributions": {"block2": 0.01 * epoch},
         "slots": {"block2": seed, "block3": None},
+        "fossils": {"block2": [], "block3": [{"seed_id": "s0", "blueprint_id": "norm"}] * epoch},
+        "flops": {"training": 100.0, "cumulative_training": 100.0 * (epoch + 1), "inference_per_sample": 5.0},
     }
     return TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=epoch, data=data)
 
@@ -69,6 +71,8 @@ def test_epochs_slots_lifecycle_and_ppo_are_logged(tmp_path: Path) -> None:
     assert _values(accumulator, "slot/block2/stage")[0] == (0, SeedStage.BLENDING.value)
     assert _values(accumulator, "slot/block3/stage")[0] == (0, SeedStage.DORMANT.value)
     assert _values(accumulator, "slot/block2/counterfactual")[-1] == (2, 0.02)
+    assert _values(accumulator, "slot/block3/stack_depth") == [(0, 0), (1, 1), (2, 2)]
+    assert _values(accumulator, "flops/cumulative_training") == [(0, 100.0), (1, 200.0), (2, 300.0)]
     assert _values(accumulator, "ppo/entropy") == [(7, 1.3)]
     assert _values(accumulator, "ppo/return/mean") == [(7, 0.9)]
     assert _values(accumulator, "ppo/rewards/rent") == [(7, -0.1)]

@@ -4,32 +4,49 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper.leyline import ACTIVE_STAGES, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.leyline import (
+    ACTIVE_STAGES,
+    ActionKind,
+    EpochSignals,
+    FossilReport,
+    SeedReport,
+    SeedStage,
+)
 from esper.simic.actions import MASKED_LOGIT, ActionSpace, apply_mask
 from esper.simic.ppo import sample
 
 SLOTS = ("block2", "block3")
 BLUEPRINTS = ("norm", "attention", "conv_light")
-# Stages a slot can be seen in; None is an empty (DORMANT) slot.
-SEEN_STAGES = [None] + [s for s in SeedStage if s not in (SeedStage.UNKNOWN, SeedStage.DORMANT)]
+# Stages a slot's live seed can be seen in; None is a slot without one (DORMANT). A fossilized
+# seed is never seen there: it joins the slot's stack at once.
+SEEN_STAGES = [None] + [s for s in SeedStage if s not in (SeedStage.UNKNOWN, SeedStage.DORMANT, SeedStage.FOSSILIZED)]
 
 
-def signals_with(stages: dict[str, SeedStage | None]) -> EpochSignals:
+def signals_with(
+    stages: dict[str, SeedStage | None], stacks: dict[str, int] | None = None, affordable: dict[str, list[str]] | None = None
+) -> EpochSignals:
     def report(slot_id: str, stage: SeedStage) -> SeedReport:
         return SeedReport(f"{slot_id}-seed", "norm", slot_id, stage, 3, 10, 0.5, 0.01, 0.2, True)
 
     slots = {slot_id: None if stage is None else report(slot_id, stage) for slot_id, stage in stages.items()}
-    return EpochSignals(3, 10, 1.0, 0.5, 1.0, 0.5, 500, 10, slots)
+    fossils = {
+        slot_id: [FossilReport(f"{slot_id}-fossil{i}", "norm", slot_id, 10, 0.01, i) for i in range(depth)]
+        for slot_id, depth in (stacks or {}).items()
+    }
+    return EpochSignals(3, 10, 1.0, 0.5, 1.0, 0.5, 500, 10, slots, fossils=fossils, affordable=affordable)
 
 
-def expected_valid(space: ActionSpace, stages: dict[str, SeedStage | None]) -> list[bool]:
+def expected_valid(
+    space: ActionSpace, stages: dict[str, SeedStage | None], affordable: dict[str, list[str]] | None = None
+) -> list[bool]:
     valid = []
     for action in space.actions:
         stage = stages.get(action.slot_id)
+        within = affordable is None or action.blueprint_id in affordable.get(action.slot_id, [])
         valid.append(
             {
                 ActionKind.WAIT: True,
-                ActionKind.GERMINATE: stage is None,
+                ActionKind.GERMINATE: stage is None and within,
                 ActionKind.FOSSILIZE: stage == SeedStage.PROBATIONARY,
                 ActionKind.CULL: stage in ACTIVE_STAGES,
             }[action.kind]
@@ -49,13 +66,18 @@ def test_layout_is_wait_then_germinate_pairs_then_fossilize_then_cull():
 @settings(max_examples=200, deadline=None)
 @given(
     stages=st.fixed_dictionaries({slot: st.sampled_from(SEEN_STAGES) for slot in SLOTS}),
+    stacks=st.fixed_dictionaries({slot: st.integers(0, 3) for slot in SLOTS}),
+    affordable=st.none() | st.fixed_dictionaries({slot: st.lists(st.sampled_from(BLUEPRINTS), unique=True) for slot in SLOTS}),
     logits=st.lists(st.floats(-20, 20), min_size=11, max_size=11),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_masks_allow_exactly_the_possible_actions_and_only_those_are_sampled(stages, logits, seed):
+def test_masks_allow_exactly_the_possible_actions_and_only_those_are_sampled(stages, stacks, affordable, logits, seed):
+    """A slot's stack never blocks a germination on top of it; the growth budget may."""
     space = ActionSpace(SLOTS, BLUEPRINTS)
-    mask = space.mask(signals_with(stages))
-    assert mask.tolist() == expected_valid(space, stages)
+    mask = space.mask(signals_with(stages, stacks, affordable))
+    assert mask.tolist() == expected_valid(space, stages, affordable)
+    if not mask[1:].any():
+        return  # WAIT alone: nothing else to sample
     masked = apply_mask(torch.tensor(logits), mask)
     probs = torch.softmax(masked, dim=-1)
     assert torch.all(probs[~mask] == 0)

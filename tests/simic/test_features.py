@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esper.leyline import EpochSignals, SeedReport, SeedStage
+from esper.leyline import EpochSignals, FossilReport, SeedReport, SeedStage
 from esper.simic.features import FeatureLayout, Observer, RunningNorm
 
 LAYOUT = FeatureLayout(("block2", "block3"), ("norm", "attention"))
@@ -33,6 +33,17 @@ def test_slot_features_encode_stage_blueprint_and_contribution():
     assert feature(obs, "block3.params_ratio") == pytest.approx(40 / 400)
     assert feature(obs, "block2.stage_DORMANT") == 1.0
     assert feature(obs, "params_added_ratio") == pytest.approx(40 / 400)
+
+
+def test_slot_features_encode_the_stack_under_a_free_slot():
+    free = signals(5, None)
+    free.fossils = {"block2": [], "block3": [FossilReport("s1", "attention", "block3", 40, 0.03, 4),
+                                            FossilReport("s2", "norm", "block3", 8, 0.01, 9)]}  # fmt: skip
+    obs = Observer(LAYOUT).observe(free)
+    assert feature(obs, "block3.stack_depth") == 2.0 and feature(obs, "block2.stack_depth") == 0.0
+    assert feature(obs, "block3.fossil_params_ratio") == pytest.approx(48 / 400)
+    assert feature(obs, "block3.stage_DORMANT") == 1.0  # the slot is free for the next seed
+    assert feature(obs, "block3.blueprint_attention") == 0.0  # the one-hot is the live seed's
 
 
 def test_epochs_in_stage_counts_and_restarts_on_a_new_stage_or_seed():

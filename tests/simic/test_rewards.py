@@ -6,7 +6,15 @@ import pytest
 
 from esper.jobs.evaluate import play
 from esper.jobs.heuristic import resolve_blueprints
-from esper.leyline import Action, ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.leyline import (
+    Action,
+    ActionKind,
+    EpochSignals,
+    FossilReport,
+    SeedReport,
+    SeedStage,
+    StageTransition,
+)
 from esper.runtime import get_task
 from esper.simic.rewards import STAGE_POTENTIAL, RewardConfig, RewardTracker
 from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv
@@ -19,12 +27,19 @@ from esper.tamiyo import (
 )
 
 
-def signals(epoch: int, stage: SeedStage | None = None, contribution: float | None = None, val: float = 0.5, params: int = 50) -> EpochSignals:
+def signals(epoch: int, stage: SeedStage | None = None, contribution: float | None = None, val: float = 0.5, params: int = 50,
+            moved: SeedStage | None = None) -> EpochSignals:  # fmt: skip
+    """Slot a's seed in `stage` (a FOSSILIZED one sits in the slot's stack, as the trainer reports
+    it), with the move to `moved` since the last signals."""
     slots = {"a": None}
-    if stage is not None:
+    fossils = {"a": []}
+    if stage == SeedStage.FOSSILIZED:
+        fossils["a"] = [FossilReport("a-seed1", "norm", "a", params, contribution, epoch=3)]
+    elif stage is not None:
         slots["a"] = SeedReport("a-seed1", "norm", "a", stage, epoch, params, 1.0, contribution, 0.3, True)
     seed_params = 0 if stage is None or stage in (SeedStage.CULLED, SeedStage.EMBARGOED) else params
-    return EpochSignals(epoch, 10, 1.0, val, 1.0, val, 500, seed_params, slots)
+    moves = [] if moved is None else [StageTransition("a", "a-seed1", "norm", SeedStage.PROBATIONARY, moved, "", epoch - 1)]
+    return EpochSignals(epoch, 10, 1.0, val, 1.0, val, 500, seed_params, slots, transitions=moves, fossils=fossils)
 
 
 def run(tracker: RewardTracker, sequence: list[EpochSignals]) -> dict[str, float]:
@@ -43,9 +58,9 @@ def test_a_fossilized_seed_is_credited_its_contribution_once():
         signals(1, SeedStage.TRAINING),
         signals(2, SeedStage.BLENDING, 0.01),
         signals(3, SeedStage.PROBATIONARY, 0.03),
-        signals(4, SeedStage.FOSSILIZED, 0.03),
-        signals(5, SeedStage.FOSSILIZED, 0.05),  # later drift of the measurement is not paid
-        signals(6, SeedStage.FOSSILIZED, 0.05, val=0.6),
+        signals(4, SeedStage.FOSSILIZED, 0.03, moved=SeedStage.FOSSILIZED),  # credited at its move
+        signals(5, SeedStage.FOSSILIZED, 0.03),  # still in the stack: not paid again
+        signals(6, SeedStage.FOSSILIZED, 0.03, val=0.6),
     ]
     totals = run(RewardTracker(config), life)
     assert totals["contribution"] == pytest.approx(config.contribution_weight * 0.03)
@@ -53,6 +68,34 @@ def test_a_fossilized_seed_is_credited_its_contribution_once():
     assert totals["terminal"] == pytest.approx(config.terminal_weight * (0.6 - 0.5))
     assert totals["rent"] == pytest.approx(-6 * config.rent_weight * math.log1p(50 / 500))
     assert totals["total"] == pytest.approx(sum(totals[k] for k in ("contribution", "rent", "shaping", "terminal", "rollback")))
+
+
+def test_each_seed_of_a_stack_is_credited_once_and_counts_in_the_potential():
+    config = RewardConfig(gamma=1.0)
+    first = FossilReport("a-seed1", "norm", "a", 50, 0.03, epoch=2)
+    second = FossilReport("a-seed2", "norm", "a", 50, 0.02, epoch=5)
+
+    def step(epoch, live=None, stack=(), moved=None):
+        slots = {"a": None if live is None else SeedReport("a-seed2", "norm", "a", live, epoch, 50, 1.0, 0.02, 0.3, True)}
+        moves = [] if moved is None else [StageTransition("a", moved, "norm", SeedStage.PROBATIONARY, SeedStage.FOSSILIZED, "", epoch - 1)]
+        params = 50 * (len(stack) + (live is not None))
+        return EpochSignals(epoch, 10, 1.0, 0.5, 1.0, 0.5, 500, params, slots, transitions=moves, fossils={"a": list(stack)})
+
+    life = [
+        step(0),
+        step(3, stack=[first], moved="a-seed1"),
+        step(4, live=SeedStage.PROBATIONARY, stack=[first]),  # the slot took a second seed
+        step(5, stack=[first, second], moved="a-seed2"),
+        step(6, stack=[first, second]),
+    ]
+    tracker = RewardTracker(config)
+    tracker.reset(life[0])
+    rewards = [tracker.step(s, terminal=False) for s in life[1:]]
+    assert sum(r["contribution"] for r in rewards) == pytest.approx(config.contribution_weight * (0.03 + 0.02))
+    assert rewards[-1]["contribution"] == 0.0  # nothing new: nothing paid
+    fossil = STAGE_POTENTIAL[SeedStage.FOSSILIZED]
+    assert rewards[0]["shaping"] == pytest.approx(fossil)  # the potential counts the stack
+    assert rewards[2]["shaping"] == pytest.approx(fossil - STAGE_POTENTIAL[SeedStage.PROBATIONARY])
 
 
 def test_culled_and_undecided_seeds_give_their_credit_back():

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage, StageTransition
+from esper.leyline import (
+    ActionKind,
+    EpochSignals,
+    FossilReport,
+    SeedReport,
+    SeedStage,
+    StageTransition,
+)
 from esper.tamiyo import (
     BlueprintRotation,
     HeuristicConfig,
@@ -110,15 +117,21 @@ class _ToldChooser(BlueprintRotation):
 def test_each_seed_outcome_reaches_the_chooser_once_from_the_lifecycle_moves() -> None:
     chooser = _ToldChooser()
     controller = HeuristicController(chooser, HeuristicConfig(rent_weight=0.0))
-    fossil = _report(SeedStage.FOSSILIZED, 0.03)
     controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.TRAINING, None), "b": None}, moves=[_move(SeedStage.GERMINATED)]))
-    controller.decide(_signals(2, 0.9, slots={"a": fossil, "b": None}, moves=[_move(SeedStage.FOSSILIZED, frm=SeedStage.PROBATIONARY)]))
-    controller.decide(_signals(3, 0.9, slots={"a": fossil, "b": None}))  # still there: told once
+    controller.decide(_signals(2, 0.9, slots={"a": _report(SeedStage.PROBATIONARY, 0.03), "b": None}))
+    # Fossilized: the seed joined slot a's stack and left its report at once.
+    fossil = FossilReport("a-seed1", "norm", "a", params=10, counterfactual_contribution=0.03, epoch=2)
+    moved = _signals(3, 0.9, moves=[_move(SeedStage.FOSSILIZED, frm=SeedStage.PROBATIONARY)])
+    moved.fossils = {"a": [fossil], "b": []}
+    controller.decide(moved)
+    later = _signals(4, 0.9)
+    later.fossils = moved.fossils
+    controller.decide(later)  # still in the stack: told once
     assert chooser.told == [("norm", True, pytest.approx(100 * 0.03))]
-    controller.decide(_signals(4, 0.9, slots={"a": fossil, "b": _report(SeedStage.TRAINING, None, "b-seed1")},
+    controller.decide(_signals(5, 0.9, slots={"a": None, "b": _report(SeedStage.TRAINING, None, "b-seed1")},
                                moves=[_move(SeedStage.GERMINATED, "b-seed1")]))  # fmt: skip
     culled = _move(SeedStage.CULLED, "b-seed1", SeedStage.TRAINING, reason="stalled")
-    controller.decide(_signals(5, 0.9, slots={"a": fossil, "b": _report(SeedStage.CULLED, None, "b-seed1")}, moves=[culled]))
+    controller.decide(_signals(6, 0.9, slots={"a": None, "b": _report(SeedStage.CULLED, None, "b-seed1")}, moves=[culled]))
     assert chooser.told[1] == ("norm", False, 0.0) and chooser.penalty["norm"] > 0
     assert controller.pending == {}
 

@@ -114,3 +114,26 @@ def test_no_measured_slot_gives_plain_validation() -> None:
     result = validate_with_counterfactuals(model, _cnn_batches())
     assert result.contributions == {}
     assert result == validate_with_counterfactuals(model, _cnn_batches(), naive=True)
+
+
+def test_fast_path_equals_naive_with_stacks_and_keeps_the_fossils() -> None:
+    """A counterfactual removes only a slot's live seed: it resumes after the slot's fossils."""
+    model = _cnn_model()
+    batches = _host_labelled(model, _cnn_batches())
+    block2 = model.seed_slots["block2"]
+    grow(block2, SeedStage.FOSSILIZED, "conv_light", host_module=model.host)
+    _randomize(block2.fossils[0], seed=7)
+    _grow(model, {"block2": ("depthwise", SeedStage.BLENDING, 0.8), "block3": ("conv_light", SeedStage.SHADOWING, 1.0)})
+    naive = validate_with_counterfactuals(model, batches, naive=True)
+    fast = validate_with_counterfactuals(model, batches)
+    assert fast.contributions == naive.contributions and set(fast.contributions) == {"block2", "block3"}
+    assert (fast.loss, fast.accuracy) == (naive.loss, naive.accuracy)
+    # Without the live seed the fossil still acts: the counterfactual is not the bare host.
+    model.eval()
+    with torch.no_grad(), block2.force_alpha(0.0):
+        without_live = [model(inputs) for inputs, _ in batches]
+        fossils = block2.fossils
+        block2.fossils = nn.ModuleList()
+        bare = [model(inputs) for inputs, _ in batches]
+        block2.fossils = fossils
+    assert any(not torch.equal(a, b) for a, b in zip(without_live, bare, strict=True))

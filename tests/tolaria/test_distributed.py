@@ -52,6 +52,14 @@ def test_a_fault_in_one_ranks_share_rolls_every_rank_back_together(ranks):
         assert checks["restored"] and checks["rollbacks"] == 1
 
 
+def test_every_rank_reports_the_flops_of_the_global_batches(ranks):
+    for rank in ranks:
+        flops = rank["flops_of_the_global_batches"]
+        assert flops["shared"]["training"] > 0 and flops["shared"]["validation"] > 0
+        for key, value in flops["alone"].items():  # summed over the ranks' shares: one process's
+            assert flops["shared"][key] == pytest.approx(value, rel=1e-12), key
+
+
 def test_a_dead_rank_is_named_by_the_one_left_waiting(ranks):
     message = ranks[0]["rank_one_dies"]["message"]
     assert message.startswith("rank 1 stopped responding during epoch 3 of 9"), message

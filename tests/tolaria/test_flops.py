@@ -14,7 +14,7 @@ from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import CNNHost, MorphogeneticModel, TransformerHost
 from esper.kasmina.slot import QualityGates
 from esper.leyline import SeedStage, TaskConfig
-from esper.tolaria.flops import EpochFlops, FlopMeter, FlopProfile
+from esper.tolaria.flops import EpochFlops, FlopMeter, FlopProfile, flop_counter
 from esper.tolaria.trainer import loss_and_correct, validate_with_counterfactuals
 
 BATCH = 4
@@ -162,17 +162,29 @@ def test_profile_is_measured_once_per_architecture() -> None:
     assert meter.measurements == 4
 
 
-def test_fossilized_seed_counts_everywhere_and_is_not_measured() -> None:
+def test_fossilized_seeds_count_everywhere_and_are_not_measured() -> None:
     model, batch = _cnn_model()
-    model.germinate("block2", "conv_light")
-    _step_until(model, "block2", SeedStage.PROBATIONARY, batch)
+    meter = FlopMeter(model, batch)
     slot = model.seed_slots["block2"]
-    assert slot.advance_stage(SeedStage.FOSSILIZED).passed
-    profile = FlopMeter(model, batch).profile()
     features = _block2_features(batch[0])
     seed_eval = _seed_alone("conv_light", features, train=False, input_grad=False)
-    assert profile.inference == _plain_inference(_cnn_plain(), batch[0]) + seed_eval
-    assert profile.counterfactual == 0
+    host = _plain_inference(_cnn_plain(), batch[0])
+    for depth in (1, 2):  # a stack: each fossil adds its own cost
+        model.germinate("block2", "conv_light")
+        _step_until(model, "block2", SeedStage.PROBATIONARY, batch)
+        assert slot.advance_stage(SeedStage.FOSSILIZED).passed
+        profile = meter.profile()
+        assert profile.inference == host + depth * seed_eval
+        assert profile.counterfactual == 0  # fossils are host: never measured
+    # A live seed on top of the stack: its counterfactual resumes after the fossils.
+    model.germinate("block2", "norm")
+    _step_until(model, "block2", SeedStage.BLENDING, batch)
+    profile = meter.profile()
+    tail = model.host
+    model.eval()
+    with torch.no_grad():
+        expected = _count(lambda: tail.run(features, tail.stage_index("block2") + 1)) / BATCH
+    assert profile.counterfactual_fast == {"block2": expected}
 
 
 def _state(model: nn.Module) -> dict[str, object]:
@@ -291,3 +303,102 @@ def test_grouped_convolution_backward_is_counted_once_not_per_group() -> None:
     assert profile.training * 2 == forward + forward + (forward - first)
     # The library alone counts the depthwise weight gradient 16 times.
     assert _plain_training(net, inputs, torch.randint(0, 10, (2,))) > profile.training
+
+
+# --------------------------------------------------------------------------- a run's account
+def _samples(loader) -> int:
+    return sum(inputs.shape[0] for inputs, _ in loader)
+
+
+def test_the_trainer_accounts_every_epoch_and_a_fossil_raises_inference() -> None:
+    from seed_lifecycle import grow
+
+    from esper.leyline import Action, ActionKind
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    train_samples, val_samples = _samples(trainer.train_loader), _samples(trainer.val_loader)
+    records = []
+
+    def epoch() -> None:
+        profile = trainer.flops.profile()
+        record = trainer.run_epoch()
+        assert record.flops.training == profile.training * train_samples
+        assert record.flops.validation == profile.validation * val_samples
+        assert record.flops.counterfactual == profile.counterfactual * val_samples
+        assert trainer.signals(record, 10).flops == record.flops
+        records.append(record)
+        trainer.end_epoch()
+
+    epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()  # -> TRAINING
+    epoch()  # an incubating seed: costs training, not inference
+    grow(trainer.slots["block2"], SeedStage.PROBATIONARY)
+    epoch()  # a blended seed: its counterfactual is measured
+    assert records[-1].flops.counterfactual > 0
+    trainer.apply([Action(ActionKind.FOSSILIZE, "block2")])
+    epoch()
+    first, incubating, blended, fossil = (r.flops for r in records)
+    assert incubating.training > first.training and incubating.inference_per_sample == first.inference_per_sample
+    assert fossil.inference_per_sample > first.inference_per_sample and fossil.counterfactual == 0
+    # A blended seed at full alpha costs what it costs once fossilized: the same ops.
+    assert blended.inference_per_sample == fossil.inference_per_sample
+    for name in ("training", "validation", "counterfactual"):
+        assert getattr(records[-1].flops, f"cumulative_{name}") == pytest.approx(
+            sum(getattr(r.flops, name) for r in records), rel=1e-12
+        )
+    assert trainer.state_dict()["flops"]["training"] == records[-1].flops.cumulative_training
+
+
+def test_a_rolled_back_epoch_counts_what_it_recomputed() -> None:
+    from esper.leyline import Action, ActionKind
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0)
+    for _ in range(2):
+        healthy = trainer.run_epoch()
+        trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()
+    with torch.no_grad():
+        next(trainer.slots["block2"].seed.parameters()).fill_(float("nan"))
+    rolled = trainer.run_epoch()
+    assert rolled.rollback is not None
+    # Validated twice: before the rollback and after it. (The seed was non-finite before the
+    # epoch, so the governor named it without probing batches.)
+    assert rolled.flops.validation == 2 * healthy.flops.validation
+    assert rolled.flops.cumulative_validation == (2 + 2) * healthy.flops.validation
+
+
+def test_a_composed_profile_equals_counting_the_whole_model() -> None:
+    """Stacks in two slots, a blended seed on one, an incubating one on the other: the sum the
+    meter composes is what FlopCounterMode counts on the whole model, pass by pass."""
+    from seed_lifecycle import grow
+
+    model, (inputs, targets) = _cnn_model()
+    block2, block3 = model.seed_slots["block2"], model.seed_slots["block3"]
+    for slot, blueprints in ((block2, ("conv_light", "depthwise")), (block3, ("attention",))):
+        for blueprint in blueprints:
+            grow(slot, SeedStage.FOSSILIZED, blueprint)
+    grow(block3, SeedStage.BLENDING, "conv_heavy")
+    grow(block2, SeedStage.TRAINING, "residual_block")
+    profile = FlopMeter(model, (inputs, targets)).profile()
+    host = model.host
+    model.eval()
+    with torch.no_grad():
+        assert profile.inference == _count(lambda: model(inputs)) / BATCH
+        with block3.force_alpha(0.0):
+            assert profile.counterfactual_naive == {"block3": _count(lambda: model(inputs)) / BATCH}
+        taps = dict.fromkeys(["block3"])
+        host.run(host.stem(inputs), taps=taps)
+        tail = _count(lambda: host.run(taps["block3"], host.stage_index("block3") + 1)) / BATCH
+        assert profile.counterfactual_fast == {"block3": tail}
+    model.train()
+    with flop_counter() as counter:  # the library's count, grouped-convolution backward corrected
+        loss_and_correct(model(inputs), targets)[0].backward()
+    assert profile.training == counter.get_total_flops() / BATCH

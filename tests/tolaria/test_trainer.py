@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -93,6 +94,106 @@ def test_seed_param_groups_follow_the_lifecycle() -> None:
     assert trainer.optimizers.slot_order() == ["block3"]
     # The host optimiser was never rebuilt.
     assert len(trainer.optimizers.host.param_groups[0]["params"]) == host_group_params
+
+
+def _stack_two_fossils(trainer) -> None:
+    """Germinate in block2, take the seed to probation through its gates, fossilize; twice."""
+    for _ in range(2):
+        trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+        grow(trainer.slots["block2"], SeedStage.PROBATIONARY)
+        (outcome,) = trainer.apply([Action(ActionKind.FOSSILIZE, "block2")])
+        assert outcome[1], outcome
+
+
+def test_a_slot_grows_a_stack_whose_fossils_train_with_the_host() -> None:
+    trainer = _digits_trainer()
+    host_params = trainer.model.host_param_count()
+    _stack_two_fossils(trainer)
+    slot = trainer.slots["block2"]
+    assert slot.state is None and slot.stack_depth == 2
+    optimizers = trainer.optimizers
+    assert optimizers.seed_order() == []
+    assert optimizers.fossil_order() == [("block2", "block2-seed1"), ("block2", "block2-seed2")]
+    in_host = {id(p) for group in optimizers.host.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.model.fossil_parameters()} <= in_host
+    # Reported as added, optimised as host: the host's own count does not change.
+    assert trainer.model.host_param_count() == host_params
+    assert trainer.model.seed_param_count() == slot.fossil_param_count() == sum(r.params for r in slot.fossil_reports)
+    before = [p.detach().clone() for p in slot.fossils.parameters()]
+    trainer.run_epoch()
+    assert all(not torch.equal(a, b) for a, b in zip(before, slot.fossils.parameters(), strict=True))
+    trainer.end_epoch()
+    signals = trainer.signals(trainer.run_epoch(), total_epochs=10)
+    assert signals.slots["block2"] is None  # free for the next seed
+    assert [r.seed_id for r in signals.fossils["block2"]] == ["block2-seed1", "block2-seed2"]
+
+
+def test_a_checkpoint_with_stacks_resumes_exactly() -> None:
+    trainer = _digits_trainer()
+    trainer.run_epoch()
+    trainer.end_epoch()
+    _stack_two_fossils(trainer)
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "norm")])  # a live seed on top
+    trainer.end_epoch()
+    trainer.run_epoch()
+    trainer.end_epoch()
+    saved = io.BytesIO()  # through bytes, as a checkpoint on disk: no tensor shared with `trainer`
+    torch.save(trainer.state_dict(), saved)
+    resumed = _digits_trainer()
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert resumed.optimizers.state_dict()["host_fossils"] == trainer.optimizers.state_dict()["host_fossils"]
+    for _ in range(2):
+        expected, got = trainer.run_epoch(), resumed.run_epoch()
+        assert (got.train_loss, got.val_loss, got.seed_params) == (expected.train_loss, expected.val_loss, expected.seed_params)
+        trainer.end_epoch()
+        resumed.end_epoch()
+
+
+def _as_before_stacks(state: dict) -> dict:
+    """A trainer checkpoint in the format of Esper before seed stacks and FLOPs accounting."""
+    optimizers = state["optimizers"]
+
+    def untagged(saved: dict) -> dict:  # param groups were tagged with their slot alone
+        groups = [{k: v for k, v in group.items() if k != "seed_id"} for group in saved["param_groups"]]
+        return {**saved, "param_groups": groups}
+
+    old = {
+        **state,
+        "slots": {k: {f: v for f, v in record.items() if f != "fossils"} for k, record in state["slots"].items()},
+        "optimizers": {
+            "host": untagged(optimizers["host"]),
+            "seeds": untagged(optimizers["seeds"]),
+            "seed_slots": [slot_id for slot_id, _ in optimizers["seed_groups"]],
+            "host_extra_slots": [slot_id for slot_id, _ in optimizers["host_fossils"]],
+        },
+    }
+    del old["flops"]
+    return old
+
+
+def test_a_checkpoint_from_before_stacks_still_resumes() -> None:
+    trainer = _digits_trainer()
+    trainer.run_epoch()
+    trainer.end_epoch()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()
+    saved = io.BytesIO()
+    torch.save(_as_before_stacks(trainer.state_dict()), saved)
+    resumed = _digits_trainer()
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert resumed.optimizers.seed_order() == [("block2", "block2-seed1")]
+    assert resumed.run_epoch().train_loss == trainer.run_epoch().train_loss
+
+
+def test_a_checkpoint_from_before_stacks_holding_a_fossil_is_refused_by_name() -> None:
+    trainer = _digits_trainer()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    grow(trainer.slots["block2"], SeedStage.PROBATIONARY)
+    state = _as_before_stacks(trainer.state_dict())
+    # Before stacks a fossilized seed stayed in its slot, as the live one.
+    state["slots"]["block2"]["seed"]["stage"] = int(SeedStage.FOSSILIZED)
+    with pytest.raises(ValueError, match="written by an Esper without seed stacks"):
+        _digits_trainer().load_state_dict(state)
 
 
 def test_training_moves_seed_and_host_and_measures_gradient_ratio() -> None:

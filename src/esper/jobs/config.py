@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pydantic
 import typing_extensions
 
+from esper.leyline import GrowthBudget
 from esper.runtime.user_model import check_factory_path
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
 
@@ -57,6 +58,8 @@ class HeuristicRunConfig:
     built_in: dict[str, list[str]] = field(default_factory=dict)
     # The run stops once its cumulative training FLOPs reach this (its last epoch may be partial).
     max_training_flops: float | None = None
+    # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
+    budget: GrowthBudget = field(default_factory=GrowthBudget)
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)

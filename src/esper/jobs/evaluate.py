@@ -22,7 +22,7 @@ from rich.progress import track
 from rich.table import Table
 
 from esper.jobs.config import HeuristicRunConfig, build_config
-from esper.jobs.heuristic import make_chooser, resolve_blueprints
+from esper.jobs.heuristic import make_heuristic, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
 from esper.jobs.run_folder import write_json
 from esper.leyline import Controller
@@ -38,7 +38,7 @@ from esper.simic.recording import (
 )
 from esper.simic.rewards import RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, MorphogeneticEnv
-from esper.tamiyo import HeuristicController, NoGrowthController
+from esper.tamiyo import NoGrowthController
 from esper.tolaria.precision import Precision
 
 BUILTIN = ("heuristic", "random")
@@ -67,7 +67,7 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
             if policy == "random":
                 return RandomController(space, seed)
             # Exactly what `esper train heuristic` runs by default.
-            return HeuristicController(make_chooser(spec.topology, blueprints, HeuristicRunConfig(task=spec.name)))
+            return make_heuristic(spec, blueprints, HeuristicRunConfig(task=spec.name))
 
         length = episode_length or DEFAULT_EPISODE_LENGTH
         return EvaluationSetup(make, spec.name, length, spec.slots, tuple(blueprints), RewardConfig())

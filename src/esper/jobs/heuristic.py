@@ -15,7 +15,7 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired
@@ -39,7 +39,7 @@ from esper.nissa import (
 )
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
-from esper.runtime.session import build_trainer, spec_for_model
+from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
@@ -68,21 +68,6 @@ class HeuristicCheckpoint(TypedDict):
     trainer: dict[str, Any]
     controller: dict[str, Any]
     recorder: NotRequired[dict[str, Any]]  # checkpoints from before recording have none
-
-
-def resolve_blueprints(spec: TaskSpec, requested: list[str] | None) -> list[str]:
-    return blueprints_for(spec.topology, requested)
-
-
-def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
-    """`requested` checked against the registry of `topology` (None: all of them, cheapest first)."""
-    available = [s.name for s in BlueprintRegistry.list_specs(topology)]
-    if requested is None:
-        return available
-    unknown = [b for b in requested if b not in available]
-    if unknown:
-        raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")
-    return list(requested)
 
 
 def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
@@ -135,16 +120,20 @@ class PreparedRun:
     trainer: MorphogeneticTrainer
 
 
-def prepare_run(config: HeuristicRunConfig, world: World | None = None) -> PreparedRun:
+def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: bool = False) -> PreparedRun:
     """Every rank builds the same (a controller too, though only rank 0's decides)."""
     spec = host_variant(get_task(config.task), config.host, config.built_in)
     data = spec.load_data(**config.task_options)
     policy = None if config.controller in ("heuristic", "none") else load_policy(config)
     slots = config.slots if policy is None else policy.info["slot_ids"]
+    asked = config.blueprints if policy is None else list(policy.info["blueprints"])
     hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world, **model_options(config))
+    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world,
+                            budget=config.budget, blueprints=asked, **model_options(config))  # fmt: skip
     if config.model is not None:
         spec = spec_for_model(spec, trainer.model)
+    if trainer.budget is not None and not resume:
+        trainer.budget.check_startup()  # a budget no seed fits in is a mistake: said before any folder
     if policy is not None:
         controller, blueprints = policy, list(policy.info["blueprints"])
     else:
@@ -159,7 +148,7 @@ def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Control
     blueprints = resolve_blueprints(spec, config.blueprints)
     if config.controller == "none":
         return NoGrowthController(), blueprints
-    return HeuristicController(make_chooser(spec.topology, blueprints, config), heuristic_config(config.heuristic)), blueprints
+    return make_heuristic(spec, blueprints, config), blueprints
 
 
 def load_policy(config: HeuristicRunConfig) -> PolicyController:
@@ -175,15 +164,45 @@ def load_policy(config: HeuristicRunConfig) -> PolicyController:
     return policy
 
 
-def heuristic_config(overrides: dict[str, Any]) -> HeuristicConfig:
-    """HeuristicConfig from a plain dict; a nested "tracker" dict sets TrackerConfig fields."""
-    return build_config(HeuristicConfig, overrides, {}, section="heuristic")
+def heuristic_config(spec: TaskSpec, overrides: dict[str, Any]) -> HeuristicConfig:
+    """The heuristic's settings for `spec`: a germination only while the task's seed lifecycle
+    still fits in the epochs left, the task's own settings, then `overrides` (plain dicts; a
+    nested "tracker" dict sets TrackerConfig fields)."""
+    values = {"min_epochs_left": spec.lifecycle_epochs(), **spec.heuristic}
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(values.get(key), dict)
+        values[key] = {**values[key], **value} if nested else value
+    return build_config(HeuristicConfig, values, {}, section="heuristic")
+
+
+def make_heuristic(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> HeuristicController:
+    """The controller `esper train heuristic` runs with `config` (and `esper evaluate` by default)."""
+    chooser = make_chooser(spec.topology, blueprints, config)
+    return HeuristicController(chooser, heuristic_config(spec, config.heuristic))
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
+    """Each slot's live seed, as a report (None without one)."""
     return {
         slot_id: None if (report := slot.report()) is None else report.to_dict()
         for slot_id, slot in trainer.slots.items()
+    }
+
+
+def stack_snapshot(trainer: MorphogeneticTrainer) -> dict[str, list[dict[str, Any]]]:
+    """Each slot's stack: its fossilized seeds, in the order they were kept."""
+    return {
+        slot_id: [fossil.to_dict() for fossil in slot.fossil_reports]
+        for slot_id, slot in trainer.slots.items()
+    }
+
+
+def grown_architecture(host: str, trainer: MorphogeneticTrainer) -> dict[str, Any]:
+    """The static-final network: the `host` (what built it) and, per slot, the blueprints of its
+    fossils in order (live seeds are not in it: they were not kept)."""
+    return {
+        "host": host,
+        "slots": {slot_id: [f.blueprint_id for f in slot.fossil_reports] for slot_id, slot in trainer.slots.items()},
     }
 
 
@@ -207,17 +226,25 @@ def train_host_only(
         hub.add_output(RichConsoleOutput(console))
     trainer = build_trainer(spec, data, config.seed, config.slots, world=world, **model_options(config))
     history: list[float] = []
+    spent: list[float | None] = []  # None: the model's FLOPs cannot be counted
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, data={"total_epochs": epochs, "task": spec.name, "mode": "host only"}))
 
     def on_epoch(result: EpochResult, _outcomes, _moves) -> None:
         record = result.record
         history.append(record.val_accuracy)
+        spent.append(None if record.flops is None else record.flops.cumulative_training)
         hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=record.to_dict()))
 
     run_epochs(EpochLoop(trainer, epochs, on_epoch), NoGrowthController())
     hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED))
     hub.close()
-    return {"final_val_accuracy": history[-1], "best_val_accuracy": max(history), "val_accuracy": history, "host_params": trainer.model.host_param_count()}
+    return {
+        "final_val_accuracy": history[-1],
+        "best_val_accuracy": max(history),
+        "val_accuracy": history,
+        "cumulative_training_flops": spent,
+        "host_params": trainer.model.host_param_count(),
+    }
 
 
 def summarize(
@@ -237,7 +264,7 @@ def summarize(
         "epochs": epochs,
         "status": "complete" if failure is None else "failed",
         **({} if failure is None else {"reason": failure}),
-        **growth_summary(folder, trainer),
+        **growth_summary(folder, trainer, config.model or str(get_task(config.task).build_host)),
         "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
         "processes": trainer.world.size,
         "wall_seconds_this_session": round(seconds, 2),
@@ -247,18 +274,28 @@ def summarize(
     return summary
 
 
-def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer) -> dict[str, Any]:
-    """What every growing run's summary.json says of the growth, from its run folder and trainer."""
+def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer, host: str) -> dict[str, Any]:
+    """What every growing run's summary.json says of the growth, from its run folder and trainer;
+    `host` says what built the host (for the grown architecture). "flops" is None when the
+    model's FLOPs cannot be counted (`tolaria.flops`)."""
     analytics = BlueprintAnalytics()
     for record in read_jsonl(folder.events_path):
         analytics.handle(TelemetryEvent.from_dict(record))
     metrics = read_jsonl(folder.metrics_path)
+    model = trainer.model
     return {
         "final_val_accuracy": metrics[-1]["val_accuracy"],
         # Non-finite values read back as None (strict JSON): a run that never measured a finite one has none.
         "best_val_accuracy": max((m["val_accuracy"] for m in metrics if m["val_accuracy"] is not None), default=None),
-        "host_params": trainer.model.host_param_count(),
-        "params_added": trainer.model.seed_param_count(),
+        "host_params": model.host_param_count(),
+        "params_added": model.seed_param_count(),
+        "params": {
+            "host": model.host_param_count(),
+            "added": model.seed_param_count(),
+            "total": model.host_param_count() + model.seed_param_count(),
+        },
+        "flops": trainer.flops.summary(),
+        "architecture": grown_architecture(host, trainer),
         "seeds": count_seeds(metrics),
         "blueprints": analytics.summary(),
         "rollbacks": trainer.governor.rollbacks,
@@ -277,7 +314,7 @@ def write_epoch(
     """An epoch's metrics.jsonl line (when the run keeps a folder) and its EPOCH_COMPLETED event,
     as every growing run writes them."""
     record = result.record
-    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer)}
+    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer), "fossils": stack_snapshot(trainer)}
     if metrics is not None:
         metrics.write(
             {
@@ -311,7 +348,7 @@ def run_heuristic(
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
-    prepared = prepare_run(config, world)
+    prepared = prepare_run(config, world, resume)
     spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
     controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))

@@ -7,6 +7,7 @@ relative path, so the folder can be moved whole.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from html import escape
@@ -19,6 +20,7 @@ from esper import __version__
 from esper.jobs import compare
 from esper.jobs import report_figures as figures
 from esper.jobs.compare_report import arm_rows, difference_rows, target_rows
+from esper.jobs.report import format_architecture, format_flops
 from esper.jobs.run_data import RunData, load_run
 from esper.jobs.run_folder import read_json
 from esper.leyline import TelemetryEvent, TelemetryEventType
@@ -48,8 +50,16 @@ FigureSpec = tuple[str, str, Callable[[RunData], Figure | None]]
 _HEURISTIC_FIGURES: list[FigureSpec] = [
     ("accuracy", "Accuracy and loss per epoch", figures.accuracy_loss),
     (
+        "accuracy-flops",
+        "Accuracy and loss against the training FLOPs spent (host only dashed: equal compute)",
+        functools.partial(figures.accuracy_loss, by="flops"),
+    ),
+    (
         "lifecycle",
-        "Seed lifecycle per slot: stage bands, alpha, germinate / fossilize / cull",
+        (
+            "Seed lifecycle per slot: its seeds one after another (stage bands, alpha), "
+            "germinate / fossilize / cull, and the fossils in the slot's stack"
+        ),
         figures.lifecycle,
     ),
     ("params", "Parameters over time", figures.parameters),
@@ -104,6 +114,22 @@ def _epochs_only(measure: Callable[[RunData], Any]) -> Callable[[RunData], Any]:
     return lambda run: measure(run) if run.step_key == "epoch" else "-"
 
 
+def _inference_flops(run: RunData) -> float | None:
+    if run.summary is not None and run.summary.get("flops") is not None:
+        return run.summary["flops"]["inference_per_sample"]
+    return next((m["flops"]["inference_per_sample"] for m in reversed(run.metrics) if m.get("flops")), None)
+
+
+def _architecture(run: RunData) -> str:
+    """Each slot's stack, from the summary (or, for an unfinished run, the last epoch's line)."""
+    if run.summary is not None and "architecture" in run.summary:
+        return format_architecture(run.summary["architecture"]["slots"])
+    last = next((m["fossils"] for m in reversed(run.metrics) if "fossils" in m), None)
+    if last is None:
+        return "-"
+    return format_architecture({slot: [f["blueprint_id"] for f in stack] for slot, stack in last.items()})
+
+
 def _summary_rows(runs: list[RunData]) -> list[list[Any]]:
     """Measures down, runs across: one column per run, for side-by-side reading."""
     rollback = TelemetryEventType.GOVERNOR_ROLLBACK.value
@@ -123,6 +149,9 @@ def _summary_rows(runs: list[RunData]) -> list[list[Any]]:
         ("best val accuracy", lambda r: _pct(max(r.series("val_accuracy")[1], default=None))),
         ("host params", lambda r: _count(r.final("host_params"))),
         ("params added by seeds", lambda r: _count(r.params_added)),
+        ("training FLOPs", lambda r: format_flops(r.training_flops)),
+        ("inference FLOPs per sample", lambda r: format_flops(_inference_flops(r))),
+        ("fossils per slot", _epochs_only(_architecture)),
         ("seeds germinated / fossilized / culled", _epochs_only(_seed_counts)),
         (
             "governor rollbacks",

@@ -42,7 +42,7 @@ from esper.jobs.device_options import add_device_arguments
 from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.jobs.scaleout import run_fingerprint
-from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import get_task
 from esper.runtime.session import build_trainer
@@ -86,6 +86,8 @@ class PPORunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"  # where the environments' hosts train (the policy stays on the CPU)
     precision: str = "fp32"
+    # How far each episode's host may grow; the policy's action mask forbids germinations past it.
+    budget: GrowthBudget = field(default_factory=GrowthBudget)
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
@@ -182,10 +184,13 @@ def run_ppo(
     blueprints = resolve_blueprints(spec, config.blueprints)
     lo, hi = shard(config.envs, world.rank, world.size)  # the global environments this rank steps
     local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config,
-                   device=config.device, precision=config.precision)  # fmt: skip
+                   device=config.device, precision=config.precision, budget=config.budget)  # fmt: skip
     env = SharedVecEnv(local, world, config.envs) if world.distributed else local
-    # Checks the slots and the device now: environments build theirs later.
-    build_trainer(spec, data, config.seed, config.slots, device=config.device, precision=config.precision)
+    # Checks the slots, the device and the budget now: environments build their hosts later.
+    trainer = build_trainer(spec, data, config.seed, config.slots, device=config.device, precision=config.precision,
+                            budget=config.budget, blueprints=blueprints)  # fmt: skip
+    if trainer.budget is not None:
+        trainer.budget.check_startup()
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)

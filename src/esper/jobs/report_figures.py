@@ -34,6 +34,8 @@ STAGE_COLOURS = {
     "RESETTING": "#e0e0e0",
 }
 
+STACK_COLOUR = "#006d2c"
+
 # Lifecycle events marked on the swimlane: (marker, colour, legend label).
 EVENT_MARKERS = {
     TelemetryEventType.SEED_GERMINATED.value: ("^", "#08519c", "germinate"),
@@ -81,28 +83,61 @@ def _germination_epochs(run: RunData) -> list[int]:
     ]
 
 
-def accuracy_loss(run: RunData) -> Figure | None:
-    """Accuracy and loss per epoch; the host-only baseline dashed when the run has one."""
-    epochs, val_acc = run.series("val_accuracy")
-    if not epochs:
+# The x axes a run's curves can be drawn against: epochs, or the training FLOPs spent so far.
+X_AXES = {"epoch": "epoch", "flops": "cumulative training FLOPs"}
+
+
+def _series(run: RunData, key: str, by: str) -> tuple[list[Any], list[Any]]:
+    return run.series(key) if by == "epoch" else run.series_by_flops(key)
+
+
+def _host_only_curve(run: RunData, by: str) -> tuple[list[Any], list[float]] | None:
+    """The baseline's val accuracy against `by` (None when the run has no baseline, or one
+    from before FLOPs accounting or without FLOPs, and the axis is FLOPs)."""
+    if run.baseline is None:
         return None
+    host_only = run.baseline["val_accuracy"]
+    if by == "epoch":
+        return list(range(len(host_only))), host_only
+    spent = run.baseline.get("cumulative_training_flops")
+    if spent is None or None in spent:  # a model whose FLOPs could not be counted
+        return None
+    return spent, host_only
+
+
+def accuracy_loss(run: RunData, by: str = "epoch") -> Figure | None:
+    """Accuracy and loss per epoch, or against the training FLOPs spent (`by="flops"`), so a
+    grown run and its host-only baseline (dashed) compare at equal compute too."""
+    steps, val_acc = _series(run, "val_accuracy", by)
+    if not steps:
+        return None
+    xlabel = X_AXES[by]
     fig, (acc, loss) = _axes_grid(2)
-    acc.plot(*run.series("train_accuracy"), color="C0", alpha=0.4, lw=1, label="train (grown)")
-    acc.plot(epochs, val_acc, color="C0", lw=2, label="val (grown)")
-    if run.baseline is not None:
-        host_only = run.baseline["val_accuracy"]
-        acc.plot(
-            range(len(host_only)), host_only, color="0.35", ls="--", lw=1.5, label="val (host only)"
-        )
+    acc.plot(*_series(run, "train_accuracy", by), color="C0", alpha=0.4, lw=1, label="train (grown)")
+    acc.plot(steps, val_acc, color="C0", lw=2, label="val (grown)")
+    host_only = _host_only_curve(run, by)
+    if host_only is not None:
+        acc.plot(*host_only, color="0.35", ls="--", lw=1.5, label="val (host only)")
+    at = {epoch: epoch for epoch in steps} if by == "epoch" else _flops_at_epoch(run)
     for epoch in _germination_epochs(run):
-        acc.axvline(epoch, color="#08519c", ls=":", lw=1)
-    acc.set(title="accuracy (dotted: germinations)", xlabel="epoch", ylabel="accuracy")
+        if epoch in at:
+            acc.axvline(at[epoch], color="#08519c", ls=":", lw=1)
+    acc.set(title="accuracy (dotted: germinations)", xlabel=xlabel, ylabel="accuracy")
     acc.legend(loc="lower right", fontsize="small")
-    loss.plot(*run.series("train_loss"), color="C1", alpha=0.6, label="train")
-    loss.plot(*run.series("val_loss"), color="C1", lw=2, label="val")
-    loss.set(title="loss", xlabel="epoch", ylabel="loss", yscale="log")
+    loss.plot(*_series(run, "train_loss", by), color="C1", alpha=0.6, label="train")
+    loss.plot(*_series(run, "val_loss", by), color="C1", lw=2, label="val")
+    loss.set(title="loss", xlabel=xlabel, ylabel="loss", yscale="log")
     loss.legend(fontsize="small")
+    if by == "flops":
+        for ax in (acc, loss):
+            ax.xaxis.set_major_locator(MaxNLocator())  # FLOPs are not whole epochs
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     return fig
+
+
+def _flops_at_epoch(run: RunData) -> dict[int, float]:
+    """Epoch -> cumulative training FLOPs at its end."""
+    return {m["epoch"]: m["flops"]["cumulative_training"] for m in run.metrics if m.get("flops")}
 
 
 def _slot_ids(run: RunData) -> list[str]:
@@ -125,10 +160,21 @@ def _blended_alpha(report: dict[str, Any] | None) -> float:
     return report["alpha"]
 
 
+def _stack_depth(record: dict[str, Any], slot_id: str) -> int:
+    """How many fossils ``slot_id``'s stack holds in one metrics record."""
+    return len((record.get("fossils") or {}).get(slot_id, []))
+
+
+def _seed_and_stage(report: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    return (None, None) if report is None else (report["seed_id"], report["stage"])
+
+
 def _draw_lane(ax: Axes, run: RunData, slot_id: str) -> None:
+    """One slot's seeds one after another: a band per seed and stage, its alpha, lifecycle
+    markers (a star where a seed is fossilized into the slot's stack), and the stack's depth."""
     reports = [(m["epoch"], _slot_report(m, slot_id)) for m in run.metrics]
-    # Consecutive epochs in the same stage form one band.
-    for stage, group in groupby(reports, key=lambda item: item[1] and item[1]["stage"]):
+    # Consecutive epochs of the same seed in the same stage form one band.
+    for (_, stage), group in groupby(reports, key=lambda item: _seed_and_stage(item[1])):
         span = [epoch for epoch, _ in group]
         if stage in STAGE_COLOURS:
             ax.axvspan(span[0] - 0.5, span[-1] + 0.5, color=STAGE_COLOURS[stage], alpha=0.8, lw=0)
@@ -156,6 +202,13 @@ def _draw_lane(ax: Axes, run: RunData, slot_id: str) -> None:
     ax.set_ylim(-0.05, 1.3)
     ax.set_yticks([0, 0.5, 1])
     ax.set_ylabel(f"{slot_id}\nalpha")
+    depths = [_stack_depth(m, slot_id) for m in run.metrics]
+    if any(depths):
+        stack = ax.twinx()
+        stack.step([m["epoch"] for m in run.metrics], depths, where="mid", color=STACK_COLOUR, ls="--", lw=1.5)
+        stack.set_ylim(-0.05 * max(depths), 1.3 * max(depths))
+        stack.yaxis.set_major_locator(MaxNLocator(integer=True))
+        stack.set_ylabel("fossils", color=STACK_COLOUR)
 
 
 def lifecycle(run: RunData) -> Figure | None:
@@ -172,6 +225,7 @@ def lifecycle(run: RunData) -> Figure | None:
     lanes[-1].set_xlim(run.metrics[0]["epoch"] - 0.5, run.metrics[-1]["epoch"] + 0.5)
     handles = [Patch(color=colour, label=stage.lower()) for stage, colour in STAGE_COLOURS.items()]
     handles.append(Line2D([], [], color="black", label="alpha"))
+    handles.append(Line2D([], [], color=STACK_COLOUR, ls="--", label="fossils in the stack"))
     handles += [
         Line2D([], [], marker=marker, color=colour, ls="", label=label)
         for marker, colour, label in EVENT_MARKERS.values()
@@ -202,10 +256,15 @@ def parameters(run: RunData) -> Figure | None:
         return fig
     per_slot = axes[1]
     added = [
-        [(_slot_report(m, slot) or {}).get("params", 0) for m in run.metrics] for slot in slots
+        [
+            (_slot_report(m, slot) or {}).get("params", 0)
+            + sum(f["params"] for f in (m.get("fossils") or {}).get(slot, []))
+            for m in run.metrics
+        ]
+        for slot in slots
     ]
     per_slot.stackplot([m["epoch"] for m in run.metrics], added, labels=slots)
-    per_slot.set(title="parameters added per slot", xlabel="epoch", ylabel="parameters")
+    per_slot.set(title="parameters added per slot (stack and live seed)", xlabel="epoch", ylabel="parameters")
     per_slot.legend(loc="upper left", fontsize="small")
     return fig
 
@@ -262,31 +321,35 @@ def action_frequencies(run: RunData) -> Figure | None:
     return fig
 
 
-# Curves overlaid when comparing runs: metrics key -> (title, x label, y label).
+# Curves overlaid when comparing runs: (metrics key, x axis) -> (title, x label, y label).
 COMPARED = {
-    "val_accuracy": ("validation accuracy (dashed: host only)", "epoch", "accuracy"),
-    "seed_params": ("parameters added by seeds", "epoch", "parameters"),
-    "return": ("mean episode return", "round", "return"),
+    ("val_accuracy", "epoch"): ("validation accuracy (dashed: host only)", "epoch", "accuracy"),
+    ("val_accuracy", "flops"): ("validation accuracy at equal compute", X_AXES["flops"], "accuracy"),
+    ("seed_params", "epoch"): ("parameters added by seeds", "epoch", "parameters"),
+    ("return", "epoch"): ("mean episode return", "round", "return"),
 }
 
 
 def comparison(runs: list[RunData]) -> Figure | None:
     """Several runs overlaid, one colour per run, for the curves any of them has."""
-    present = [key for key in COMPARED if any(run.series(key)[0] for run in runs)]
+    present = [(key, by) for key, by in COMPARED if any(_series(run, key, by)[0] for run in runs)]
     if not present:
         return None
     fig, axes = _axes_grid(len(present), columns=min(2, len(present)))
-    for ax, key in zip(axes, present, strict=True):
+    for ax, (key, by) in zip(axes, present, strict=True):
         for index, run in enumerate(runs):
-            steps, values = run.series(key)
+            steps, values = _series(run, key, by)
             if not steps:
                 continue
             colour = f"C{index % 10}"
             ax.plot(steps, values, color=colour, lw=1.5, label=run.name)
-            if key == "val_accuracy" and run.baseline is not None:
-                host_only = run.baseline["val_accuracy"]
-                ax.plot(range(len(host_only)), host_only, color=colour, ls="--", lw=1)
-        title, xlabel, ylabel = COMPARED[key]
+            host_only = _host_only_curve(run, by) if key == "val_accuracy" else None
+            if host_only is not None:
+                ax.plot(*host_only, color=colour, ls="--", lw=1)
+        title, xlabel, ylabel = COMPARED[key, by]
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if by == "flops":
+            ax.xaxis.set_major_locator(MaxNLocator())
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.legend(fontsize="small")
     return fig

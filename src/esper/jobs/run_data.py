@@ -100,6 +100,20 @@ class RunData:
         rows = [(step, value) for step, value in values if value is not None]
         return [r[0] for r in rows], [r[1] for r in rows]
 
+    def series_by_flops(self, key: str) -> tuple[list[float], list[Any]]:
+        """Like `series`, with the cumulative training FLOPs at the end of each epoch as x
+        (empty for runs that do not count FLOPs: PPO runs, runs from before the accounting)."""
+        values = ((m.get("flops"), _mean(m.get(key))) for m in self.metrics)
+        rows = [(flops["cumulative_training"], value) for flops, value in values if flops and value is not None]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    @property
+    def training_flops(self) -> float | None:
+        """Training FLOPs the run spent (cumulative), when it counted them."""
+        if self.summary is not None and self.summary.get("flops") is not None:
+            return self.summary["flops"]["training"]
+        return next((m["flops"]["cumulative_training"] for m in reversed(self.metrics) if m.get("flops")), None)
+
     @property
     def final_accuracy(self) -> float | None:
         """Of the grown network; for PPO runs, the mean over the last round's episodes."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
+from esper.jobs.report import format_flops
 from esper.jobs.run_data import load_run
 
 
@@ -26,6 +27,7 @@ _COLUMNS = (
     ("done/planned", "right"),
     ("final accuracy", "right"),
     ("params added", "right"),
+    ("training FLOPs", "right"),
     ("status", "left"),
 )
 
@@ -45,7 +47,7 @@ def runs_table(root: Path) -> Table:
             run = load_run(path)
         except ValueError as err:  # one damaged folder must not hide the others
             table.add_row(
-                Text(path.name), "", "", "", "", "", Text(f"unreadable: {err}", style="red")
+                Text(path.name), "", "", "", "", "", "", Text(f"unreadable: {err}", style="red")
             )
             continue
         planned = "?" if run.planned is None else str(run.planned)
@@ -56,6 +58,7 @@ def runs_table(root: Path) -> Table:
             f"{run.done}/{planned}",
             _fmt(run.final_accuracy, ".2%"),
             _fmt(run.params_added, ",.0f"),
+            format_flops(run.training_flops),
             Text(run.status, style="green" if run.complete else "red" if run.failed else "yellow"),
         )
     if not run_dirs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterable
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina.placement import SlotMount, record_output
+from esper.kasmina.placement import SlotMount
 from esper.kasmina.slot import QualityGates, SeedSlot, SeedState
 from esper.leyline import TaskConfig, TelemetryEvent
 
@@ -24,10 +25,10 @@ class StagedHost(SlotMount):
     a hook on that stage), so the forward pass is just the trunk loop.
 
     `forward(x) == run(stem(x))` (a subclass must keep that true). `run` can start
-    at any stage and record the features entering chosen slots, so a
-    counterfactual for one slot (alpha forced to 0: the slot passes its input
-    through) resumes from the recorded features instead of recomputing the trunk
-    before it (`tolaria.trainer.validate_with_counterfactuals`).
+    at any stage and record the features entering chosen slots' live seeds, so a
+    counterfactual for one slot (alpha forced to 0: the slot passes the features
+    through its fossils only) resumes from the recorded features instead of
+    recomputing the trunk before it (`tolaria.trainer.validate_with_counterfactuals`).
     """
 
     topology: str
@@ -66,20 +67,18 @@ class StagedHost(SlotMount):
     def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
         """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
 
-        For each key already in `taps`, the features entering that slot are stored
+        For each key already in `taps` (a placed slot), the features entering that
+        slot's live seed (the stage's output through the slot's fossils) are stored
         there: `run(taps[key], stage_index(key) + 1)` is then the output with that
-        slot passing its input through, computed without the stages before it.
+        slot's live seed switched off, computed without the stages before it.
         """
         if taps:
-            recorders = [
-                record_output(self.injection_module(key), functools.partial(taps.__setitem__, key))
-                for key in taps
-            ]
-            try:
+            slots = self.placed_slots()
+            with contextlib.ExitStack() as recording:
+                for key in taps:
+                    sink = functools.partial(taps.__setitem__, key)
+                    recording.enter_context(slots[key].recording_seed_input(sink))
                 return self.run(x, start)
-            finally:
-                for handle in recorders:
-                    handle.remove()
         for i in range(start, len(self.trunk)):
             x = self.trunk[i](x)
         return self.head(x)
@@ -238,7 +237,10 @@ class SeededModel(nn.Module):
     `MorphogeneticModel` (a built-in host) and `esper.graft`'s `GraftedModel` (any
     model) both provide it: `seed_slots`, `host` (the network the slots sit in; its
     `host_parameters()`, or else its `parameters()`, are the host's), `germinate`,
-    and the host/seed parameter split.
+    and the host/seed parameter split. Fossils (the seeds each slot's stack has kept)
+    are in neither `host_parameters()` nor `seed_parameters()` but in
+    `fossil_parameters()`: they are reported as parameters added by growth
+    (`seed_param_count`) and optimised with the host.
     """
 
     host: nn.Module
@@ -258,6 +260,7 @@ class SeededModel(nn.Module):
         return slots[slot_id].germinate(blueprint_id, seed_id, host_module=self.host)
 
     def seed_parameters(self, slot_id: str | None = None) -> list[nn.Parameter]:
+        """The live seeds' parameters (of every slot, or of `slot_id`'s)."""
         slots = self.seed_slots if slot_id is None else {slot_id: self.seed_slots[slot_id]}
         return [p for slot in slots.values() if slot.seed is not None for p in slot.seed.parameters()]
 
@@ -277,11 +280,19 @@ class SeededModel(nn.Module):
             )
         return next(iter(topologies.values()))
 
+    def fossil_parameters(self) -> list[nn.Parameter]:
+        """The fossilized seeds' parameters: grown, and trained as host from their fossilization."""
+        return [p for slot in self.seed_slots.values() for p in slot.fossils.parameters()]
+
     def host_param_count(self) -> int:
+        """The host as it was built: fossils are not in it (they are counted as added)."""
         return sum(p.numel() for p in self.host_parameters())
 
     def seed_param_count(self) -> int:
-        return sum(p.numel() for p in self.seed_parameters())
+        """Parameters added by growth: the live seeds' and the fossils'."""
+        return sum(p.numel() for p in self.seed_parameters()) + sum(
+            p.numel() for p in self.fossil_parameters()
+        )
 
 
 def _floating_dtype(module: nn.Module) -> torch.dtype:

@@ -31,6 +31,7 @@ from esper.leyline import (
     NEXT_STAGE,
     SEED_RUNS_STAGES,
     VALID_TRANSITIONS,
+    FossilReport,
     GateResult,
     SeedReport,
     SeedStage,
@@ -106,7 +107,16 @@ _STAGE_FIELD = SeedState.__dict__["stage"]
 
 
 class SeedSlot(nn.Module):
-    """Holds at most one seed at an injection point and runs its lifecycle.
+    """Holds a stack of fossils and at most one live seed at an injection point, and runs
+    the live seed's lifecycle.
+
+    Growth has no ceiling: a seed that is fossilized joins the slot's stack
+    (`fossils`, an `nn.ModuleList`, with a `FossilReport` each in `fossil_reports`)
+    and the slot is free again at once (`state` None, `stage` DORMANT), so it can
+    take another seed, which then sits on top of the fossils. The forward pass
+    applies the fossils in order, then the live seed as its stage says. Fossils are
+    part of the host from then on: `force_alpha` (the counterfactual) removes only
+    the live seed, and the trainer optimises them with the host.
 
     `state`, `alpha` and `isolate_gradients` are read on every forward pass, so code
     may set them directly (`slot.state.stage = SeedStage.TRAINING`) and the next
@@ -152,6 +162,12 @@ class SeedSlot(nn.Module):
         self._alpha_schedule: AlphaSchedule | None = None
         self._probe_cache: dict[str, Tensor] = {}
         self.transitions: list[StageTransition] = []
+        # The stack: fossilized seeds, applied in order before the live seed.
+        self.fossils = nn.ModuleList()
+        self.fossil_reports: list[FossilReport] = []
+        # Called with the features entering the live seed (after the fossils) on each forward,
+        # while `recording_seed_input` is active: where a counterfactual resumes from.
+        self._seed_input_sink: Callable[[Tensor], object] | None = None
         # Effective alpha as a tensor the (compiled) forward reads; not checkpointed: it is
         # derived from the lifecycle state.
         self.register_buffer("_alpha", torch.zeros((), device=device), persistent=False)
@@ -193,10 +209,20 @@ class SeedSlot(nn.Module):
 
     @property
     def is_occupied(self) -> bool:
+        """Whether a live seed (or a culled one still clearing) holds the slot; fossils do not."""
         return self.state is not None
+
+    @property
+    def stack_depth(self) -> int:
+        """How many fossilized seeds the slot's stack holds."""
+        return len(self.fossils)
 
     # ------------------------------------------------------------------ forward
     def forward(self, host_features: Tensor) -> Tensor:
+        for fossil in self.fossils:  # part of the host: always at full strength
+            host_features = fossil(host_features)
+        if self._seed_input_sink is not None:
+            self._seed_input_sink(host_features)
         state = self.state  # a plain attribute: the cheap test for DORMANT comes first
         if state is None or state.stage not in SEED_RUNS_STAGES or self.seed is None:
             return host_features
@@ -227,7 +253,8 @@ class SeedSlot(nn.Module):
 
     @contextmanager
     def force_alpha(self, value: float) -> Iterator[None]:
-        """Temporarily run the slot at `value` (0.0 gives the host alone: the counterfactual)."""
+        """Temporarily run the live seed at `value` (0.0 gives the host and the slot's fossils
+        alone: the counterfactual)."""
         previous = self._alpha_override
         self._alpha_override = float(value)
         self._sync_alpha()
@@ -236,6 +263,17 @@ class SeedSlot(nn.Module):
         finally:
             self._alpha_override = previous
             self._sync_alpha()
+
+    @contextmanager
+    def recording_seed_input(self, sink: Callable[[Tensor], object]) -> Iterator[None]:
+        """Call `sink(features)` with the features entering the live seed (the host's, through
+        the slot's fossils) on every forward while this is active."""
+        previous = self._seed_input_sink
+        self._seed_input_sink = sink
+        try:
+            yield
+        finally:
+            self._seed_input_sink = previous
 
     def _sync_alpha(self) -> None:
         """Write the effective alpha into the buffer the forward reads (no graph, no autograd)."""
@@ -246,13 +284,13 @@ class SeedSlot(nn.Module):
     def germinate(
         self, blueprint_id: str, seed_id: str | None = None, host_module: nn.Module | None = None
     ) -> SeedState:
-        """Plant a new seed from `blueprint_id`. The slot must be DORMANT (empty)."""
+        """Plant a new seed from `blueprint_id`. The slot must have no live seed (it is DORMANT);
+        fossils from earlier seeds stay below the new one."""
         if self.state is not None:
             self._raise_occupied()
         topology = self._topology(host_module)
         self.seed_topology = topology
-        kwargs = self.task_config.blueprint_kwargs.get(blueprint_id, {})
-        seed = self._build_seed(topology, blueprint_id, **kwargs)
+        seed = self._build_seed(topology, blueprint_id, **self.blueprint_kwargs(blueprint_id))
         self._verify_shape(seed, topology, blueprint_id)
         self.seeds_planted += 1
         state = _SlotState(
@@ -322,11 +360,10 @@ class SeedSlot(nn.Module):
             case SeedStage.GERMINATED:
                 self.advance_stage(SeedStage.TRAINING)
             case SeedStage.TRAINING:
-                if (
-                    not self.advance_stage(SeedStage.BLENDING).passed
-                    and metrics.epochs_in_current_stage >= config.max_training_epochs
-                ):
-                    self.cull(f"stalled: G2 not passed in {config.max_training_epochs} epochs")
+                g2 = self.advance_stage(SeedStage.BLENDING)
+                if not g2.passed and metrics.epochs_in_current_stage >= config.max_training_epochs:
+                    failed = "; ".join(g2.checks_failed)
+                    self.cull(f"stalled: G2 not passed in {config.max_training_epochs} epochs ({failed})")
             case SeedStage.BLENDING:
                 metrics.alpha_ramp_step += 1
                 assert self._alpha_schedule is not None, "BLENDING without an alpha schedule"
@@ -370,6 +407,7 @@ class SeedSlot(nn.Module):
             "isolate_gradients": self.isolate_gradients,
             "topology": self.seed_topology,
             "transitions": [t.to_dict() for t in self.transitions],
+            "fossils": [report.to_dict() for report in self.fossil_reports],
             "seed": None,
         }
         if state is not None:
@@ -389,7 +427,8 @@ class SeedSlot(nn.Module):
         return record
 
     def load_lifecycle_state(self, record: dict[str, Any], host_module: nn.Module | None = None) -> None:
-        """Rebuild the slot (and an empty seed module to load weights into) from `lifecycle_state`."""
+        """Rebuild the slot from `lifecycle_state`: its stack of fossils and its live seed, as
+        fresh modules to load the weights into (so load this before the model's state dict)."""
         self.epoch = record["epoch"]
         self.seeds_planted = record["seeds_planted"]
         self.isolate_gradients = record["isolate_gradients"]
@@ -399,6 +438,12 @@ class SeedSlot(nn.Module):
         if isinstance(self.state, _SlotState):
             self.state._detach()
         self.seed, self.state, self._alpha_schedule = None, None, None
+        # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
+        self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
+        self.fossils = nn.ModuleList(
+            self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
+            for report in self.fossil_reports
+        )
         saved = record["seed"]
         if saved is None:
             return
@@ -416,9 +461,13 @@ class SeedSlot(nn.Module):
         )
         state.stage_history.extend(tuple(item) for item in saved["stage_history"])
         self._adopt(None, state)
+        if state.stage == SeedStage.FOSSILIZED:
+            raise ValueError(
+                f"slot '{self.slot_id}' holds fossilized seed {state.seed_id} as its live seed: this "
+                "checkpoint was written by an Esper without seed stacks; resume it with that version"
+            )
         if saved["has_module"]:
-            kwargs = self.task_config.blueprint_kwargs.get(state.blueprint_id, {})
-            self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **kwargs)
+            self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **self.blueprint_kwargs(state.blueprint_id))
             if host_module is not None:
                 self.isolation_monitor.register(host_module, self.seed)
         if state.blending_steps_total:
@@ -434,7 +483,11 @@ class SeedSlot(nn.Module):
         return host_norm, seed_norm
 
     def seed_param_count(self) -> int:
+        """Parameters of the live seed (0 without one); the fossils are `fossil_param_count`."""
         return sum(p.numel() for p in self.seed.parameters()) if self.seed is not None else 0
+
+    def fossil_param_count(self) -> int:
+        return sum(p.numel() for p in self.fossils.parameters())
 
     def report(self) -> SeedReport | None:
         state = self.state
@@ -507,6 +560,8 @@ class SeedSlot(nn.Module):
             case SeedStage.CULLED:
                 self.seed = None
                 self.isolation_monitor = GradientIsolationMonitor()
+            case SeedStage.FOSSILIZED:
+                self._add_to_stack(state)
         event_type = {
             SeedStage.FOSSILIZED: TelemetryEventType.SEED_FOSSILIZED,
             SeedStage.CULLED: TelemetryEventType.SEED_CULLED,
@@ -518,10 +573,30 @@ class SeedSlot(nn.Module):
             stage=stage.name,
             previous_stage=state.previous_stage.name,
             counterfactual_contribution=state.metrics.counterfactual_contribution,
+            stack_depth=self.stack_depth,
         )
-        if stage == SeedStage.DORMANT:
+        if stage in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
+            # The slot is free: a culled seed has cleared, or a kept one has joined the stack.
             state._detach()
             self.state = None
+            self._sync_alpha()
+
+    def _add_to_stack(self, state: SeedState) -> None:
+        """The fossilized seed becomes the top of the stack, part of the host for good."""
+        self.fossil_reports.append(
+            FossilReport(
+                seed_id=state.seed_id,
+                blueprint_id=state.blueprint_id,
+                slot_id=self.slot_id,
+                params=self.seed_param_count(),
+                counterfactual_contribution=state.metrics.counterfactual_contribution,
+                epoch=self.epoch,
+            )
+        )
+        self.fossils.append(self.seed)
+        self.seed = None
+        self.isolation_monitor = GradientIsolationMonitor()
+        self._alpha_schedule = None
 
     def _record(self, state: SeedState, from_stage: SeedStage, to_stage: SeedStage, reason: str) -> None:
         self.transitions.append(
@@ -564,6 +639,10 @@ class SeedSlot(nn.Module):
         if self._explicit_config or host_module is None:
             return self.task_config.topology
         return getattr(host_module, "topology", self.task_config.topology)
+
+    def blueprint_kwargs(self, blueprint_id: str) -> dict[str, Any]:
+        """The task's options for `blueprint_id` (how every seed of it in this slot is built)."""
+        return self.task_config.blueprint_kwargs.get(blueprint_id, {})
 
     def _build_seed(self, topology: str, blueprint_id: str, **kwargs: Any) -> nn.Module:
         """A fresh seed module on the device and in the dtype of this slot's features."""

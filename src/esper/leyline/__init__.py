@@ -1,9 +1,9 @@
 """Shared contracts: stages, gates, actions, telemetry, reports. Imports nothing from esper."""
 
 from esper.leyline.actions import WAIT, Action, ActionKind
-from esper.leyline.config import TaskConfig
+from esper.leyline.config import GrowthBudget, TaskConfig
 from esper.leyline.gates import GateLevel, GateResult
-from esper.leyline.reports import SeedReport, StageTransition
+from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 from esper.leyline.signals import Controller, EpochSignals
 from esper.leyline.stages import (
     ACTIVE_STAGES,
@@ -36,8 +36,11 @@ __all__ = [
     "ActionKind",
     "Controller",
     "EpochSignals",
+    "FlopsReport",
+    "FossilReport",
     "GateLevel",
     "GateResult",
+    "GrowthBudget",
     "SeedReport",
     "SeedStage",
     "StageTransition",

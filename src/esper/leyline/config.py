@@ -28,3 +28,34 @@ class TaskConfig:
                 raise ValueError(f"TaskConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.embargo_epochs < 0:
             raise ValueError(f"TaskConfig.embargo_epochs must be >= 0, got {self.embargo_epochs}")
+
+
+@dataclass(slots=True)
+class GrowthBudget:
+    """How far a run may grow: at most `max_params_added` parameters added by seeds (live and
+    fossilized), and at most `max_inference_flops` FLOPs per sample for an eval forward of
+    the whole grown network (the host, every fossil and every live seed at full strength).
+    None leaves that side unlimited. A germination that would pass either is refused.
+    """
+
+    max_params_added: int | None = None
+    max_inference_flops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_params_added is not None and self.max_params_added < 1:
+            raise ValueError(f"budget.max_params_added must be >= 1 (or null), got {self.max_params_added}")
+        if self.max_inference_flops is not None and not self.max_inference_flops > 0:
+            raise ValueError(f"budget.max_inference_flops must be > 0 (or null), got {self.max_inference_flops}")
+
+    @property
+    def limited(self) -> bool:
+        return self.max_params_added is not None or self.max_inference_flops is not None
+
+    def describe(self) -> str:
+        """"max_params_added 5,000, max_inference_flops 4e+05": the limits that are set."""
+        parts = []
+        if self.max_params_added is not None:
+            parts.append(f"max_params_added {self.max_params_added:,}")
+        if self.max_inference_flops is not None:
+            parts.append(f"max_inference_flops {self.max_inference_flops:.4g}")
+        return ", ".join(parts) or "unlimited"

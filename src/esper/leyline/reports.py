@@ -32,6 +32,50 @@ class SeedReport:
 
 
 @dataclass(frozen=True, slots=True)
+class FlopsReport:
+    """FLOPs an epoch spent, what the run has spent up to and including it, and what the
+    network costs to run.
+
+    `training` is the epoch's train steps (forward + backward, every sample trained);
+    `validation` its validation passes and `counterfactual` the extra passes that
+    measured each blended seed (both counted again after a rollback, when the epoch
+    is measured twice). `inference_per_sample` is one sample's eval forward through
+    the architecture the epoch was validated with. All are FLOPs, as counted by
+    `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2).
+    """
+
+    training: float = 0.0
+    validation: float = 0.0
+    counterfactual: float = 0.0
+    cumulative_training: float = 0.0
+    cumulative_validation: float = 0.0
+    cumulative_counterfactual: float = 0.0
+    inference_per_sample: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FossilReport:
+    """A fossilized seed: part of its slot's stack for good, applied before any live seed there.
+
+    `params` is its size, `counterfactual_contribution` what it was kept for (measured
+    while it was on probation), `epoch` the slot's lifecycle epoch when it fossilized.
+    """
+
+    seed_id: str
+    blueprint_id: str
+    slot_id: str
+    params: int
+    counterfactual_contribution: float | None
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class StageTransition:
     """One move of one seed through the lifecycle, as it happened.
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from esper.leyline.actions import Action
-from esper.leyline.reports import SeedReport, StageTransition
+from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 
 
 @dataclass(slots=True)
@@ -19,13 +19,21 @@ class EpochSignals:
     val_accuracy: float
     host_params: int
     seed_params: int
-    # One entry per slot; None for an empty (DORMANT) slot.
+    # One entry per slot: its live seed; None for a slot without one (DORMANT).
     slots: dict[str, SeedReport | None] = field(default_factory=dict)
     rolled_back: bool = False
     # Every lifecycle move since the previous epoch's signals: the consequences of the last
     # decision (germinations, fossilizations, culls), the lifecycle clock, and this epoch's
     # rollback culls. Who counts or pays for outcomes reads these, not stage snapshots.
     transitions: list[StageTransition] = field(default_factory=list)
+    # Each slot's stack: its fossilized seeds in the order they were kept (part of the host).
+    fossils: dict[str, list[FossilReport]] = field(default_factory=dict)
+    # The epoch's FLOPs, the run's so far, and the inference FLOPs per sample of the network;
+    # None when the run cannot count them (a model whose forward does not run on meta tensors).
+    flops: FlopsReport | None = None
+    # Per slot, the run's blueprints a germination there may plant within its growth budget;
+    # None when the run has no budget (every blueprint may be planted).
+    affordable: dict[str, list[str]] | None = None
 
 
 class Controller(Protocol):

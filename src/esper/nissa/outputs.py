@@ -162,7 +162,8 @@ def format_event_line(event: TelemetryEvent) -> Text:
     label = _LABELS[event.event_type]
     contribution = event.data.get("counterfactual_contribution")
     if event.event_type == TelemetryEventType.SEED_FOSSILIZED and contribution is not None:
-        label += f" (contribution {contribution:+.3f})"
+        depth = event.data.get("stack_depth")  # the slot's stack with this seed on top
+        label += f" (contribution {contribution:+.3f}" + ("" if depth is None else f", stack of {depth}") + ")"
     parts.append(label)
     if event.message:
         parts.append(event.message)

@@ -82,6 +82,10 @@ class TensorBoardOutput:
             report = report or {"stage": SeedStage.DORMANT.name, "alpha": 0.0}
             add(f"slot/{slot_id}/stage", SeedStage[report["stage"]].value, step)
             add(f"slot/{slot_id}/alpha", report["alpha"], step)
+        for slot_id, stack in data.get("fossils", {}).items():
+            add(f"slot/{slot_id}/stack_depth", len(stack), step)
+        for tag, value in _numbers("flops", data.get("flops") or {}):  # None: not counted
+            add(tag, value, step)
 
     def close(self) -> None:
         self._writer.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from esper.kasmina.gates import QualityGates
 from esper.kasmina.host import CNNHost, MLPHost, TransformerHost
 from esper.leyline import TaskConfig
 from esper.runtime.cifar10 import load_cifar10
@@ -96,6 +97,9 @@ class TaskSpec:
     or "adamw"; `host_lr` and `seed_lr` are its learning rates for host and seeds.
     `reference_host`, when set, builds the static network a grown host is judged
     against (e.g. a wider host trained the same way), for tasks whose host is small.
+    `blueprints` are what a run plants unless told otherwise (None: every blueprint of
+    the topology); `heuristic` holds the task's own `HeuristicConfig` settings (a
+    nested "tracker" dict for its `TrackerConfig`), under a run's overrides.
     """
 
     name: str
@@ -115,6 +119,8 @@ class TaskSpec:
     options: tuple[str, ...] = ()
     optimizer: str = "sgd"
     reference_host: Callable[[TaskData], nn.Module] | None = None
+    blueprints: tuple[str, ...] | None = None
+    heuristic: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -132,6 +138,15 @@ class TaskSpec:
                 f"accepted: {accepted}"
             )
         return self.load(**given)
+
+    def lifecycle_epochs(self) -> int:
+        """Epochs from a germination to the verdict on the seed when every gate passes at once:
+        the germination epoch, the least training, the alpha ramp, the shadowing dwell and one
+        measured epoch on probation. A seed planted later than this before the end cannot be
+        kept."""
+        gates = QualityGates(**self.gate_kwargs)
+        config = self.task_config
+        return 1 + gates.min_training_epochs + config.blending_epochs + gates.min_shadowing_epochs + 1
 
     def describe(self) -> str:
         """One line for `esper tasks`: name, data, host (and reference host), training budget."""
@@ -172,6 +187,15 @@ def list_tasks() -> list[TaskSpec]:
 
 _SMALL_CNN = CNNHostFactory(n_blocks=3, base_channels=4)
 _CNN_SLOTS = ("block2", "block3")
+# Seeds that add real capacity to a small CNN (scripts/calibrate_growth.md).
+_CNN_CAPACITY = ("residual_block", "inverted_bottleneck")
+# A small host is short of capacity early: the heuristic grows once the training loss falls
+# by less than 20% an epoch, one seed per slot at a time, so a stack can grow in each slot.
+_GROW_EARLY = {"max_growing": 2, "tracker": {"underfit_progress": 0.2}}
+# A character LM's per-character accuracy moves by a few tenths of a point from one epoch to
+# the next, and a seed's contribution is of that order: any measured gain keeps it, and
+# probation is long enough to see one.
+_LM_HEURISTIC = {"fossilize_above": 0.0, "max_growing": 2}
 
 
 def _char_lm_task(
@@ -193,13 +217,15 @@ def _char_lm_task(
             topology="transformer",
             blending_epochs=3,
             max_training_epochs=6,
-            max_probation_epochs=4,
+            max_probation_epochs=6,
             embargo_epochs=2,
         ),
         max_train_batches=40,
         max_val_batches=20,
         options=options,
         optimizer="adamw",
+        blueprints=("block", "mlp", "attention"),
+        heuristic=_LM_HEURISTIC,
     )
 
 
@@ -245,6 +271,8 @@ register_task(
             max_probation_epochs=4,
             embargo_epochs=2,
         ),
+        blueprints=_CNN_CAPACITY,
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -267,6 +295,8 @@ register_task(
             max_probation_epochs=4,
             embargo_epochs=2,
         ),
+        blueprints=("mlp", "lowrank"),
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -289,6 +319,10 @@ register_task(
             embargo_epochs=3,
         ),
         options=("data_dir", "download"),
+        # Not tuned (the data is not bundled): a 16-channel CNN underfits CIFAR-10 as the small
+        # MNIST hosts underfit theirs, so it grows the same capacity blueprints early.
+        blueprints=_CNN_CAPACITY,
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -343,6 +377,8 @@ register_task(
             max_probation_epochs=3,
             embargo_epochs=1,
         ),
+        blueprints=_CNN_CAPACITY,
+        heuristic=_GROW_EARLY,
     )
 )
 register_task(
@@ -364,12 +400,14 @@ register_task(
             topology="transformer",
             blending_epochs=3,
             max_training_epochs=5,
-            max_probation_epochs=3,
+            max_probation_epochs=6,
             embargo_epochs=1,
         ),
         max_train_batches=40,
         max_val_batches=20,
         options=("block_size",),
         optimizer="adamw",
+        blueprints=("block",),
+        heuristic=_LM_HEURISTIC,
     )
 )

@@ -10,7 +10,9 @@ second decision can be taken at the next one.
 
 Masks allow only what is physically possible, never timing opinions (that is
 what the policy is for):
-- GERMINATE only on an empty slot (no report: DORMANT);
+- GERMINATE only on a slot without a live seed (no report: DORMANT; the fossils
+  of its stack stay beneath the new seed), and only what the run's growth budget
+  still affords there (`EpochSignals.affordable`; every blueprint without a budget);
 - FOSSILIZE only on a PROBATIONARY seed (whether G5 then passes is the seed's
   business: a refused fossilization is a no-op the policy learns from);
 - CULL only on a live seed, GERMINATED..PROBATIONARY;
@@ -63,7 +65,9 @@ class ActionSpace:
 
     def mask(self, signals: EpochSignals) -> torch.Tensor:
         """Bool vector, True where the action is physically possible now."""
-        return torch.tensor([_possible(a, signals.slots.get(a.slot_id)) for a in self.actions], dtype=torch.bool)
+        return torch.tensor(
+            [_possible(a, signals.slots.get(a.slot_id), signals.affordable) for a in self.actions], dtype=torch.bool
+        )
 
 
 def action_name(action: Action) -> str:
@@ -71,12 +75,13 @@ def action_name(action: Action) -> str:
     return " ".join(p for p in (action.kind.name, action.slot_id, action.blueprint_id) if p is not None)
 
 
-def _possible(action: Action, report: SeedReport | None) -> bool:
+def _possible(action: Action, report: SeedReport | None, affordable: dict[str, list[str]] | None) -> bool:
     match action.kind:
         case ActionKind.WAIT:
             return True
         case ActionKind.GERMINATE:
-            return report is None
+            within_budget = affordable is None or action.blueprint_id in affordable.get(action.slot_id, ())
+            return report is None and within_budget
         case ActionKind.FOSSILIZE:
             return report is not None and report.stage == SeedStage.PROBATIONARY
         case ActionKind.CULL:

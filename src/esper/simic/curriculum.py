@@ -13,7 +13,7 @@ carry what it learned from one training run into the next.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +105,14 @@ class BlueprintCurriculum:
             scores[name] = mean + bonus - penalty
         return scores
 
-    def select_blueprint(self) -> str:
-        """Blueprint with the highest score; ties go to the earliest in the list."""
+    def select_blueprint(self, allowed: Collection[str] | None = None) -> str:
+        """Blueprint with the highest score (among `allowed`, when given: e.g. those a growth
+        budget still affords); ties go to the earliest in the list."""
         scores = self.get_ucb_scores()
-        return max(self.blueprints, key=lambda name: scores[name])  # max keeps the first maximum
+        candidates = [name for name in self.blueprints if allowed is None or name in allowed]
+        if not candidates:
+            raise ValueError(f"none of the allowed blueprints {sorted(allowed or ())} is in this curriculum")
+        return max(candidates, key=lambda name: scores[name])  # max keeps the first maximum
 
     def get_stats(self, blueprint: str) -> dict[str, float]:
         """Trials, successes and mean reward (0.0 before the first trial) of one blueprint."""

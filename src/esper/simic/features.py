@@ -12,10 +12,11 @@ Layout (`FeatureLayout.names()` spells it out):
   (relative change over 3 epochs), the gap to the best val accuracy so far,
   epochs since the last improvement, the plateau count, val accuracy gained
   since the episode's first epoch, params added / host params, rolled back.
-- per slot, in slot order: stage one-hot (every `SeedStage`), alpha, epochs in
-  the current stage, counterfactual contribution (0 until measured), a
-  "contribution measured" flag, seed gradient ratio, seed params / host params,
-  blueprint one-hot (all zero for an empty slot).
+- per slot, in slot order: its live seed's stage one-hot (every `SeedStage`),
+  alpha, epochs in the current stage, counterfactual contribution (0 until
+  measured), a "contribution measured" flag, seed gradient ratio, seed params /
+  host params; the slot's stack depth (fossils kept) and fossil params / host
+  params; the live seed's blueprint one-hot (all zero without one).
 
 Every feature is finite: a non-finite value (a loss that overflowed, a ratio of
 a diverged seed) becomes 0, so one bad epoch cannot poison the normaliser or the
@@ -63,6 +64,8 @@ SLOT_SCALARS = (
     "contribution_measured",
     "seed_gradient_ratio",
     "params_ratio",
+    "stack_depth",
+    "fossil_params_ratio",
 )
 STAGES = tuple(SeedStage)
 
@@ -159,6 +162,8 @@ class Observer:
             clock[2] += 1
         stage_onehot = [float(stage == s) for s in STAGES]
         blueprint_onehot = [float(report is not None and report.blueprint_id == b) for b in self.layout.blueprints]
+        stack = signals.fossils.get(slot_id, [])
+        stack_features = [float(len(stack)), sum(fossil.params for fossil in stack) / host]
         if report is None:
             scalars = [0.0, float(clock[2]), 0.0, 0.0, 0.0, 0.0]
         else:
@@ -171,7 +176,7 @@ class Observer:
                 report.seed_gradient_norm_ratio,
                 report.params / host,
             ]
-        return stage_onehot + scalars + blueprint_onehot
+        return stage_onehot + scalars + stack_features + blueprint_onehot
 
     def state_dict(self) -> dict[str, Any]:
         return {

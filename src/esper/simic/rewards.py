@@ -7,7 +7,8 @@ and logged on its own:
 contribution  `contribution_weight` x the change in the episode's *credit*.
               A seed's credit is its counterfactual contribution (val accuracy
               with the seed minus without it): locked in for good when it is
-              fossilized, `blended_credit` x its current contribution while it is
+              fossilized (read from its FOSSILIZED move: the seed leaves its
+              slot's report for the slot's stack at once), `blended_credit` x its current contribution while it is
               blended but undecided (BLENDING..PROBATIONARY), and 0 otherwise.
               Paying the *change* in credit means value is paid once: a seed
               that is culled, expires on probation, or is still undecided when
@@ -19,7 +20,8 @@ rent          -`rent_weight` x log(1 + seed params / host params), every epoch,
               held forever keeps paying, and a germinate-then-cull pays rent
               for nothing.
 shaping       `shaping_weight` x (gamma x Phi(s') - Phi(s)) with Phi = the sum of
-              `STAGE_POTENTIAL` over slots, and Phi = 0 after the last epoch. Potential-based
+              `STAGE_POTENTIAL` over the live seeds and the fossils of every
+              slot's stack, and Phi = 0 after the last epoch. Potential-based
               (Ng et al. 1999), so it cannot change which policy is best; it
               only gives a gradient toward moving seeds along the lifecycle.
 terminal      `terminal_weight` x (final val accuracy - val accuracy of the
@@ -42,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from esper.leyline import BLENDED_STAGES, EpochSignals, SeedStage
+from esper.leyline import MEASURED_STAGES, EpochSignals, SeedStage
 
 COMPONENTS = ("contribution", "rent", "shaping", "terminal", "rollback")
 
@@ -68,7 +70,11 @@ class RewardConfig:
 
 
 def stage_potential(signals: EpochSignals) -> float:
-    return sum(STAGE_POTENTIAL.get(r.stage, 0.0) for r in signals.slots.values() if r is not None)
+    """Phi: the live seeds' stage potentials plus the FOSSILIZED potential of every fossil kept
+    (a fossil leaves its slot's report at once: it is counted from the slot's stack)."""
+    live = sum(STAGE_POTENTIAL.get(r.stage, 0.0) for r in signals.slots.values() if r is not None)
+    kept = sum(len(stack) for stack in signals.fossils.values())
+    return live + kept * STAGE_POTENTIAL[SeedStage.FOSSILIZED]
 
 
 class RewardTracker:
@@ -105,14 +111,16 @@ class RewardTracker:
         return components
 
     def _credit(self, signals: EpochSignals, terminal: bool) -> float:
-        credit = 0.0
+        kept = {report.seed_id: report for stack in signals.fossils.values() for report in stack}
+        for move in signals.transitions:
+            if move.to_stage == SeedStage.FOSSILIZED:
+                # Locked when the seed is fossilized: what it was kept for (its slot's stack
+                # records the contribution it last measured).
+                self.fossil_credit.setdefault(move.seed_id, kept[move.seed_id].counterfactual_contribution or 0.0)
+        credit = sum(self.fossil_credit.values())
+        if terminal:
+            return credit
         for report in signals.slots.values():
-            if report is None:
-                continue
-            contribution = report.counterfactual_contribution or 0.0
-            if report.stage == SeedStage.FOSSILIZED:
-                # Locked at the first sight of the fossil: what it was kept for.
-                credit += self.fossil_credit.setdefault(report.seed_id, contribution)
-            elif report.stage in BLENDED_STAGES and not terminal:
-                credit += self.config.blended_credit * contribution
+            if report is not None and report.stage in MEASURED_STAGES:
+                credit += self.config.blended_credit * (report.counterfactual_contribution or 0.0)
         return credit

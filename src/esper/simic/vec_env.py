@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, SeedStage
+from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, GrowthBudget, SeedStage
 from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
@@ -91,7 +91,11 @@ class MorphogeneticEnv:
         reward: RewardConfig | None = None,
         device: str = "cpu",
         precision: str = "fp32",
+        budget: GrowthBudget | None = None,
+        blueprints: Sequence[str] | None = None,
     ) -> None:
+        """With a growth `budget`, germinations past it are refused and each epoch's signals say
+        which of `blueprints` every slot can still afford (the policy's action mask reads it)."""
         if episode_length < 2:
             raise ValueError(f"episode_length must be >= 2 epochs (one decision), got {episode_length}")
         self.spec = spec
@@ -101,6 +105,8 @@ class MorphogeneticEnv:
         self.device = device  # where each episode's host trains, in which precision
         self.precision = precision
         self.rewards = RewardTracker(reward)
+        self.budget = budget
+        self.blueprints = blueprints
         self.trainer: MorphogeneticTrainer | None = None
         self.loop: EpochLoop | None = None
         self.stats: EpisodeStats | None = None
@@ -125,7 +131,8 @@ class MorphogeneticEnv:
         with self._own_rng():
             # build_trainer seeds the generator with `seed`: the episode's stream starts there.
             self.trainer = build_trainer(self.spec, self.data, seed, self.slots, fast_mode=True,
-                                         device=self.device, precision=self.precision)  # fmt: skip
+                                         device=self.device, precision=self.precision,
+                                         budget=self.budget, blueprints=self.blueprints)  # fmt: skip
             self.loop = EpochLoop(self.trainer, self.episode_length)
             self.stats = EpisodeStats(seed=seed, host_params=self.trainer.model.host_param_count())
             self.signals = self._observe(self.loop.start())
@@ -184,10 +191,14 @@ class VecEnv:
         reward: RewardConfig | None = None,
         device: str = "cpu",
         precision: str = "fp32",
+        budget: GrowthBudget | None = None,
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"need at least one environment, got {n_envs}")
-        self.envs = [MorphogeneticEnv(spec, data, episode_length, slots, reward, device, precision) for _ in range(n_envs)]
+        self.envs = [
+            MorphogeneticEnv(spec, data, episode_length, slots, reward, device, precision, budget, blueprints)
+            for _ in range(n_envs)
+        ]
         slot_ids = self.envs[0].slots
         self.layout = FeatureLayout(slot_ids, tuple(blueprints))
         self.space = ActionSpace(slot_ids, blueprints)

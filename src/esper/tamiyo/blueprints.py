@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 
 class BlueprintChooser(Protocol):
-    def select_blueprint(self) -> str: ...
+    def select_blueprint(self, allowed: Collection[str] | None = None) -> str:
+        """The blueprint to plant next, among `allowed` when given (never empty)."""
+        ...
 
     def record_outcome(self, blueprint: str, success: bool, reward: float) -> None: ...
 
@@ -26,8 +29,11 @@ class BlueprintRotation:
         self.next_index = 0
         self.penalty = {name: 0 for name in self.blueprints}
 
-    def select_blueprint(self) -> str:
+    def select_blueprint(self, allowed: Collection[str] | None = None) -> str:
         order = self.blueprints[self.next_index :] + self.blueprints[: self.next_index]
+        order = [name for name in order if allowed is None or name in allowed]
+        if not order:
+            raise ValueError(f"none of the allowed blueprints {sorted(allowed or ())} is in this rotation")
         # First unpenalised blueprint in rotation order; if all are penalised, the least penalised.
         choice = min(order, key=lambda name: (self.penalty[name] > 0, self.penalty[name], order.index(name)))
         for name in self.blueprints:

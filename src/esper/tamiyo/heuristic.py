@@ -1,4 +1,5 @@
-"""The hand-written controller: grow on plateau, keep what helps, cull what hurts."""
+"""The hand-written controller: grow where the network is short of capacity, keep what helps,
+cull what hurts, and stop when growth stops paying or the budget is spent."""
 
 from __future__ import annotations
 
@@ -31,7 +32,14 @@ class HeuristicConfig:
     cull_below: float = -0.01  # a blended seed whose contribution falls below this is culled
     germination_cooldown: int = 2  # epochs between germinations
     max_growing: int = 1  # seeds allowed in GERMINATED/TRAINING/BLENDING at once
-    min_epochs_left: int = 8  # no germination when fewer epochs remain (no time to finish)
+    # No germination when fewer epochs remain: a seed needs time to reach its verdict and pay.
+    # (The jobs set it from the task's lifecycle timings, `runtime.tasks.lifecycle_epochs`.)
+    min_epochs_left: int = 8
+    # Growth pays while seeds are kept for a contribution of at least `min_payoff`; after
+    # `max_unpaid_seeds` decided seeds in a row that were not (culled, or kept for less),
+    # the controller stops growing.
+    min_payoff: float = 0.005
+    max_unpaid_seeds: int = 2
     # Outcome reward, in accuracy points: 100 * (contribution - rent_weight * log(1 + params/host)).
     rent_weight: float = 0.05
 
@@ -50,8 +58,10 @@ class HeuristicController:
         self.last_germination_epoch: int | None = None
         # seed_id -> blueprint for seeds whose outcome has not been reported to the chooser yet.
         self.pending: dict[str, str] = {}
-        # The latest report of each live seed: a culled seed's size (for its rent) is in it.
+        # The latest report of each live seed: once it is decided, its size and contribution.
         self.last_report: dict[str, SeedReport] = {}
+        # Decided seeds in a row that did not pay (see `HeuristicConfig.min_payoff`).
+        self.unpaid_streak = 0
 
     def decide(self, signals: EpochSignals) -> list[Action]:
         """At most one action per epoch, the most urgent first: cull > fossilize > germinate.
@@ -79,26 +89,51 @@ class HeuristicController:
             return Action(ActionKind.CULL, slot_id, reason=f"hurts: contribution {contribution:+.4f}")
         return None
 
+    @property
+    def growth_pays(self) -> bool:
+        return self.unpaid_streak < self.config.max_unpaid_seeds
+
     def _maybe_germinate(self, signals: EpochSignals) -> Action | None:
+        """Plant a seed when the network is short of capacity (its training loss has all but
+        stopped falling while it does not fit its data yet) or on a validation plateau, in a
+        slot without a live seed (on top of its stack) that the budget still affords, with
+        time left for the seed's whole lifecycle, and while growth pays."""
         config = self.config
         reports = signals.slots.values()
-        free = [slot_id for slot_id, report in signals.slots.items() if report is None]
+        affordable = signals.affordable
+        free = [
+            slot_id
+            for slot_id, report in signals.slots.items()
+            if report is None and (affordable is None or affordable.get(slot_id))
+        ]
         growing = sum(1 for r in reports if r is not None and r.stage in GROWING_STAGES)
         cooling = (
             self.last_germination_epoch is not None
             and signals.epoch - self.last_germination_epoch < config.germination_cooldown
         )
+        reason = self._why_grow()
         if (
-            not free
+            reason is None
+            or not free
             or growing >= config.max_growing
             or cooling
             or signals.total_epochs - signals.epoch - 1 < config.min_epochs_left
-            or not (self.tracker.on_plateau and self.tracker.stabilized)
+            or not self.growth_pays
         ):
             return None
-        blueprint = self.chooser.select_blueprint()
+        allowed = None if affordable is None else {b for slot_id in free for b in affordable[slot_id]}
+        blueprint = self.chooser.select_blueprint(allowed)
+        slot_id = next(s for s in free if affordable is None or blueprint in affordable[s])
         self.last_germination_epoch = signals.epoch
-        return Action(ActionKind.GERMINATE, free[0], blueprint, reason="plateau")
+        return Action(ActionKind.GERMINATE, slot_id, blueprint, reason=reason)
+
+    def _why_grow(self) -> str | None:
+        tracker = self.tracker
+        if tracker.short_of_capacity:
+            return f"short of capacity: train loss {-100 * (tracker.loss_progress or 0.0):+.1f}%/epoch"
+        if tracker.on_plateau and tracker.stabilized:
+            return "plateau"
+        return None
 
     def _record_outcomes(self, signals: EpochSignals) -> None:
         """Tell the chooser how each finished seed fared: fossilized = success, culled = failure.
@@ -107,27 +142,29 @@ class HeuristicController:
         once, whoever ended it. The governor culls only a seed it found guilty (a
         host or data fault culls nobody), so a cull is always the seed's own failure.
         """
-        current = {r.seed_id: r for r in signals.slots.values() if r is not None}
         for move in signals.transitions:
             if move.to_stage == SeedStage.GERMINATED:
                 self.pending[move.seed_id] = move.blueprint_id
             elif move.to_stage in OUTCOME_STAGES and move.seed_id in self.pending:
-                self._resolve(move, current, signals.host_params)
-        for seed_id, report in current.items():
-            if report.stage in ACTIVE_STAGES:
-                self.last_report[seed_id] = report
+                self._resolve(move, signals.host_params)
+        for report in signals.slots.values():
+            if report is not None and report.stage in ACTIVE_STAGES:
+                self.last_report[report.seed_id] = report
 
-    def _resolve(self, move: StageTransition, current: dict[str, SeedReport], host_params: int) -> None:
+    def _resolve(self, move: StageTransition, host_params: int) -> None:
         blueprint = self.pending.pop(move.seed_id)
         success = move.to_stage == SeedStage.FOSSILIZED
-        # A fossil still holds its seed; a culled one lost it: its size is in its last live report.
-        report = current.get(move.seed_id) if success else self.last_report.get(move.seed_id)
+        # Either way the seed has left its slot's report (a fossil for its slot's stack, a culled
+        # one for good): its size and contribution are in its last live report.
+        report = self.last_report.get(move.seed_id)
         params = 0 if report is None else report.params
         rent = self.config.rent_weight * math.log1p(params / max(host_params, 1))
         contribution = 0.0 if report is None else report.counterfactual_contribution or 0.0
         reward = 100 * (contribution - rent if success else -rent)
         self.chooser.record_outcome(blueprint, success, reward)
         self.last_report.pop(move.seed_id, None)
+        paid = success and contribution >= self.config.min_payoff
+        self.unpaid_streak = 0 if paid else self.unpaid_streak + 1
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +173,7 @@ class HeuristicController:
             "last_germination_epoch": self.last_germination_epoch,
             "pending": dict(self.pending),
             "last_report": {k: v.to_dict() for k, v in self.last_report.items()},
+            "unpaid_streak": self.unpaid_streak,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -146,3 +184,4 @@ class HeuristicController:
         self.last_report = {
             k: SeedReport(**{**v, "stage": SeedStage[v["stage"]]}) for k, v in state["last_report"].items()
         }
+        self.unpaid_streak = state.get("unpaid_streak", 0)  # checkpoints from before it: none

@@ -1,4 +1,4 @@
-"""Reads the run's vital signs: plateau (accuracy stopped improving) and stabilisation."""
+"""Reads the run's vital signs: plateau, stabilisation, and whether the network is short of capacity."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ class TrackerConfig:
     warmup_epochs: int = 3  # the host is left alone this long
     stable_loss_change: float = 0.15  # relative train-loss change per epoch considered settled
     history: int = 10
+    # Short of capacity: over the last `progress_window` epochs the training loss fell by less
+    # than `underfit_progress` per epoch (relative), while the training accuracy is still below
+    # `fit_accuracy` (a network that fits its training data has the capacity it needs).
+    progress_window: int = 2
+    underfit_progress: float = 0.05
+    fit_accuracy: float = 0.995
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.progress_window < self.history:
+            raise ValueError(
+                f"tracker.progress_window must be >= 1 and below tracker.history ({self.history}), "
+                f"got {self.progress_window}"
+            )
 
 
 class SignalTracker:
@@ -27,11 +40,13 @@ class SignalTracker:
         self.epochs_seen = 0
         self.val_accuracy: deque[float] = deque(maxlen=self.config.history)
         self.train_loss: deque[float] = deque(maxlen=self.config.history)
+        self.train_accuracy = 0.0
 
     def update(self, signals: EpochSignals) -> None:
         self.epochs_seen += 1
         self.val_accuracy.append(signals.val_accuracy)
         self.train_loss.append(signals.train_loss)
+        self.train_accuracy = signals.train_accuracy
         if signals.val_accuracy > self.best_accuracy + self.config.min_delta:
             self.best_accuracy = signals.val_accuracy
             self.epochs_since_improvement = 0
@@ -52,6 +67,30 @@ class SignalTracker:
         previous, current = self.train_loss[-2], self.train_loss[-1]
         return abs(previous - current) / max(abs(previous), 1e-8) <= self.config.stable_loss_change
 
+    @property
+    def loss_progress(self) -> float | None:
+        """The training loss's relative drop per epoch over the last `progress_window` epochs
+        (geometric mean; negative when it rose), or None before there is that much history."""
+        window = self.config.progress_window
+        if len(self.train_loss) <= window:
+            return None
+        before, now = self.train_loss[-1 - window], self.train_loss[-1]
+        if not before > 0 or not now > 0:
+            return None
+        return 1.0 - (now / before) ** (1.0 / window)
+
+    @property
+    def short_of_capacity(self) -> bool:
+        """Past warm-up, the training loss has all but stopped falling, and the network does
+        not fit its training data yet: more capacity is what it lacks."""
+        progress = self.loss_progress
+        return (
+            self.epochs_seen >= self.config.warmup_epochs
+            and progress is not None
+            and progress < self.config.underfit_progress
+            and self.train_accuracy < self.config.fit_accuracy
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "best_accuracy": self.best_accuracy,
@@ -60,6 +99,7 @@ class SignalTracker:
             "epochs_seen": self.epochs_seen,
             "val_accuracy": list(self.val_accuracy),
             "train_loss": list(self.train_loss),
+            "train_accuracy": self.train_accuracy,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -71,3 +111,4 @@ class SignalTracker:
         self.val_accuracy.extend(state["val_accuracy"])
         self.train_loss.clear()
         self.train_loss.extend(state["train_loss"])
+        self.train_accuracy = state.get("train_accuracy", 0.0)  # checkpoints from before it: none

@@ -28,12 +28,18 @@ the guard and the lifecycle decide the same everywhere; rank 0's controller
 decides (`tolaria.distributed.MainRankDecides`), its decision is broadcast to
 every rank before `step(actions)` applies it, and a new seed is made identical
 on every rank from rank 0's.
+
+Every trainer keeps a FLOPs account (`tolaria.flops.FlopAccount`): the train and
+measure phases (and the governor's probes) report the samples they ran, priced per
+architecture; each epoch's record carries its `flops` (the global run's, on several
+ranks). With a growth budget (`tolaria.budget`) "apply" refuses a germination past it,
+and the signals say what each slot can still afford.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,12 +52,16 @@ from esper.leyline import (
     ActionKind,
     Controller,
     EpochSignals,
+    FlopsReport,
+    GrowthBudget,
     SeedStage,
     StageTransition,
     TelemetryEvent,
     TelemetryEventType,
 )
+from esper.tolaria.budget import BudgetGuard
 from esper.tolaria.distributed import World
+from esper.tolaria.flops import CountedBatches, FlopAccount
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.precision import FP32, Precision
 from esper.tolaria.trainer import (
@@ -85,6 +95,7 @@ class EpochRecord:
     contributions: dict[str, float] = field(default_factory=dict)
     rollback: str | None = None
     seconds: float = 0.0
+    flops: FlopsReport | None = None  # None: the run cannot count its FLOPs (tolaria.flops)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +126,14 @@ class MorphogeneticTrainer:
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
         precision: Precision = FP32,
         world: World | None = None,
+        example_batch: tuple[Any, torch.Tensor | None] | None = None,
+        budget: GrowthBudget | None = None,
+        blueprints: Sequence[str] = (),
     ) -> None:
+        """`example_batch`, one (inputs, targets) batch of the task, gives the FLOPs meter its
+        shapes (`tolaria.flops.FlopAccount`); without it they are taken from the first
+        training batch. With a limited `budget`, a germination past it is refused, and the
+        signals say which of `blueprints` (the run's candidates) each slot can still afford."""
         self.model = model
         # The ranks this host is trained on together (the loaders give this rank's shares).
         self.world = world or World.single()
@@ -126,6 +144,8 @@ class MorphogeneticTrainer:
         self.precision = precision
         self.scaler = precision.grad_scaler()
         self.governor = Governor(model, self.optimizers, governor)
+        self.flops = FlopAccount(model, example_batch, self.world)
+        self.budget = None if budget is None or not budget.limited else BudgetGuard(model, self.flops, budget, blueprints)
         self.on_telemetry = on_telemetry
         self.epoch = 0
         self.last_record: EpochRecord | None = None
@@ -139,15 +159,17 @@ class MorphogeneticTrainer:
         """Phase "train": one pass over this epoch's training batches."""
         self.governor.inspect_parameters()
         _set_epoch(self.train_loader, self.epoch)
-        return train_epoch(
-            self.model, self.train_loader, self.optimizers, self.precision, self.scaler, self.world
-        )
+        batches = CountedBatches(self.train_loader, on_first=self.flops.observe)
+        stats = train_epoch(self.model, batches, self.optimizers, self.precision, self.scaler, self.world)
+        self.flops.trained(batches.samples)
+        return stats
 
     def measure(self) -> ValidationResult:
         """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
-        return validate_with_counterfactuals(
-            self.model, self.val_loader, precision=self.precision, world=self.world
-        )
+        batches = CountedBatches(self.val_loader)
+        result = validate_with_counterfactuals(self.model, batches, precision=self.precision, world=self.world)
+        self.flops.validated(batches.samples)
+        return result
 
     def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
         """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
@@ -177,9 +199,11 @@ class MorphogeneticTrainer:
 
     def _probe(self, split: str, indices: list[int]) -> list[float]:
         """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
-        if split == "train":
-            return batch_losses(self.model, self.train_loader, indices, True, self.precision, self.world)
-        return batch_losses(self.model, self.val_loader, indices, False, self.precision, self.world)
+        loader = self.train_loader if split == "train" else self.val_loader
+        batches = CountedBatches(loader, only=indices)
+        losses = batch_losses(self.model, batches, indices, split == "train", self.precision, self.world)
+        self.flops.probed(batches.samples)
+        return losses
 
     def run_epoch(self) -> EpochRecord:
         """Phases train, measure and guard of the current epoch."""
@@ -197,6 +221,7 @@ class MorphogeneticTrainer:
             contributions=val.contributions,
             rollback=rollback,
             seconds=time.perf_counter() - start,
+            flops=self.flops.close_epoch(),
         )
         self.last_record = record
         return record
@@ -215,6 +240,9 @@ class MorphogeneticTrainer:
             slots={slot_id: slot.report() for slot_id, slot in self.slots.items()},
             rolled_back=record.rollback is not None,
             transitions=self.drain_transitions(),
+            fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
+            flops=record.flops,
+            affordable=None if self.budget is None else self.budget.affordable(),
         )
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
@@ -226,6 +254,9 @@ class MorphogeneticTrainer:
             slot = self.slots[action.slot_id]
             match action.kind:
                 case ActionKind.GERMINATE:
+                    refused = None if self.budget is None else self.budget.refusal(action.slot_id, action.blueprint_id)
+                    if refused is not None:
+                        raise ValueError(f"germination refused by the run's growth budget: {refused}")
                     slot.germinate(action.blueprint_id, host_module=self.model.host)
                     self.world.broadcast_module(slot.seed)  # the same new seed on every rank
                     done, message = True, f"germinated {action.blueprint_id}"
@@ -265,18 +296,24 @@ class MorphogeneticTrainer:
         return [t for slot in self.slots.values() for t in slot.transitions]
 
     def _sync_optimizers(self) -> None:
-        """Keep the seed optimiser's groups in line with the slots' live seeds."""
+        """Keep the optimisers' groups in line with the slots: a group per live seed in the seed
+        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped."""
         optimizers = self.optimizers
-        for slot_id in optimizers.slot_order():
-            slot = self.slots[slot_id]
-            if slot.stage == SeedStage.FOSSILIZED:
-                optimizers.move_seed_to_host(slot_id)
-            elif slot.stage not in ACTIVE_STAGES or slot.seed is None:
-                optimizers.remove_seed(slot_id)
-        known = set(optimizers.slot_order())
-        for slot_id, slot in self.slots.items():
-            if slot.stage in ACTIVE_STAGES and slot.seed is not None and slot_id not in known:
-                optimizers.add_seed(slot_id, list(slot.seed.parameters()))
+        live = {
+            (slot_id, slot.state.seed_id): slot
+            for slot_id, slot in self.slots.items()
+            if slot.stage in ACTIVE_STAGES and slot.seed is not None
+        }
+        fossils = {(slot_id, r.seed_id) for slot_id, slot in self.slots.items() for r in slot.fossil_reports}
+        for key in optimizers.seed_order():
+            if key in fossils:
+                optimizers.move_seed_to_host(key)
+            elif key not in live:
+                optimizers.remove_seed(key)
+        known = set(optimizers.seed_order())
+        for key, slot in live.items():
+            if key not in known:
+                optimizers.add_seed(key, list(slot.seed.parameters()))
 
     def _emit(self, event_type: TelemetryEventType, message: str, slot_id: str | None = None, **data: Any) -> None:
         if self.on_telemetry is not None:
@@ -292,6 +329,7 @@ class MorphogeneticTrainer:
             "slots": {slot_id: slot.lifecycle_state() for slot_id, slot in self.slots.items()},
             "optimizers": self.optimizers.state_dict(),
             "governor": self.governor.state_dict(),
+            "flops": self.flops.state_dict(),
             "rng": torch.get_rng_state(),
         }
         if self.scaler is not None:
@@ -299,15 +337,16 @@ class MorphogeneticTrainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The slots first: they rebuild their stacks and live seeds for the weights to load into.
         for slot_id, slot in self.slots.items():
             slot.load_lifecycle_state(state["slots"][slot_id], host_module=self.model.host)
         self.model.load_state_dict(state["model"])
-        self.optimizers.load_state_dict(
-            state["optimizers"], lambda slot_id: list(self.slots[slot_id].seed.parameters())
-        )
+        self.optimizers.load_state_dict(state["optimizers"], self.slots)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.governor.load_state_dict(state["governor"])
+        if "flops" in state:  # checkpoints from before FLOPs accounting: the count starts here
+            self.flops.load_state_dict(state["flops"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
 

@@ -25,14 +25,22 @@ the matmuls FlopCounterMode counts (the same number its formula gives on GPU).
 One library formula is corrected (see `_conv_backward_flop`): a grouped
 convolution's weight gradient, which it overcounts by the number of groups.
 
-A profile is measured once per architecture and cached on a signature of the
-slots (stage class, blueprint, seed identity, isolation), so calling `profile()`
-every epoch is free until a seed is planted, starts blending or is removed.
+Counted once, composed after: the host with nothing grown is counted once per
+process (whole, on meta tensors), each blueprint's module once per (width, options,
+input shape), and a profile is their sum (a seed keeps its input's shape and leaves
+the host's operations as they are, so the counts add up exactly;
+tests/tolaria/test_flops.py checks the sums against whole-model counts). A profile is
+cached on a signature of the slots (their stacks of fossils; the live seed's stage
+class, blueprint, identity and isolation), so calling `profile()` every epoch costs a
+dictionary lookup, and a new architecture a few additions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import functools
+import logging
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +48,27 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
-from esper.leyline import MEASURED_STAGES, SeedStage
+from esper.kasmina.slot import SeedSlot
+from esper.leyline import MEASURED_STAGES, FlopsReport, SeedStage
+from esper.tolaria.distributed import World
 from esper.tolaria.trainer import loss_and_correct
 
-__all__ = ["EpochFlops", "FlopMeter", "FlopProfile", "architecture_signature", "flop_counter"]
+__all__ = [
+    "CountedBatches",
+    "EpochFlops",
+    "FlopAccount",
+    "FlopMeter",
+    "FlopProfile",
+    "ModelCall",
+    "ModuleCost",
+    "architecture_signature",
+    "flop_counter",
+    "module_cost",
+]
+
+logger = logging.getLogger("esper.tolaria")
 
 _CONV_BACKWARD = torch.ops.aten.convolution_backward
 _LIBRARY_CONV_BACKWARD = flop_registry[_CONV_BACKWARD]
@@ -134,39 +158,155 @@ class FlopProfile:
 
 
 def _stage_class(slot: Any) -> str:
-    """What a slot's seed costs, coarsely: the stages within one class run the same ops.
+    """What a slot's live seed costs, coarsely: the stages within one class run the same ops.
 
     Conservative on purpose: every move out of a class changes the signature, so a
-    new profile is measured whenever the slot's cost might have changed.
+    new profile is composed whenever the slot's cost might have changed.
     """
     if slot.state is None or slot.seed is None:
         return "empty"
     stage = slot.stage
     if stage in MEASURED_STAGES:
         return "measured"  # runs at its alpha, train and eval; counterfactual measured
-    if stage == SeedStage.FOSSILIZED:
-        return "fossilized"  # part of the host: runs everywhere, not measured
     if stage == SeedStage.TRAINING:
         return "incubating" if slot.state.alpha == 0.0 else "blended"
     return "idle"  # GERMINATED: planted, not run yet
 
 
 def _slot_signature(slot: Any) -> tuple[Hashable, ...]:
+    stack = tuple(report.seed_id for report in slot.fossil_reports)
     stage_class = _stage_class(slot)
     if stage_class == "empty":
-        return (stage_class,)
-    return (stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
+        return (stack, stage_class)
+    return (stack, stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
 
 
 def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
     """A key that changes whenever the FLOPs of `model`'s passes may change.
 
-    Per slot: its stage class, blueprint, seed identity and whether its input is
-    detached (isolation spares the backward through the host's features). A module
-    without `seed_slots` has a fixed architecture: the empty key.
+    Per slot: its stack of fossils (part of the host: they run in every pass, at
+    full strength), and its live seed's stage class, blueprint, seed identity and
+    whether its input is detached (isolation spares the backward through the
+    host's features). A module without `seed_slots` has a fixed architecture: the
+    empty key.
     """
     slots = getattr(model, "seed_slots", {})
     return tuple((slot_id, *_slot_signature(slot)) for slot_id, slot in slots.items())
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode; every module's own train/eval flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCost:
+    """One seed module on one sample of its slot's features: its parameters and FLOPs.
+
+    `training` is a train-mode forward and the backward to its parameters (an
+    incubating seed: its input is detached); `training_through` also propagates
+    the gradient to its input (a blended seed or a fossil: the host learns through it).
+    """
+
+    params: int
+    inference: float
+    training: float
+    training_through: float
+
+
+# A blueprint's cost depends on its factory, width, options and input shape alone: kept for
+# the whole process (PPO environments and repeated runs plant the same blueprints again).
+_MODULE_COSTS: dict[Hashable, ModuleCost] = {}
+_PAIR = 2
+
+
+def module_cost(
+    topology: str, blueprint: str, channels: int, options: dict[str, Any], sample_shape: tuple[int, ...]
+) -> ModuleCost:
+    """The cost of a `blueprint` seed on features of `sample_shape` (one sample), measured once.
+
+    The module is built on the meta device, so neither building it nor counting
+    computes anything or draws a random number: checking a candidate before
+    planting it never changes a run.
+    """
+    factory = BlueprintRegistry.get(topology, blueprint).factory
+    key = (factory, channels, repr(sorted(options.items())), sample_shape)
+    cost = _MODULE_COSTS.get(key)
+    if cost is None:
+        with torch.device("meta"):
+            module = factory(channels, **options)
+        # Two samples, not one: a BatchNorm in train mode needs more than one value per channel.
+        features = torch.empty((_PAIR, *sample_shape), device="meta")
+        with _eval_mode(module):
+            with torch.no_grad(), flop_counter() as counter:
+                module(features)
+            inference = counter.get_total_flops() / _PAIR
+            module.train()
+            training = _train_flops(module, features) / _PAIR
+            training_through = _train_flops(module, features.requires_grad_()) / _PAIR
+        params = sum(p.numel() for p in module.parameters())
+        cost = _MODULE_COSTS[key] = ModuleCost(params, inference, training, training_through)
+    return cost
+
+
+def _train_flops(module: nn.Module, features: Tensor) -> int:
+    with flop_counter() as counter:
+        module(features).sum().backward()  # the sum's backward is an expand: no FLOPs counted
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True, slots=True)
+class _HostCosts:
+    """Per-sample FLOPs of the host with nothing grown (every slot bare), and what the
+    composition needs of it: each slot's counterfactual tail and the features' shape there."""
+
+    inference: float
+    training: float
+    tails: dict[str, float] | None  # None: not a StagedHost (counterfactuals take the naive path)
+    shapes: dict[str, tuple[int, ...]]
+
+
+# The host's costs depend only on its structure and the input's shape: kept for the process.
+_HOST_COSTS: dict[Hashable, _HostCosts] = {}
+
+
+def _host_key(model: nn.Module, call: ModelCall, targets: Tensor | None) -> Hashable:
+    """The model's structure outside its slots (module types, their configuration and
+    parameter shapes), where its slots are, and the shapes of a batch: what the host's
+    costs depend on."""
+    slots = [name + "." for name, module in model.named_modules() if isinstance(module, SeedSlot)]
+    parts = [
+        (name, type(module).__qualname__, module.extra_repr(),
+         tuple((n, tuple(t.shape)) for n, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]))
+        for name, module in model.named_modules()
+        if not any(name.startswith(prefix) or name + "." == prefix for prefix in slots)
+    ]  # fmt: skip
+    placed = tuple(getattr(model, "seed_slots", {}))  # a slot's key names where it acts
+    shapes = tuple((tuple(t.shape), t.dtype) for t in call.tensors())
+    return (tuple(parts), placed, call.keys(), shapes, None if targets is None else tuple(targets.shape))
+
+
+@contextmanager
+def _bare(slots: Iterable[Any]) -> Iterator[None]:
+    """Every slot as if nothing had grown: no fossils, no live seed. For meta passes only
+    (inside `functional_call`, where every tensor is a stand-in); restored afterwards."""
+    stacks = [(slot, slot.fossils) for slot in slots]
+    with ExitStack() as off:
+        for slot, _ in stacks:
+            slot.fossils = nn.ModuleList()
+            off.enter_context(slot.force_alpha(0.0))
+        try:
+            yield
+        finally:
+            for slot, fossils in stacks:
+                slot.fossils = fossils
 
 
 class _Call(nn.Module):
@@ -185,108 +325,413 @@ def _meta(tensor: Tensor) -> Tensor:
     return torch.empty_like(tensor, device="meta").requires_grad_(tensor.requires_grad)
 
 
-class FlopMeter:
-    """Measures a model's per-sample FLOPs once per architecture; see the module docstring.
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """What a model is called with, as meta stand-ins: positional and keyword arguments.
 
-    `model` is a `MorphogeneticModel` or any module whose forward takes one input
-    tensor; `example_batch` is one (inputs, targets) batch of the task (only its
-    shapes and dtypes are kept).
+    From the model's input as `esper.graft` takes it: a tensor, a tuple of positional
+    arguments or a dict of keyword arguments, or a `ModelCall` of both (tensors in them
+    become meta tensors of the same shape and dtype; other values are passed as they are).
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, inputs: Any) -> ModelCall:
+        def meta(value: Any) -> Any:
+            return torch.empty_like(value, device="meta") if isinstance(value, Tensor) else value
+
+        if isinstance(inputs, ModelCall):
+            return cls(tuple(meta(v) for v in inputs.args), {k: meta(v) for k, v in inputs.kwargs.items()})
+        if isinstance(inputs, dict):
+            return cls((), {key: meta(value) for key, value in inputs.items()})
+        if isinstance(inputs, tuple):
+            return cls(tuple(meta(value) for value in inputs), {})
+        return cls((meta(inputs),), {})
+
+    def tensors(self) -> list[Tensor]:
+        return [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, Tensor)]
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.kwargs)
+
+    @property
+    def batch(self) -> int:
+        """Samples in the call: the leading size of its first tensor (0 without one)."""
+        first = next((t for t in self.tensors() if t.ndim > 0), None)
+        return 0 if first is None else first.shape[0]
+
+    def __call__(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+
+def _scalar(output: Any) -> Tensor:
+    """A loss stand-in for a model whose loss the meter does not know: the sum of its
+    floating-point outputs. Its backward is the same as any loss's up to the output (a sum's
+    backward is an expand, and FlopCounterMode counts no loss function)."""
+    if isinstance(output, Tensor):
+        return output.float().sum() if output.is_floating_point() else torch.zeros((), device=output.device)
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    parts = [_scalar(item) for item in items]
+    if not parts:
+        raise TypeError(f"no floating-point tensor in the model's output ({type(output).__name__})")
+    return torch.stack(parts).sum()
+
+
+class FlopMeter:
+    """Per-sample FLOPs of a model's current architecture; see the module docstring.
+
+    `model` is a `MorphogeneticModel`, `esper.graft`'s model or any module;
+    `example_batch` is one (inputs, targets) batch of the task (only its shapes and
+    dtypes are kept). `inputs` is what the model is called with, as `esper.graft`'s
+    `example_input`: a tensor, a tuple of positional arguments or a dict of keyword
+    arguments; its first tensor's leading size is the batch's samples. `targets` may
+    be None for a model whose loss is not the task's cross-entropy (a user's model in
+    their own loop): a training step then backpropagates the sum of its outputs, which
+    costs the same (see `_scalar`).
+
+    Measured once, composed after: the host with nothing grown is counted once
+    (whole, on meta tensors: inference, a training step, each slot's counterfactual
+    tail); each seed and fossil adds its own module's cost (`module_cost`: a seed
+    keeps its input's shape and leaves the host's operations as they are, so the
+    costs add up exactly). So a growing run pays for one count of its host, not
+    one per architecture: a profile is a sum, cached per `architecture_signature`.
     """
 
     def __init__(self, model: nn.Module, example_batch: tuple[Tensor, Tensor]) -> None:
         inputs, targets = example_batch
-        if inputs.ndim == 0 or inputs.shape[0] == 0:
-            raise ValueError(
-                f"FlopMeter needs a batch of at least one sample, got inputs of shape {tuple(inputs.shape)}"
-            )
+        self._call = ModelCall.of(inputs)
+        if self._call.batch == 0:
+            shapes = [tuple(t.shape) for t in self._call.tensors()]
+            raise ValueError(f"FlopMeter needs a batch of at least one sample, got inputs of shapes {shapes}")
         self.model = model
-        self._inputs = torch.empty_like(inputs, device="meta")
-        self._targets = torch.empty_like(targets, device="meta")
+        self._targets = None if targets is None else torch.empty_like(targets, device="meta")
         self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
-        self.measurements = 0  # profiles measured (not served from the cache)
+        self._host_costs: _HostCosts | None = None
+        self.measurements = 0  # profiles composed (not served from the cache)
+
+    @property
+    def slots(self) -> dict[str, Any]:
+        return getattr(self.model, "seed_slots", {})
+
+    def slot_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per slot, the per-sample shape of the features entering its live seed (seeds keep
+        the shape, so a stack never changes it)."""
+        return self._host().shapes
+
+    def seed_cost(self, slot_id: str, blueprint: str) -> ModuleCost:
+        """What a seed of `blueprint` in slot `slot_id` costs (and adds: its parameters)."""
+        slot = self.slots[slot_id]
+        shape = self._host().shapes[slot_id]
+        return module_cost(slot.task_config.topology, blueprint, slot.channels, slot.blueprint_kwargs(blueprint), shape)
+
+    def committed_inference(self) -> float:
+        """Inference FLOPs per sample of the host with its fossils, every live seed left out:
+        what growth has kept so far."""
+        return self._host().inference + sum(
+            self.seed_cost(slot_id, fossil.blueprint_id).inference
+            for slot_id, slot in self.slots.items()
+            for fossil in slot.fossil_reports
+        )
 
     def profile(self) -> FlopProfile:
-        """The current architecture's profile, measured now only if it is new."""
+        """The current architecture's profile, composed now only if it is new."""
         key = architecture_signature(self.model)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = self._measure()
+            cached = self._cache[key] = self._compose()
             self.measurements += 1
         return cached
 
+    # ------------------------------------------------------------------ composing
+    def _compose(self) -> FlopProfile:
+        host = self._host()
+        inference, training = host.inference, host.training
+        at: dict[str, float] = {}  # what each slot adds to an eval pass: its fossils, a blended seed
+        live: dict[str, float] = {}  # of that, its live seed's share
+        for slot_id, slot in self.slots.items():
+            fossils = [self.seed_cost(slot_id, f.blueprint_id) for f in slot.fossil_reports]
+            training += sum(cost.training_through for cost in fossils)
+            live[slot_id] = 0.0
+            stage_class = _stage_class(slot)
+            if stage_class in ("incubating", "blended", "measured"):
+                cost = self.seed_cost(slot_id, slot.state.blueprint_id)
+                training += cost.training if slot.isolate_gradients else cost.training_through
+                if stage_class != "incubating":  # an incubating seed is skipped in eval
+                    live[slot_id] = cost.inference
+            at[slot_id] = sum(cost.inference for cost in fossils) + live[slot_id]
+            inference += at[slot_id]
+        measured = [slot_id for slot_id, slot in self.slots.items() if slot.stage in MEASURED_STAGES]
+        naive = {slot_id: inference - live[slot_id] for slot_id in measured}
+        fast = None
+        if host.tails is not None:
+            stage = self.model.host.stage_index
+            fast = {
+                slot_id: host.tails[slot_id] + sum(at[j] for j in self.slots if stage(j) > stage(slot_id))
+                for slot_id in measured
+            }
+        return FlopProfile(inference, training, fast, naive)
+
+    def _host(self) -> _HostCosts:
+        if self._host_costs is None:
+            key = _host_key(self.model, self._call, self._targets)
+            if key not in _HOST_COSTS:
+                _HOST_COSTS[key] = self._measure_host()
+            self._host_costs = _HOST_COSTS[key]
+        return self._host_costs
+
     # ------------------------------------------------------------------ measuring
-    def _measure(self) -> FlopProfile:
-        model = self.model
-        modes = [(module, module.training) for module in model.modules()]
-        try:
-            model.eval()
+    def _measure_host(self) -> _HostCosts:
+        """Inference, a training step and each slot's counterfactual tail of the bare host, and
+        the features' shape at each slot; per sample."""
+        model, slots = self.model, self.slots
+        shapes: dict[str, tuple[int, ...]] = {}
+        tails: dict[str, float] | None = None
+        host = getattr(model, "host", None)
+
+        call, targets = self._call, self._targets
+
+        def inference_pass() -> None:
+            with _bare(slots.values()), ExitStack() as recording:
+                for key, slot in slots.items():
+                    recording.enter_context(slot.recording_seed_input(functools.partial(_record_shape, shapes, key)))
+                call(model)
+
+        def tails_pass() -> None:
+            with _bare(slots.values()):
+                taps: dict[str, Tensor | None] = dict.fromkeys(slots)
+                host.run(host.stem(*call.args), taps=taps)  # the shared pass: validation, not extra
+                for key, features in taps.items():
+                    with flop_counter() as counter:
+                        host.run(features, host.stage_index(key) + 1)
+                    tails[key] = counter.get_total_flops() / batch
+
+        def train_step() -> None:
+            with _bare(slots.values()):
+                output = call(model)
+                loss = _scalar(output) if targets is None else loss_and_correct(output, targets)[0]
+                loss.backward()  # into the meta stand-ins' .grad: the real parameters are untouched
+
+        batch = call.batch
+        with _eval_mode(model):  # every module's flag is restored afterwards
             with torch.no_grad():
-                inference = self._count(lambda x: model(x))
-                fast, naive = self._counterfactuals()
+                inference = self._count(inference_pass)
+                if isinstance(host, StagedHost) and slots:
+                    tails = {}
+                    self._run_on_meta(tails_pass)
             model.train()
             with torch.enable_grad():
-                training = self._count(self._train_step, self._targets)
-        finally:
-            for module, training_mode in modes:
-                module.training = training_mode
-        batch = self._inputs.shape[0]
-        return FlopProfile(
-            inference=inference / batch,
-            training=training / batch,
-            counterfactual_fast=None if fast is None else {k: v / batch for k, v in fast.items()},
-            counterfactual_naive={k: v / batch for k, v in naive.items()},
-        )
+                training = self._count(train_step)
+        return _HostCosts(inference / batch, training / batch, tails, shapes)
 
-    def _train_step(self, inputs: Tensor, targets: Tensor) -> None:
-        loss, _ = loss_and_correct(self.model(inputs), targets)
-        loss.backward()  # into the meta stand-ins' .grad: the real parameters are untouched
-
-    def _counterfactuals(self) -> tuple[dict[str, int] | None, dict[str, int]]:
-        """Extra FLOPs per measured slot, on the fast path (if the host is staged) and the naive one."""
-        model = self.model
-        measured = {
-            key: slot
-            for key, slot in getattr(model, "seed_slots", {}).items()
-            if slot.stage in MEASURED_STAGES
-        }
-        naive = {}
-        for key, slot in measured.items():
-
-            def without_slot(x: Tensor, slot: Any = slot) -> None:
-                with slot.force_alpha(0.0):  # writes the meta stand-in of its alpha buffer
-                    model(x)
-
-            naive[key] = self._count(without_slot)
-        host = getattr(model, "host", None)
-        if not isinstance(host, StagedHost):
-            return None, naive
-        fast: dict[str, int] = {}
-
-        def tails(x: Tensor) -> None:
-            taps: dict[str, Tensor | None] = dict.fromkeys(measured)
-            host.run(host.stem(x), taps=taps)  # the shared pass: validation, not extra
-            for key, features in taps.items():
-                with flop_counter() as counter:
-                    host.run(features, host.stage_index(key) + 1)
-                fast[key] = counter.get_total_flops()
-
-        self._run_on_meta(tails, self._inputs)
-        return fast, naive
-
-    def _count(self, fn: Callable[..., None], *extra: Tensor) -> int:
+    def _count(self, fn: Callable[[], None]) -> int:
         with flop_counter() as counter:
-            self._run_on_meta(fn, self._inputs, *extra)
+            self._run_on_meta(fn)
         return counter.get_total_flops()
 
-    def _run_on_meta(self, fn: Callable[..., None], *args: Tensor) -> None:
+    def _run_on_meta(self, fn: Callable[[], None]) -> None:
+        """`fn()` with every parameter and buffer of the model swapped for a meta stand-in.
+
+        Any failure is one `RuntimeError` saying why: the forward is the user's code
+        when the model is theirs (`esper.graft`, `--model`), and it may do anything
+        that needs real values.
+        """
         model = self.model
         tensors = {f"model.{name}": _meta(p) for name, p in model.named_parameters()}
         tensors.update({f"model.{name}": _meta(b) for name, b in model.named_buffers()})
         try:
-            torch.func.functional_call(_Call(model, fn), tensors, args)
-        except (RuntimeError, NotImplementedError) as err:
+            torch.func.functional_call(_Call(model, fn), tensors, ())
+        except Exception as err:
+            first = (str(err).splitlines() or [""])[0]
+            name = type(getattr(model, "host", model)).__name__  # the user's model, when grafted
             raise RuntimeError(
-                f"cannot count the FLOPs of {type(model).__name__}: its forward failed on meta "
-                f"tensors ({str(err).splitlines()[0]}); FLOPs are measured without data, so the "
+                f"cannot count the FLOPs of {name}: its forward failed on meta "
+                f"tensors ({type(err).__name__}: {first}); FLOPs are measured without data, so the "
                 "forward must not read tensor values (e.g. .item() or data-dependent branches)"
             ) from err
+
+
+def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:
+    shapes[key] = tuple(features.shape[1:])
+
+
+# --------------------------------------------------------------------------- a run's account
+
+
+class CountedBatches:
+    """`batches`, re-iterable, counting the samples of its first pass (one sample: one image or
+    one sequence); `on_first` is handed the first batch seen, and with `only` just the batches
+    at those positions are counted (those a caller computes on; it skips the others).
+
+    Only the first pass is counted: the naive counterfactual path iterates the
+    validation batches once per measured slot, and those passes are priced per
+    sample by the profile, on the samples of one pass.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        on_first: Callable[[tuple[Tensor, Tensor]], None] | None = None,
+        only: Iterable[int] | None = None,
+    ) -> None:
+        self.batches = batches
+        self.on_first = on_first
+        self.only = None if only is None else frozenset(only)
+        self.samples = 0
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        counting = self.passes == 0
+        self.passes += 1
+        for index, batch in enumerate(self.batches):
+            if self.on_first is not None:
+                self.on_first(batch)
+                self.on_first = None
+            if counting and (self.only is None or index in self.only):
+                self.samples += batch[0].shape[0]
+            yield batch
+
+
+class FlopAccount:
+    """What a trainer's run spends: FLOPs per epoch by kind, and cumulative over the run.
+
+    The phases report the samples they ran (`trained`, `validated`, `probed`); each
+    is priced at the current architecture's per-sample profile (`FlopMeter`, measured
+    once per architecture). `close_epoch` hands out the epoch's `FlopsReport` and
+    starts the next. Without an example batch the meter is built from the first
+    training batch (`observe`). The cumulative totals are checkpointed (`state_dict`).
+
+    On several ranks (a distributed `world`, each rank running its share of every
+    batch) the samples are summed over the ranks before they are priced, so every rank
+    reports the global run's FLOPs: what one process training the same global batches
+    would (the sum of the ranks' own work). Precision does not change the count:
+    FlopCounterMode counts operations, whatever dtype they run in.
+
+    A model whose forward cannot run on meta tensors (a user's model that reads tensor
+    values) cannot be counted: the run goes on without FLOPs, said once in a warning
+    line (`unavailable` holds why), and its reports are None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_batch: tuple[Any, Tensor | None] | None = None,
+        world: World | None = None,
+    ) -> None:
+        self.model = model
+        self.world = world
+        self.meter: FlopMeter | None = None
+        self.unavailable: str | None = None
+        if example_batch is not None:
+            self.observe(example_batch)
+        self.total = EpochFlops()
+        self.epoch = EpochFlops()
+        self.inference_per_sample = 0.0
+
+    def observe(self, batch: tuple[Any, Tensor | None]) -> None:
+        """Take the shapes of a batch of the task, if the meter has none yet."""
+        if self.meter is None:
+            self.meter = FlopMeter(self.model, batch)
+
+    def measured(self) -> FlopMeter:
+        """The meter, once it has a batch's shapes and has counted the host; a `RuntimeError`
+        saying why when it cannot count."""
+        if self.meter is None:
+            raise RuntimeError("FLOPs cannot be counted before a batch of the task was seen")
+        if self.profile() is None:
+            raise RuntimeError(self.unavailable)
+        return self.meter
+
+    def profile(self) -> FlopProfile | None:
+        """The current architecture's profile; None when this run's FLOPs cannot be counted."""
+        if self.meter is None or self.unavailable is not None:
+            return None
+        try:
+            return self.meter.profile()
+        except RuntimeError as err:
+            self.unavailable = str(err)
+            if self.world is None or self.world.is_main:  # one line per run, not per rank
+                logger.warning("warning: this run's FLOPs are not counted: %s", err)
+            return None
+
+    def trained(self, samples: int) -> None:
+        """Train steps (forward + backward) on `samples` samples, with the architecture as it is."""
+        samples = self._global(samples)
+        profile = self.profile()
+        if profile is not None:
+            self._spend(EpochFlops(training=profile.training * samples))
+
+    def validated(self, samples: int) -> None:
+        """A validation on `samples` samples, with a counterfactual pass for each blended seed."""
+        samples = self._global(samples)
+        profile = self.profile()
+        if profile is not None:
+            self.inference_per_sample = profile.inference
+            self._spend(profile.epoch(train_samples=0, val_samples=samples))
+
+    def probed(self, samples: int) -> None:
+        """The governor's culprit search recomputed `samples` samples' forward passes. Priced at
+        the full network's forward: a probe with seeds switched off costs at most that."""
+        samples = self._global(samples)
+        profile = self.profile()
+        if profile is not None:
+            self._spend(EpochFlops(validation=profile.inference * samples))
+
+    def _global(self, samples: int) -> int:
+        """This rank's samples summed over the ranks (every rank calls this at the same point)."""
+        if self.world is None or not self.world.distributed:
+            return samples
+        return int(self.world.all_reduce_(torch.tensor([samples], dtype=torch.float64)).item())
+
+    def _spend(self, flops: EpochFlops) -> None:
+        self.epoch = self.epoch + flops
+        self.total = self.total + flops
+
+    @property
+    def counting(self) -> bool:
+        """Whether this run's FLOPs are counted: a batch was seen and the model can be counted."""
+        return self.meter is not None and self.unavailable is None
+
+    def close_epoch(self) -> FlopsReport | None:
+        """The epoch's FLOPs and the run's so far (None when they are not counted); the next
+        epoch starts from zero."""
+        epoch, total = self.epoch, self.total
+        self.epoch = EpochFlops()
+        if not self.counting:
+            return None
+        return FlopsReport(
+            training=epoch.training,
+            validation=epoch.validation,
+            counterfactual=epoch.counterfactual,
+            cumulative_training=total.training,
+            cumulative_validation=total.validation,
+            cumulative_counterfactual=total.counterfactual,
+            inference_per_sample=self.inference_per_sample,
+        )
+
+    def summary(self) -> dict[str, float] | None:
+        """The run's totals and the network's inference FLOPs per sample, for summary.json
+        (None when they are not counted)."""
+        if not self.counting:
+            return None
+        return {
+            "inference_per_sample": self.inference_per_sample,
+            "training": self.total.training,
+            "validation": self.total.validation,
+            "counterfactual": self.total.counterfactual,
+        }
+
+    def state_dict(self) -> dict[str, float]:
+        total = self.total
+        return {
+            "training": total.training,
+            "validation": total.validation,
+            "counterfactual": total.counterfactual,
+            "inference_per_sample": self.inference_per_sample,
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.total = EpochFlops(state["training"], state["validation"], state["counterfactual"])
+        self.inference_per_sample = state["inference_per_sample"]
+        self.epoch = EpochFlops()

@@ -40,7 +40,14 @@ import torch
 
 from esper.kasmina.host import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
-from esper.tolaria.trainer import EpochStats, SeedOptimizers, ValidationResult, live_slots
+from esper.tolaria.trainer import (
+    EpochStats,
+    SeedKey,
+    SeedOptimizers,
+    ValidationResult,
+    group_key,
+    live_slots,
+)
 
 # (split, batch indices) -> those batches' mean losses, recomputed with the model as it is now.
 Probe = Callable[[str, list[int]], list[float]]
@@ -86,21 +93,27 @@ def _names(slots: list[SeedSlot]) -> str:
     return ", ".join(f"{s.state.seed_id} ({s.state.blueprint_id} in {s.slot_id})" for s in slots)
 
 
-def _group_key(index: int, group: dict[str, Any]) -> str:
-    """A seed's group by its slot; the host's own groups (a user's optimiser may have several,
-    and seed groups are only ever appended after them) by position."""
-    return group.get("slot_id", f"host group {index}")
+# A param group's key: a seed's by its `SeedKey` (a live seed's or a fossil's), a group of the
+# host's own by its position (a user's optimiser may have several; seed groups are only ever
+# appended after them, so the host's positions never change).
+GroupKey = SeedKey | int
+GroupStates = dict[GroupKey, list[dict[str, Any] | None]]
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[dict[str, Any] | None]]:
-    """Per param group (see `_group_key`), each parameter's state."""
+def _group_key(index: int, group: dict[str, Any]) -> GroupKey:
+    key = group_key(group)
+    return index if key is None else key
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> GroupStates:
+    """Per param group (see `GroupKey`), each parameter's state."""
     return {
         _group_key(i, group): [_clone(optimizer.state.get(p)) for p in group["params"]]
         for i, group in enumerate(optimizer.param_groups)
     }
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, list[dict[str, Any] | None]]) -> None:
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: GroupStates) -> None:
     """Put back the saved state of every group that existed at the snapshot (matched by key)."""
     for i, group in enumerate(optimizer.param_groups):
         states = saved.get(_group_key(i, group))

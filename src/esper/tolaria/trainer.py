@@ -1,13 +1,14 @@
 """One epoch of morphogenetic training: host and seed optimisers, validation, counterfactuals.
 
 The host and the seeds have separate optimisers. Seeds share one optimiser with a
-param group per slot, so a new seed is added (and a culled one removed) without
-touching the host optimiser or its momentum.
+param group per live seed, so a new seed is added (and a culled one removed)
+without touching the host optimiser or its momentum; a fossilized seed's group
+moves to the host optimiser, where it stays (a slot's stack can hold many).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,8 @@ from esper.tolaria.distributed import World
 from esper.tolaria.precision import FP32, Precision
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+# A seed's param group is keyed by (slot id, seed id): seed ids are unique within a slot.
+SeedKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,29 +50,67 @@ def _make_optimizer(config: OptimConfig, params: list[nn.Parameter], lr: float) 
     return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
+def group_key(group: dict[str, Any]) -> SeedKey | None:
+    """The seed a param group belongs to; None for a group of the host's own."""
+    return (group["slot_id"], group["seed_id"]) if "seed_id" in group else None
+
+
+def seed_parameters(slots: Mapping[str, SeedSlot], key: SeedKey) -> list[nn.Parameter]:
+    """The parameters of seed `key`: its slot's live seed, or one of the fossils in its stack."""
+    slot_id, seed_id = key
+    slot = slots[slot_id]
+    if slot.state is not None and slot.state.seed_id == seed_id and slot.seed is not None:
+        return list(slot.seed.parameters())
+    fossils = [report.seed_id for report in slot.fossil_reports]
+    if seed_id not in fossils:
+        raise ValueError(f"slot '{slot_id}' holds no seed {seed_id}, live or fossilized")
+    return list(slot.fossils[fossils.index(seed_id)].parameters())
+
+
+def legacy_seed_key(slots: Mapping[str, SeedSlot], slot_id: str) -> SeedKey:
+    """The key of a group that a checkpoint from before seed stacks keyed by its slot alone.
+
+    A slot then held one seed, its live one (a fossilized seed in such a checkpoint
+    is refused by the slot when it loads, which says so), so the slot's live seed it is.
+    """
+    state = slots[slot_id].state
+    if state is None:
+        raise ValueError(f"the checkpoint has a param group for slot '{slot_id}', which holds no seed")
+    return slot_id, state.seed_id
+
+
 class SeedOptimizers(Protocol):
     """What the engine needs of the optimisers it keeps in step with the slots.
 
     `Optimizers` (the trainer's own host and seed optimisers) and
     `tolaria.user_loop.UserOptimizer` (a user's optimiser, for `esper.Grower`) provide it.
-    Groups are keyed by the slot their seed lives in.
+    Every seed's group is keyed by its `SeedKey` and tagged with "slot_id" and
+    "seed_id" (`group_key`): a live seed's, and a fossil's, which stays optimised
+    as host (a slot's stack can hold many, so the slot alone names none of them).
     """
 
-    def slot_order(self) -> list[str]: ...
+    def seed_order(self) -> list[SeedKey]:
+        """The live seeds with a group, in group order."""
+        ...
 
-    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None: ...
+    def fossil_order(self) -> list[SeedKey]:
+        """The fossilized seeds with a group (optimised as host), in group order."""
+        ...
 
-    def remove_seed(self, slot_id: str) -> None: ...
+    def add_seed(self, key: SeedKey, params: list[nn.Parameter]) -> None: ...
 
-    def move_seed_to_host(self, slot_id: str) -> None: ...
+    def remove_seed(self, key: SeedKey) -> None: ...
+
+    def move_seed_to_host(self, key: SeedKey) -> None: ...
 
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(
-        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
-    ) -> None: ...
+    def load_state_dict(self, saved: dict[str, Any], slots: Mapping[str, SeedSlot]) -> None:
+        """The saved groups rebuilt from `slots` (loaded first: their stacks and live seeds),
+        then the saved optimiser state; checkpoints from before seed stacks load too."""
+        ...
 
 
 def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
@@ -77,7 +118,11 @@ def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
 
 
 class Optimizers:
-    """Host optimiser plus one seed optimiser with a param group per slot."""
+    """Host optimiser plus one seed optimiser with a param group per live seed.
+
+    Every seed group carries its "slot_id" and "seed_id"; so does each group of a
+    fossil in the host optimiser (the host's own group is the first and has neither).
+    """
 
     def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
         self.model = model
@@ -92,23 +137,36 @@ class Optimizers:
         self.seeds.param_groups.clear()
         self.seeds.state.clear()
 
+    def seed_order(self) -> list[SeedKey]:
+        """The live seeds with a group in the seed optimiser, in group order."""
+        return [group_key(group) for group in self.seeds.param_groups]
+
     def slot_order(self) -> list[str]:
-        return [group["slot_id"] for group in self.seeds.param_groups]
+        """The slots whose live seed has a group in the seed optimiser, in group order."""
+        return [slot_id for slot_id, _ in self.seed_order()]
 
-    def add_seed(self, slot_id: str, params: list[nn.Parameter]) -> None:
-        if slot_id in self.slot_order():
-            raise RuntimeError(f"slot '{slot_id}' already has a seed param group")
-        self.seeds.add_param_group({"params": params, "slot_id": slot_id})
+    def fossil_order(self) -> list[SeedKey]:
+        """The fossils with a group in the host optimiser, in group order."""
+        return [group_key(group) for group in self.host.param_groups[1:]]
 
-    def remove_seed(self, slot_id: str) -> None:
-        _remove_groups(self.seeds, lambda group: group["slot_id"] == slot_id)
+    def add_seed(self, key: SeedKey, params: list[nn.Parameter]) -> None:
+        if key in self.seed_order():
+            raise RuntimeError(f"seed {key[1]} in slot '{key[0]}' already has a param group")
+        slot_id, seed_id = key
+        self.seeds.add_param_group({"params": params, "slot_id": slot_id, "seed_id": seed_id})
 
-    def move_seed_to_host(self, slot_id: str) -> None:
+    def remove_seed(self, key: SeedKey) -> None:
+        remove_groups(self.seeds, lambda group: group_key(group) == key)
+
+    def move_seed_to_host(self, key: SeedKey) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""
-        group = next(g for g in self.seeds.param_groups if g["slot_id"] == slot_id)
+        group = next(g for g in self.seeds.param_groups if group_key(g) == key)
         params = group["params"]
-        self.remove_seed(slot_id)
-        self.host.add_param_group({"params": params, "lr": self.config.host_lr, "slot_id": slot_id})
+        self.remove_seed(key)
+        slot_id, seed_id = key
+        self.host.add_param_group(
+            {"params": params, "lr": self.config.host_lr, "slot_id": slot_id, "seed_id": seed_id}
+        )
 
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return self.host, self.seeds
@@ -139,25 +197,51 @@ class Optimizers:
         return {
             "host": self.host.state_dict(),
             "seeds": self.seeds.state_dict(),
-            "host_extra_slots": [g["slot_id"] for g in self.host.param_groups[1:]],
-            "seed_slots": self.slot_order(),
+            "host_fossils": [list(key) for key in self.fossil_order()],
+            "seed_groups": [list(key) for key in self.seed_order()],
         }
 
-    def load_state_dict(
-        self, saved: dict[str, Any], seed_params: Callable[[str], list[nn.Parameter]]
-    ) -> None:
-        """Fresh optimisers with the saved groups in their saved order (so the state lines up)."""
+    def load_state_dict(self, saved: dict[str, Any], slots: Mapping[str, SeedSlot]) -> None:
+        """Fresh optimisers with the saved groups in their saved order (so the state lines up).
+
+        Checkpoints from before seed stacks keyed the groups by slot ("seed_slots",
+        "host_extra_slots"; see `legacy_seed_key`).
+        """
+        if "seed_groups" in saved:
+            live = [(slot_id, seed_id) for slot_id, seed_id in saved["seed_groups"]]
+            fossils = [(slot_id, seed_id) for slot_id, seed_id in saved["host_fossils"]]
+        else:
+            live = [legacy_seed_key(slots, slot_id) for slot_id in saved["seed_slots"]]
+            fossils = [legacy_seed_key(slots, slot_id) for slot_id in saved["host_extra_slots"]]
         self._build()
-        for slot_id in saved["seed_slots"]:
-            self.add_seed(slot_id, seed_params(slot_id))
-        for slot_id in saved["host_extra_slots"]:
-            self.add_seed(slot_id, seed_params(slot_id))
-            self.move_seed_to_host(slot_id)
-        self.host.load_state_dict(saved["host"])
-        self.seeds.load_state_dict(saved["seeds"])
+        for key in live:
+            self.add_seed(key, seed_parameters(slots, key))
+        for key in fossils:
+            self.add_seed(key, seed_parameters(slots, key))
+            self.move_seed_to_host(key)
+        load_tagged_state(self.host, saved["host"])
+        load_tagged_state(self.seeds, saved["seeds"])
 
 
-def _remove_groups(optimizer: torch.optim.Optimizer, drop: Callable[[dict[str, Any]], bool]) -> None:
+_SEED_TAGS = ("slot_id", "seed_id", "fossil")  # what marks a seed's param group (see `group_key`)
+
+
+def load_tagged_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)`, each group keeping the seed tags it has now.
+
+    Loading replaces every group's settings by the saved ones, tags included, and a
+    checkpoint from before seed stacks has no "seed_id" in its groups: the groups,
+    rebuilt from the slots, already carry the right ones.
+    """
+    tags = [{key: group[key] for key in _SEED_TAGS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, tag in zip(optimizer.param_groups, tags, strict=True):
+        for key in _SEED_TAGS:
+            group.pop(key, None)
+        group.update(tag)
+
+
+def remove_groups(optimizer: torch.optim.Optimizer, drop: Callable[[dict[str, Any]], bool]) -> None:
     """Remove the param groups `drop` selects, with their parameters' optimiser state."""
     # Rebuild the list instead of `list.remove`: that compares groups with ==, which
     # compares their parameter tensors and fails when shapes differ.
