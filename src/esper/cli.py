@@ -101,6 +101,49 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _compare_run_keys(args: argparse.Namespace) -> dict | None:
+    """The run-config keys every arm shares: --config's, then --device and --precision."""
+    from esper.jobs.config import read_config_file
+
+    keys = read_config_file(args.config) if args.config else {}
+    keys |= {key: value for key in ("device", "precision") if (value := getattr(args, key)) is not None}
+    return keys or None
+
+
+def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.compare import CompareConfig, run_compare
+    from esper.jobs.compare_report import print_compare
+    from esper.jobs.config import build_config
+
+    controller = args.controller
+    if controller is not None and Path(controller).is_file():
+        controller = str(Path(controller).resolve())  # the arms' configs hold it; resume may run elsewhere
+    settings = {
+        "task": args.task,
+        "seeds": args.seeds,
+        "first_seed": args.first_seed,
+        "controller": controller,
+        "epochs": args.epochs,
+        "arms": args.arms,
+        "run": _compare_run_keys(args),
+    }
+    if args.resume:
+        given = [key for key, value in {**settings, "out": args.out}.items() if value is not None]
+        if given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ValueError(f"--resume DIR continues a compare with its own settings; drop {flags}")
+        out, config = Path(args.resume), None
+    else:
+        if not args.out:
+            raise ValueError("give --out DIR, the folder for the compare (or --resume DIR to continue one)")
+        out, config = Path(args.out), build_config(CompareConfig, {}, settings)
+    with _resumable("compare", out):
+        results = run_compare(config, out, resume=bool(args.resume), console=None if args.quiet else console)
+    print_compare(results, console)
+    console.print(f"Compare folder: {out} (esper report {out})", highlight=False)
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.html_report import write_report
     from esper.nissa.files import check_writable
@@ -265,6 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(evaluate, "the episodes' hosts")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    compare = commands.add_parser(
+        "compare", help="does growth pay? the grown network against static ones, over seeds"
+    )
+    compare.add_argument("--task", help="task name (default mnist5k-tiny)")
+    compare.add_argument("--seeds", type=int, help="number of seeds (default 5)")
+    compare.add_argument("--first-seed", type=int, help="seeds FIRST, FIRST+1, ... (default 0)")
+    compare.add_argument("--controller", help="heuristic (default) or a policy.pt from esper train ppo/offline")
+    compare.add_argument("--epochs", type=int, help="epochs of every arm (default: the task's)")
+    compare.add_argument(
+        "--arms", nargs="+", metavar="ARM",
+        help="arms to train (default all: host-only grown static-final static-final-matched, "
+        "and static-reference when the task has a reference host)",
+    )  # fmt: skip
+    compare.add_argument("--config", help="JSON or TOML file of run-config keys for every arm (as esper train heuristic --config)")
+    add_device_arguments(compare, "every arm")
+    compare.add_argument("--out", help="the compare folder (rerun the same command to continue it)")
+    compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
+    compare.add_argument("--quiet", action="store_true", help="no live progress")
+    compare.set_defaults(func=_cmd_compare)
+
     report = commands.add_parser("report", help="plots and an HTML page from run folders")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
     report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
@@ -295,26 +358,29 @@ def _os_reason(err: OSError, fallback: Path | None = None) -> str:
 def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     """Turn Ctrl-C, a disk fault or a failed rank during a run into one line with the exact command to continue.
 
-    Once the run folder holds config.json what was written is kept and valid, so
-    `esper train MODE --resume RUN_DIR` continues from the last checkpoint (`flags`,
-    e.g. " --nproc 2", are added to it); before that nothing was written and the
-    command is simply run again.
+    Once the run folder holds its config what was written is kept and valid, so
+    `esper train MODE --resume RUN_DIR` (`esper compare --resume DIR` for mode
+    "compare") continues from the last checkpoint (`flags`, e.g. " --nproc 2", are
+    added to it); before that nothing was written and the command is simply run again.
     """
+    from esper.jobs.compare import CONFIG_FILE
     from esper.jobs.run_folder import RunFolder
     from esper.jobs.scaleout import LaunchFailed
     from esper.tolaria.distributed import RankFailure
 
-    resume = f"esper train {mode} --resume {run_dir}{flags}"
+    started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path
+    command = "esper compare" if mode == "compare" else f"esper train {mode}"
+    resume = f"{command} --resume {run_dir}{flags}"
     try:
         yield
     except KeyboardInterrupt:
-        if RunFolder(run_dir).config_path.exists():
+        if started.exists():
             message = f"interrupted: checkpoints so far are kept; continue with: {resume}"
         else:
             message = "interrupted before the run folder was made; nothing was written"
         raise _Stopped(message, 130) from None
     except (RankFailure, LaunchFailed) as err:
-        if RunFolder(run_dir).config_path.exists():
+        if started.exists():
             message = f"{err}. The checkpoints so far are kept; continue with: {resume}"
         else:
             message = f"{err}. Nothing was written; run the command again"
@@ -322,10 +388,10 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     except OSError as err:
         if err.errno is None:  # one of Esper's own messages (FileNotFoundError, FileExistsError)
             raise
-        if RunFolder(run_dir).config_path.exists():
+        if started.exists():
             message = (
                 f"{_os_reason(err, run_dir)}. What was written so far is kept; once that is fixed, "
-                f"continue with: esper train {mode} --resume {run_dir}"
+                f"continue with: {resume}"
             )
         else:
             message = f"{_os_reason(err, run_dir)}. Nothing was written; fix that and run the command again"

@@ -27,6 +27,8 @@ from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
 
 T = TypeVar("T")
 
+HOST_VARIANTS = ("task", "reference")  # HeuristicRunConfig.host
+
 
 @dataclass(slots=True)
 class HeuristicRunConfig:
@@ -47,6 +49,15 @@ class HeuristicRunConfig:
     model: str | None = None  # "package.module:factory": a model of one's own instead of the task's host
     device: str = "cpu"  # cpu, cuda, cuda:N or mps
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16-mixed (autocast + loss scaling)
+    # What is trained; `esper compare`'s arms are runs of this job that differ only here.
+    # "heuristic", "none" (nothing is grown: the host alone) or the path of a policy.pt.
+    controller: str = "heuristic"
+    host: str = "task"  # "task": the task's host; "reference": the task's static reference host
+    # Blueprints built into the host's trunk after each named slot, from epoch 0 at full strength
+    # (summary.json's architecture "slots" of a grown run: its final network, trained statically).
+    built_in: dict[str, list[str]] = field(default_factory=dict)
+    # The run stops once its cumulative training FLOPs reach this (its last epoch may be partial).
+    max_training_flops: float | None = None
     # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
     budget: GrowthBudget = field(default_factory=GrowthBudget)
 
@@ -64,6 +75,14 @@ class HeuristicRunConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_consecutive_rollbacks < 1:
             raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {self.max_consecutive_rollbacks}")
+        if not self.controller:
+            raise ValueError("controller must be 'heuristic', 'none' or the path of a policy.pt")
+        if self.host not in HOST_VARIANTS:
+            raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
+        if self.model is not None and (self.host != "task" or self.built_in):
+            raise ValueError("host and built_in vary the task's host; with model there is none to vary")
+        if self.max_training_flops is not None and not self.max_training_flops > 0:
+            raise ValueError(f"max_training_flops must be > 0, got {self.max_training_flops}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

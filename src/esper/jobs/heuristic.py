@@ -15,6 +15,8 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired
 
@@ -26,7 +28,7 @@ from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.jobs.scaleout import run_fingerprint
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
+from esper.leyline import Controller, SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import (
     BlueprintAnalytics,
     JsonlEventOutput,
@@ -36,9 +38,12 @@ from esper.nissa import (
     read_jsonl,
 )
 from esper.runtime import get_task
+from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
+from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum
+from esper.simic.policy import PolicyController
 from esper.simic.recording import RecordedController, episode_recorder
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo import (
@@ -95,6 +100,68 @@ def check_processes(config: HeuristicRunConfig, processes: int) -> None:
 def model_options(config: HeuristicRunConfig) -> dict[str, Any]:
     """What `build_trainer` takes from the run config besides the task: model, device, precision."""
     return {"model": config.model, "device": config.device, "precision": config.precision}
+
+
+@dataclass(slots=True)
+class PreparedRun:
+    """A run's task (with its host variant), data, controller and trainer, built from its config.
+
+    Building it checks everything a config can get wrong, so a caller (this job, `esper
+    compare`) finds every mistake before any folder is made.
+    """
+
+    spec: TaskSpec
+    data: TaskData
+    epochs: int
+    slots: tuple[str, ...]
+    blueprints: list[str]
+    controller: Controller
+    hub: TelemetryHub
+    trainer: MorphogeneticTrainer
+
+
+def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: bool = False) -> PreparedRun:
+    """Every rank builds the same (a controller too, though only rank 0's decides)."""
+    spec = host_variant(get_task(config.task), config.host, config.built_in)
+    data = spec.load_data(**config.task_options)
+    policy = None if config.controller in ("heuristic", "none") else load_policy(config)
+    slots = config.slots if policy is None else policy.info["slot_ids"]
+    asked = config.blueprints if policy is None else list(policy.info["blueprints"])
+    hub = TelemetryHub()
+    trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world,
+                            budget=config.budget, blueprints=asked, **model_options(config))  # fmt: skip
+    if config.model is not None:
+        spec = spec_for_model(spec, trainer.model)
+    if trainer.budget is not None and not resume:
+        trainer.budget.check_startup()  # a budget no seed fits in is a mistake: said before any folder
+    if policy is not None:
+        controller, blueprints = policy, list(policy.info["blueprints"])
+    else:
+        controller, blueprints = make_controller(spec, config)
+    epochs = config.epochs or spec.epochs
+    return PreparedRun(spec, data, epochs, tuple(trainer.slots), blueprints, controller, hub, trainer)
+
+
+def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, list[str]]:
+    """The heuristic, or nothing grown ("none"), with the blueprints it may plant (the config's,
+    default all of the topology's)."""
+    blueprints = resolve_blueprints(spec, config.blueprints)
+    if config.controller == "none":
+        return NoGrowthController(), blueprints
+    return make_heuristic(spec, blueprints, config), blueprints
+
+
+def load_policy(config: HeuristicRunConfig) -> PolicyController:
+    """The policy.pt the config names; it brings its slots and blueprints, and a config naming
+    others (or another task) is refused."""
+    policy = PolicyController.load(config.controller)
+    info = policy.info
+    if info["task"] != config.task:
+        raise ValueError(f"{config.controller} was trained on task '{info['task']}', not '{config.task}'")
+    for key, own, asked in (("slots", info["slot_ids"], config.slots), ("blueprints", info["blueprints"], config.blueprints)):
+        if asked is not None and list(asked) != list(own):
+            raise ValueError(f"{config.controller} acts on {key} {list(own)}, not {list(asked)}; leave {key} unset")
+    return policy
 
 
 def heuristic_config(spec: TaskSpec, overrides: dict[str, Any]) -> HeuristicConfig:
@@ -265,10 +332,12 @@ def run_heuristic(
     resume: bool = False,
     console: Console | None = None,
     world: World | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json.
 
     With a distributed `world` every rank calls this; rank 0 returns the summary, the others None.
+    `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
     """
     world = world or World.single()
     main = world.is_main
@@ -279,19 +348,10 @@ def run_heuristic(
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
-    spec = get_task(config.task)
-    data = spec.load_data(**config.task_options)
-    epochs = config.epochs or spec.epochs
+    prepared = prepare_run(config, world, resume)
+    spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
+    controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
-    hub = TelemetryHub()
-    trainer = build_trainer(spec, data, config.seed, config.slots, on_telemetry=hub, world=world,
-                            budget=config.budget, blueprints=config.blueprints, **model_options(config))  # fmt: skip
-    if config.model is not None:
-        spec = spec_for_model(spec, trainer.model)
-    blueprints = resolve_blueprints(spec, config.blueprints)
-    if trainer.budget is not None and not resume:
-        trainer.budget.check_startup()  # a budget no seed fits in is a mistake: said before any folder
-    controller: HeuristicController | None = None
     resumed = None
     if config.tensorboard and main:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
@@ -302,9 +362,8 @@ def run_heuristic(
         return trainer.epoch
 
     def open_folder() -> dict[str, Any] | None:
-        """Rank 0: the controller and the run folder; resuming, the trainer state every rank loads."""
-        nonlocal controller, resumed
-        controller = make_heuristic(spec, blueprints, config)
+        """Rank 0: the run folder; resuming, the trainer state every rank loads."""
+        nonlocal resumed
         if not resume:
             folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "processes": world.size,
                            "esper_version": __version__})  # fmt: skip
@@ -319,7 +378,7 @@ def run_heuristic(
     metrics = None
     if main:
         # Every decision is also recorded as a transition, for `esper train offline`.
-        recorder = episode_recorder(folder.path, config.task, config.slots or spec.slots, blueprints, RewardConfig(),
+        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
                                     mode="heuristic", episode_length=epochs)  # fmt: skip
         if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
             resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
@@ -346,6 +405,8 @@ def run_heuristic(
         write_epoch(metrics, hub, trainer, result, outcomes, moves)
         if checkpoint:
             save(folder.checkpoint_path(trainer.epoch))
+        if progress is not None:
+            progress(trainer.epoch, epochs)
 
     started = time.perf_counter()
     hub.emit(
@@ -366,7 +427,7 @@ def run_heuristic(
         run_epochs(loop, MainRankDecides(RecordedController(controller, recorder) if main else None, world))
         if main:
             save(folder.checkpoint_dir / FINAL_CHECKPOINT)
-            if isinstance(controller.chooser, BlueprintCurriculum):
+            if isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
                 # What this run learned about blueprints, for the next run's --curriculum.
                 controller.chooser.save(folder.path / CURRICULUM_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))

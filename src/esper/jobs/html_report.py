@@ -17,11 +17,15 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from esper import __version__
+from esper.jobs import compare
 from esper.jobs import report_figures as figures
+from esper.jobs.compare_report import arm_rows, difference_rows, target_rows
 from esper.jobs.report import format_architecture, format_flops
 from esper.jobs.run_data import RunData, load_run
+from esper.jobs.run_folder import read_json
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import BlueprintAnalytics
+from esper.runtime import get_task
 
 PAGE = "report.html"
 
@@ -225,10 +229,15 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Write report.html and its figures into ``out``; returns the page's path.
 
     Every folder is loaded before anything is written, so a wrong path fails
-    fast with the loader's message and leaves no half-made report behind.
+    fast with the loader's message and leaves no half-made report behind. A
+    folder of `esper compare` gets its own page (`_compare_sections`).
     """
     if not run_dirs:
         raise ValueError("give at least one run folder")
+    if any(compare.is_compare_folder(path) for path in run_dirs):
+        if len(run_dirs) > 1:
+            raise ValueError("an `esper compare` folder is reported on its own: give it alone")
+        return _compare_page(run_dirs[0], out)
     runs = [load_run(path) for path in run_dirs]
     out = default_out(run_dirs) if out is None else out
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +247,80 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         _run_section(run, out, f"run{index}-" if several else "", with_summary=not several)
         for index, run in enumerate(runs, start=1)
     ]
-    title = "Esper report: " + ", ".join(run.name for run in runs)
+    return _write_page(out, "Esper report: " + ", ".join(run.name for run in runs), sections)
+
+
+def _compare_page(path: Path, out: Path | None) -> Path:
+    folder = compare.CompareFolder(path)
+    config = folder.saved_config()
+    arms = compare.planned_arms(config)
+    results = read_json(folder.results_path) if folder.results_path.exists() else None
+    out = default_out([path]) if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    sections = _compare_sections(folder, config, arms, results)
+    built = compare.build_figures(compare.collect(folder, config, arms), config)
+    sections += [_figure(fig, out, name, compare.FIGURES[name]) for name, fig in built.items()]
+    sections.append(_arm_runs_section(folder, config, arms))
+    return _write_page(out, f"Esper compare: {config.task} ({path.resolve().name})", sections)
+
+
+def _compare_sections(
+    folder: compare.CompareFolder,
+    config: compare.CompareConfig,
+    arms: list[str],
+    results: dict[str, Any] | None,
+) -> list[str]:
+    """Settings, the arms' statistics, the paired differences and the targets."""
+    seeds = config.seed_list
+    facts = [
+        ["task", config.task],
+        ["controller", config.controller],
+        ["epochs", str(config.epochs or get_task(config.task).epochs)],
+        ["seeds", f"{seeds[0]}-{seeds[-1]} ({len(seeds)})"],
+        ["arms", ", ".join(arms)],
+    ]
+    if results is not None:
+        facts.append(["arm runs finished", f"{results['runs_done']} of {results['runs_planned']}"])
+        facts.append(["wall time", f"{results['wall_seconds'] / 60:.1f} min"])
+    parts = ["<h2>Compare</h2>", _table(["setting", "value"], facts)]
+    if results is None or results["status"] != "complete":
+        parts.append(
+            '<div class="missing"><strong>Incomplete compare.</strong> Continue it with '
+            f"<code>esper compare --resume {escape(str(folder.path))}</code>.</div>"
+        )
+    if results is None:
+        return parts
+    if results["failed"]:
+        items = "".join(f"<li>{escape(failure)}</li>" for failure in results["failed"])
+        parts.append(f'<div class="missing"><strong>Not in the statistics:</strong><ul>{items}</ul></div>')
+    for heading, (header, rows) in (
+        ("Arms (mean ± SE over seeds)", arm_rows(results)),
+        ("Grown against the others (paired by seed)", difference_rows(results)),
+        ("Targets", target_rows(results)),
+    ):
+        parts += [f"<h2>{escape(heading)}</h2>", _table(header, rows)]
+    threshold = results["reach"]["threshold"]
+    if threshold is not None:
+        parts.append(
+            f"<p>Training FLOPs to reach: until the first epoch at {100 * threshold:.2f}% val "
+            "accuracy or more (99% of static-final's final, mean over seeds); in brackets the "
+            "seeds that never reached it.</p>"
+        )
+    return parts
+
+
+def _arm_runs_section(folder: compare.CompareFolder, config: compare.CompareConfig, arms: list[str]) -> str:
+    """Each seed's arm runs and their state; each is a run folder of its own."""
+    rows = [
+        [f"seed {seed}", *(compare.arm_state(folder.run_path(seed, arm)) for arm in arms)]
+        for seed in config.seed_list
+    ]
+    example = escape(str(folder.run_path(config.seed_list[0], "grown")))
+    note = f"<p>Each arm run is a run folder with a report of its own: <code>esper report {example}</code>.</p>"
+    return "<h2>Arm runs</h2>" + _table(["seed", *arms], rows) + note
+
+
+def _write_page(out: Path, title: str, sections: list[str]) -> Path:
     stamp = datetime.now().isoformat(timespec="seconds")
     page = out / PAGE
     page.write_text(

@@ -11,7 +11,7 @@ compared with "the same final network, trained statically".
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
 from esper.runtime.data import TaskData
+from esper.runtime.tasks import TaskSpec, list_tasks
 
 
 def plant_static(host: nn.Module, slot_id: str, blueprint: str, **kwargs: Any) -> nn.Module:
@@ -67,3 +68,33 @@ class StaticSeedsHostFactory:
 def every_slot(slots: Sequence[str], blueprint: str) -> tuple[tuple[str, str], ...]:
     """The plan that plants `blueprint` once in each of `slots`."""
     return tuple((slot_id, blueprint) for slot_id in slots)
+
+
+def host_variant(spec: TaskSpec, host: str, built_in: Mapping[str, Sequence[str]]) -> TaskSpec:
+    """`spec` with the host a run asks for: the task's own ("task") or its static reference
+    ("reference"), with the `built_in` blueprints (slot -> blueprints, in order) fused into
+    its trunk. The task unchanged when nothing differs.
+
+    Bad names fail here, before any run folder exists: a task without a reference host, a
+    slot the host lacks, a blueprint its topology does not have.
+    """
+    if host == "reference":
+        if spec.reference_host is None:
+            raise ValueError(
+                f"task '{spec.name}' has no static reference host; tasks with one: "
+                f"{', '.join(t.name for t in list_tasks() if t.reference_host is not None)}"
+            )
+        spec = replace(spec, build_host=spec.reference_host)
+    elif host != "task":
+        raise ValueError(f"host must be 'task' or 'reference', got '{host}'")
+    plan = tuple((slot_id, blueprint) for slot_id, blueprints in built_in.items() for blueprint in blueprints)
+    if not plan:
+        return spec
+    known = {s.name for s in BlueprintRegistry.list_specs(spec.topology)}
+    unknown = sorted({blueprint for _, blueprint in plan} - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(sorted(known))}"
+        )
+    factory = StaticSeedsHostFactory(spec.build_host, plan, spec.task_config.blueprint_kwargs)
+    return replace(spec, build_host=factory)

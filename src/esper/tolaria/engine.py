@@ -387,7 +387,9 @@ class EpochLoop:
 
     With `max_consecutive_rollbacks`, an epoch that makes that many rollbacks in
     a row raises `TrainingFailed` (after `on_epoch` saw it, with no outcomes):
-    a fault that survives every rollback is the host's or the data's.
+    a fault that survives every rollback is the host's or the data's. With `stop`,
+    the run also ends after the first epoch at whose end `stop()` holds (a
+    training-FLOPs cap: `tolaria.flops_cap`).
     """
 
     def __init__(
@@ -396,6 +398,7 @@ class EpochLoop:
         total_epochs: int,
         on_epoch: EpochHook | None = None,
         max_consecutive_rollbacks: int | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         if max_consecutive_rollbacks is not None and max_consecutive_rollbacks < 1:
             raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {max_consecutive_rollbacks}")
@@ -403,11 +406,12 @@ class EpochLoop:
         self.total_epochs = total_epochs
         self.on_epoch = on_epoch
         self.max_consecutive_rollbacks = max_consecutive_rollbacks
+        self.stop = stop
         self.current: EpochResult | None = None
 
     @property
     def done(self) -> bool:
-        return self.trainer.epoch >= self.total_epochs
+        return self.trainer.epoch >= self.total_epochs or (self.stop is not None and self.stop())
 
     def start(self) -> EpochResult:
         """Train, measure and guard the current epoch."""

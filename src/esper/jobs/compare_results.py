@@ -1,0 +1,199 @@
+"""compare.json: what `esper compare`'s arms reached, at what size and for how much compute.
+
+Every number is read from the arms' own run folders (metrics.jsonl's per-epoch `flops`,
+summary.json's `params` and `flops`), so compare.json can always be rebuilt from them.
+Statistics are over seeds: mean ± standard error (sample standard deviation / sqrt(n);
+None with fewer than two seeds). Differences between arms are paired by seed: each seed
+trains every arm on the same data order, so the seed's own luck cancels out of
+`grown - host-only` and the like, and a target's "k SE" is the SE of that paired
+difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esper.jobs.run_folder import RunFolder, read_json
+from esper.nissa import read_jsonl
+
+ARMS = ("host-only", "grown", "static-final", "static-final-matched", "static-reference")
+PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"))
+REACH_FRACTION = 0.99  # "training FLOPs to first reach 99% of static-final's final metric"
+FLOPS_KEYS = ("training", "validation", "counterfactual")
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRun:
+    """One finished arm run on one seed, as compare reads it from its run folder."""
+
+    seed: int
+    path: str  # relative to the compare folder
+    val_accuracy: list[float]
+    val_loss: list[float]
+    cumulative_training_flops: list[float]  # after each epoch
+    params: int
+    inference_flops: float  # per sample, of the final network
+    flops: dict[str, float]  # the run's totals: training, validation, counterfactual
+
+    @classmethod
+    def read(cls, run_dir: Path, seed: int, path: str) -> ArmRun:
+        """From a finished run folder's metrics.jsonl and summary.json."""
+        folder = RunFolder(run_dir)
+        summary, metrics = read_json(folder.summary_path), read_jsonl(folder.metrics_path)
+        return cls(
+            seed=seed,
+            path=path,
+            val_accuracy=[m["val_accuracy"] for m in metrics],
+            val_loss=[m["val_loss"] for m in metrics],
+            cumulative_training_flops=[m["flops"]["cumulative_training"] for m in metrics],
+            params=summary["params"]["total"],
+            inference_flops=summary["flops"]["inference_per_sample"],
+            flops={key: summary["flops"][key] for key in FLOPS_KEYS},
+        )
+
+
+def mean_se(values: Iterable[float | None]) -> dict[str, Any]:
+    """{"mean", "se", "n"} of the values that are not None (mean None when none is left)."""
+    kept = [float(v) for v in values if v is not None]
+    n = len(kept)
+    if n == 0:
+        return {"mean": None, "se": None, "n": 0}
+    mean = sum(kept) / n
+    if n == 1:
+        return {"mean": mean, "se": None, "n": 1}
+    variance = sum((v - mean) ** 2 for v in kept) / (n - 1)
+    return {"mean": mean, "se": math.sqrt(variance / n), "n": n}
+
+
+def flops_to_reach(run: ArmRun, threshold: float) -> float | None:
+    """Cumulative training FLOPs at the first epoch whose val accuracy reached `threshold`."""
+    for accuracy, flops in zip(run.val_accuracy, run.cumulative_training_flops, strict=True):
+        if accuracy >= threshold:
+            return flops
+    return None
+
+
+def _measures(run: ArmRun, with_loss: bool) -> dict[str, float]:
+    measures = {
+        "final_val_accuracy": run.val_accuracy[-1],
+        "best_val_accuracy": max(run.val_accuracy),
+    }
+    if with_loss:
+        measures |= {"final_val_loss": run.val_loss[-1], "best_val_loss": min(run.val_loss)}
+    measures |= {
+        "params": float(run.params),
+        "inference_flops_per_sample": run.inference_flops,
+        **{f"{key}_flops": run.flops[key] for key in FLOPS_KEYS},
+    }
+    return measures
+
+
+def _arm_section(runs: Sequence[ArmRun], with_loss: bool, threshold: float | None) -> dict[str, Any]:
+    per_seed = {run.seed: _measures(run, with_loss) for run in runs}
+    section: dict[str, Any] = {
+        "seeds": [run.seed for run in runs],
+        "runs": {str(run.seed): run.path for run in runs},
+    }
+    for key in next(iter(per_seed.values()), {}):
+        section[key] = mean_se(m[key] for m in per_seed.values())
+    if threshold is not None:
+        reached = {run.seed: flops_to_reach(run, threshold) for run in runs}
+        section["training_flops_to_reach"] = {
+            **mean_se(reached.values()),
+            "never_reached": sum(v is None for v in reached.values()),
+        }
+        for seed, flops in reached.items():
+            per_seed[seed]["training_flops_to_reach"] = flops
+    section["per_seed"] = {str(seed): measures for seed, measures in per_seed.items()}
+    return section
+
+
+def _paired(a: Sequence[ArmRun], b: Sequence[ArmRun], measure: Any) -> dict[str, Any]:
+    """mean ± SE over the seeds both arms finished of measure(run_a) - measure(run_b)."""
+    by_seed = {run.seed: run for run in b}
+    return mean_se(measure(run) - measure(by_seed[run.seed]) for run in a if run.seed in by_seed)
+
+
+def _differences(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[str, Any]:
+    measures = {"final_val_accuracy": lambda r: r.val_accuracy[-1]}
+    if with_loss:
+        measures["final_val_loss"] = lambda r: r.val_loss[-1]
+    return {
+        f"{a} - {b}": {name: _paired(arms[a], arms[b], fn) for name, fn in measures.items()}
+        for a, b in PAIRS
+        if arms.get(a) and arms.get(b)
+    }
+
+
+def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]]) -> dict[str, Any] | None:
+    """grown's training FLOPs over static-final's, per seed, then mean ± SE."""
+    grown, final = arms.get("grown"), arms.get("static-final")
+    if not grown or not final:
+        return None
+    by_seed = {run.seed: run.flops["training"] for run in final}
+    return mean_se(
+        run.flops["training"] / by_seed[run.seed] for run in grown if run.seed in by_seed
+    )
+
+
+def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 11's targets, each with the numbers it is judged on; `met` is None when an arm is
+    missing or there are too few seeds to have an SE."""
+
+    def diff(name: str) -> dict[str, Any]:
+        return differences.get(name, {}).get("final_val_accuracy", mean_se([]))
+
+    over_host, over_matched, over_final = (diff(f"{a} - {b}") for a, b in PAIRS)
+    targets = []
+    mean, se = over_host["mean"], over_host["se"]
+    targets.append({
+        "target": "grown beats host-only by at least 3 SE (final val accuracy, paired)",
+        "difference": over_host,
+        "met": None if mean is None or se is None else mean > 0 and mean >= 3 * se,
+    })  # fmt: skip
+    targets.append({
+        "target": "grown is at least as good as static-final-matched (equal training FLOPs)",
+        "difference": over_matched,
+        "met": None if over_matched["mean"] is None else over_matched["mean"] >= 0,
+    })  # fmt: skip
+    mean, se = over_final["mean"], over_final["se"]
+    ratio = None if fraction is None else fraction["mean"]
+    within = None if mean is None or se is None else mean >= -se
+    targets.append({
+        "target": "grown reaches static-final's final val accuracy within 1 SE with at most 75% "
+                  "of its training FLOPs (aim: 50%)",
+        "difference": over_final,
+        "training_flops_fraction": fraction,
+        "met": None if within is None or ratio is None else within and ratio <= 0.75,
+        "aim_met": None if within is None or ratio is None else within and ratio <= 0.5,
+    })  # fmt: skip
+    return targets
+
+
+def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[str, Any]:
+    """compare.json's results from the finished runs of each arm (an arm may have none yet).
+
+    `with_loss` adds val loss (final and best = lowest) beside val accuracy: the char-LM
+    tasks' second metric.
+    """
+    final = arms.get("static-final") or []
+    reference = mean_se(run.val_accuracy[-1] for run in final)["mean"]
+    threshold = None if reference is None else REACH_FRACTION * reference
+    present = {arm: runs for arm, runs in arms.items() if runs}
+    differences = _differences(present, with_loss)
+    fraction = _flops_fraction(present)
+    return {
+        "reach": {
+            "metric": "val_accuracy",
+            "fraction_of_static_final": REACH_FRACTION,
+            "threshold": threshold,
+        },
+        "arms": {arm: _arm_section(runs, with_loss, threshold) for arm, runs in present.items()},
+        "differences": differences,
+        "grown_training_flops_over_static_final": fraction,
+        "targets": _targets(differences, fraction),
+    }

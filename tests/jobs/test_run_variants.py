@@ -1,0 +1,111 @@
+"""The run-config fields `esper compare`'s arms differ by: controller, host variant, built-in seeds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper.jobs.config import HeuristicRunConfig
+from esper.jobs.heuristic import run_heuristic
+from esper.jobs.run_folder import read_json
+from esper.kasmina.blueprints import BlueprintRegistry
+from esper.nissa import read_jsonl
+from esper.runtime import get_task
+from esper.simic.actions import ActionSpace
+from esper.simic.features import FeatureLayout, RunningNorm
+from esper.simic.networks import ActorCritic, NetworkConfig
+from esper.simic.policy import policy_payload
+from esper.simic.rewards import RewardConfig
+
+# Plants a seed at the first chance, so a run that grows nothing is the controller's doing.
+EAGER = {"min_epochs_left": 0, "germination_cooldown": 1,
+         "tracker": {"warmup_epochs": 1, "plateau_patience": 1, "min_delta": 1.0, "stable_loss_change": 100.0}}  # fmt: skip
+
+
+def _run(tmp_path: Path, name: str = "run", **fields) -> dict:
+    config = HeuristicRunConfig(**{"task": "digits", "epochs": 4, "seed": 5, "heuristic": EAGER, **fields})
+    return run_heuristic(config, tmp_path / name)
+
+
+def test_controller_none_is_the_host_alone_trained_exactly_like_the_baseline(tmp_path: Path) -> None:
+    summary = _run(tmp_path, controller="none", baseline=True)
+    assert summary["seeds"] == {"germinated": 0, "fossilized": 0, "culled": 0}
+    assert summary["params_added"] == 0
+    # Same seed, host and data order as the host-only baseline, so the same numbers exactly.
+    assert summary["final_val_accuracy"] == summary["host_only_val_accuracy"]
+    assert read_json(tmp_path / "run" / "config.json")["config"]["controller"] == "none"
+
+
+def test_the_heuristic_with_the_same_settings_does_grow(tmp_path: Path) -> None:
+    assert _run(tmp_path)["seeds"]["germinated"] >= 1
+
+
+def test_reference_host_and_built_in_seeds_change_the_network_trained(tmp_path: Path) -> None:
+    spec = get_task("mnist5k-tiny")
+    data = spec.load_data()
+    tiny = sum(p.numel() for p in spec.build_host(data).parameters())
+    reference = sum(p.numel() for p in spec.reference_host(data).parameters())
+    width = spec.build_host(data).injection_points["block2"]
+    seed = sum(p.numel() for p in BlueprintRegistry.create("cnn", "conv_light", width).parameters())
+    common = {"task": "mnist5k-tiny", "controller": "none", "task_options": {}}
+    ref = run_heuristic(HeuristicRunConfig(**common, epochs=1, host="reference"), tmp_path / "ref")
+    assert ref["host_params"] == reference
+    built = run_heuristic(
+        HeuristicRunConfig(**common, epochs=1, built_in={"block2": ["conv_light", "conv_light"]}),
+        tmp_path / "built",
+    )
+    # Built into the trunk: host parameters from the first step, no seed added.
+    assert built["host_params"] == tiny + 2 * seed and built["params_added"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"host": "reference"}, "task 'digits' has no static reference host"),
+        ({"built_in": {"block2": ["no_such_seed"]}}, "Unknown blueprint(s) ['no_such_seed']"),
+        ({"built_in": {"block9": ["norm"]}}, "Unknown injection point 'block9'"),
+        ({"controller": "nowhere/policy.pt"}, "policy file nowhere/policy.pt does not exist"),
+    ],
+)
+def test_a_bad_variant_fails_before_the_run_folder_is_made(tmp_path: Path, fields, message) -> None:
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        _run(tmp_path, **fields)
+    assert message in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_checks_the_variant_fields() -> None:
+    with pytest.raises(ValueError, match="host must be one of task, reference"):
+        HeuristicRunConfig(host="wide")
+    with pytest.raises(ValueError, match="max_training_flops must be > 0"):
+        HeuristicRunConfig(max_training_flops=0.0)
+    with pytest.raises(ValueError, match="with model there is none to vary"):
+        HeuristicRunConfig(model="examples.models:tiny", built_in={"block2": ["norm"]})
+
+
+@pytest.fixture(scope="module")
+def digits_policy(tmp_path_factory) -> Path:
+    """An untrained policy.pt for digits, as `esper train ppo` writes it."""
+    slots, blueprints = ("block2", "block3"), ("norm", "attention")
+    layout, space = FeatureLayout(slots, blueprints), ActionSpace(slots, blueprints)
+    model = ActorCritic(layout.size, len(space), NetworkConfig())
+    payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
+                             episode_length=4, reward=asdict(RewardConfig()))  # fmt: skip
+    path = tmp_path_factory.mktemp("policy") / "policy.pt"
+    torch.save(payload, path)
+    return path
+
+
+def test_a_policy_controls_the_run_on_its_own_slots_and_blueprints(tmp_path: Path, digits_policy: Path) -> None:
+    summary = _run(tmp_path, controller=str(digits_policy))
+    assert summary["status"] == "complete"
+    meta = read_json(tmp_path / "run" / "transitions_meta.json")
+    assert meta["blueprints"] == ["norm", "attention"]
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
+    with pytest.raises(ValueError, match="acts on blueprints"):
+        _run(tmp_path, "other", controller=str(digits_policy), blueprints=["norm"])
+    with pytest.raises(ValueError, match="was trained on task 'digits', not 'mnist5k'"):
+        _run(tmp_path, "other", controller=str(digits_policy), task="mnist5k")
