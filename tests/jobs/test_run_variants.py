@@ -109,3 +109,15 @@ def test_a_policy_controls_the_run_on_its_own_slots_and_blueprints(tmp_path: Pat
         _run(tmp_path, "other", controller=str(digits_policy), blueprints=["norm"])
     with pytest.raises(ValueError, match="was trained on task 'digits', not 'mnist5k'"):
         _run(tmp_path, "other", controller=str(digits_policy), task="mnist5k")
+
+
+def test_a_training_flops_cap_stops_the_run_within_a_batch_past_it(tmp_path: Path) -> None:
+    full = _run(tmp_path, "full", controller="none")
+    per_epoch = read_jsonl(tmp_path / "full" / "metrics.jsonl")[0]["flops"]["training"]
+    cap = full["flops"]["training"] * 0.6  # 2.4 of the 4 epochs: the third is cut short
+    capped = _run(tmp_path, "capped", controller="none", max_training_flops=cap)
+    metrics = read_jsonl(tmp_path / "capped" / "metrics.jsonl")
+    assert len(metrics) == 3
+    spent = metrics[-1]["flops"]["cumulative_training"]
+    assert cap <= spent < cap + per_epoch / 10  # digits: 12 training batches an epoch
+    assert capped["flops"]["training"] == spent

@@ -56,6 +56,7 @@ from esper.tamiyo import (
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
 from esper.tolaria.distributed import MainRankDecides, World
 from esper.tolaria.engine import Outcome
+from esper.tolaria.flops_cap import TrainingFlopsCap
 
 CURRICULUM_FILE = "curriculum.json"
 # The seed outcomes a summary counts, by the stage a seed moved to.
@@ -118,6 +119,7 @@ class PreparedRun:
     controller: Controller
     hub: TelemetryHub
     trainer: MorphogeneticTrainer
+    cap: TrainingFlopsCap | None  # the config's max_training_flops, wired into the trainer's loader
 
 
 def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: bool = False) -> PreparedRun:
@@ -139,7 +141,26 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: 
     else:
         controller, blueprints = make_controller(spec, config)
     epochs = config.epochs or spec.epochs
-    return PreparedRun(spec, data, epochs, tuple(trainer.slots), blueprints, controller, hub, trainer)
+    cap = None if config.max_training_flops is None else capped_training(trainer, config.max_training_flops)
+    return PreparedRun(spec, data, epochs, tuple(trainer.slots), blueprints, controller, hub, trainer, cap)
+
+
+def capped_training(trainer: MorphogeneticTrainer, max_training_flops: float) -> TrainingFlopsCap:
+    """The trainer's training loader cut short once the run's training FLOPs reach the cap.
+
+    The FLOPs account sums every rank's samples, while each rank's loader yields its own
+    share of a global batch: a rank's batch stands for `world.size` times its samples.
+    """
+    if trainer.flops.profile() is None:
+        raise ValueError("max_training_flops needs a model whose FLOPs can be counted; this one's cannot")
+    ranks = trainer.world.size
+    cap = TrainingFlopsCap(
+        max_training_flops,
+        spent=lambda: trainer.flops.total.training,
+        per_sample=lambda: trainer.flops.measured().profile().training * ranks,
+    )
+    trainer.train_loader = cap.wrap(trainer.train_loader)
+    return cap
 
 
 def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, list[str]]:
@@ -422,7 +443,8 @@ def run_heuristic(
         )
     )
     world.at(f"epoch {trainer.epoch} of {epochs}")
-    loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks)
+    stop = None if prepared.cap is None else prepared.cap.reached
+    loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks, stop=stop)
     try:
         run_epochs(loop, MainRankDecides(RecordedController(controller, recorder) if main else None, world))
         if main:
