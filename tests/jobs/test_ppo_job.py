@@ -56,10 +56,11 @@ def test_resume_refuses_a_heuristic_folder(tmp_path):
 def test_cli_trains_then_evaluates_policy_heuristic_and_random(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "ppo", "--rounds", "1", "--envs", "2", "--episode-length", "3", "--run-dir", str(run), "--quiet",
-            "--update-epochs", "1", "--network-kind", "lstm", "--no-target-kl"]  # fmt: skip
+            "--update-epochs", "1", "--network-kind", "lstm", "--no-target-kl", "--tensorboard"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["ppo"] == {"update_epochs": 1, "target_kl": None} and config["network"] == {"kind": "lstm"}
+    assert config["tensorboard"] is True and any((run / "tensorboard").iterdir())
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -407,7 +407,9 @@ def run_heuristic(
         if console is not None:
             hub.add_output(RichConsoleOutput(console))
         if config.tensorboard:
-            hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
+            # Resumed: the epochs after the checkpoint run again, so their old points are hidden.
+            purge = trainer.epoch if resumed is not None else None
+            hub.add_output(TensorBoardOutput(folder.tensorboard_path, purge_step=purge))
         metrics = JsonlWriter(folder.metrics_path)
 
     def save(path: Path) -> None:
