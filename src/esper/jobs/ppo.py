@@ -354,6 +354,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for cls, group_name, prefix in _FLAGGED:
         add_config_flags(parser, cls, group_name, prefix)
     parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
+    prices = parser.add_argument_group("reward prices in FLOPs (simic.rewards; config keys reward.flop_price_*)")
+    prices.add_argument("--flop-price-training", type=float, metavar="PRICE",
+                        help="reward per extra host-episode of training FLOPs spent (default 0)")  # fmt: skip
+    prices.add_argument("--flop-price-inference", type=float, metavar="PRICE",
+                        help="reward per starting host's inference FLOPs per sample added (default 0)")  # fmt: skip
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, group_name: str, prefix: str = "--") -> None:
@@ -391,4 +396,7 @@ def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -
         overrides[group_name] = {**file_values.get(group_name, {}), **given} or None
     if args.no_target_kl:
         overrides["ppo"] = {**(overrides["ppo"] or {}), "target_kl": None}
+    prices = {name: value for name in ("flop_price_training", "flop_price_inference")
+              if (value := getattr(args, name)) is not None}  # fmt: skip
+    overrides["reward"] = {**file_values.get("reward", {}), **prices} or None
     return overrides
