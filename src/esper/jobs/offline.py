@@ -41,7 +41,7 @@ from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
 from esper.simic.actions import ActionSpace
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
-from esper.simic.features import FeatureLayout, RunningNorm
+from esper.simic.features import FeatureLayout, RunningNorm, layout_difference
 from esper.simic.policy import policy_payload
 from esper.simic.recorded import load_transitions, shaping_gamma
 
@@ -131,10 +131,9 @@ def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
     space = ActionSpace(layout.slot_ids, layout.blueprints)
     for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
                                ("actions", space.names(), meta["action_names"])):  # fmt: skip
-        if ours != theirs:
+        if (difference := layout_difference(ours, theirs, "recorded")) is not None:
             raise ValueError(
-                f"the transitions were recorded with other {what} than this Esper's: only recorded "
-                f"{[n for n in theirs if n not in ours]}, only here {[n for n in ours if n not in theirs]}"
+                f"the transitions were recorded with other {what} than this Esper's: {difference}"
                 " (record them again with this version)"
             )
     return layout, space
