@@ -373,6 +373,7 @@ def run_heuristic(
     spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
     controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
+    reward = build_config(RewardConfig, config.reward, {}, section="reward")  # checked before any folder
     resumed = None
     if config.tensorboard and main:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
@@ -399,7 +400,7 @@ def run_heuristic(
     metrics = None
     if main:
         # Every decision is also recorded as a transition, for `esper train offline`.
-        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
+        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, reward,
                                     mode="heuristic", episode_length=epochs)  # fmt: skip
         if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
             resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
