@@ -36,7 +36,7 @@ def test_a_policy_of_this_layout_loads(tmp_path):
 def test_a_policy_trained_on_the_older_features_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
     old = tmp_path / "old.pt"
     saved_policy(old, older=True)
-    with pytest.raises(TorchFileError, match=r"other observation features .* only here \['train_loss_progress'.*train it again"):
+    with pytest.raises(TorchFileError, match=r"does not match the observation features .* only here \['train_loss_progress'.*train it again"):
         PolicyController.load(old)
     monkeypatch.setenv("COLUMNS", "400")
     assert main(["evaluate", "--policy", str(old), "--episodes", "1", "--episode-length", "3"]) == 2

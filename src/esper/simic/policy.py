@@ -108,7 +108,8 @@ class PolicyController:
         difference = layout_difference(layout.names(), list(payload["feature_names"]), "in the policy")
         if difference is not None:
             raise TorchFileError(
-                path, f"was trained on other observation features than this Esper computes ({difference}); "
+                path, f"its feature_names does not match the observation features this Esper computes for "
+                f"its slots and blueprints ({difference}): it was trained with another version of Esper; "
                 "train it again with this version (esper train ppo / offline)"
             )
         n_actions = len(payload["action_names"])
