@@ -216,6 +216,27 @@ def test_recordings_from_before_reward_components(recording, tmp_path, capsys):
     assert not (tmp_path / "dropped").exists()
 
 
+def test_recordings_from_before_flop_prices_read_their_flop_components_as_zero(recording, tmp_path):
+    """Files written before the reward priced FLOPs: five components, no prices in the reward config."""
+    from esper.simic.recorded import load_transitions
+    from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS
+
+    folder = copy_of(recording, tmp_path)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["reward_components"] = [c for c in meta["reward_components"] if c not in FLOP_COMPONENTS]
+    meta["reward"] = {k: v for k, v in meta["reward"].items() if not k.startswith("flop_price")}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    rows = rows_of(folder)
+    edit_lines(folder, {i: json.dumps({**row, "reward_components": {k: v for k, v in row["reward_components"].items()
+                                                                    if k not in FLOP_COMPONENTS}})
+                        for i, row in enumerate(rows)})  # fmt: skip
+    both = load_transitions([folder, recording])  # and it mixes with a recording of this version
+    assert len(both) == 2 * STEPS
+    flops = [COMPONENTS.index(name) for name in FLOP_COMPONENTS]
+    assert both.components[:, flops].abs().sum() == 0
+    assert both.meta["reward"]["flop_price_training"] == 0.0
+
+
 # ------------------------------------------------------------------ the run folder
 
 

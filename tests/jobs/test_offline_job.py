@@ -73,3 +73,19 @@ def test_runs_without_transitions_are_refused(recorded: list[Path], tmp_path: Pa
     with pytest.raises(ValueError, match="holds no transitions"):
         run_offline(OfflineRunConfig(sources=[str(empty)]), tmp_path / "run")
     assert main(["train", "offline", "--from", str(empty), "--run-dir", str(tmp_path / "run")]) == 2
+
+
+def test_offline_run_logs_its_losses_to_tensorboard(recorded: list[Path], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "offline"
+    argv = ["train", "offline", "--from", *map(str, recorded), "--run-dir", str(run), "--updates", "201", "--quiet"]
+    assert main([*argv, "--tensorboard"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["tensorboard"] is True
+    accumulator = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for name in ("loss", "td_loss", "cql", "q_mean"):
+        logged = accumulator.Scalars(f"offline/{name}")
+        assert [e.step for e in logged] == [0, 100, 200]
+        assert [e.value for e in logged] == pytest.approx([m[name] for m in metrics], rel=1e-6)

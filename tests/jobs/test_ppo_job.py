@@ -56,10 +56,11 @@ def test_resume_refuses_a_heuristic_folder(tmp_path):
 def test_cli_trains_then_evaluates_policy_heuristic_and_random(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "ppo", "--rounds", "1", "--envs", "2", "--episode-length", "3", "--run-dir", str(run), "--quiet",
-            "--update-epochs", "1", "--network-kind", "lstm", "--no-target-kl"]  # fmt: skip
+            "--update-epochs", "1", "--network-kind", "lstm", "--no-target-kl", "--tensorboard"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["ppo"] == {"update_epochs": 1, "target_kl": None} and config["network"] == {"kind": "lstm"}
+    assert config["tensorboard"] is True and any((run / "tensorboard").iterdir())
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--policy", str(run / "policy.pt"), "--episodes", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -77,3 +78,20 @@ def test_evaluate_refuses_a_missing_policy_or_zero_episodes(tmp_path):
         evaluate(str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="episodes"):
         evaluate("random", episodes=0)
+
+
+def test_flop_prices_from_the_cli_reach_the_reward_the_logs_and_the_recording(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "ppo", "--rounds", "1", "--envs", "2", "--episode-length", "4", "--run-dir", str(run), "--quiet",
+            "--update-epochs", "1", "--flop-price-training", "0.5", "--flop-price-inference", "0.25"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["reward"] == {"flop_price_training": 0.5, "flop_price_inference": 0.25}
+    meta = json.loads((run / "transitions_meta.json").read_text())
+    assert meta["reward"]["flop_price_training"] == 0.5 and "training_flops" in meta["reward_components"]
+    for row in read_jsonl(run / "transitions.jsonl"):
+        parts = row["reward_components"]
+        assert parts["training_flops"] <= 0 and sum(parts.values()) == pytest.approx(row["reward"], abs=1e-9)
+    metrics = read_jsonl(run / "metrics.jsonl")[0]
+    assert {"training_flops", "inference_flops"} <= set(metrics["rewards"]) & set(metrics["rewards_mean_per_step"])
+    assert torch.load(run / "policy.pt", weights_only=True)["reward"]["flop_price_inference"] == 0.25

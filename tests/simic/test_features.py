@@ -1,9 +1,18 @@
 """Observation layout, the per-slot stage clock, and the running normaliser."""
 
+import math
+
 import pytest
 import torch
 
-from esper.leyline import EpochSignals, FossilReport, SeedReport, SeedStage
+from esper.leyline import (
+    EpochSignals,
+    FlopsReport,
+    FossilReport,
+    SeedReport,
+    SeedStage,
+    StageTransition,
+)
 from esper.simic.features import FeatureLayout, Observer, RunningNorm
 
 LAYOUT = FeatureLayout(("block2", "block3"), ("norm", "attention"))
@@ -93,3 +102,71 @@ def test_running_norm_clips_and_round_trips():
     assert torch.equal(norm(x), restored(x))
     with pytest.raises(ValueError, match="features"):
         RunningNorm(5).load_state_dict(norm.state_dict())
+
+
+def with_flops(s: EpochSignals, training: float, cumulative: float, inference: float) -> EpochSignals:
+    s.flops = FlopsReport(training=training, cumulative_training=cumulative, inference_per_sample=inference)
+    return s
+
+
+def test_capacity_features_show_loss_progress_flops_spent_and_added():
+    observer = Observer(LAYOUT)
+    first = observer.observe(with_flops(signals(0, None), 100.0, 100.0, 4.0))
+    assert feature(first, "training_flops_spent") == pytest.approx(100 / (100 * 10))  # of the host alone's episode
+    assert feature(first, "training_flops_added") == feature(first, "inference_flops_added") == 0.0
+    assert feature(first, "train_loss_progress") == 0.0  # no history yet
+    for epoch in range(1, 4):
+        obs = observer.observe(with_flops(signals(epoch, SeedStage.BLENDING), 150.0, 100.0 + 150.0 * epoch, 5.0))
+    assert feature(obs, "training_flops_spent") == pytest.approx(550 / 1000)
+    assert feature(obs, "training_flops_added") == pytest.approx(0.5)
+    assert feature(obs, "inference_flops_added") == pytest.approx(0.25)
+    # Train loss 1.0, 0.9, 0.8, 0.7: the tracker's geometric mean drop per epoch over its window.
+    assert feature(obs, "train_loss_progress") == pytest.approx(observer.tracker.loss_progress)
+    assert feature(obs, "train_loss_progress") > 0
+
+
+def test_budget_features_are_the_fraction_left_and_one_without_a_limit():
+    unlimited = Observer(LAYOUT).observe(signals(0, None))
+    assert feature(unlimited, "budget_params_left") == feature(unlimited, "budget_inference_flops_left") == 1.0
+    limited = signals(0, None)
+    limited.budget_left = {"max_params_added": 0.25}
+    obs = Observer(LAYOUT).observe(limited)
+    assert feature(obs, "budget_params_left") == 0.25 and feature(obs, "budget_inference_flops_left") == 1.0
+
+
+def test_blueprint_outcomes_count_the_episodes_fossilized_and_culled_seeds():
+    def moved(epoch, seed_id, blueprint, to_stage):
+        s = signals(epoch, None)
+        s.transitions = [StageTransition("block3", seed_id, blueprint, SeedStage.PROBATIONARY, to_stage, "", epoch)]
+        return s
+
+    observer = Observer(LAYOUT)
+    observer.observe(moved(0, "s1", "attention", SeedStage.FOSSILIZED))
+    observer.observe(moved(1, "s2", "attention", SeedStage.CULLED))
+    obs = observer.observe(moved(2, "s3", "attention", SeedStage.FOSSILIZED))
+    assert feature(obs, "attention.fossilized") == 2.0 and feature(obs, "attention.culled") == 1.0
+    assert feature(obs, "norm.fossilized") == feature(obs, "norm.culled") == 0.0
+    restored = Observer(LAYOUT)
+    restored.load_state_dict(observer.state_dict())
+    assert feature(restored.observe(signals(3, None)), "attention.fossilized") == 2.0
+    observer.reset()  # a new episode counts afresh
+    assert feature(observer.observe(signals(0, None)), "attention.fossilized") == 0.0
+
+
+def test_every_feature_is_finite_after_a_diverged_epoch():
+    observer = Observer(LAYOUT)
+    observer.observe(with_flops(signals(0, None), 100.0, 100.0, 4.0))
+    bad = with_flops(signals(1, SeedStage.TRAINING), math.inf, math.inf, math.nan)
+    bad.train_loss, bad.val_loss, bad.rolled_back = math.nan, math.inf, True
+    assert torch.isfinite(observer.observe(bad)).all()
+
+
+def test_an_observer_state_saved_before_the_capacity_features_still_loads():
+    observer = Observer(LAYOUT)
+    observer.observe(with_flops(signals(0, None), 100.0, 100.0, 4.0))
+    old = {k: v for k, v in observer.state_dict().items() if k not in ("start_flops", "outcomes")}
+    restored = Observer(LAYOUT)
+    restored.load_state_dict(old)
+    obs = restored.observe(with_flops(signals(1, None), 100.0, 200.0, 4.0))
+    assert feature(obs, "training_flops_spent") == 0.0  # the starting host's FLOPs were not saved: unknown
+    assert torch.isfinite(obs).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from itertools import pairwise
 from pathlib import Path
@@ -112,6 +113,26 @@ def test_heuristic_resume_truncates_and_rewrites_transitions(tmp_path: Path, mon
     assert max(r["epoch"] for r in read_jsonl(tmp_path / "cut" / TRANSITIONS_FILE)) == 6
     run_heuristic(None, tmp_path / "cut", resume=True)
     assert read_jsonl(tmp_path / "cut" / TRANSITIONS_FILE) == full
+
+
+def test_heuristic_and_ppo_runs_recorded_at_the_same_flop_prices_are_learned_from_together(tmp_path: Path) -> None:
+    from esper.simic.recorded import load_transitions
+
+    prices = {"flop_price_training": 0.5, "flop_price_inference": 0.5}
+    conv = ["conv_light"]  # FlopCounterMode counts matmuls and convolutions: a norm seed costs no FLOPs
+    run_heuristic(dataclasses.replace(_heuristic(), epochs=6, reward=prices, blueprints=conv), tmp_path / "heuristic")
+    rows = _check_rows(tmp_path / "heuristic", rows_per_episode=5)
+    assert any(r["reward_components"]["training_flops"] < 0 for r in rows), "the eager heuristic grows: it pays"
+    run_ppo(PPORunConfig(rounds=1, envs=2, episode_length=6, reward=prices, blueprints=conv), tmp_path / "ppo")
+    both = load_transitions([tmp_path / "heuristic", tmp_path / "ppo"])
+    assert len(both) == 5 + 2 * 5 and both.meta["reward"]["flop_price_training"] == 0.5
+    unpriced = tmp_path / "unpriced"
+    run_heuristic(dataclasses.replace(_heuristic(), epochs=3, blueprints=conv), unpriced)
+    with pytest.raises(ValueError, match="reward differs"):
+        load_transitions([unpriced, tmp_path / "ppo"])
+    with pytest.raises(ValueError, match="flop_price_training must be a finite number"):
+        run_heuristic(dataclasses.replace(_heuristic(), reward={"flop_price_training": -1.0}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def _report(stage: SeedStage, seed_id: str = "s1") -> SeedReport:

@@ -10,6 +10,7 @@ from esper.leyline import (
     Action,
     ActionKind,
     EpochSignals,
+    FlopsReport,
     FossilReport,
     SeedReport,
     SeedStage,
@@ -175,3 +176,68 @@ def test_degenerate_controllers_earn_less_than_the_heuristic_for_the_right_reaso
     assert all(r["rewards"]["rent"] == 0.0 for r in results["do nothing"])
     for name in ("cull everything", "germinate and never decide"):
         assert all(r["rewards"]["rent"] < 0 for r in results[name])
+
+
+def priced(epoch: int, training: float, inference: float, stage: SeedStage | None = None) -> EpochSignals:
+    """`signals` with the epoch's FLOPs as the trainer reports them."""
+    s = signals(epoch, stage)
+    s.flops = FlopsReport(training=training, cumulative_training=training * (epoch + 1), inference_per_sample=inference)
+    return s
+
+
+def test_flop_prices_charge_extra_training_compute_and_added_inference_cost():
+    config = RewardConfig(flop_price_training=0.5, flop_price_inference=0.25)
+    # 10 epochs: the host alone costs 100 per epoch and 4 per sample; a seed from epoch 2 to 5
+    # costs 50 more per epoch and 1 more per sample, then is culled; a second one from epoch 7 stays.
+    life = [priced(0, 100.0, 4.0), priced(1, 100.0, 4.0)]
+    life += [priced(e, 150.0, 5.0, SeedStage.TRAINING) for e in range(2, 6)]
+    life += [priced(6, 100.0, 4.0, SeedStage.CULLED)]
+    life += [priced(e, 120.0, 4.4, SeedStage.BLENDING) for e in range(7, 10)]
+    tracker = RewardTracker(config)
+    tracker.reset(life[0])
+    steps = [tracker.step(s, terminal=i == 9) for i, s in enumerate(life[1:], start=1)]
+    extra_training = (4 * 50 + 3 * 20) / (100 * 9)  # over the 9 decision steps' host compute
+    assert sum(r["training_flops"] for r in steps) == pytest.approx(-0.5 * extra_training)
+    assert steps[0]["training_flops"] == 0.0  # nothing grown, nothing charged
+    inference = [r["inference_flops"] for r in steps]
+    assert inference[1] == pytest.approx(-0.25 * 0.25)  # the seed adds a quarter of the host's cost
+    assert inference[5] == pytest.approx(0.25 * 0.25)  # culled: its cost is given back
+    assert inference[6] == pytest.approx(-0.25 * 0.1)
+    assert sum(inference) == pytest.approx(-0.25 * 0.1)  # what the final network costs over the host
+    for r in steps:
+        assert r["total"] == pytest.approx(sum(v for k, v in r.items() if k != "total"))
+
+
+def test_without_prices_the_reward_is_unchanged_by_flops():
+    life = [priced(0, 100.0, 4.0), priced(1, 300.0, 9.0, SeedStage.TRAINING), priced(2, 300.0, 9.0, SeedStage.TRAINING)]
+    unpriced = [signals(0), signals(1, SeedStage.TRAINING), signals(2, SeedStage.TRAINING)]
+    with_flops, without = run(RewardTracker(), life), run(RewardTracker(), unpriced)
+    assert with_flops["training_flops"] == with_flops["inference_flops"] == 0.0
+    assert with_flops == without
+
+
+def test_a_priced_reward_needs_counted_flops_and_sane_prices():
+    with pytest.raises(ValueError, match="does not count them"):
+        RewardTracker(RewardConfig(flop_price_training=0.1)).reset(signals(0))
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="flop_price_inference must be a finite number >= 0"):
+            RewardConfig(flop_price_inference=bad)
+
+
+def test_the_environment_prices_the_flops_its_trainer_counts():
+    spec = get_task("digits")
+    data = spec.load_data()
+    length = 6
+    env = MorphogeneticEnv(spec, data, episode_length=length, reward=RewardConfig(flop_price_training=1.0, flop_price_inference=1.0))
+    host = env.reset(EVAL_SEED_OFFSET).flops
+    actions = [[Action(ActionKind.GERMINATE, spec.slots[0], "conv_heavy")]] + [[]] * (length - 2)
+    rewards, last = [], None
+    for step in actions:
+        last, reward, _ = env.step(step)
+        rewards.append(reward)
+    # Summed over the episode, each price is paid on the trainer's own count, against the host's.
+    spent = last.flops.cumulative_training - host.training
+    extra = (spent - (length - 1) * host.training) / (host.training * (length - 1))
+    assert extra > 0 and sum(r["training_flops"] for r in rewards) == pytest.approx(-extra)
+    added = (last.flops.inference_per_sample - host.inference_per_sample) / host.inference_per_sample
+    assert sum(r["inference_flops"] for r in rewards) == pytest.approx(-added)

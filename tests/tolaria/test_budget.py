@@ -103,3 +103,18 @@ def test_a_budget_smaller_than_any_blueprint_is_refused_before_anything_is_writt
     code = main(["train", "heuristic", "--task", "digits", "--max-inference-flops", "100", "--run-dir", str(run_dir), "--quiet"])
     assert code == 2 and "the host alone costs" in " ".join(capsys.readouterr().out.split())
     assert not run_dir.exists()
+
+
+def test_signals_say_what_fraction_of_the_budget_is_left() -> None:
+    light = _trainer(GrowthBudget(max_params_added=10**9)).budget.seed_cost("block2", "conv_light")
+    host = _trainer(GrowthBudget(max_params_added=10**9)).flops.profile().inference
+    budget = GrowthBudget(max_params_added=4 * light.params, max_inference_flops=2 * host)
+    trainer = _trainer(budget)
+    assert trainer.budget.left() == {"max_params_added": 1.0, "max_inference_flops": pytest.approx(0.5)}
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
+    trainer.end_epoch()
+    left = trainer.signals(trainer.run_epoch(), total_epochs=5).budget_left
+    assert left["max_params_added"] == pytest.approx(0.75)
+    assert left["max_inference_flops"] == pytest.approx(1.0 - (host + light.inference_flops) / (2 * host))
+    unlimited = build_trainer(get_task("digits"), get_task("digits").load_data(), seed=0)
+    assert unlimited.signals(unlimited.run_epoch(), total_epochs=5).budget_left is None

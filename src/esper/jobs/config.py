@@ -60,6 +60,9 @@ class HeuristicRunConfig:
     max_training_flops: float | None = None
     # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
     budget: GrowthBudget = field(default_factory=GrowthBudget)
+    # RewardConfig overrides for the reward the recorded transitions carry (e.g. the FLOP prices
+    # of a PPO run whose recordings `esper train offline` should learn from together with these).
+    reward: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)

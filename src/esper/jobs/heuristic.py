@@ -373,6 +373,7 @@ def run_heuristic(
     spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
     controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
+    reward = build_config(RewardConfig, config.reward, {}, section="reward")  # checked before any folder
     resumed = None
     if config.tensorboard and main:
         from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
@@ -399,7 +400,7 @@ def run_heuristic(
     metrics = None
     if main:
         # Every decision is also recorded as a transition, for `esper train offline`.
-        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, RewardConfig(),
+        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, reward,
                                     mode="heuristic", episode_length=epochs)  # fmt: skip
         if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
             resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
@@ -407,7 +408,9 @@ def run_heuristic(
         if console is not None:
             hub.add_output(RichConsoleOutput(console))
         if config.tensorboard:
-            hub.add_output(TensorBoardOutput(folder.path / "tensorboard"))
+            # Resumed: the epochs after the checkpoint run again, so their old points are hidden.
+            purge = trainer.epoch if resumed is not None else None
+            hub.add_output(TensorBoardOutput(folder.tensorboard_path, purge_step=purge))
         metrics = JsonlWriter(folder.metrics_path)
 
     def save(path: Path) -> None:

@@ -8,7 +8,9 @@ Double-DQN with a conservative (CQL) penalty on the prioritized buffer, rare
 outcomes first (`simic.dqn`). The run folder follows the other jobs':
 config.json, metrics.jsonl (the loss history, one line per 100 updates),
 summary.json with "mode": "offline", and policy.pt (algorithm "dqn") that
-`esper evaluate --policy` runs greedily. It takes a minute or two, so there is
+`esper evaluate --policy` runs greedily; with `tensorboard` (`--tensorboard`) the
+same loss history goes to RUN_DIR/tensorboard (`offline/loss`, `offline/td_loss`,
+`offline/cql`, `offline/q_mean`, step = update). It takes a minute or two, so there is
 no --resume: a stopped run is simply run again, and a folder is only written
 once training has succeeded (nothing half-made is left behind).
 
@@ -39,7 +41,7 @@ from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
 from esper.simic.actions import ActionSpace
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
-from esper.simic.features import FeatureLayout, RunningNorm
+from esper.simic.features import FeatureLayout, RunningNorm, layout_difference
 from esper.simic.policy import policy_payload
 from esper.simic.recorded import load_transitions, shaping_gamma
 
@@ -48,6 +50,7 @@ from esper.simic.recorded import load_transitions, shaping_gamma
 class OfflineRunConfig:
     sources: list[str] = field(default_factory=list)  # run folders holding transitions.jsonl
     offline: dict[str, Any] = field(default_factory=dict)  # OfflineConfig overrides
+    tensorboard: bool = False  # also write the loss history to RUN_DIR/tensorboard
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -74,6 +77,8 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     reward = recorded.reward_without("shaping") if offline.drop_shaping else recorded.columns["reward"]
     folder = RunFolder(run_dir)
     _check_run_dir(folder.path)
+    if config.tensorboard:
+        import esper.nissa.tensorboard  # noqa: F401  (tensorboard is imported only when asked: missing, it fails here)
 
     started = time.perf_counter()
     columns = recorded.columns
@@ -116,7 +121,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
                              reward=meta["reward"], offline=asdict(offline), sources=list(config.sources))  # fmt: skip
     # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
     run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
-    _write_run(folder, run_config, history, payload, summary)
+    _write_run(folder, run_config, history, payload, summary, config.tensorboard)
     return summary
 
 
@@ -126,17 +131,16 @@ def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
     space = ActionSpace(layout.slot_ids, layout.blueprints)
     for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
                                ("actions", space.names(), meta["action_names"])):  # fmt: skip
-        if ours != theirs:
+        if (difference := layout_difference(ours, theirs, "recorded")) is not None:
             raise ValueError(
-                f"the transitions were recorded with other {what} than this Esper's: only recorded "
-                f"{[n for n in theirs if n not in ours]}, only here {[n for n in ours if n not in theirs]}"
+                f"the transitions were recorded with other {what} than this Esper's: {difference}"
                 " (record them again with this version)"
             )
     return layout, space
 
 
 def _write_run(folder: RunFolder, run_config: dict[str, Any], history: list[dict[str, float]],
-               payload: dict[str, Any], summary: dict[str, Any]) -> None:
+               payload: dict[str, Any], summary: dict[str, Any], tensorboard: bool = False) -> None:
     """Write the finished run; if that fails or is interrupted, remove what was written."""
     existed = folder.path.exists()
     try:
@@ -144,11 +148,24 @@ def _write_run(folder: RunFolder, run_config: dict[str, Any], history: list[dict
         with JsonlWriter(folder.metrics_path) as metrics:
             for record in history:
                 metrics.write({"epoch": record["update"], **record})
+        if tensorboard:
+            _write_tensorboard(folder, history)
         folder.save_checkpoint(payload, folder.path / POLICY_FILE)
         write_json(folder.summary_path, summary)
     except BaseException:
         _remove_made(folder.path, existed)
         raise
+
+
+def _write_tensorboard(folder: RunFolder, history: list[dict[str, float]]) -> None:
+    from esper.nissa.tensorboard import TensorBoardOutput
+
+    output = TensorBoardOutput(folder.tensorboard_path)
+    try:
+        for record in history:
+            output.add_numbers("offline", {k: v for k, v in record.items() if k != "update"}, record["update"])
+    finally:
+        output.close()
 
 
 def _check_run_dir(path: Path) -> None:
@@ -188,8 +205,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folders with recorded transitions (heuristic, ppo, evaluate --record)")  # fmt: skip
     parser.add_argument("--run-dir", help="run folder (default runs/offline-TIME)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--tensorboard", action="store_true", help="also write the loss history to RUN_DIR/tensorboard")
     add_config_flags(parser, OfflineConfig, "offline")
 
 
 def config_from_args(args: argparse.Namespace) -> OfflineRunConfig:
-    return OfflineRunConfig(sources=list(args.sources), offline=config_flag_values(args, "offline"))
+    return OfflineRunConfig(sources=list(args.sources), offline=config_flag_values(args, "offline"),
+                            tensorboard=args.tensorboard)

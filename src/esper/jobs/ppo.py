@@ -5,7 +5,11 @@ in every environment, then runs one PPO update. The run folder follows the main
 job's conventions (`jobs.run_folder`): config.json, events.jsonl, metrics.jsonl
 (one line per round), checkpoints/ every `checkpoint_every` rounds, summary.json
 with "mode": "ppo", and `--resume`. The policy is written to policy.pt at every
-checkpoint and at the end (see `simic.policy` for its content).
+checkpoint and at the end (see `simic.policy` for its content). With `tensorboard`
+(`--tensorboard`) every round's numbers also go to RUN_DIR/tensorboard (rank 0 only,
+through nissa's `TensorBoardOutput`, step = round): return, policy / value loss,
+entropy, approx KL, clip fraction, the reward components (per episode and mean per
+step), actions and seed outcomes; a resumed run appends from its checkpoint's round.
 
 Log lines carry the round both as "round" and as "epoch", so the run folder's
 `truncate_logs` drops the rounds after the checkpoint on resume unchanged, and
@@ -88,6 +92,7 @@ class PPORunConfig:
     precision: str = "fp32"
     # How far each episode's host may grow; the policy's action mask forbids germinations past it.
     budget: GrowthBudget = field(default_factory=GrowthBudget)
+    tensorboard: bool = False  # also log every round to RUN_DIR/tensorboard
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
@@ -132,6 +137,7 @@ def round_metrics(round_index: int, rollout: Rollout, episodes: list[EpisodeStat
         "params_added": mean_std([float(e.params_added) for e in episodes]),
         **update,
         "rewards": {c: statistics.fmean(e.rewards[c] for e in episodes) for c in COMPONENTS},
+        "rewards_mean_per_step": {c: per_step[:, i].mean().item() for i, c in enumerate(COMPONENTS)},
         "rewards_per_step": {c: per_step[:, i].tolist() for i, c in enumerate(COMPONENTS)},
         "actions": {name: count / len(episodes) for name, count in sorted(actions.items())},
         "seeds": {name: count / len(episodes) for name, count in seeds.items()},
@@ -192,6 +198,8 @@ def run_ppo(
     if trainer.budget is not None:
         trainer.budget.check_startup()
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
+    if config.tensorboard and main:
+        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
@@ -222,6 +230,9 @@ def run_ppo(
     metrics = log = None
     if main:
         hub.add_output(JsonlEventOutput(folder.events_path))
+        if config.tensorboard:
+            # Resumed: the rounds after the checkpoint are played again, so their old points are hidden.
+            hub.add_output(TensorBoardOutput(folder.tensorboard_path, purge_step=start_round if resume else None))
         # Every environment's decisions are also recorded as transitions, for `esper train offline`.
         log = TransitionLog(folder.path, transitions_meta(config.task, env.layout, env.space, reward_config,
                                                           mode="ppo", episode_length=config.episode_length))  # fmt: skip
@@ -338,10 +349,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
+    parser.add_argument("--tensorboard", action="store_true", help="also log every round to RUN_DIR/tensorboard")
     add_device_arguments(parser, "the environments' hosts")
     for cls, group_name, prefix in _FLAGGED:
         add_config_flags(parser, cls, group_name, prefix)
     parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
+    prices = parser.add_argument_group("reward prices in FLOPs (simic.rewards; config keys reward.flop_price_*)")
+    prices.add_argument("--flop-price-training", type=float, metavar="PRICE",
+                        help="reward per extra host-episode of training FLOPs spent (default 0)")  # fmt: skip
+    prices.add_argument("--flop-price-inference", type=float, metavar="PRICE",
+                        help="reward per starting host's inference FLOPs per sample added (default 0)")  # fmt: skip
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, group_name: str, prefix: str = "--") -> None:
@@ -373,9 +390,13 @@ def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -
         for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every",
                      "device", "precision")
     }
+    overrides["tensorboard"] = args.tensorboard or None
     for _, group_name, _ in _FLAGGED:
         given = config_flag_values(args, group_name)
         overrides[group_name] = {**file_values.get(group_name, {}), **given} or None
     if args.no_target_kl:
         overrides["ppo"] = {**(overrides["ppo"] or {}), "target_kl": None}
+    prices = {name: value for name in ("flop_price_training", "flop_price_inference")
+              if (value := getattr(args, name)) is not None}  # fmt: skip
+    overrides["reward"] = {**file_values.get("reward", {}), **prices} or None
     return overrides

@@ -72,6 +72,7 @@ class RunFolder:
     events_path = property(lambda self: self.path / "events.jsonl")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     summary_path = property(lambda self: self.path / "summary.json")
+    tensorboard_path = property(lambda self: self.path / "tensorboard")  # --tensorboard runs' event files
     transitions_path = property(lambda self: self.path / "transitions.jsonl")  # simic.recording.TRANSITIONS_FILE
     checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
 

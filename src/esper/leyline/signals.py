@@ -34,6 +34,9 @@ class EpochSignals:
     # Per slot, the run's blueprints a germination there may plant within its growth budget;
     # None when the run has no budget (every blueprint may be planted).
     affordable: dict[str, list[str]] | None = None
+    # Per limit the run's growth budget sets ("max_params_added", "max_inference_flops"), the
+    # fraction of it still unused, in [0, 1]; None when the run has no budget.
+    budget_left: dict[str, float] | None = None
 
 
 class Controller(Protocol):

@@ -3,7 +3,13 @@
 Scalars come from ``EPOCH_COMPLETED`` (losses, accuracies, parameters, per-slot
 alpha / stage / counterfactual when the event carries ``slots``) and from
 ``PPO_UPDATE`` (every number in its data, under ``ppo/``); lifecycle events and
-rollbacks become text so their order can be read next to the curves.
+rollbacks become text so their order can be read next to the curves. A job without
+telemetry events (`esper train offline`'s loss history) writes its numbers with
+`add_numbers`, the same way a PPO update's are written.
+
+A resumed run passes `purge_step` (the first step it writes again): TensorBoard then
+hides what the interrupted session wrote from that step on, so the curves continue
+from the checkpoint instead of showing the replayed steps twice.
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ class TensorBoardOutput:
     The step of a PPO update is its ``round`` (data key) or else the event's epoch.
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str], flush_secs: int = 10) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], flush_secs: int = 10, purge_step: int | None = None) -> None:
         self.log_dir = os.fspath(log_dir)
-        self._writer = SummaryWriter(log_dir=self.log_dir, flush_secs=flush_secs)
+        self._writer = SummaryWriter(log_dir=self.log_dir, flush_secs=flush_secs, purge_step=purge_step)
 
     def __repr__(self) -> str:
         return f"TensorBoardOutput({self.log_dir!r})"
@@ -62,13 +68,16 @@ class TensorBoardOutput:
             self._epoch(event.epoch, event.data)
         elif kind == TelemetryEventType.PPO_UPDATE:
             step = event.data.get("round", event.epoch)
-            scalars = {k: v for k, v in event.data.items() if k not in _STEP_KEYS}
-            for tag, value in _numbers("ppo", scalars):
-                self._writer.add_scalar(tag, value, step)
+            self.add_numbers("ppo", {k: v for k, v in event.data.items() if k not in _STEP_KEYS}, step)
         elif kind in LIFECYCLE_EVENTS or kind == TelemetryEventType.GOVERNOR_ROLLBACK:
             self._writer.add_text("lifecycle", format_event_line(event).plain, event.epoch)
         elif kind == TelemetryEventType.RUN_FINISHED:
             self._writer.flush()
+
+    def add_numbers(self, prefix: str, data: Mapping[str, Any], step: int | None) -> None:
+        """Every number in `data` as a scalar under `prefix/` (nested dicts joined with ``/``)."""
+        for tag, value in _numbers(prefix, data):
+            self._writer.add_scalar(tag, value, step)
 
     def _epoch(self, step: int | None, data: Mapping[str, Any]) -> None:
         add = self._writer.add_scalar

@@ -12,6 +12,20 @@ Layout (`FeatureLayout.names()` spells it out):
   (relative change over 3 epochs), the gap to the best val accuracy so far,
   epochs since the last improvement, the plateau count, val accuracy gained
   since the episode's first epoch, params added / host params, rolled back.
+- capacity, what the FLOP-priced reward (`simic.rewards`) pays for: the training
+  loss's progress (its relative drop per epoch, the heuristic's own measure of a
+  network short of capacity: `SignalTracker.loss_progress`); the training FLOPs
+  spent so far as a fraction of what the starting host alone would spend over the
+  episode; the epoch's training FLOPs and the network's inference FLOPs per sample
+  over the starting host's (0: nothing added); the fraction of the growth budget's
+  params and inference FLOPs left (`EpochSignals.budget_left`; 1 for a side without
+  a limit). The FLOP features are 0 in a run that cannot count FLOPs.
+- per blueprint, in blueprint order: how many of the episode's seeds of it were
+  fossilized and how many culled (by anyone), counted from the lifecycle moves.
+  This is the outcome record the heuristic's UCB1 curriculum keeps, kept by the
+  observer itself, so a policy sees the same whether or not its run has a
+  curriculum (a feature only some runs fill would differ between the runs a policy
+  learns from and those it plays in).
 - per slot, in slot order: its live seed's stage one-hot (every `SeedStage`),
   alpha, epochs in the current stage, counterfactual contribution (0 until
   measured), a "contribution measured" flag, seed gradient ratio, seed params /
@@ -56,7 +70,16 @@ RUN_FEATURES = (
     "val_accuracy_gain_since_start",
     "params_added_ratio",
     "rolled_back",
+    "train_loss_progress",
+    "training_flops_spent",
+    "training_flops_added",
+    "inference_flops_added",
+    "budget_params_left",
+    "budget_inference_flops_left",
 )
+# Per blueprint: the episode's seeds of it that reached each outcome.
+OUTCOMES = {SeedStage.FOSSILIZED: "fossilized", SeedStage.CULLED: "culled"}
+_OUTCOME_INDEX = {stage: i for i, stage in enumerate(OUTCOMES)}
 SLOT_SCALARS = (
     "alpha",
     "epochs_in_stage",
@@ -83,11 +106,22 @@ class FeatureLayout:
 
     @property
     def size(self) -> int:
-        return len(RUN_FEATURES) + len(self.slot_ids) * self.per_slot
+        return len(RUN_FEATURES) + len(self.blueprints) * len(OUTCOMES) + len(self.slot_ids) * self.per_slot
 
     def names(self) -> list[str]:
+        outcome_names = [f"{b}.{outcome}" for b in self.blueprints for outcome in OUTCOMES.values()]
         slot_names = [f"stage_{s.name}" for s in STAGES] + list(SLOT_SCALARS) + [f"blueprint_{b}" for b in self.blueprints]
-        return list(RUN_FEATURES) + [f"{slot}.{name}" for slot in self.slot_ids for name in slot_names]
+        return list(RUN_FEATURES) + outcome_names + [f"{slot}.{name}" for slot in self.slot_ids for name in slot_names]
+
+
+def layout_difference(ours: list[str], theirs: list[str], other: str) -> str | None:
+    """None when two name lists (features, actions) agree; else what differs, `other` naming theirs."""
+    if ours == theirs:
+        return None
+    only_theirs, only_ours = [n for n in theirs if n not in ours], [n for n in ours if n not in theirs]
+    if not only_theirs and not only_ours:
+        return "the same names in another order"
+    return f"only {other} {only_theirs}, only here {only_ours}"
 
 
 def _trend(values: list[float], span: int) -> float:
@@ -103,8 +137,8 @@ class Observer:
 
     It keeps what a single `EpochSignals` does not carry: loss/accuracy history and
     plateau state (a tamiyo `SignalTracker`, the same one the heuristic reads), the
-    episode's first val accuracy, and how many epochs each slot has spent in its
-    current stage. Call `observe` once per epoch, in order; `reset` between episodes.
+    episode's first val accuracy and FLOPs (the starting host's), how many epochs
+    each slot has spent in its current stage, and the outcomes of each blueprint's seeds. Call `observe` once per epoch, in order; `reset` between episodes.
     """
 
     def __init__(self, layout: FeatureLayout) -> None:
@@ -114,7 +148,11 @@ class Observer:
     def reset(self) -> None:
         self.tracker = SignalTracker()
         self.start_val_accuracy: float | None = None
+        # The starting host's FLOPs: training per epoch, inference per sample (None: not counted).
+        self.start_flops: tuple[float, float] | None = None
         self.val_loss: list[float] = []  # the tracker keeps train loss only; the trend needs 4
+        # blueprint -> [fossilized, culled] seeds of it this episode
+        self.outcomes: dict[str, list[int]] = {b: [0] * len(OUTCOMES) for b in self.layout.blueprints}
         # slot id -> [seed id, stage value, epochs seen in that stage]
         self.clocks: dict[str, list[Any]] = {}
 
@@ -123,6 +161,9 @@ class Observer:
         self.val_loss = (self.val_loss + [signals.val_loss])[-4:]
         if self.start_val_accuracy is None:
             self.start_val_accuracy = signals.val_accuracy
+            if signals.flops is not None:
+                self.start_flops = (signals.flops.training, signals.flops.inference_per_sample)
+        self._count_outcomes(signals)
         tracker = self.tracker
         val_acc = list(tracker.val_accuracy)
         train_loss = list(tracker.train_loss)
@@ -145,11 +186,39 @@ class Observer:
             signals.val_accuracy - self.start_val_accuracy,
             signals.seed_params / host,
             float(signals.rolled_back),
+            tracker.loss_progress or 0.0,
+            *self._flop_features(signals),
+            *self._budget_features(signals),
         ]
+        for blueprint in self.layout.blueprints:
+            run.extend(float(count) for count in self.outcomes[blueprint])
         for slot_id in self.layout.slot_ids:
             run.extend(self._slot_features(slot_id, signals, host))
         features = torch.tensor(run, dtype=torch.float32)
         return torch.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _flop_features(self, signals: EpochSignals) -> list[float]:
+        """Training FLOPs spent (fraction of the host alone's episode), and the epoch's training
+        and the network's inference FLOPs beyond the starting host's, relative to it."""
+        flops, start = signals.flops, self.start_flops
+        if flops is None or start is None or not (start[0] > 0 and start[1] > 0):
+            return [0.0, 0.0, 0.0]
+        training, inference = start
+        return [
+            flops.cumulative_training / (training * max(signals.total_epochs, 1)),
+            flops.training / training - 1.0,
+            flops.inference_per_sample / inference - 1.0,
+        ]
+
+    @staticmethod
+    def _budget_features(signals: EpochSignals) -> list[float]:
+        left = signals.budget_left or {}
+        return [left.get("max_params_added", 1.0), left.get("max_inference_flops", 1.0)]
+
+    def _count_outcomes(self, signals: EpochSignals) -> None:
+        for move in signals.transitions:
+            if move.to_stage in OUTCOMES and move.blueprint_id in self.outcomes:
+                self.outcomes[move.blueprint_id][_OUTCOME_INDEX[move.to_stage]] += 1
 
     def _slot_features(self, slot_id: str, signals: EpochSignals, host: int) -> list[float]:
         report = signals.slots.get(slot_id)
@@ -182,8 +251,10 @@ class Observer:
         return {
             "tracker": self.tracker.state_dict(),
             "start_val_accuracy": self.start_val_accuracy,
+            "start_flops": None if self.start_flops is None else list(self.start_flops),
             "val_loss": list(self.val_loss),
             "clocks": {k: list(v) for k, v in self.clocks.items()},
+            "outcomes": {k: list(v) for k, v in self.outcomes.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -191,6 +262,11 @@ class Observer:
         self.start_val_accuracy = state["start_val_accuracy"]
         self.val_loss = list(state["val_loss"])
         self.clocks = {k: list(v) for k, v in state["clocks"].items()}
+        # Checkpoints from before the capacity features: no FLOPs or outcomes seen yet.
+        start_flops = state.get("start_flops")
+        self.start_flops = None if start_flops is None else (float(start_flops[0]), float(start_flops[1]))
+        self.outcomes = {b: [0] * len(OUTCOMES) for b in self.layout.blueprints}
+        self.outcomes.update({k: list(v) for k, v in state.get("outcomes", {}).items()})
 
 
 class RunningNorm:

@@ -26,10 +26,10 @@ from pydantic import InstanceOf
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper.leyline import Action, ActionKind, EpochSignals
-from esper.nissa.files import load_torch_file, restore
+from esper.nissa.files import TorchFileError, load_torch_file, restore
 from esper.simic.actions import ActionSpace
 from esper.simic.dqn import QNetwork, QPolicy
-from esper.simic.features import FeatureLayout, Observer, RunningNorm
+from esper.simic.features import FeatureLayout, Observer, RunningNorm, layout_difference
 from esper.simic.networks import ActorCritic, NetworkConfig, State
 
 POLICY_FORMAT = "esper-policy-v1"
@@ -103,6 +103,15 @@ class PolicyController:
             raise FileNotFoundError(f"policy file {path} does not exist (train one with `esper train ppo` or `esper train offline`)")
         payload = load_torch_file(path, "an Esper policy file", PolicyFile)
         layout = FeatureLayout(tuple(payload["slot_ids"]), tuple(payload["blueprints"]))
+        # The observations changed between versions (e.g. the capacity features): a policy trained
+        # on others cannot read this Esper's, whatever its network would accept.
+        difference = layout_difference(layout.names(), list(payload["feature_names"]), "in the policy")
+        if difference is not None:
+            raise TorchFileError(
+                path, f"its feature_names does not match the observation features this Esper computes for "
+                f"its slots and blueprints ({difference}): it was trained with another version of Esper; "
+                "train it again with this version (esper train ppo / offline)"
+            )
         n_actions = len(payload["action_names"])
 
         def build() -> tuple[ActorCritic | QPolicy, RunningNorm]:

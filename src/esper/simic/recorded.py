@@ -11,6 +11,9 @@ the columns `dqn.Transitions` holds. What it does with what it finds:
 - the one meaningful repair: the next observation of an episode's last step
   is never used (the TD target is the reward alone), so a non-finite one
   there is replaced by zeros and the step kept (counted as repaired);
+- a recording made before the reward priced FLOPs has no FLOP components: they
+  were 0 then (no price), so they are read as 0 and its reward config's prices as
+  0, which is what they were;
 - anything else malformed (a missing key, a list of the wrong length, an
   action out of range, a corrupt line) is an error naming the file, the line
   and the offending value: the file is damaged, and learning from a guess
@@ -30,7 +33,11 @@ import torch
 
 from esper.nissa import numbered_jsonl, strict_json
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
-from esper.simic.rewards import COMPONENTS
+from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS
+
+# The components recordings made before the FLOP prices hold (their FLOP components were 0).
+_UNPRICED_COMPONENTS = [name for name in COMPONENTS if name not in FLOP_COMPONENTS]
+_FLOP_PRICES = {"flop_price_training": 0.0, "flop_price_inference": 0.0}
 
 
 class DamagedRecordingError(ValueError):
@@ -121,8 +128,10 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{meta_path} lacks {missing}: it was not written by `esper` recording")
     names = meta.get("reward_components")
-    if names is not None and names != list(COMPONENTS):
+    if names is not None and names not in (list(COMPONENTS), _UNPRICED_COMPONENTS):
         raise ValueError(f"{meta_path} records reward components {names}; this Esper knows {list(COMPONENTS)}")
+    if isinstance(meta["reward"], dict):  # recorded before FLOP prices: they were 0
+        meta["reward"] = {**_FLOP_PRICES, **meta["reward"]}
     return meta
 
 
@@ -143,12 +152,13 @@ class _RowReader:
             return 0, 0
         n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
         with_components = "reward_components" in meta
+        recorded_components = meta.get("reward_components", COMPONENTS)
         if not with_components:
             self.without_components.append(str(run_dir))
         steps = episodes = 0
         for lineno, row in numbered_jsonl(path):
             where = f"{path} line {lineno}"
-            _check_structure(row, n_obs, n_actions, with_components, where)
+            _check_structure(row, n_obs, n_actions, with_components, recorded_components, where)
             steps += 1
             episodes += bool(row["done"])
             bad = _first_non_finite(row, with_components, where)
@@ -162,7 +172,7 @@ class _RowReader:
             for key in ROW_KEYS:
                 self.rows[key].append(row[key])
             self.rows["reward_components"].append(
-                [row["reward_components"][name] for name in COMPONENTS] if with_components else None
+                [row["reward_components"].get(name, 0.0) for name in COMPONENTS] if with_components else None
             )
         return steps, episodes
 
@@ -197,7 +207,9 @@ def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:
     return "; ".join(parts)
 
 
-def _check_structure(row: Any, n_obs: int, n_actions: int, with_components: bool, where: str) -> None:
+def _check_structure(
+    row: Any, n_obs: int, n_actions: int, with_components: bool, names: Sequence[str], where: str
+) -> None:
     """Refuse a row this Esper could not have written, naming the value that is wrong."""
     if not isinstance(row, dict):
         raise DamagedRecordingError(f"{where}: expected a JSON object, got {row!r}")
@@ -218,8 +230,8 @@ def _check_structure(row: Any, n_obs: int, n_actions: int, with_components: bool
     if not isinstance(row["done"], bool):
         raise DamagedRecordingError(f"{where}: done must be true or false, got {row['done']!r}")
     components = row.get("reward_components")
-    if with_components and (not isinstance(components, dict) or sorted(components) != sorted(COMPONENTS)):
-        raise DamagedRecordingError(f"{where}: reward_components must map {list(COMPONENTS)} to numbers, got {components!r}")
+    if with_components and (not isinstance(components, dict) or sorted(components) != sorted(names)):
+        raise DamagedRecordingError(f"{where}: reward_components must map {list(names)} to numbers, got {components!r}")
 
 
 def _first_non_finite(row: dict[str, Any], with_components: bool, where: str) -> str | None:

@@ -162,11 +162,9 @@ class EpisodeRecorder:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data, for a checkpoint loaded with weights_only=True."""
-        rewards = self.rewards
         return {
             "observer": self.observer.state_dict(),
-            "rewards": {"start_val_accuracy": rewards.start_val_accuracy, "credit": rewards.credit,
-                        "potential": rewards.potential, "fossil_credit": dict(rewards.fossil_credit)},
+            "rewards": self.rewards.state_dict(),
             "pending": self.pending,
             "episode": self.episode,
             "epoch": self.epoch,
@@ -174,8 +172,7 @@ class EpisodeRecorder:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.observer.load_state_dict(state["observer"])
-        for name, value in state["rewards"].items():
-            setattr(self.rewards, name, value)
+        self.rewards.load_state_dict(state["rewards"])
         self.pending = state["pending"]
         self.episode = state["episode"]
         self.epoch = state["epoch"]

@@ -89,6 +89,17 @@ class BudgetGuard:
             for slot_id in self.model.seed_slots
         }
 
+    def left(self) -> dict[str, float]:
+        """Per limit the budget sets, the fraction of it growth has not used yet (in [0, 1]; the
+        inference limit is the whole network's, so the host's own cost is never left)."""
+        grown, budget = self.grown(), self.budget
+        left = {}
+        if budget.max_params_added is not None:
+            left["max_params_added"] = 1.0 - grown.params / budget.max_params_added
+        if budget.max_inference_flops is not None:
+            left["max_inference_flops"] = 1.0 - grown.inference_flops / budget.max_inference_flops
+        return {limit: min(max(fraction, 0.0), 1.0) for limit, fraction in left.items()}
+
     def check_startup(self) -> None:
         """A budget the run cannot grow within at all is a mistake: say so before anything runs."""
         grown = self.grown()

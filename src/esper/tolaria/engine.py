@@ -243,6 +243,7 @@ class MorphogeneticTrainer:
             fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
             flops=record.flops,
             affordable=None if self.budget is None else self.budget.affordable(),
+            budget_left=None if self.budget is None else self.budget.left(),
         )
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
