@@ -247,3 +247,13 @@ def test_governor_detects_train_and_validation_explosions_after_two_good_epochs(
     assert "train loss" in governor.diagnose(5.0, 0.2)
     assert "val loss" in governor.diagnose(0.1, 5.0)  # an eval-mode-only explosion is caught
     assert "non-finite" in governor.diagnose(0.1, float("inf"))
+
+
+def test_governor_does_not_call_noise_on_a_memorised_training_set_an_explosion() -> None:
+    # A small host on mnist5k memorises its training set: train loss ~0.004, and an epoch at 0.02
+    # (5x, but 0.016 nats) is noise. It stopped a real compare run with "3 consecutive rollbacks".
+    governor = _digits_trainer().governor
+    for _ in range(3):
+        governor.accept(train_loss=0.004, val_loss=0.1, train_accuracy=1.0)
+    assert governor.diagnose(0.02, 0.1) is None
+    assert "train loss" in governor.diagnose(0.3, 0.1)  # a real jump still is one

@@ -7,8 +7,9 @@ back at the last good epoch along with the host (with the seeds left out, a
 surviving seed kept what it learned in the diverged epoch while the host was
 rewound). An epoch goes wrong when a loss is non-finite, or when the train or
 the validation loss exceeds `explosion_factor` x the median of the recent
-healthy ones (validation is watched too: a seed can behave in train mode and
-explode in eval mode). Then the governor
+healthy ones, and that median by `explosion_margin` at least (validation is
+watched too: a seed can behave in train mode and explode in eval mode). Then
+the governor
 
 1. finds the culprit (`find_culprits`). Parameters that were already
    non-finite when the epoch started (`inspect_parameters`, one check per
@@ -55,8 +56,11 @@ Probe = Callable[[str, list[int]], list[float]]
 
 @dataclass(frozen=True, slots=True)
 class GovernorConfig:
-    # A loss above `explosion_factor` x the median of the last `history` good losses is an explosion.
+    # A loss above `explosion_factor` x the median of the last `history` good losses is an explosion,
+    # when it is also `explosion_margin` (loss units: nats for cross-entropy) above that median: a
+    # network that has memorised its training set has a loss near 0, and 5x of ~0.004 is noise.
     explosion_factor: float = 5.0
+    explosion_margin: float = 0.25
     history: int = 5
     # Failing batches recomputed per configuration in the culprit search.
     probe_batches: int = 2
@@ -157,7 +161,8 @@ class Governor:
         history = self.good_losses if split == "train" else self.good_val_losses
         if len(history) < 2:
             return math.inf
-        return self.config.explosion_factor * max(statistics.median(history[-self.config.history :]), 1e-8)
+        median = statistics.median(history[-self.config.history :])
+        return max(self.config.explosion_factor * median, median + self.config.explosion_margin)
 
     def _healthy(self, loss: float, split: str) -> bool:
         return math.isfinite(loss) and loss <= self.limit(split)
