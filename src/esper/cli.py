@@ -83,6 +83,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
             "device": args.device,
             "precision": args.precision,
             "budget": _budget(args, file_values),
+            "lr_schedule": args.lr_schedule,
         }
         config = build_config(HeuristicRunConfig, file_values, overrides)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     heuristic.add_argument("--baseline", action="store_true", help="also train the host alone and compare")
     heuristic.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    heuristic.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                           help="learning rates constant, or annealed to 0 over the run (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
     heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")

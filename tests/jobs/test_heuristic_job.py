@@ -115,9 +115,11 @@ def _crash_after(monkeypatch, epoch: int):
     return lambda: monkeypatch.setattr(MorphogeneticTrainer, "end_epoch", real_end_epoch)
 
 
-def test_a_run_with_a_stack_resumes_to_byte_identical_metrics(tmp_path, monkeypatch) -> None:
-    """One slot, so growth stacks there: the checkpoint holds a fossil with a seed on top."""
-    config = _config(epochs=20, slots=["block2"], checkpoint_every=4)
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_a_run_with_a_stack_resumes_to_byte_identical_metrics(tmp_path, monkeypatch, lr_schedule) -> None:
+    """One slot, so growth stacks there: the checkpoint holds a fossil with a seed on top. With
+    a cosine schedule the learning rates at the resumed epoch are the uninterrupted run's too."""
+    config = _config(epochs=20, slots=["block2"], checkpoint_every=4, lr_schedule=lr_schedule)
     full_dir, run_dir = tmp_path / "full", tmp_path / "interrupted"
     run_heuristic(config, full_dir)
     undo = _crash_after(monkeypatch, 18)

@@ -24,6 +24,7 @@ import typing_extensions
 from esper.leyline import GrowthBudget
 from esper.runtime.user_model import check_factory_path
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
+from esper.tolaria.trainer import LR_SCHEDULES
 
 T = TypeVar("T")
 
@@ -63,9 +64,13 @@ class HeuristicRunConfig:
     # RewardConfig overrides for the reward the recorded transitions carry (e.g. the FLOP prices
     # of a PPO run whose recordings `esper train offline` should learn from together with these).
     reward: dict[str, Any] = field(default_factory=dict)
+    # "constant" or "cosine" (every learning rate annealed to 0 over the run); null: the task's.
+    lr_schedule: str | None = None
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.model is not None:
             check_factory_path(self.model)
         if self.epochs is not None and self.epochs < 1:

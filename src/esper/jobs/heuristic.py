@@ -14,6 +14,7 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ class PreparedRun:
 def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: bool = False) -> PreparedRun:
     """Every rank builds the same (a controller too, though only rank 0's decides)."""
     spec = host_variant(get_task(config.task), config.host, config.built_in)
+    if config.lr_schedule is not None:
+        spec = dataclasses.replace(spec, lr_schedule=config.lr_schedule)
     data = spec.load_data(**config.task_options)
     policy = None if config.controller in ("heuristic", "none") else load_policy(config)
     slots = config.slots if policy is None else policy.info["slot_ids"]
@@ -446,8 +449,7 @@ def run_heuristic(
         )
     )
     world.at(f"epoch {trainer.epoch} of {epochs}")
-    stop = None if prepared.cap is None else prepared.cap.reached
-    loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks, stop=stop)
+    loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks, cap=prepared.cap)
     try:
         run_epochs(loop, MainRankDecides(RecordedController(controller, recorder) if main else None, world))
         if main:

@@ -25,6 +25,7 @@ from esper.runtime.data import (
     load_textfile,
     load_tinystories,
 )
+from esper.tolaria.trainer import LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class TaskSpec:
     or "adamw"; `host_lr` and `seed_lr` are its learning rates for host and seeds.
     `reference_host`, when set, builds the static network a grown host is judged
     against (e.g. a wider host trained the same way), for tasks whose host is small.
+    `lr_schedule` "cosine" anneals every learning rate to 0 over a run's planned epochs.
     `blueprints` are what a run plants unless told otherwise (None: every blueprint of
     the topology); `heuristic` holds the task's own `HeuristicConfig` settings (a
     nested "tracker" dict for its `TrackerConfig`), under a run's overrides.
@@ -121,10 +123,13 @@ class TaskSpec:
     reference_host: Callable[[TaskData], nn.Module] | None = None
     blueprints: tuple[str, ...] | None = None
     heuristic: dict[str, Any] = field(default_factory=dict)
+    lr_schedule: str = "constant"  # or "cosine" (`tolaria.trainer.OptimConfig.lr_schedule`)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"TaskSpec.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TaskSpec.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
     def load_data(self, **options: Any) -> TaskData:
         """Load the task's data. Options set to None are left at the loader's default,
@@ -154,8 +159,8 @@ class TaskSpec:
         if self.reference_host is not None:
             host += f" (reference {_factory_name(self.reference_host)})"
         return (
-            f"{self.name}: {self.description} | {host} | {self.optimizer} lr {self.host_lr:g}, "
-            f"{self.epochs} epochs, batch {self.batch_size}"
+            f"{self.name}: {self.description} | {host} | {self.optimizer} lr {self.host_lr:g}"
+            f"{' (cosine)' if self.lr_schedule == 'cosine' else ''}, {self.epochs} epochs, batch {self.batch_size}"
         )
 
 
@@ -377,6 +382,7 @@ register_task(
             max_probation_epochs=3,
             embargo_epochs=1,
         ),
+        lr_schedule="cosine",  # judged by the final metric (esper compare): end converged
         blueprints=_CNN_CAPACITY,
         heuristic=_GROW_EARLY,
     )
@@ -407,6 +413,7 @@ register_task(
         max_val_batches=20,
         options=("block_size",),
         optimizer="adamw",
+        lr_schedule="cosine",  # judged by the final metric (esper compare): end converged
         blueprints=("block",),
         heuristic=_LM_HEURISTIC,
     )

@@ -62,6 +62,7 @@ from esper.leyline import (
 from esper.tolaria.budget import BudgetGuard
 from esper.tolaria.distributed import World
 from esper.tolaria.flops import CountedBatches, FlopAccount
+from esper.tolaria.flops_cap import TrainingFlopsCap
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.precision import FP32, Precision
 from esper.tolaria.trainer import (
@@ -153,6 +154,13 @@ class MorphogeneticTrainer:
     @property
     def slots(self):
         return self.model.seed_slots
+
+    def schedule(self, progress: float) -> None:
+        """Learning rates for a run `progress` (0..1) of the way through its planned training:
+        the trainer's own optimisers follow their schedule; a user's optimiser (`esper.Grower`)
+        follows the user's own scheduler, untouched."""
+        if isinstance(self.optimizers, Optimizers):
+            self.optimizers.set_progress(progress)
 
     # ------------------------------------------------------------------ the phases
     def train_phase(self) -> EpochStats:
@@ -388,9 +396,11 @@ class EpochLoop:
 
     With `max_consecutive_rollbacks`, an epoch that makes that many rollbacks in
     a row raises `TrainingFailed` (after `on_epoch` saw it, with no outcomes):
-    a fault that survives every rollback is the host's or the data's. With `stop`,
-    the run also ends after the first epoch at whose end `stop()` holds (a
-    training-FLOPs cap: `tolaria.flops_cap`).
+    a fault that survives every rollback is the host's or the data's. With `cap`
+    (`tolaria.flops_cap`), the run also ends after the first epoch at whose end
+    its training FLOPs reached the cap. As each epoch starts, the trainer's
+    learning rates follow its schedule (`OptimConfig.lr_schedule`) at the run's
+    progress: the epochs done of `total_epochs`, or the cap's share spent if further.
     """
 
     def __init__(
@@ -399,7 +409,7 @@ class EpochLoop:
         total_epochs: int,
         on_epoch: EpochHook | None = None,
         max_consecutive_rollbacks: int | None = None,
-        stop: Callable[[], bool] | None = None,
+        cap: TrainingFlopsCap | None = None,
     ) -> None:
         if max_consecutive_rollbacks is not None and max_consecutive_rollbacks < 1:
             raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {max_consecutive_rollbacks}")
@@ -407,16 +417,23 @@ class EpochLoop:
         self.total_epochs = total_epochs
         self.on_epoch = on_epoch
         self.max_consecutive_rollbacks = max_consecutive_rollbacks
-        self.stop = stop
+        self.cap = cap
         self.current: EpochResult | None = None
 
     @property
     def done(self) -> bool:
-        return self.trainer.epoch >= self.total_epochs or (self.stop is not None and self.stop())
+        return self.trainer.epoch >= self.total_epochs or (self.cap is not None and self.cap.reached())
+
+    @property
+    def progress(self) -> float:
+        """How far through its planned training the run is as the current epoch starts."""
+        progress = self.trainer.epoch / self.total_epochs
+        return progress if self.cap is None else max(progress, self.cap.progress())
 
     def start(self) -> EpochResult:
         """Train, measure and guard the current epoch."""
         trainer = self.trainer
+        trainer.schedule(self.progress)
         record = trainer.run_epoch()
         result = self.current = EpochResult(record, trainer.signals(record, self.total_epochs))
         limit = self.max_consecutive_rollbacks

@@ -5,8 +5,9 @@ exactly the training FLOPs the grown run spent. Whole epochs would overshoot by 
 an epoch, so the cap cuts the last epoch short, to the batch: `CappedBatches` wraps
 the training loader and ends an epoch's pass at the first batch that starts with the
 cap already reached (so the run stops within one batch past the cap, never before
-it); the epoch loop's `stop` condition (`TrainingFlopsCap.reached`) ends the run
-after that epoch, which is validated like any other.
+it); the epoch loop (`EpochLoop(cap=...)`) ends the run after that epoch, which is
+validated like any other, and follows the cap's progress in its learning-rate
+schedule, so a capped run's schedule ends at its cap.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class TrainingFlopsCap:
 
     def reached(self) -> bool:
         return self.spent() >= self.cap
+
+    def progress(self) -> float:
+        """How far through its compute the run is: what a learning-rate schedule follows."""
+        return self.spent() / self.cap
 
     def wrap(self, batches: Batches) -> CappedBatches:
         return CappedBatches(batches, self)

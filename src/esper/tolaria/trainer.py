@@ -8,6 +8,7 @@ moves to the host optimiser, where it stays (a slot's stack can hold many).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +28,18 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 SeedKey = tuple[str, str]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(schedule: str, progress: float) -> float:
+    """The factor on every learning rate `progress` (0 at the start, 1 at the end) of the way
+    through a run's planned training. Hand-written rather than torch's CosineAnnealingLR: a
+    scheduler fixes its param groups when made, and seeds come and go during the run."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
 @dataclass(frozen=True, slots=True)
 class OptimConfig:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adamw"
@@ -36,10 +49,16 @@ class OptimConfig:
     grad_clip: float | None = 5.0
     # Seed/host gradient norms are read every N steps (each read syncs with the device).
     grad_stats_every: int = 4
+    # "constant", or "cosine": every learning rate follows half a cosine from its value to 0 over
+    # the run's planned training (`Optimizers.set_progress`), so a run ends converged rather
+    # than at a random point of a noisy trajectory, and its final metric is a fair one to judge.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got '{self.optimizer}'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.host_lr <= 0 or self.seed_lr <= 0:
             raise ValueError("learning rates must be > 0")
 
@@ -170,6 +189,18 @@ class Optimizers:
 
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return self.host, self.seeds
+
+    def set_progress(self, progress: float) -> None:
+        """Learning rates for a run `progress` of the way through (`OptimConfig.lr_schedule`):
+        host and fossil groups at host_lr, live seeds at seed_lr, times the schedule's factor.
+        Called as each epoch starts, so a checkpoint resumes with the same rates."""
+        if self.config.lr_schedule == "constant":
+            return
+        scale = lr_scale(self.config.lr_schedule, progress)
+        for group in self.host.param_groups:
+            group["lr"] = self.config.host_lr * scale
+        for group in self.seeds.param_groups:
+            group["lr"] = self.config.seed_lr * scale
 
     def zero_grad(self) -> None:
         self.host.zero_grad(set_to_none=True)
