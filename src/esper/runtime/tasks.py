@@ -382,7 +382,10 @@ register_task(
             max_probation_epochs=3,
             embargo_epochs=1,
         ),
-        lr_schedule="cosine",  # judged by the final metric (esper compare): end converged
+        # Judged by the final metric (esper compare): the run ends annealed, not at a random point
+        # of SGD's noisy trajectory. (On pydoc-chars-tiny, still far from converged at its end,
+        # annealing cost every arm ~0.2 nats on a tuning seed: it keeps a constant rate.)
+        lr_schedule="cosine",
         blueprints=_CNN_CAPACITY,
         heuristic=_GROW_EARLY,
     )
@@ -413,7 +416,6 @@ register_task(
         max_val_batches=20,
         options=("block_size",),
         optimizer="adamw",
-        lr_schedule="cosine",  # judged by the final metric (esper compare): end converged
         blueprints=("block",),
         heuristic=_LM_HEURISTIC,
     )
