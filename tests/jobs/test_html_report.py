@@ -117,7 +117,7 @@ def test_several_runs_are_overlaid_and_compared_side_by_side(
     assert main(["report", str(heuristic_run), str(interrupted_run), str(ppo_run)]) == 0
     page = tmp_path / "report" / "report.html"
     figures = _figures(page)
-    assert "comparison.png" in figures
+    assert "comparison.png" in figures and "decisions.png" in figures  # the two heuristic runs grew
     assert {"run1-lifecycle.png", "run2-lifecycle.png", "run3-ppo.png"} <= set(figures)
     header = re.search(
         r"<h2>Comparison</h2>\s*<table><thead><tr>(.*?)</tr>", page.read_text(encoding="utf-8")
@@ -153,3 +153,16 @@ def test_page_renders_in_headless_chromium(heuristic_run: Path, tmp_path: Path) 
     assert pixels.shape[:2] == (2000, 1200)
     colours = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)
     assert pixels.std() > 0.05 and len(colours) > 100, "the screenshot is blank"
+
+
+def test_planted_seeds_are_the_runs_germinations_with_their_outcomes(heuristic_run: Path) -> None:
+    """The decisions figure's data: one entry per germinated seed, its outcome as summary.json counts it."""
+    run = load_run(heuristic_run)
+    planted = figures.planted_seeds(run)
+    counts = run.summary["seeds"]
+    assert len(planted) == counts["germinated"] >= 1
+    assert sum(outcome == "fossilized" for *_, outcome in planted) == counts["fossilized"]
+    assert sum(outcome == "culled" for *_, outcome in planted) == counts["culled"]
+    assert {slot for _, slot, _, _ in planted} <= set(run.summary["final_slots"])
+    assert figures.growth_decisions({"one": [run], "nothing": []}) is not None
+    assert figures.growth_decisions({"nothing": []}) is None

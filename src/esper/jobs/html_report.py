@@ -216,6 +216,12 @@ def _comparison_section(runs: list[RunData], out: Path) -> str:
             "<h2>Comparison</h2>",
             _table(["measure", *(run.name for run in runs)], _summary_rows(runs)),
             _figure(figures.comparison(runs), out, "comparison.png", "Runs overlaid"),
+            _figure(
+                figures.growth_decisions(
+                    {f"run {i}: {run.name}": [run] for i, run in enumerate(runs, start=1) if run.step_key == "epoch"}
+                ),
+                out, "decisions.png", "Where, what and when each run grew, and what became of its seeds",
+            ),
         ]
     )
 
@@ -260,6 +266,11 @@ def _compare_page(path: Path, out: Path | None) -> Path:
     sections = _compare_sections(folder, config, arms, results)
     built = compare.build_figures(compare.collect(folder, config, arms), config)
     sections += [_figure(fig, out, name, compare.FIGURES[name]) for name, fig in built.items()]
+    grown = [load_run(folder.run_path(seed, "grown")) for seed in config.seed_list
+             if "grown" in arms and compare.arm_state(folder.run_path(seed, "grown")) == "complete"]  # fmt: skip
+    controller = config.controller if config.controller == "heuristic" else f"policy {Path(config.controller).parent.name}"
+    caption = f"Where, what and when the {controller} controller grew (the grown arm, all seeds)"
+    sections.append(_figure(figures.growth_decisions({controller: grown}), out, "decisions.png", caption))
     sections.append(_arm_runs_section(folder, config, arms))
     return _write_page(out, f"Esper compare: {config.task} ({path.resolve().name})", sections)
 

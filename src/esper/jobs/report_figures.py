@@ -353,3 +353,58 @@ def comparison(runs: list[RunData]) -> Figure | None:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.legend(fontsize="small")
     return fig
+
+
+# What became of a planted seed, in the decisions figure.
+OUTCOME_COLOURS = {"fossilized": "C2", "culled": "C3", "live at the end": "C0"}
+
+
+def planted_seeds(run: RunData) -> list[tuple[int, str, str, str]]:
+    """(germination epoch, slot, blueprint, outcome) of every seed the run planted, from its
+    lifecycle events (outcome: fossilized, culled, or live at the end)."""
+    seeds: dict[tuple[str, str], list[Any]] = {}
+    outcomes = {
+        TelemetryEventType.SEED_FOSSILIZED.value: "fossilized",
+        TelemetryEventType.SEED_CULLED.value: "culled",
+    }
+    for event in run.events:
+        key = (event.get("slot_id"), event.get("seed_id"))
+        if event["event_type"] == TelemetryEventType.SEED_GERMINATED.value:
+            seeds[key] = [event["epoch"], event["slot_id"], event["blueprint_id"], "live at the end"]
+        elif event["event_type"] in outcomes and key in seeds:
+            seeds[key][3] = outcomes[event["event_type"]]
+    return [tuple(seed) for seed in seeds.values()]
+
+
+def growth_decisions(groups: dict[str, list[RunData]]) -> Figure | None:
+    """Where, what and when each group of runs grows (a group: one controller's runs, e.g. a
+    compare's grown arm over its seeds): seeds planted per run by germination epoch, by slot and
+    by blueprint, each bar split by what became of the seeds."""
+    planted = {name: [seed for run in runs for seed in planted_seeds(run)] for name, runs in groups.items()}
+    planted = {name: seeds for name, seeds in planted.items() if seeds}
+    if not planted:
+        return None
+    fig = Figure(figsize=(12, 2.8 * len(planted)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(planted), 3, squeeze=False)
+    columns = ((0, "when: germination epoch"), (1, "where: slot"), (2, "what: blueprint"))
+    for row, (name, seeds) in zip(axes, planted.items(), strict=True):
+        per_run = 1 / len(groups[name])
+        for ax, (column, title) in zip(row, columns, strict=True):
+            categories = sorted({seed[column] for seed in seeds})
+            # Epochs on a numeric axis (gaps show), slots and blueprints as labelled bars.
+            positions = categories if column == 0 else [str(c) for c in categories]
+            bottom = [0.0] * len(categories)
+            for outcome, colour in OUTCOME_COLOURS.items():
+                heights = [per_run * sum(1 for s in seeds if s[column] == c and s[3] == outcome) for c in categories]
+                ax.bar(positions, heights, bottom=bottom, color=colour, label=outcome)
+                bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+            ax.set_title(title, fontsize="medium")
+            ax.tick_params(axis="x", labelsize="small")
+        row[0].set_ylabel(f"{name}\nseeds per run")
+        row[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = [seed[0] for seeds in planted.values() for seed in seeds]
+    for row in axes:  # one time axis for every group
+        row[0].set_xlim(min(epochs) - 1, max(epochs) + 1)
+    axes[0][0].legend(fontsize="small")
+    return fig
