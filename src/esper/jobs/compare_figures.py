@@ -51,13 +51,22 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return stats["mean"], stats["se"] or 0.0
 
 
-def metric_against_flops(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence[str]) -> Figure | None:
-    """Each arm's metric against cumulative training FLOPs: mean over seeds with a ±SE band."""
+def _panels(
+    runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence[str]
+) -> tuple[dict[str, Sequence[ArmRun]], Figure | None, list[tuple[Axes, str]]]:
+    """The arms with finished runs, and a figure with one panel per metric (no figure and no
+    panels when no arm has a run yet)."""
     present = {arm: arm_runs for arm, arm_runs in runs.items() if arm_runs}
     if not present:
-        return None
+        return present, None, []
     fig = Figure(figsize=(6 * len(metrics), 4.2), layout="constrained")
-    for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
+    return present, fig, list(zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True))
+
+
+def metric_against_flops(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence[str]) -> Figure | None:
+    """Each arm's metric against cumulative training FLOPs: mean over seeds with a ±SE band."""
+    present, fig, panels = _panels(runs, metrics)
+    for ax, metric in panels:
         for arm, arm_runs in present.items():
             grid, mean, se = mean_curve(arm_runs, metric)
             colour = ARM_COLOURS.get(arm)
@@ -78,11 +87,8 @@ def metric_against_flops(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence
 
 def metric_against_params(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence[str]) -> Figure | None:
     """Each arm's final metric against its parameters: mean ± SE over seeds on both axes."""
-    present = {arm: arm_runs for arm, arm_runs in runs.items() if arm_runs}
-    if not present:
-        return None
-    fig = Figure(figsize=(6 * len(metrics), 4.2), layout="constrained")
-    for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
+    present, fig, panels = _panels(runs, metrics)
+    for ax, metric in panels:
         for arm, arm_runs in present.items():
             params, params_se = _mean_se([float(run.params) for run in arm_runs])
             final, final_se = _mean_se([_series(run, metric)[-1] for run in arm_runs])
