@@ -194,7 +194,8 @@ def test_dropping_the_shaping_allows_any_discount_and_removes_the_term(recording
     run = tmp_path / "offline"
     assert train([recording], run, "--gamma", "0.95", "--drop-shaping") == 0
     rows = rows_of(recording)
-    without_shaping = [r["reward"] - r["reward_components"]["shaping"] for r in rows]
+    # Both potential-based terms go: the stage shaping and the contribution (a potential on the credit).
+    without_shaping = [r["reward"] - r["reward_components"]["shaping"] - r["reward_components"]["contribution"] for r in rows]
     torch.testing.assert_close(learned["reward"], torch.tensor(without_shaping, dtype=torch.float32))
     assert learned["gamma"] == 0.95 and summary_of(run)["shaping"] == "dropped"
 
@@ -203,9 +204,9 @@ def test_recordings_from_before_reward_components(recording, tmp_path, capsys):
     """Files older Esper versions wrote: totals only, no shaping_gamma (the reward config has it)."""
     folder = copy_of(recording, tmp_path)
     meta = json.loads((folder / META_FILE).read_text())
-    del meta["shaping_gamma"], meta["reward_components"]
+    del meta["shaping_gamma"], meta["reward_components"], meta["reward_quantities"]
     (folder / META_FILE).write_text(json.dumps(meta))
-    edit_lines(folder, {i: json.dumps({k: v for k, v in row.items() if k != "reward_components"})
+    edit_lines(folder, {i: json.dumps({k: v for k, v in row.items() if k not in ("reward_components", "reward_quantities")})
                         for i, row in enumerate(rows_of(folder))})  # fmt: skip
     run = tmp_path / "offline"
     assert train([folder], run) == 0

@@ -89,3 +89,20 @@ def test_offline_run_logs_its_losses_to_tensorboard(recorded: list[Path], tmp_pa
         logged = accumulator.Scalars(f"offline/{name}")
         assert [e.step for e in logged] == [0, 100, 200]
         assert [e.value for e in logged] == pytest.approx([m[name] for m in metrics], rel=1e-6)
+
+
+def test_recorded_rewards_can_be_reweighed_and_priced_offline(recorded: list[Path], tmp_path: Path) -> None:
+    base = ["train", "offline", "--from", str(recorded[0]), "--updates", "10", "--quiet"]
+    assert main([*base, "--run-dir", str(tmp_path / "as-recorded")]) == 0
+    assert json.loads((tmp_path / "as-recorded" / "summary.json").read_text())["reward"] == "as recorded"
+    run = tmp_path / "priced"
+    assert main([*base, "--run-dir", str(run), "--flop-price-training", "2", "--terminal-weight", "50"]) == 0
+    assert json.loads((run / "summary.json").read_text())["reward"] == "re-weighed (flop_price_training 2, terminal_weight 50)"
+    reward = torch.load(run / "policy.pt", weights_only=True)["reward"]
+    assert reward["flop_price_training"] == 2.0 and reward["terminal_weight"] == 50.0
+    assert json.loads((run / "config.json").read_text())["config"]["reward"] == {"flop_price_training": 2.0, "terminal_weight": 50.0}
+
+
+def test_only_weights_and_prices_can_be_changed_offline(recorded: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be changed offline"):
+        OfflineRunConfig(sources=[str(recorded[0])], reward={"gamma": 0.5})

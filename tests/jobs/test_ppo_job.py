@@ -86,7 +86,8 @@ def test_flop_prices_from_the_cli_reach_the_reward_the_logs_and_the_recording(tm
             "--update-epochs", "1", "--flop-price-training", "0.5", "--flop-price-inference", "0.25"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((run / "config.json").read_text())["config"]
-    assert config["reward"] == {"flop_price_training": 0.5, "flop_price_inference": 0.25}
+    assert config["reward"].keys() == {"flop_price_training", "flop_price_inference", "terminal_reference"}
+    assert config["reward"]["flop_price_training"] == 0.5 and config["reward"]["flop_price_inference"] == 0.25
     meta = json.loads((run / "transitions_meta.json").read_text())
     assert meta["reward"]["flop_price_training"] == 0.5 and "training_flops" in meta["reward_components"]
     for row in read_jsonl(run / "transitions.jsonl"):
@@ -95,3 +96,33 @@ def test_flop_prices_from_the_cli_reach_the_reward_the_logs_and_the_recording(tm
     metrics = read_jsonl(run / "metrics.jsonl")[0]
     assert {"training_flops", "inference_flops"} <= set(metrics["rewards"]) & set(metrics["rewards_mean_per_step"])
     assert torch.load(run / "policy.pt", weights_only=True)["reward"]["flop_price_inference"] == 0.25
+
+
+def test_a_run_measures_the_host_alone_as_its_terminal_reference_and_keeps_it(tmp_path, capsys):
+    from esper.jobs.evaluate import play
+    from esper.jobs.ppo import REFERENCE_EPISODES, training_seed
+    from esper.runtime import get_task
+    from esper.simic.vec_env import MorphogeneticEnv
+    from esper.tamiyo import NoGrowthController
+
+    run = tmp_path / "run"
+    argv = ["train", "ppo", "--rounds", "2", "--envs", "2", "--episode-length", "4", "--run-dir", str(run),
+            "--quiet", "--update-epochs", "1", "--checkpoint-every", "1"]  # fmt: skip
+    assert main(argv) == 0
+    reference = json.loads((run / "config.json").read_text())["config"]["reward"]["terminal_reference"]
+    assert json.loads((run / "summary.json").read_text())["terminal_reference"] == reference
+    spec = get_task("digits")
+    env = MorphogeneticEnv(spec, spec.load_data(), 4)
+    seeds = [training_seed(0, 0, k, 2) for k in range(min(2, REFERENCE_EPISODES))]
+    assert reference == pytest.approx(sum(play(env, NoGrowthController(), s).final_val_accuracy for s in seeds) / len(seeds))
+    assert torch.load(run / "policy.pt", weights_only=True)["reward"]["terminal_reference"] == reference
+    # Every terminal step is paid against it: 100 x (the episode's final accuracy - the reference).
+    for line in read_jsonl(run / "metrics.jsonl"):
+        rows = [r for r in read_jsonl(run / "transitions.jsonl") if r["done"] and r["epoch"] == line["round"]]
+        mean_terminal = sum(r["reward_components"]["terminal"] for r in rows) / len(rows)
+        assert mean_terminal == pytest.approx(100 * (line["final_val_accuracy"]["mean"] - reference))
+    (run / "checkpoints" / "final.pt").unlink()
+    (run / "checkpoints" / "epoch_0002.pt").unlink()
+    assert main(["train", "ppo", "--resume", str(run)]) == 0
+    assert "terminal reference" not in capsys.readouterr().out  # resumed: the saved reference, not measured again
+    assert json.loads((run / "summary.json").read_text())["terminal_reference"] == reference

@@ -8,6 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import torch
 
 from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.evaluate import evaluate
@@ -115,21 +116,34 @@ def test_heuristic_resume_truncates_and_rewrites_transitions(tmp_path: Path, mon
     assert read_jsonl(tmp_path / "cut" / TRANSITIONS_FILE) == full
 
 
-def test_heuristic_and_ppo_runs_recorded_at_the_same_flop_prices_are_learned_from_together(tmp_path: Path) -> None:
+def test_heuristic_and_ppo_runs_with_one_reference_are_learned_from_together_and_reweighed(tmp_path: Path) -> None:
     from esper.simic.recorded import load_transitions
 
-    prices = {"flop_price_training": 0.5, "flop_price_inference": 0.5}
+    reward = {"flop_price_training": 0.5, "flop_price_inference": 0.5, "terminal_reference": 0.9}
     conv = ["conv_light"]  # FlopCounterMode counts matmuls and convolutions: a norm seed costs no FLOPs
-    run_heuristic(dataclasses.replace(_heuristic(), epochs=6, reward=prices, blueprints=conv), tmp_path / "heuristic")
+    run_heuristic(dataclasses.replace(_heuristic(), epochs=6, reward=reward, blueprints=conv), tmp_path / "heuristic")
     rows = _check_rows(tmp_path / "heuristic", rows_per_episode=5)
     assert any(r["reward_components"]["training_flops"] < 0 for r in rows), "the eager heuristic grows: it pays"
-    run_ppo(PPORunConfig(rounds=1, envs=2, episode_length=6, reward=prices, blueprints=conv), tmp_path / "ppo")
+    run_ppo(PPORunConfig(rounds=1, envs=2, episode_length=6, reward=reward, blueprints=conv), tmp_path / "ppo")
     both = load_transitions([tmp_path / "heuristic", tmp_path / "ppo"])
-    assert len(both) == 5 + 2 * 5 and both.meta["reward"]["flop_price_training"] == 0.5
+    assert len(both) == 5 + 2 * 5 and both.meta["reward"]["flop_price_training"] == 0.5 and not both.mixed_weights
+    # Re-weighed under the weights they were recorded with, the quantities give back the recorded rewards.
+    assert torch.allclose(both.reweighed(RewardConfig(**both.meta["reward"])), both.columns["reward"], atol=1e-5)
+
+    # Recorded unpriced: learnable with the priced runs, re-weighed to the first run's prices.
     unpriced = tmp_path / "unpriced"
-    run_heuristic(dataclasses.replace(_heuristic(), epochs=3, blueprints=conv), unpriced)
-    with pytest.raises(ValueError, match="reward differs"):
-        load_transitions([unpriced, tmp_path / "ppo"])
+    run_heuristic(dataclasses.replace(_heuristic(), epochs=6, blueprints=conv, reward={"terminal_reference": 0.9}), unpriced)
+    mixed = load_transitions([tmp_path / "heuristic", unpriced])
+    assert mixed.mixed_weights
+    assert torch.allclose(mixed.reweighed(RewardConfig(**mixed.meta["reward"]))[:5], both.columns["reward"][:5], atol=1e-5)
+    repriced = mixed.reweighed(RewardConfig(**mixed.meta["reward"]))[5:]
+    assert (repriced < mixed.columns["reward"][5:] - 1e-6).any(), "the unpriced run's growth is priced when re-weighed"
+
+    # Another reference changes the quantities themselves: not mixed.
+    other = tmp_path / "other-reference"
+    run_heuristic(dataclasses.replace(_heuristic(), epochs=3, blueprints=conv), other)
+    with pytest.raises(ValueError, match="terminal_reference"):
+        load_transitions([other, tmp_path / "ppo"])
     with pytest.raises(ValueError, match="flop_price_training must be a finite number"):
         run_heuristic(dataclasses.replace(_heuristic(), reward={"flop_price_training": -1.0}), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()

@@ -18,7 +18,14 @@ Recorded steps with non-finite values are skipped (`simic.recorded`); how many,
 for which field and where the first one is goes to the console and into
 summary.json. The discount defaults to the one the recorded shaping term was
 computed with; another --gamma is refused unless --drop-shaping takes the
-shaping term out of the reward (`dqn.learning_discount`).
+potential-based terms (the shaping and, in recordings that carry reward
+quantities, the contribution) out of the reward (`dqn.learning_discount`).
+
+The reward learned from is the recorded one, unless weights or prices are given
+(`--terminal-weight`, `--flop-price-training`, ... : `rewards.REWEIGHABLE`) or the
+runs were recorded under different ones: then every step's reward is recomputed
+from its recorded quantities under the first run's reward config with those
+overrides (`RecordedTransitions.reweighed`), and that config goes into policy.pt.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from torch import Tensor
 
 from esper import __version__
 from esper.jobs.config import build_config
@@ -43,18 +51,29 @@ from esper.simic.actions import ActionSpace
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
 from esper.simic.features import FeatureLayout, RunningNorm, layout_difference
 from esper.simic.policy import policy_payload
-from esper.simic.recorded import load_transitions, shaping_gamma
+from esper.simic.recorded import (
+    RecordedTransitions,
+    load_transitions,
+    potential_terms,
+    shaping_gamma,
+)
+from esper.simic.rewards import REWEIGHABLE, RewardConfig
 
 
 @dataclass(slots=True)
 class OfflineRunConfig:
     sources: list[str] = field(default_factory=list)  # run folders holding transitions.jsonl
     offline: dict[str, Any] = field(default_factory=dict)  # OfflineConfig overrides
+    reward: dict[str, float] = field(default_factory=dict)  # weights and prices to learn under (REWEIGHABLE)
     tensorboard: bool = False  # also write the loss history to RUN_DIR/tensorboard
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("give at least one run folder to learn from (--from RUN_DIR ...)")
+        unknown = sorted(set(self.reward) - set(REWEIGHABLE))
+        if unknown:
+            raise ValueError(f"reward {unknown} cannot be changed offline (they shape the recorded quantities); "
+                             f"only {', '.join(REWEIGHABLE)} can")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +91,10 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     recorded = load_transitions(config.sources)
     meta = recorded.meta
     layout, space = _recorded_layout(meta)
-    shaped = not offline.drop_shaping and meta["reward"]["shaping_weight"] != 0
+    reward_config, reward = _learning_reward(recorded, config.reward, offline.drop_shaping)
+    potentials = potential_terms(meta)
+    shaped = not offline.drop_shaping and any(reward_config[f"{name}_weight"] != 0 for name in potentials)
     offline = learning_discount(offline, shaping_gamma(meta), shaped)
-    reward = recorded.reward_without("shaping") if offline.drop_shaping else recorded.columns["reward"]
     folder = RunFolder(run_dir)
     _check_run_dir(folder.path)
     if config.tensorboard:
@@ -90,8 +110,9 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         if note:
             console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
         console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
-                      f"gamma {offline.gamma}{', shaping dropped' if offline.drop_shaping else ''}, "
-                      f"{offline.updates:,} updates", markup=False, highlight=False)  # fmt: skip
+                      f"gamma {offline.gamma}{', ' + ' and '.join(potentials) + ' dropped' if offline.drop_shaping else ''}, "
+                      f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
+                      markup=False, highlight=False)  # fmt: skip
     model, history = train_offline(data, offline)
     names = space.names()
     summary = {
@@ -107,6 +128,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         "data_actions": {names[i]: n for i, n in sorted(Counter(data.action.tolist()).items())},
         "gamma": offline.gamma,
         "shaping": "dropped" if offline.drop_shaping else f"recorded, gamma {shaping_gamma(meta)}",
+        "reward": _reward_note(recorded, config.reward),
         "updates": offline.updates,
         "first_loss": history[0],
         "last_loss": history[-1],
@@ -118,11 +140,32 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     if note:
         summary["skipped_note"] = note
     payload = policy_payload(model, norm, layout, space, task=meta["task"], episode_length=meta["episode_length"],
-                             reward=meta["reward"], offline=asdict(offline), sources=list(config.sources))  # fmt: skip
+                             reward=reward_config, offline=asdict(offline), sources=list(config.sources))  # fmt: skip
     # The task comes from the data; it sits in "config" where `esper runs` and `esper report` look for it.
     run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
     _write_run(folder, run_config, history, payload, summary, config.tensorboard)
     return summary
+
+
+def _learning_reward(recorded: RecordedTransitions, overrides: dict[str, float], drop_potentials: bool) -> tuple[dict[str, Any], Tensor]:
+    """The reward config learned under and every step's reward: as recorded, or re-weighed from
+    the recorded quantities when weights are given or the runs were recorded under different ones."""
+    meta = recorded.meta
+    if not overrides and not recorded.mixed_weights:
+        dropped = potential_terms(meta) if drop_potentials else ()
+        return meta["reward"], recorded.reward_without(*dropped) if dropped else recorded.columns["reward"]
+    if drop_potentials:
+        overrides = {**overrides, **{f"{name}_weight": 0.0 for name in potential_terms(meta)}}
+    reward = build_config(RewardConfig, {**meta["reward"], **overrides}, {}, section="reward")
+    return asdict(reward), recorded.reweighed(reward)
+
+
+def _reward_note(recorded: RecordedTransitions, overrides: dict[str, float]) -> str:
+    if overrides:
+        return "re-weighed (" + ", ".join(f"{k} {v:g}" for k, v in sorted(overrides.items())) + ")"
+    if recorded.mixed_weights:
+        return "re-weighed to the first run's weights (the runs were recorded under different ones)"
+    return "as recorded"
 
 
 def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
@@ -207,8 +250,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--tensorboard", action="store_true", help="also write the loss history to RUN_DIR/tensorboard")
     add_config_flags(parser, OfflineConfig, "offline")
+    weights = parser.add_argument_group("re-weighing the recorded reward (simic.rewards; default: as recorded)")
+    for name in REWEIGHABLE:
+        weights.add_argument("--" + name.replace("_", "-"), dest=f"reward__{name}", type=float, metavar="X",
+                             help=f"learn with reward.{name} = X, recomputed from the recorded quantities")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> OfflineRunConfig:
     return OfflineRunConfig(sources=list(args.sources), offline=config_flag_values(args, "offline"),
-                            tensorboard=args.tensorboard)
+                            reward=config_flag_values(args, "reward"), tensorboard=args.tensorboard)

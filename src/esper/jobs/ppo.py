@@ -30,7 +30,7 @@ import argparse
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
-from esper.runtime import get_task
+from esper.runtime import TaskData, TaskSpec, get_task
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
 from esper.simic.features import RunningNorm
@@ -57,11 +57,19 @@ from esper.simic.policy import policy_payload
 from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
 from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
 from esper.simic.rewards import COMPONENTS, RewardConfig
-from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, VecEnv
+from esper.simic.vec_env import (
+    EVAL_SEED_OFFSET,
+    EpisodeStats,
+    MorphogeneticEnv,
+    VecEnv,
+    host_alone_accuracy,
+)
 from esper.tolaria.distributed import World, shard
 
 POLICY_FILE = "policy.pt"
 DEFAULT_EPISODE_LENGTH = 25
+# Host-only episodes a new run plays to measure the reward's terminal reference (when not given).
+REFERENCE_EPISODES = 4
 
 
 class PPOCheckpoint(TypedDict):
@@ -111,6 +119,18 @@ class PPORunConfig:
         network = build_config(NetworkConfig, self.network, {}, section="network")
         reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {}, section="reward")
         return ppo, network, reward
+
+
+def _measure_reference(spec: TaskSpec, data: TaskData, config: PPORunConfig, reward: RewardConfig, console: Console | None) -> RewardConfig:
+    """`reward` with its terminal reference: the host alone's final val accuracy over the first
+    round's seeds (REFERENCE_EPISODES host-only episodes)."""
+    env = MorphogeneticEnv(spec, data, config.episode_length, config.slots, reward, config.device, config.precision)
+    seeds = [training_seed(config.seed, 0, k, config.envs) for k in range(min(config.envs, REFERENCE_EPISODES))]
+    reference = host_alone_accuracy(env, seeds)
+    if console is not None:
+        console.print(f"terminal reference: the host alone ends at {reference:.2%} val accuracy "
+                      f"({len(seeds)} host-only episodes)", highlight=False, markup=False)  # fmt: skip
+    return replace(reward, terminal_reference=reference)
 
 
 def training_seed(run_seed: int, round_index: int, env_index: int, n_envs: int) -> int:
@@ -188,6 +208,11 @@ def run_ppo(
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
+    if reward_config.terminal_reference is None:
+        # Measured before the folder is made and kept in its config.json, so a resumed run
+        # (and the policy.pt, which carries the reward config) pays against the same reference.
+        reward_config = world.run_on_main(lambda: _measure_reference(spec, data, config, reward_config, console))
+        config.reward = {**config.reward, "terminal_reference": reward_config.terminal_reference}
     lo, hi = shard(config.envs, world.rank, world.size)  # the global environments this rank steps
     local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config,
                    device=config.device, precision=config.precision, budget=config.budget)  # fmt: skip
@@ -316,6 +341,8 @@ def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_th
         "envs": config.envs,
         "episode_length": config.episode_length,
         "episodes": config.rounds * config.envs,
+        # The host alone's final val accuracy the terminal reward is paid against.
+        "terminal_reference": config.reward.get("terminal_reference"),
         "status": "complete",
         "first_rounds_return": statistics.fmean(rounds[:window]),
         "last_rounds_return": statistics.fmean(rounds[-window:]),

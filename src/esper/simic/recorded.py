@@ -14,6 +14,10 @@ the columns `dqn.Transitions` holds. What it does with what it finds:
 - a recording made before the reward priced FLOPs has no FLOP components: they
   were 0 then (no price), so they are read as 0 and its reward config's prices as
   0, which is what they were;
+- runs recorded under reward configs that differ only in weights and prices
+  (`rewards.REWEIGHABLE`) can be learned from together: `reweighed` recomputes
+  every step's reward from its recorded quantities under one config (recordings
+  made before quantities were recorded cannot be re-weighed, and say so);
 - anything else malformed (a missing key, a list of the wrong length, an
   action out of range, a corrupt line) is an error naming the file, the line
   and the offending value: the file is damaged, and learning from a guess
@@ -33,7 +37,7 @@ import torch
 
 from esper.nissa import numbered_jsonl, strict_json
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
-from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS
+from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS, REWEIGHABLE, RewardConfig
 
 # The components recordings made before the FLOP prices hold (their FLOP components were 0).
 _UNPRICED_COMPONENTS = [name for name in COMPONENTS if name not in FLOP_COMPONENTS]
@@ -49,6 +53,12 @@ MATCHED_KEYS = ("task", "slot_ids", "blueprints", "feature_names", "action_names
 ROW_KEYS = ("obs", "mask", "action", "reward", "next_obs", "next_mask", "done", "outcomes")
 
 
+def potential_terms(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The recorded components that are potential-based (the contribution became one when
+    quantities began to be recorded; before, it was a reward kept for good)."""
+    return ("shaping", "contribution") if meta.get("reward_quantities") else ("shaping",)
+
+
 def shaping_gamma(meta: dict[str, Any]) -> float:
     """The discount the recorded shaping term was computed with (older metas: the reward's gamma)."""
     return float(meta.get("shaping_gamma", meta["reward"]["gamma"]))
@@ -62,6 +72,9 @@ class RecordedTransitions:
     columns: dict[str, torch.Tensor]  # the `dqn.Transitions` fields, one row per kept step
     components: torch.Tensor | None  # (rows, len(COMPONENTS)); None when a run predates them
     without_components: list[str] = field(default_factory=list)  # runs recorded without components
+    quantities: torch.Tensor | None = None  # (rows, len(COMPONENTS)): what the components are weights times
+    without_quantities: list[str] = field(default_factory=list)  # runs recorded without quantities
+    mixed_weights: bool = False  # the runs' reward configs differ in weights or prices
     skipped: Counter[str] = field(default_factory=Counter)  # first non-finite field -> steps skipped
     repaired: int = 0  # last steps of an episode whose unused next_obs was non-finite
     example: str = ""  # where the first skipped step is, e.g. "run/transitions.jsonl line 7: reward null"
@@ -73,31 +86,46 @@ class RecordedTransitions:
         """One sentence on what was skipped and repaired ("" when nothing was)."""
         return _skipped_note(self.skipped, self.repaired, self.example)
 
-    def reward_without(self, dropped: str) -> torch.Tensor:
-        """The reward with one component left out (the sum of the others), for re-weighing."""
+    def reward_without(self, *dropped: str) -> torch.Tensor:
+        """The reward with these components left out (the sum of the others)."""
         if self.components is None:
             raise ValueError(
-                f"cannot leave out the {dropped} reward: {', '.join(self.without_components)} "
+                f"cannot leave out the {' and '.join(dropped)} reward: {', '.join(self.without_components)} "
                 "recorded only total rewards (before Esper recorded reward components); "
                 "record those runs again, or learn from the totals without that option"
             )
-        kept = [i for i, name in enumerate(COMPONENTS) if name != dropped]
+        kept = [i for i, name in enumerate(COMPONENTS) if name not in dropped]
         return self.components[:, kept].sum(dim=1)
+
+    def reweighed(self, reward: RewardConfig) -> torch.Tensor:
+        """Every step's reward under `reward`'s weights and prices, from the recorded quantities."""
+        if self.quantities is None:
+            raise ValueError(
+                f"cannot re-weigh the rewards: {', '.join(self.without_quantities)} recorded no reward "
+                "quantities (before Esper recorded them); record those runs again, or learn from them "
+                "alone with the weights they were recorded with"
+            )
+        weights = reward.weights()
+        return self.quantities @ torch.tensor([weights[name] for name in COMPONENTS], dtype=torch.float32)
 
 
 def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
     """The meta and the stacked columns of every run's learnable transitions.
 
-    Layouts and reward configs must match (else a `ValueError` naming the
-    difference); the meta's episode_length is the one most episodes had.
+    Layouts and reward configs must match, but for the weights and prices (else a
+    `ValueError` naming the difference); the meta's episode_length is the one most
+    episodes had, its reward config the first run's.
     """
     if not run_dirs:
         raise ValueError("no run folders given")
     metas = [(Path(run_dir), _read_meta(Path(run_dir))) for run_dir in run_dirs]  # all, before any rows
     first, meta = metas[0]
+    mixed_weights = False
     for run_dir, run_meta in metas[1:]:
         for key in MATCHED_KEYS:
-            if run_meta[key] != meta[key]:
+            if key == "reward" and _unweighed(run_meta[key]) == _unweighed(meta[key]):
+                mixed_weights = mixed_weights or run_meta[key] != meta[key]
+            elif run_meta[key] != meta[key]:
                 raise ValueError(_mismatch(key, first, meta[key], run_dir, run_meta[key]))
     reader = _RowReader()
     lengths: Counter[int] = Counter()
@@ -111,7 +139,14 @@ def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
             f"no transitions to learn from: every recorded step holds non-finite values ({reader.skipped_note()})"
         )
     # What a policy trained on them plays by default: the length most recorded episodes had.
-    return reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]})
+    recorded = reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]})
+    recorded.mixed_weights = mixed_weights
+    return recorded
+
+
+def _unweighed(reward: Any) -> Any:
+    """A recorded reward config without the fields re-weighing may change."""
+    return {k: v for k, v in reward.items() if k not in REWEIGHABLE} if isinstance(reward, dict) else reward
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
@@ -139,8 +174,9 @@ class _RowReader:
     """Checks rows one by one and keeps the learnable ones as plain lists, column by column."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[Any]] = {key: [] for key in (*ROW_KEYS, "reward_components")}
+        self.rows: dict[str, list[Any]] = {key: [] for key in (*ROW_KEYS, "reward_components", "reward_quantities")}
         self.without_components: list[str] = []
+        self.without_quantities: list[str] = []
         self.skipped: Counter[str] = Counter()
         self.repaired = 0
         self.example = ""
@@ -153,15 +189,20 @@ class _RowReader:
         n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
         with_components = "reward_components" in meta
         recorded_components = meta.get("reward_components", COMPONENTS)
+        with_quantities = bool(meta.get("reward_quantities"))
         if not with_components:
             self.without_components.append(str(run_dir))
+        if not with_quantities:
+            self.without_quantities.append(str(run_dir))
         steps = episodes = 0
         for lineno, row in numbered_jsonl(path):
             where = f"{path} line {lineno}"
             _check_structure(row, n_obs, n_actions, with_components, recorded_components, where)
+            if with_quantities:
+                _check_map(row, "reward_quantities", COMPONENTS, where)
             steps += 1
             episodes += bool(row["done"])
-            bad = _first_non_finite(row, with_components, where)
+            bad = _first_non_finite(row, with_components, with_quantities, where)
             if bad == "next_obs" and row["done"]:
                 row = {**row, "next_obs": [0.0] * n_obs}
                 self.repaired += 1
@@ -173,6 +214,9 @@ class _RowReader:
                 self.rows[key].append(row[key])
             self.rows["reward_components"].append(
                 [row["reward_components"].get(name, 0.0) for name in COMPONENTS] if with_components else None
+            )
+            self.rows["reward_quantities"].append(
+                [row["reward_quantities"][name] for name in COMPONENTS] if with_quantities else None
             )
         return steps, episodes
 
@@ -193,8 +237,11 @@ class _RowReader:
         }
         have_components = rows["action"] and not self.without_components
         components = torch.tensor(rows["reward_components"], dtype=torch.float32) if have_components else None
-        return RecordedTransitions(meta, columns, components, list(self.without_components),
-                                   Counter(self.skipped), self.repaired, self.example)  # fmt: skip
+        have_quantities = rows["action"] and not self.without_quantities
+        quantities = torch.tensor(rows["reward_quantities"], dtype=torch.float32) if have_quantities else None
+        return RecordedTransitions(meta, columns, components, list(self.without_components), quantities=quantities,
+                                   without_quantities=list(self.without_quantities), skipped=Counter(self.skipped),
+                                   repaired=self.repaired, example=self.example)  # fmt: skip
 
 
 def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:
@@ -229,16 +276,23 @@ def _check_structure(
         raise DamagedRecordingError(f"{where}: action {action!r} is not an action index in [0, {n_actions})")
     if not isinstance(row["done"], bool):
         raise DamagedRecordingError(f"{where}: done must be true or false, got {row['done']!r}")
-    components = row.get("reward_components")
-    if with_components and (not isinstance(components, dict) or sorted(components) != sorted(names)):
-        raise DamagedRecordingError(f"{where}: reward_components must map {list(names)} to numbers, got {components!r}")
+    if with_components:
+        _check_map(row, "reward_components", names, where)
 
 
-def _first_non_finite(row: dict[str, Any], with_components: bool, where: str) -> str | None:
+def _check_map(row: dict[str, Any], key: str, names: Sequence[str], where: str) -> None:
+    value = row.get(key)
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        raise DamagedRecordingError(f"{where}: {key} must map {list(names)} to numbers, got {value!r}")
+
+
+def _first_non_finite(row: dict[str, Any], with_components: bool, with_quantities: bool, where: str) -> str | None:
     """The first field holding a null or non-finite number (None if all are finite)."""
     fields: list[tuple[str, list[Any]]] = [("obs", row["obs"]), ("reward", [row["reward"]])]
     if with_components:
         fields.append(("reward_components", list(row["reward_components"].values())))
+    if with_quantities:
+        fields.append(("reward_quantities", list(row["reward_quantities"].values())))
     fields.append(("next_obs", row["next_obs"]))
     for name, values in fields:
         for value in values:
@@ -252,6 +306,12 @@ def _first_non_finite(row: dict[str, Any], with_components: bool, where: str) ->
 
 
 def _mismatch(key: str, a: Path, a_value: Any, b: Path, b_value: Any) -> str:
+    if key == "reward" and isinstance(a_value, dict) and isinstance(b_value, dict):
+        differ = sorted(k for k in _unweighed(a_value).keys() | _unweighed(b_value).keys() if a_value.get(k) != b_value.get(k))
+        detail = "; ".join(f"{k}: {a_value.get(k)!r} in {a}, {b_value.get(k)!r} in {b}" for k in differ)
+        return (f"transitions recorded under different rewards cannot be mixed ({detail}); weights and prices "
+                "may differ, these may not: record the runs with the same values (e.g. the PPO run's "
+                "reward.terminal_reference from its config.json in the heuristic run's config)")  # fmt: skip
     if isinstance(a_value, list) and isinstance(b_value, list):
         only_a = [v for v in a_value if v not in b_value]
         only_b = [v for v in b_value if v not in a_value]

@@ -14,7 +14,9 @@ decisions in the one format offline training reads (`esper train offline`):
   null): the raw Observer features `obs` (unnormalised, so offline training fits
   its own `RunningNorm`), the action `mask`, the `action` index, the `reward`
   (`RewardTracker`'s total) and its `reward_components` (`rewards.COMPONENTS`,
-  which sum to it), `next_obs`, `next_mask`, `done`, and the rare `outcomes` the
+  which sum to it) with their raw `reward_quantities` (each component is its
+  weight in `RewardConfig.weights()` times its quantity, so offline learning can
+  weigh and price them anew), `next_obs`, `next_mask`, `done`, and the rare `outcomes` the
   step led to ("fossilize", "cull", "rollback"). `episode` names the episode, `t` is the host epoch the
   decision was taken after, and `epoch` is the run's resume unit (the host epoch
   the line was completed in for a heuristic run, the round for PPO) so
@@ -42,7 +44,7 @@ from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
 
 TRANSITIONS_FILE = "transitions.jsonl"
 META_FILE = "transitions_meta.json"
-ADDED_META_KEYS = ("shaping_gamma", "reward_components")  # not in recordings of older versions
+ADDED_META_KEYS = ("shaping_gamma", "reward_components", "reward_quantities")  # not in recordings of older versions
 
 
 def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig, **info: Any) -> dict[str, Any]:
@@ -56,6 +58,7 @@ def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, rewar
         "reward": asdict(reward),
         "shaping_gamma": reward.gamma,
         "reward_components": list(COMPONENTS),
+        "reward_quantities": True,  # rows carry each component's raw quantity, for re-weighing
         **info,
     }
 
@@ -69,10 +72,9 @@ class TransitionLog:
         meta_path = folder / META_FILE
         if meta_path.exists():
             old = strict_json.loads(meta_path.read_text())
-            # A run resumed across the upgrade that added these keys keeps its meta as it was:
-            # readers then take its lines as totals only (they ignore components without the key).
-            if not any(key in old for key in ADDED_META_KEYS):
-                meta = {key: value for key, value in meta.items() if key not in ADDED_META_KEYS}
+            # A run resumed across an upgrade that added these keys keeps its meta as it was:
+            # readers then ignore what its lines carry without the key (components, quantities).
+            meta = {key: value for key, value in meta.items() if key not in ADDED_META_KEYS or key in old}
             if old != meta:
                 differ = sorted(key for key in old.keys() | meta.keys() if old.get(key) != meta.get(key))
                 raise FileExistsError(
@@ -145,6 +147,7 @@ class EpisodeRecorder:
                 "action": pending["action"],
                 "reward": reward["total"],
                 "reward_components": {name: reward[name] for name in COMPONENTS},
+                "reward_quantities": dict(self.rewards.quantities),
                 "next_obs": obs,
                 "next_mask": mask,
                 "done": done,

@@ -4,30 +4,37 @@ One step is one host epoch; the reward for the decision taken after epoch t is
 computed from the signals of epoch t+1. It has seven components, each returned
 and logged on its own:
 
-contribution  `contribution_weight` x the change in the episode's *credit*.
-              A seed's credit is its counterfactual contribution (val accuracy
-              with the seed minus without it): locked in for good when it is
-              fossilized (read from its FOSSILIZED move: the seed leaves its
-              slot's report for the slot's stack at once), `blended_credit` x its current contribution while it is
-              blended but undecided (BLENDING..PROBATIONARY), and 0 otherwise.
-              Paying the *change* in credit means value is paid once: a seed
-              that is culled, expires on probation, or is still undecided when
-              the episode ends gives back everything it was paid, so only
-              fossilized seeds keep credit. The small blended term pays early
-              (it helps credit assignment) and is taken back if the seed dies.
+contribution  `contribution_weight` x (gamma x C(s') - C(s)), a potential on the
+              episode's *credit* C, which is 0 after the last epoch. A seed's credit
+              is its counterfactual contribution (val accuracy with the seed minus
+              without it): locked in when it is fossilized (read from its FOSSILIZED
+              move: the seed leaves its slot's report for the slot's stack at once),
+              `blended_credit` x its current contribution while it is blended but
+              undecided (BLENDING..PROBATIONARY), and 0 otherwise. It pays a seed's
+              value the epoch it is shown (credit assignment: the episode's own
+              result comes only at its end) and takes all of it back at the end,
+              so, like the shaping, it cannot change which policy is best. It once
+              was a real reward (credit kept for good), and PPO learned to farm it:
+              a seed stacked on a tiny host is leaned on by the host as training goes
+              on, so removing it costs tens of points whether or not the network is
+              any better than the host alone (return 0 -> 20 from this term while
+              the grown networks' accuracy stayed below the host alone's).
 rent          -`rent_weight` x log(1 + seed params / host params), every epoch,
-              for every live or fossilized seed: growth is never free, a seed
-              held forever keeps paying, and a germinate-then-cull pays rent
-              for nothing.
+              for every live or fossilized seed (0 by default: the FLOP prices
+              are the cost of growth in the compare's currency).
 shaping       `shaping_weight` x (gamma x Phi(s') - Phi(s)) with Phi = the sum of
               `STAGE_POTENTIAL` over the live seeds and the fossils of every
               slot's stack, and Phi = 0 after the last epoch. Potential-based
               (Ng et al. 1999), so it cannot change which policy is best; it
               only gives a gradient toward moving seeds along the lifecycle.
-terminal      `terminal_weight` x (final val accuracy - val accuracy of the
-              episode's first epoch, before anything could be germinated), on
-              the last step. The host's own progress is in it too, but that
-              part is the same for every policy on the same seed.
+terminal      `terminal_weight` x (final val accuracy - `terminal_reference`), on
+              the last step: what the controller is for. The reference is the host
+              alone's final val accuracy (`esper train ppo` measures it before its
+              first round, from host-only episodes), so the term reads "points over
+              the host alone". Without one it is the episode's first-epoch val
+              accuracy: unbiased between policies, but that accuracy varies by tens
+              of points between seeds (27-59% on mnist5k-tiny) where growth moves
+              the final one by about one.
 rollback      -`rollback_penalty` when the governor rolled the epoch back.
 training_flops  -`flop_price_training` x the epoch's training FLOPs beyond the
               starting host's (the episode's first epoch, before anything was
@@ -41,23 +48,22 @@ inference_flops -`flop_price_inference` x the change in the network's inference
               price times what the final network costs at inference beyond the
               host, and a seed that is culled gives its cost back.
 
-Units: contribution_weight and terminal_weight turn accuracy into reward. With
-the defaults 1 point of val accuracy credited through a fossilized seed is 0.25
-reward, while 1 point of final accuracy is 0.01: the counterfactual is the
-honest, low-noise measure of what a seed adds (the final accuracy moves by a
-point or two between runs whatever is grown), so it carries the weight. A policy that never grows earns only the terminal term; one that
-culls everything or never decides earns no credit and pays rent; so each earns
-less than a controller that fossilizes seeds which help (tests/simic/test_rewards.py).
+Units: the terminal weight (100) makes one point of final val accuracy one unit
+of reward. A policy's return is then, up to the potentials (which sum to about 0),
+the points its network ends above the host alone, less what the FLOPs it added
+cost: the compare's own criterion. Each component is also recorded as its raw
+*quantity* (`RewardTracker.quantities`; the component is `RewardConfig.weights()`
+times it), so `esper train offline` can learn from recordings under other weights
+and prices than they were recorded with.
 
 The FLOP prices are the compare's currency (`esper compare` sets every arm's training
-and inference FLOPs against the host alone's), and both default to 0: the reward is
-then what it was before they existed. They are relative, not per GFLOP, because the
+and inference FLOPs against the host alone's), and both default to 0: growth is then
+judged by the final accuracy alone. They are relative, not per GFLOP, because the
 embedded tasks' hosts differ by orders of magnitude in FLOPs: one price then means
-the same trade-off on every task. Against the default contribution weight, a
-training price of 0.25 says "doubling the training compute must buy at least one
-point of val accuracy credited through fossilized seeds", and an inference price of
-0.25 says the same of doubling the network's inference cost. The FLOPs are the
-trainer's own count (`EpochSignals.flops`, from its `FlopAccount`); a price on a run
+the same trade-off on every task. Against the terminal weight, a training price of
+0.25 says "doubling the training compute must buy at least a quarter of a point of
+final val accuracy", and an inference price of 0.25 says the same of doubling the
+network's inference cost. The FLOPs are the trainer's own count (`EpochSignals.flops`, from its `FlopAccount`); a price on a run
 that cannot count its FLOPs is refused when the episode starts.
 """
 
@@ -85,11 +91,13 @@ STAGE_POTENTIAL: dict[SeedStage, float] = {
 
 @dataclass(frozen=True, slots=True)
 class RewardConfig:
-    contribution_weight: float = 25.0  # reward per unit of credited accuracy
-    blended_credit: float = 0.25  # fraction of a blended, undecided seed's contribution paid in advance
-    rent_weight: float = 0.02  # per epoch, times log(1 + seed params / host params)
+    contribution_weight: float = 10.0  # potential per unit of credited accuracy
+    blended_credit: float = 0.25  # fraction of a blended, undecided seed's contribution in the credit
+    rent_weight: float = 0.0  # per epoch, times log(1 + seed params / host params)
     shaping_weight: float = 1.0  # scale of the stage potentials
-    terminal_weight: float = 1.0  # reward per unit of val accuracy gained over the episode
+    terminal_weight: float = 100.0  # reward per unit of final val accuracy over the reference
+    # The host alone's final val accuracy; None: the episode's first-epoch val accuracy.
+    terminal_reference: float | None = None
     rollback_penalty: float = 1.0
     gamma: float = 0.99  # discount for the shaping term; use PPO's gamma so shaping stays policy-invariant
     # Reward per extra host-episode of training FLOPs, and per starting host's inference FLOPs added.
@@ -106,6 +114,24 @@ class RewardConfig:
     def prices_flops(self) -> bool:
         return self.flop_price_training > 0 or self.flop_price_inference > 0
 
+    def weights(self) -> dict[str, float]:
+        """What each component is per unit of its quantity (costs negative)."""
+        return {
+            "contribution": self.contribution_weight,
+            "rent": -self.rent_weight,
+            "shaping": self.shaping_weight,
+            "terminal": self.terminal_weight,
+            "rollback": -self.rollback_penalty,
+            "training_flops": -self.flop_price_training,
+            "inference_flops": -self.flop_price_inference,
+        }
+
+
+# The RewardConfig fields offline learning may change (`weights()` reads them); the others
+# (gamma, blended_credit, terminal_reference) shape the recorded quantities themselves.
+REWEIGHABLE = ("contribution_weight", "rent_weight", "shaping_weight", "terminal_weight", "rollback_penalty",
+               "flop_price_training", "flop_price_inference")  # fmt: skip
+
 
 def stage_potential(signals: EpochSignals) -> float:
     """Phi: the live seeds' stage potentials plus the FOSSILIZED potential of every fossil kept
@@ -121,6 +147,7 @@ class RewardTracker:
     def __init__(self, config: RewardConfig | None = None) -> None:
         self.config = config or RewardConfig()
         self.start_val_accuracy = 0.0
+        self.quantities: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)  # the last step's
         self.credit = 0.0
         self.potential = 0.0
         self.fossil_credit: dict[str, float] = {}
@@ -132,9 +159,10 @@ class RewardTracker:
 
     def reset(self, first: EpochSignals) -> None:
         """Start an episode from the signals of its first epoch."""
-        self.start_val_accuracy = first.val_accuracy
+        reference = self.config.terminal_reference
+        self.start_val_accuracy = first.val_accuracy if reference is None else reference
         self.fossil_credit = {}
-        self.credit = self._credit(first, terminal=False)
+        self.credit = self._credit(first)
         self.potential = stage_potential(first)
         flops = first.flops
         if self.config.prices_flops and (flops is None or not flops.training > 0 or not flops.inference_per_sample > 0):
@@ -147,35 +175,36 @@ class RewardTracker:
         self.inference_added = 0.0
 
     def step(self, signals: EpochSignals, terminal: bool) -> dict[str, float]:
-        """Reward components for the step that led to `signals`; "total" is their sum."""
+        """Reward components for the step that led to `signals`; "total" is their sum.
+        Their raw quantities are left in `self.quantities`."""
         config = self.config
-        credit = self._credit(signals, terminal)
+        credit = 0.0 if terminal else self._credit(signals)
         potential = 0.0 if terminal else stage_potential(signals)
-        components = {
-            "contribution": config.contribution_weight * (credit - self.credit),
-            "rent": -config.rent_weight * math.log1p(signals.seed_params / max(signals.host_params, 1)),
-            "shaping": config.shaping_weight * (config.gamma * potential - self.potential),
-            "terminal": config.terminal_weight * (signals.val_accuracy - self.start_val_accuracy) if terminal else 0.0,
-            "rollback": -config.rollback_penalty if signals.rolled_back else 0.0,
-            **self._flop_costs(signals),
+        self.quantities = {
+            "contribution": config.gamma * credit - self.credit,
+            "rent": math.log1p(signals.seed_params / max(signals.host_params, 1)),
+            "shaping": config.gamma * potential - self.potential,
+            "terminal": signals.val_accuracy - self.start_val_accuracy if terminal else 0.0,
+            "rollback": 1.0 if signals.rolled_back else 0.0,
+            **self._flop_quantities(signals),
         }
+        weights = config.weights()
+        components = {name: weights[name] * value for name, value in self.quantities.items()}
         components["total"] = sum(components.values())
         self.credit, self.potential = credit, potential
         return components
 
-    def _flop_costs(self, signals: EpochSignals) -> dict[str, float]:
-        """The two priced FLOP components (see the module docstring); 0 when unpriced."""
-        config, flops = self.config, signals.flops
-        if not config.prices_flops or flops is None:  # an episode with prices starts only with FLOPs counted
+    def _flop_quantities(self, signals: EpochSignals) -> dict[str, float]:
+        """The FLOPs the two priced components are prices of (see the module docstring); 0 when
+        the run does not count FLOPs. Measured whether priced or not, for re-pricing offline."""
+        flops = signals.flops
+        if flops is None or not self.start_training_flops > 0 or not self.start_inference_flops > 0:
             return dict.fromkeys(FLOP_COMPONENTS, 0.0)
         steps = max(signals.total_epochs - 1, 1)
         extra_training = (flops.training - self.start_training_flops) / (self.start_training_flops * steps)
         added = (flops.inference_per_sample - self.start_inference_flops) / self.start_inference_flops
         paid, self.inference_added = added - self.inference_added, added
-        return {
-            "training_flops": -config.flop_price_training * extra_training,
-            "inference_flops": -config.flop_price_inference * paid,
-        }
+        return {"training_flops": extra_training, "inference_flops": paid}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data, for a checkpoint loaded with weights_only=True."""
@@ -199,7 +228,7 @@ class RewardTracker:
         self.start_inference_flops = state.get("start_inference_flops", 0.0)
         self.inference_added = state.get("inference_added", 0.0)
 
-    def _credit(self, signals: EpochSignals, terminal: bool) -> float:
+    def _credit(self, signals: EpochSignals) -> float:
         kept = {report.seed_id: report for stack in signals.fossils.values() for report in stack}
         for move in signals.transitions:
             if move.to_stage == SeedStage.FOSSILIZED:
@@ -207,8 +236,6 @@ class RewardTracker:
                 # records the contribution it last measured).
                 self.fossil_credit.setdefault(move.seed_id, kept[move.seed_id].counterfactual_contribution or 0.0)
         credit = sum(self.fossil_credit.values())
-        if terminal:
-            return credit
         for report in signals.slots.values():
             if report is not None and report.stage in MEASURED_STAGES:
                 credit += self.config.blended_credit * (report.counterfactual_contribution or 0.0)

@@ -177,6 +177,19 @@ class MorphogeneticEnv:
         stats.seeds["undecided"] = sum(1 for r in signals.slots.values() if r is not None and r.stage in ACTIVE_STAGES)
 
 
+def host_alone_accuracy(env: MorphogeneticEnv, seeds: Sequence[int]) -> float:
+    """The mean final val accuracy of the host alone (nothing grown) over episodes with these
+    seeds: the reward's `terminal_reference` (its terminal term then reads "over the host alone")."""
+    finals = []
+    for seed in seeds:
+        env.reset(seed)
+        done = False
+        while not done:
+            _, _, done = env.step([])
+        finals.append(env.stats.final_val_accuracy)
+    return sum(finals) / len(finals)
+
+
 class VecEnv:
     """K environments in lockstep, seen through observation vectors and action indices."""
 
