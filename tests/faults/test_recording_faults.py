@@ -310,3 +310,18 @@ def test_report_and_runs_read_metrics_with_nan_from_older_versions(tmp_path):
     assert main(["report", str(run)]) == 0
     assert (run / "report" / "report.html").exists()
     assert main(["runs", str(tmp_path / "runs")]) == 0
+
+
+def test_recordings_without_quantities_cannot_be_reweighed(recording, tmp_path, capsys):
+    """Files written before reward quantities were recorded: learnable as recorded, not re-weighed."""
+    folder = copy_of(recording, tmp_path)
+    meta = json.loads((folder / META_FILE).read_text())
+    del meta["reward_quantities"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    edit_lines(folder, {i: json.dumps({k: v for k, v in row.items() if k != "reward_quantities"})
+                        for i, row in enumerate(rows_of(folder))})  # fmt: skip
+    assert train([folder], tmp_path / "as-recorded") == 0
+    assert train([folder], tmp_path / "reweighed", "--flop-price-training", "0.5") == 2
+    out = capsys.readouterr().out
+    assert "cannot re-weigh the rewards" in out and str(folder) in out
+    assert not (tmp_path / "reweighed").exists()
