@@ -99,10 +99,9 @@ def test_flop_prices_from_the_cli_reach_the_reward_the_logs_and_the_recording(tm
 
 
 def test_a_run_measures_the_host_alone_as_its_terminal_reference_and_keeps_it(tmp_path, capsys):
-    from esper.jobs.evaluate import play
     from esper.jobs.ppo import REFERENCE_EPISODES, training_seed
     from esper.runtime import get_task
-    from esper.simic.vec_env import MorphogeneticEnv
+    from esper.simic.vec_env import MorphogeneticEnv, play
     from esper.tamiyo import NoGrowthController
 
     run = tmp_path / "run"

@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from esper.jobs.evaluate import play
 from esper.leyline import (
     Action,
     ActionKind,
@@ -17,7 +16,7 @@ from esper.leyline import (
 )
 from esper.runtime import get_task
 from esper.simic.rewards import STAGE_POTENTIAL, RewardConfig, RewardTracker
-from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv
+from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv, play
 from esper.tamiyo import (
     BlueprintRotation,
     HeuristicConfig,

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from esper.jobs.evaluate import play
 from esper.jobs.heuristic import resolve_blueprints
 from esper.leyline import ActionKind
 from esper.runtime import get_task
@@ -13,7 +12,7 @@ from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic
 from esper.simic.policy import PolicyController, RandomController
 from esper.simic.ppo import sample
-from esper.simic.vec_env import MorphogeneticEnv, VecEnv
+from esper.simic.vec_env import MorphogeneticEnv, VecEnv, play
 from esper.tolaria import EpochLoop, run_epochs
 
 

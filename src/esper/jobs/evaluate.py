@@ -32,12 +32,10 @@ from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController
 from esper.simic.recording import (
     TRANSITIONS_FILE,
-    EpisodeRecorder,
-    RecordedController,
     episode_recorder,
 )
 from esper.simic.rewards import RewardConfig
-from esper.simic.vec_env import EVAL_SEED_OFFSET, EpisodeStats, MorphogeneticEnv
+from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv, play
 from esper.tamiyo import NoGrowthController
 from esper.tolaria.precision import Precision
 
@@ -88,19 +86,6 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
         tuple(info["blueprints"]),
         restore(Path(policy), "a reward config", lambda: build_config(RewardConfig, info["reward"], {}, section="reward")),
     )
-
-
-def play(env: MorphogeneticEnv, controller: Controller, seed: int, recorder: EpisodeRecorder | None = None) -> EpisodeStats:
-    """One episode under `controller`: decide on each epoch's signals, as in any job (recorded if asked)."""
-    if recorder is not None:
-        recorder.start(seed)
-        controller = RecordedController(controller, recorder)
-    signals, done = env.reset(seed), False
-    while not done:
-        signals, _, done = env.step(controller.decide(signals))
-    if recorder is not None:
-        recorder.record(signals, [])  # completes the last step; nothing is decided after it
-    return env.stats
 
 
 def evaluate(

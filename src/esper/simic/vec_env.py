@@ -31,14 +31,15 @@ from typing import Any
 
 import torch
 
-from esper.leyline import ACTIVE_STAGES, Action, EpochSignals, GrowthBudget, SeedStage
+from esper.leyline import ACTIVE_STAGES, Action, Controller, EpochSignals, GrowthBudget, SeedStage
 from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
-from esper.simic.recording import EpisodeRecorder
+from esper.simic.recording import EpisodeRecorder, RecordedController
 from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
+from esper.tamiyo import NoGrowthController
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer
 
 # Held-out evaluation seeds start here; training episodes use seeds below it.
@@ -177,17 +178,23 @@ class MorphogeneticEnv:
         stats.seeds["undecided"] = sum(1 for r in signals.slots.values() if r is not None and r.stage in ACTIVE_STAGES)
 
 
+def play(env: MorphogeneticEnv, controller: Controller, seed: int, recorder: EpisodeRecorder | None = None) -> EpisodeStats:
+    """One episode under `controller`: decide on each epoch's signals, as in any job (recorded if asked)."""
+    if recorder is not None:
+        recorder.start(seed)
+        controller = RecordedController(controller, recorder)
+    signals, done = env.reset(seed), False
+    while not done:
+        signals, _, done = env.step(controller.decide(signals))
+    if recorder is not None:
+        recorder.record(signals, [])  # completes the last step; nothing is decided after it
+    return env.stats
+
+
 def host_alone_accuracy(env: MorphogeneticEnv, seeds: Sequence[int]) -> float:
     """The mean final val accuracy of the host alone (nothing grown) over episodes with these
     seeds: the reward's `terminal_reference` (its terminal term then reads "over the host alone")."""
-    finals = []
-    for seed in seeds:
-        env.reset(seed)
-        done = False
-        while not done:
-            _, _, done = env.step([])
-        finals.append(env.stats.final_val_accuracy)
-    return sum(finals) / len(finals)
+    return sum(play(env, NoGrowthController(), seed).final_val_accuracy for seed in seeds) / len(seeds)
 
 
 class VecEnv:
