@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--task", help="task name (default mnist5k-tiny)")
     compare.add_argument("--seeds", type=int, help="number of seeds (default 5)")
     compare.add_argument("--first-seed", type=int, help="seeds FIRST, FIRST+1, ... (default 0)")
-    compare.add_argument("--controller", help="heuristic (default) or a policy.pt from esper train ppo/offline")
+    compare.add_argument("--controller", help="a policy.pt from esper train ppo/offline: a policy arm grows beside the heuristic's grown arm")
     compare.add_argument("--epochs", type=int, help="epochs of every arm (default: the task's)")
     compare.add_argument(
         "--arms", nargs="+", metavar="ARM",

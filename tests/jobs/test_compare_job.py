@@ -112,3 +112,23 @@ def _run_config(tmp_path: Path) -> Path:
 def test_a_different_compare_in_the_same_folder_is_refused(finished: Path, capsys) -> None:
     assert main(["compare", "--task", "digits", "--seeds", "3", "--out", str(finished)]) == 2
     assert "holds a compare with other settings" in capsys.readouterr().out
+
+
+def test_a_policy_grows_beside_the_heuristic_on_the_same_seeds(tmp_path: Path) -> None:
+    policy = tmp_path / "ppo"
+    argv = ["train", "ppo", "--task", "digits", "--rounds", "1", "--envs", "2", "--episode-length", str(EPOCHS),
+            "--update-epochs", "1", "--run-dir", str(policy), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "compare"
+    run_compare(_config(seeds=1, controller=str(policy / "policy.pt"), arms=["host-only", "grown", "policy"]), out)
+    configs = {arm: read_json(out / "seed-7" / arm / "config.json")["config"] for arm in ("grown", "policy")}
+    assert configs["grown"]["controller"] == "heuristic" and configs["policy"]["controller"] == str(policy / "policy.pt")
+    results = read_json(out / "compare.json")
+    assert results["arms_planned"] == ["host-only", "grown", "policy"] and results["status"] == "complete"
+    grown, by_policy = (read_jsonl(out / "seed-7" / arm / "metrics.jsonl")[-1]["val_accuracy"] for arm in ("grown", "policy"))
+    assert results["differences"]["policy - grown"]["final_val_accuracy"]["mean"] == pytest.approx(by_policy - grown)
+    assert [t["met"] for t in results["targets"][3:]] == [None, None]  # one seed: no SE to judge by
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert "Where, what and when heuristic and policy ppo grew" in (tmp_path / "report" / "report.html").read_text()
+    with pytest.raises(ValueError, match="give --controller POLICY.pt"):
+        _config(arms=["host-only", "policy"])

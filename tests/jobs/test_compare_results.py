@@ -113,3 +113,20 @@ def test_missing_arms_leave_their_numbers_out(arms) -> None:
     assert over_host["difference"]["n"] == 1 and over_host["met"] is None  # one seed: no SE
     assert over_matched["met"] is None and over_final["met"] is None
     assert results["grown_training_flops_over_static_final"] is None
+
+
+def test_a_policy_arm_is_judged_against_the_heuristics_grown_arm(arms) -> None:
+    # Grown finals 0.95, 0.97, 0.96 at 50, 60, 70 FLOPs.
+    cheaper = {**arms, "policy": [_run(s, [0.9, a], t) for s, a, t in ((0, 0.95, 35.0), (1, 0.97, 48.0), (2, 0.96, 49.0))]}
+    results = compare_results(cheaper, with_loss=False)
+    over = results["differences"]["policy - grown"]["final_val_accuracy"]
+    assert over["mean"] == pytest.approx(0.0) and over["n"] == 3
+    assert results["policy_training_flops_over_grown"]["mean"] == pytest.approx((0.7 + 0.8 + 0.7) / 3)
+    better, as_good_for_less = results["targets"][3:]
+    assert better["met"] is False and as_good_for_less["met"] is True  # 73% of the FLOPs, same accuracy
+
+    costlier = {**arms, "policy": [_run(s, [0.9, a], t) for s, a, t in ((0, 0.97, 50.0), (1, 0.99, 61.0), (2, 0.98, 70.0))]}
+    better, as_good_for_less = compare_results(costlier, with_loss=False)["targets"][3:]
+    assert as_good_for_less["met"] is False  # two points better, but not for less
+    assert better["met"] is False  # and 61 > 60 FLOPs on one seed puts the mean ratio over 1
+    assert len(compare_results(arms, with_loss=False)["targets"]) == 3  # no policy arm: no policy targets

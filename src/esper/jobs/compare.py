@@ -5,7 +5,9 @@ For each seed, these arms are trained, each as a normal run of the heuristic job
 (the loaders' order is a function of the seed) and the same epochs:
 
 - `host-only`: the task's host, nothing grown (controller "none");
-- `grown`: the controller (the heuristic, or a policy.pt) growing it;
+- `grown`: the heuristic growing it;
+- `policy`: a learned controller (`--controller POLICY.pt`, from `esper train ppo` or
+  `offline`) growing it, beside the heuristic on the same seeds (only with a policy);
 - `static-final`: the grown run's final network (summary.json's `architecture`: every
   fossilized seed at full strength, built into the trunk), freshly initialised and
   trained from scratch;
@@ -62,7 +64,7 @@ class CompareConfig:
     task: str = "mnist5k-tiny"
     seeds: int = 5  # seeds first_seed, first_seed + 1, ...
     first_seed: int = 0
-    controller: str = "heuristic"  # "heuristic" or the path of a policy.pt
+    controller: str = "heuristic"  # "heuristic", or a policy.pt: then a policy arm grows beside the heuristic
     epochs: int | None = None  # None: the task's default
     arms: list[str] | None = None  # None: every arm, static-reference if the task has a reference host
     # More run-config keys for every arm (task_options, heuristic, blueprints, slots, ...).
@@ -83,6 +85,8 @@ class CompareConfig:
                 raise ValueError(f"unknown arm(s) {unknown}; arms: {', '.join(ARMS)}")
             if "grown" not in self.arms and any(arm in NEEDS_GROWN for arm in self.arms):
                 raise ValueError("the static-final arms are the grown run's final network: add the grown arm")
+            if "policy" in self.arms and self.controller == "heuristic":
+                raise ValueError("the policy arm grows with a learned controller: give --controller POLICY.pt")
         owned = sorted(set(self.run) & set(OWNED_KEYS))
         if owned:
             raise ValueError(f"compare sets {', '.join(owned)} for each arm itself; leave them out of --config")
@@ -99,7 +103,10 @@ def planned_arms(config: CompareConfig) -> list[str]:
     """The arms to train, in training order; a reference arm on a task without one is refused."""
     spec = get_task(config.task)
     if config.arms is None:
-        return [arm for arm in ARMS if arm != "static-reference" or spec.reference_host is not None]
+        skipped = {"static-reference"} if spec.reference_host is None else set()
+        if config.controller == "heuristic":
+            skipped.add("policy")
+        return [arm for arm in ARMS if arm not in skipped]
     if "static-reference" in config.arms:
         try:
             host_variant(spec, "reference", {})
@@ -151,6 +158,8 @@ def arm_config(config: CompareConfig, arm: str, seed: int, grown: dict[str, Any]
         case "host-only":
             values["controller"] = "none"
         case "grown":
+            values["controller"] = "heuristic"
+        case "policy":
             values["controller"] = config.controller
         case "static-final" | "static-final-matched":
             if grown is None:

@@ -18,12 +18,14 @@ from esper.jobs.compare_results import REACH_FRACTION, ArmRun, mean_se
 ARM_COLOURS = {
     "host-only": "#969696",
     "grown": "#238b45",
+    "policy": "#6a51a3",
     "static-final": "#2171b5",
     "static-final-matched": "#6baed6",
     "static-reference": "#d94801",
 }
 # Arms that share a size (grown, static-final, static-final-matched) stay apart by marker.
-ARM_MARKERS = {"host-only": "o", "grown": "o", "static-final": "s", "static-final-matched": "D", "static-reference": "^"}
+ARM_MARKERS = {"host-only": "o", "grown": "o", "policy": "v", "static-final": "s", "static-final-matched": "D",
+               "static-reference": "^"}  # fmt: skip
 METRIC_LABELS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 GRID_POINTS = 200
 

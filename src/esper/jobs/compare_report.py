@@ -71,10 +71,11 @@ def difference_rows(results: dict[str, Any]) -> Rows:
         if with_loss:
             row.append(_pm(measures["final_val_loss"], "+.4f"))
         rows.append(row)
-    fraction = results.get("grown_training_flops_over_static_final")
-    if fraction is not None:
-        rows.append(["grown training FLOPs / static-final's", str(fraction["n"]), _pm(fraction, ".1f", 100) + " %"]
-                    + (["-"] if with_loss else []))  # fmt: skip
+    for key, label in (("grown_training_flops_over_static_final", "grown training FLOPs / static-final's"),
+                       ("policy_training_flops_over_grown", "policy training FLOPs / grown's")):  # fmt: skip
+        fraction = results.get(key)
+        if fraction is not None:
+            rows.append([label, str(fraction["n"]), _pm(fraction, ".1f", 100) + " %"] + (["-"] if with_loss else []))
     return header, rows
 
 
@@ -89,17 +90,19 @@ def target_rows(results: dict[str, Any]) -> Rows:
         verdict = _verdict(target["met"])
         if "training_flops_fraction" in target:
             numbers += f"; {_pm(target['training_flops_fraction'], '.1f', 100)} % of the FLOPs"
+        if "aim_met" in target:
             verdict += f" (aim 50%: {_verdict(target['aim_met'])})"
         rows.append([target["target"], numbers, verdict])
     return ["target", "numbers (mean ± SE)", "verdict"], rows
 
 
 def print_compare(results: dict[str, Any], console: Console) -> None:
-    title = (f"{results['task']}: {results['controller']} growth vs static networks, "
+    grower = "heuristic" if results["controller"] == "heuristic" else f"heuristic and policy {results['controller']}"
+    title = (f"{results['task']}: {grower} growth vs static networks, "
              f"{results['epochs']} epochs, seeds {results['seeds'][0]}-{results['seeds'][-1]}")  # fmt: skip
     for caption, (header, rows) in (
         (title, arm_rows(results)),
-        ("grown against the others", difference_rows(results)),
+        ("paired differences", difference_rows(results)),
         ("targets", target_rows(results)),
     ):
         table = Table(title=caption)

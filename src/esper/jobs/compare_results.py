@@ -20,8 +20,12 @@ from typing import Any
 from esper.jobs.run_folder import RunFolder, read_json
 from esper.nissa import read_jsonl
 
-ARMS = ("host-only", "grown", "static-final", "static-final-matched", "static-reference")
-PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"))
+ARMS = ("host-only", "grown", "policy", "static-final", "static-final-matched", "static-reference")
+PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"),
+         ("policy", "host-only"), ("policy", "grown"))  # fmt: skip
+# A learned controller's targets against the heuristic (`policy` against `grown`, paired by seed).
+POLICY_WIN_SE = 2.0  # better final metric by at least this many SE, at no more training FLOPs
+POLICY_FLOPS_FRACTION = 0.8  # or the same metric (within 1 SE) for at most this share of the FLOPs
 REACH_FRACTION = 0.99  # "training FLOPs to first reach 99% of static-final's final metric"
 FLOPS_KEYS = ("training", "validation", "counterfactual")
 
@@ -129,25 +133,26 @@ def _differences(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[
     }
 
 
-def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]]) -> dict[str, Any] | None:
-    """grown's training FLOPs over static-final's, per seed, then mean ± SE."""
-    grown, final = arms.get("grown"), arms.get("static-final")
-    if not grown or not final:
+def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]], arm: str = "grown", of: str = "static-final") -> dict[str, Any] | None:
+    """`arm`'s training FLOPs over `of`'s, per seed, then mean ± SE."""
+    runs, others = arms.get(arm), arms.get(of)
+    if not runs or not others:
         return None
-    by_seed = {run.seed: run.flops["training"] for run in final}
+    by_seed = {run.seed: run.flops["training"] for run in others}
     return mean_se(
-        run.flops["training"] / by_seed[run.seed] for run in grown if run.seed in by_seed
+        run.flops["training"] / by_seed[run.seed] for run in runs if run.seed in by_seed
     )
 
 
-def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Issue 11's targets, each with the numbers it is judged on; `met` is None when an arm is
-    missing or there are too few seeds to have an SE."""
+def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
+             policy_fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Issue 11's targets (and issue 14's, with a policy arm), each with the numbers it is judged
+    on; `met` is None when an arm is missing or there are too few seeds to have an SE."""
 
     def diff(name: str) -> dict[str, Any]:
         return differences.get(name, {}).get("final_val_accuracy", mean_se([]))
 
-    over_host, over_matched, over_final = (diff(f"{a} - {b}") for a, b in PAIRS)
+    over_host, over_matched, over_final = (diff(f"{a} - {b}") for a, b in PAIRS[:3])
     targets = []
     mean, se = over_host["mean"], over_host["se"]
     targets.append({
@@ -171,7 +176,31 @@ def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None)
         "met": None if within is None or ratio is None else within and ratio <= 0.75,
         "aim_met": None if within is None or ratio is None else within and ratio <= 0.5,
     })  # fmt: skip
+    if policy_fraction is not None:
+        targets += _policy_targets(diff("policy - grown"), policy_fraction)
     return targets
+
+
+def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The learned controller against the heuristic: better at no more compute, or as good for less."""
+    mean, se, ratio = over_heuristic["mean"], over_heuristic["se"], fraction["mean"]
+    known = mean is not None and se is not None and ratio is not None
+    return [
+        {
+            "target": f"policy beats the heuristic's grown network by at least {POLICY_WIN_SE:g} SE "
+                      "(final val accuracy, paired) with no more training FLOPs",
+            "difference": over_heuristic,
+            "training_flops_fraction": fraction,
+            "met": mean > 0 and mean >= POLICY_WIN_SE * se and ratio <= 1.0 if known else None,
+        },
+        {
+            "target": "policy reaches the heuristic's final val accuracy within 1 SE with at most "
+                      f"{POLICY_FLOPS_FRACTION:.0%} of its training FLOPs",
+            "difference": over_heuristic,
+            "training_flops_fraction": fraction,
+            "met": mean >= -se and ratio <= POLICY_FLOPS_FRACTION if known else None,
+        },
+    ]  # fmt: skip
 
 
 def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[str, Any]:
@@ -186,6 +215,7 @@ def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> di
     present = {arm: runs for arm, runs in arms.items() if runs}
     differences = _differences(present, with_loss)
     fraction = _flops_fraction(present)
+    policy_fraction = _flops_fraction(present, "policy", "grown")
     return {
         "reach": {
             "metric": "val_accuracy",
@@ -195,5 +225,6 @@ def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> di
         "arms": {arm: _arm_section(runs, with_loss, threshold) for arm, runs in present.items()},
         "differences": differences,
         "grown_training_flops_over_static_final": fraction,
-        "targets": _targets(differences, fraction),
+        **({"policy_training_flops_over_grown": policy_fraction} if policy_fraction is not None else {}),
+        "targets": _targets(differences, fraction, policy_fraction),
     }

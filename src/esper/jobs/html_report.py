@@ -266,11 +266,12 @@ def _compare_page(path: Path, out: Path | None) -> Path:
     sections = _compare_sections(folder, config, arms, results)
     built = compare.build_figures(compare.collect(folder, config, arms), config)
     sections += [_figure(fig, out, name, compare.FIGURES[name]) for name, fig in built.items()]
-    grown = [load_run(folder.run_path(seed, "grown")) for seed in config.seed_list
-             if "grown" in arms and compare.arm_state(folder.run_path(seed, "grown")) == "complete"]  # fmt: skip
-    controller = config.controller if config.controller == "heuristic" else f"policy {Path(config.controller).parent.name}"
-    caption = f"Where, what and when the {controller} controller grew (the grown arm, all seeds)"
-    sections.append(_figure(figures.growth_decisions({controller: grown}), out, "decisions.png", caption))
+    growers = {"heuristic": "grown", f"policy {Path(config.controller).parent.name}": "policy"}
+    grown = {name: [load_run(folder.run_path(seed, arm)) for seed in config.seed_list
+                    if compare.arm_state(folder.run_path(seed, arm)) == "complete"]
+             for name, arm in growers.items() if arm in arms}  # fmt: skip
+    caption = f"Where, what and when {' and '.join(grown) or 'the controller'} grew (all seeds)"
+    sections.append(_figure(figures.growth_decisions(grown), out, "decisions.png", caption))
     sections.append(_arm_runs_section(folder, config, arms))
     return _write_page(out, f"Esper compare: {config.task} ({path.resolve().name})", sections)
 
