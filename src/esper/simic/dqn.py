@@ -36,7 +36,7 @@ class OfflineConfig:
     # Discount per epoch; None: the discount the recorded shaping term was computed with
     # (see `learning_discount`).
     gamma: float | None = None
-    drop_shaping: bool = False  # learn from the recorded rewards without their shaping term
+    drop_shaping: bool = False  # learn without the potential-based terms (shaping; the contribution where recorded as one)
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 128
     updates: int = 3000  # gradient steps over the whole dataset
