@@ -24,6 +24,9 @@ def test_tiny_run_writes_a_loadable_policy_and_the_run_folder(tmp_path):
     for key in ("return", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance", "rewards", "rewards_per_step", "actions"):
         assert key in metrics[0]
     assert len(metrics[0]["rewards_per_step"]["contribution"]) == 3  # episode_length - 1 decisions
+    for m in metrics:  # the return without the potential-based terms, the policy's real earnings
+        potentials = m["rewards"]["contribution"] + m["rewards"]["shaping"]
+        assert m["return_without_potentials"]["mean"] == pytest.approx(m["return"]["mean"] - potentials)
     payload = torch.load(run / "policy.pt", weights_only=True)
     assert payload["task"] == "digits" and payload["round"] == 2
     assert len(payload["feature_names"]) == payload["normalizer"]["mean"].shape[0]

@@ -56,7 +56,7 @@ from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
 from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
 from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
-from esper.simic.rewards import COMPONENTS, RewardConfig
+from esper.simic.rewards import COMPONENTS, POTENTIALS, RewardConfig
 from esper.simic.vec_env import (
     EVAL_SEED_OFFSET,
     EpisodeStats,
@@ -153,6 +153,9 @@ def round_metrics(round_index: int, rollout: Rollout, episodes: list[EpisodeStat
         "round": round_index,
         "epoch": round_index,
         "return": mean_std([e.episode_return for e in episodes]),
+        # What the policy is judged on: the potentials sum to ~0 only with gamma 1 (with gamma < 1
+        # they charge (1 - gamma) x the potential held each epoch), so the raw return hides progress.
+        "return_without_potentials": mean_std([e.episode_return - sum(e.rewards[c] for c in POTENTIALS) for e in episodes]),
         "final_val_accuracy": mean_std([e.final_val_accuracy for e in episodes]),
         "params_added": mean_std([float(e.params_added) for e in episodes]),
         **update,
@@ -311,7 +314,7 @@ def run_ppo(
             metrics.write(record)
             hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index, data={k: v for k, v in record.items() if k != "rewards_per_step"}))
             if progress is not None:
-                info = f"return {record['return']['mean']:+.3f}  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"
+                info = f"return {record['return']['mean']:+.3f} ({record['return_without_potentials']['mean']:+.3f} without potentials)  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"
                 progress.update(bar, advance=1, info=info)
             if checkpoint:
                 save(round_index + 1, folder.checkpoint_path(round_index + 1))

@@ -37,7 +37,7 @@ import torch
 
 from esper.nissa import numbered_jsonl, strict_json
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
-from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS, REWEIGHABLE, RewardConfig
+from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS, POTENTIALS, REWEIGHABLE, RewardConfig
 
 # The components recordings made before the FLOP prices hold (their FLOP components were 0).
 _UNPRICED_COMPONENTS = [name for name in COMPONENTS if name not in FLOP_COMPONENTS]
@@ -56,7 +56,7 @@ ROW_KEYS = ("obs", "mask", "action", "reward", "next_obs", "next_mask", "done", 
 def potential_terms(meta: dict[str, Any]) -> tuple[str, ...]:
     """The recorded components that are potential-based (the contribution became one when
     quantities began to be recorded; before, it was a reward kept for good)."""
-    return ("shaping", "contribution") if meta.get("reward_quantities") else ("shaping",)
+    return POTENTIALS if meta.get("reward_quantities") else ("shaping",)
 
 
 def shaping_gamma(meta: dict[str, Any]) -> float:

@@ -78,6 +78,8 @@ from esper.leyline import MEASURED_STAGES, EpochSignals, SeedStage
 # The two priced FLOP components came later: recordings made before them hold the others only.
 FLOP_COMPONENTS = ("training_flops", "inference_flops")
 COMPONENTS = ("contribution", "rent", "shaping", "terminal", "rollback", *FLOP_COMPONENTS)
+# The potential-based components: they steer credit assignment, not which policy is best.
+POTENTIALS = ("contribution", "shaping")
 
 STAGE_POTENTIAL: dict[SeedStage, float] = {
     SeedStage.GERMINATED: 0.02,
