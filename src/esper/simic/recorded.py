@@ -139,9 +139,7 @@ def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
             f"no transitions to learn from: every recorded step holds non-finite values ({reader.skipped_note()})"
         )
     # What a policy trained on them plays by default: the length most recorded episodes had.
-    recorded = reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]})
-    recorded.mixed_weights = mixed_weights
-    return recorded
+    return reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]}, mixed_weights)
 
 
 def _unweighed(reward: Any) -> Any:
@@ -223,7 +221,7 @@ class _RowReader:
     def skipped_note(self) -> str:
         return _skipped_note(self.skipped, self.repaired, self.example)
 
-    def result(self, meta: dict[str, Any]) -> RecordedTransitions:
+    def result(self, meta: dict[str, Any], mixed_weights: bool) -> RecordedTransitions:
         rows = self.rows
         columns = {
             "obs": torch.tensor(rows["obs"], dtype=torch.float32),
@@ -241,7 +239,7 @@ class _RowReader:
         quantities = torch.tensor(rows["reward_quantities"], dtype=torch.float32) if have_quantities else None
         return RecordedTransitions(meta, columns, components, list(self.without_components), quantities=quantities,
                                    without_quantities=list(self.without_quantities), skipped=Counter(self.skipped),
-                                   repaired=self.repaired, example=self.example)  # fmt: skip
+                                   repaired=self.repaired, example=self.example, mixed_weights=mixed_weights)  # fmt: skip
 
 
 def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:

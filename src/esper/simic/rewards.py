@@ -148,6 +148,8 @@ class RewardTracker:
 
     def __init__(self, config: RewardConfig | None = None) -> None:
         self.config = config or RewardConfig()
+        # What the terminal term is measured against: the reference, else the first epoch's val
+        # accuracy (the name predates the reference; checkpoints hold it under this key).
         self.start_val_accuracy = 0.0
         self.quantities: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)  # the last step's
         self.credit = 0.0
