@@ -128,3 +128,67 @@ def test_a_run_measures_the_host_alone_as_its_terminal_reference_and_keeps_it(tm
     assert main(["train", "ppo", "--resume", str(run)]) == 0
     assert "terminal reference" not in capsys.readouterr().out  # resumed: the saved reference, not measured again
     assert json.loads((run / "summary.json").read_text())["terminal_reference"] == reference
+
+
+EAGER = {
+    "min_epochs_left": 0,
+    "germination_cooldown": 1,
+    "fossilize_above": -1.0,
+    "tracker": {"plateau_patience": 1, "warmup_epochs": 1, "min_delta": 0.1, "stable_loss_change": 10.0},
+}
+WARM = ["train", "ppo", "--rounds", "1", "--envs", "2", "--episode-length", "6", "--quiet", "--update-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def recorded_heuristic(tmp_path_factory):
+    """One eager heuristic run on digits, recorded with a terminal reference of 0.9."""
+    root = tmp_path_factory.mktemp("recorded")
+    config = root / "eager.json"
+    config.write_text(json.dumps({"heuristic": EAGER, "reward": {"terminal_reference": 0.9}}))
+    run = root / "heuristic"
+    assert main(["train", "heuristic", "--task", "digits", "--epochs", "6", "--run-dir", str(run), "--quiet", "--config", str(config)]) == 0
+    return run
+
+
+def test_a_warm_started_run_begins_as_the_recorded_controller(recorded_heuristic, tmp_path, capsys):
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"reward": {"terminal_reference": 0.9}}))
+    assert main([*WARM, "--run-dir", str(tmp_path / "cold"), "--config", str(reference)]) == 0
+    warm = tmp_path / "warm"
+    loud = [arg for arg in WARM if arg != "--quiet"]
+    assert main([*loud, "--run-dir", str(warm), "--warm-start", str(recorded_heuristic), "--warm-start-updates", "300"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # as printed, but for the console's line wrapping
+    assert "terminal reference: the warm-start recordings' (90.00% val accuracy)" in out
+    assert "warm start: fitted to 5 recorded steps from 1 run(s); the policy takes the recorded action in 100% of them" in out
+    config = json.loads((warm / "config.json").read_text())["config"]
+    assert config["reward"]["terminal_reference"] == 0.9 and config["warm_start"] == {"updates": 300}
+    summary = json.loads((warm / "summary.json").read_text())
+    assert summary["warm_start_from"] == [str(recorded_heuristic)] and summary["warm_start"]["agreement"] == 1.0
+    assert torch.load(warm / "policy.pt", weights_only=True)["warm_start_from"] == [str(recorded_heuristic)]
+    # Cloned, the policy is decided where a fresh one is near uniform over the valid actions.
+    cold_entropy = read_jsonl(tmp_path / "cold" / "metrics.jsonl")[0]["entropy"]
+    warm_entropy = read_jsonl(warm / "metrics.jsonl")[0]["entropy"]
+    assert cold_entropy > 1.0 and warm_entropy < 0.5 * cold_entropy
+
+
+@pytest.mark.parametrize(
+    ("extra", "reward", "message"),
+    [
+        (["--task", "mnist5k-mlp"], None, "recorded on task digits, this run trains on mnist5k-mlp"),
+        (["--slots", "block2"], None, "recorded with slot_ids ['block2', 'block3'], this run has ['block2']"),
+        ([], {"terminal_reference": 0.8}, "terminal_reference: 0.9 recorded, 0.8 asked"),
+        (["--network-kind", "lstm"], None, "needs the mlp network"),
+    ],
+    ids=["other-task", "other-slots", "other-reference", "lstm"],
+)
+def test_a_warm_start_that_cannot_fit_is_refused_in_one_line(recorded_heuristic, tmp_path, capsys, extra, reward, message):
+    if reward is not None:
+        config = tmp_path / "reward.json"
+        config.write_text(json.dumps({"reward": reward}))
+        extra = [*extra, "--config", str(config)]
+    run = tmp_path / "run"
+    assert main([*WARM, "--run-dir", str(run), "--warm-start", str(recorded_heuristic), *extra]) == 2
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 and "Traceback" not in out, out
+    assert message in " ".join(out.split())
+    assert not run.exists(), "a refused run leaves no folder"

@@ -6,8 +6,9 @@
   is an MLP (mnist5k-mlp): with BatchNorm, per-rank batch statistics differ from one
   process's on CPU (SyncBatchNorm is CUDA-only).
 - PPO (DD-PPO), `torchrun ... -m esper train ppo` (torchrun itself): 3 environments over
-  2 processes (1 and 2), 2 rounds; after the first update the policy matches one
-  process's with 3 environments, and so do the normaliser and the recorded transitions.
+  2 processes (1 and 2), 2 rounds, both warm-started from a recorded run (fitted on rank 0,
+  sent to the others); after the first update the policy matches one process's with 3
+  environments, and so do the normaliser and the recorded transitions.
 
 Rank 0 alone writes: each run folder holds the files one process writes, and nothing
 else appears in the working directory.
@@ -88,10 +89,13 @@ def test_rank_zero_alone_writes_the_run_folder(heuristic_runs):
 @pytest.fixture(scope="module")
 def ppo_runs(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("ppo")
-    one, two = folder / "one", folder / "two"
-    assert main([*PPO, "--run-dir", str(one)]) == 0
+    one, two, recorded = folder / "one", folder / "two", folder / "recorded"
+    # Both runs are warm-started from a recorded one: rank 0 fits the policy, every rank gets it.
+    assert main([*PPO, "--rounds", "1", "--run-dir", str(recorded)]) == 0
+    warm = ["--warm-start", str(recorded), "--warm-start-updates", "50"]
+    assert main([*PPO, *warm, "--run-dir", str(one)]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run([*torchrun, "-m", "esper", "--threads", "1", *PPO, "--run-dir", str(two)],
+    done = subprocess.run([*torchrun, "-m", "esper", "--threads", "1", *PPO, *warm, "--run-dir", str(two)],
                           env=esper_env(), capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return one, two
@@ -116,7 +120,8 @@ def test_ppo_on_two_ranks_logs_every_environment_once(ppo_runs):
     assert shared[0]["return"] == pytest.approx(alone[0]["return"])
     assert shared[0]["actions"] == alone[0]["actions"]
     assert _files(two) == _files(one)
-    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["warm_start"] == json.loads((one / "summary.json").read_text())["warm_start"]
     events = [json.loads(line) for line in (two / "events.jsonl").read_text().splitlines()]
     started = next(e for e in events if e["event_type"] == "run_started")
     assert started["message"] == "3 environments over 2 processes: 1, 2"

@@ -47,14 +47,14 @@ from esper.jobs.config import build_config
 from esper.jobs.ppo import POLICY_FILE, add_config_flags, config_flag_values
 from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
-from esper.simic.actions import ActionSpace
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
-from esper.simic.features import FeatureLayout, RunningNorm, layout_difference
+from esper.simic.features import RunningNorm
 from esper.simic.policy import policy_payload
 from esper.simic.recorded import (
     RecordedTransitions,
     load_transitions,
     potential_terms,
+    recorded_layout,
     shaping_gamma,
 )
 from esper.simic.rewards import REWEIGHABLE, RewardConfig
@@ -90,7 +90,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     offline = build_config(OfflineConfig, config.offline, {})
     recorded = load_transitions(config.sources)
     meta = recorded.meta
-    layout, space = _recorded_layout(meta)
+    layout, space = recorded_layout(meta)
     reward_config, reward = _learning_reward(recorded, config.reward, offline.drop_shaping)
     potentials = potential_terms(meta)
     shaped = not offline.drop_shaping and any(reward_config[f"{name}_weight"] != 0 for name in potentials)
@@ -166,20 +166,6 @@ def _reward_note(recorded: RecordedTransitions, overrides: dict[str, float]) -> 
     if recorded.mixed_weights:
         return "re-weighed to the first run's weights (the runs were recorded under different ones)"
     return "as recorded"
-
-
-def _recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
-    """This Esper's observation layout and action space for the recorded slots and blueprints; they must agree."""
-    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
-    space = ActionSpace(layout.slot_ids, layout.blueprints)
-    for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
-                               ("actions", space.names(), meta["action_names"])):  # fmt: skip
-        if (difference := layout_difference(ours, theirs, "recorded")) is not None:
-            raise ValueError(
-                f"the transitions were recorded with other {what} than this Esper's: {difference}"
-                " (record them again with this version)"
-            )
-    return layout, space
 
 
 def _write_run(folder: RunFolder, run_config: dict[str, Any], history: list[dict[str, float]],

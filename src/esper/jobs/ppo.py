@@ -51,10 +51,11 @@ from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import TaskData, TaskSpec, get_task
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
-from esper.simic.features import RunningNorm
+from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
 from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
+from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
 from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
 from esper.simic.rewards import COMPONENTS, POTENTIALS, RewardConfig
 from esper.simic.vec_env import (
@@ -64,6 +65,7 @@ from esper.simic.vec_env import (
     VecEnv,
     host_alone_accuracy,
 )
+from esper.simic.warm_start import WarmStartConfig, warm_start
 from esper.tolaria.distributed import World, shard
 
 POLICY_FILE = "policy.pt"
@@ -101,6 +103,9 @@ class PPORunConfig:
     # How far each episode's host may grow; the policy's action mask forbids germinations past it.
     budget: GrowthBudget = field(default_factory=GrowthBudget)
     tensorboard: bool = False  # also log every round to RUN_DIR/tensorboard
+    # Recorded run folders the policy is fitted to before the first round (`simic.warm_start`).
+    warm_start_from: list[str] = field(default_factory=list)
+    warm_start: dict[str, Any] = field(default_factory=dict)  # WarmStartConfig overrides
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
@@ -113,12 +118,13 @@ class PPORunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def parts(self) -> tuple[PPOConfig, NetworkConfig, RewardConfig]:
+    def parts(self) -> tuple[PPOConfig, NetworkConfig, RewardConfig, WarmStartConfig]:
         """The typed configs; the reward's shaping discount defaults to PPO's gamma."""
         ppo = build_config(PPOConfig, self.ppo, {}, section="ppo")
         network = build_config(NetworkConfig, self.network, {}, section="network")
         reward = build_config(RewardConfig, {"gamma": ppo.gamma, **self.reward}, {}, section="reward")
-        return ppo, network, reward
+        warm = build_config(WarmStartConfig, self.warm_start, {}, section="warm_start")
+        return ppo, network, reward, warm
 
 
 def _measure_reference(spec: TaskSpec, data: TaskData, config: PPORunConfig, reward: RewardConfig, console: Console | None) -> RewardConfig:
@@ -131,6 +137,26 @@ def _measure_reference(spec: TaskSpec, data: TaskData, config: PPORunConfig, rew
         console.print(f"terminal reference: the host alone ends at {reference:.2%} val accuracy "
                       f"({len(seeds)} host-only episodes)", highlight=False, markup=False)  # fmt: skip
     return replace(reward, terminal_reference=reference)
+
+
+def _warm_start_recordings(config: PPORunConfig) -> RecordedTransitions:
+    """The recorded runs a new run is fitted to; they must be this run's task, with recorded rewards' quantities."""
+    recorded = load_transitions(config.warm_start_from)
+    if recorded.meta["task"] != config.task:
+        raise ValueError(f"the warm-start runs were recorded on task {recorded.meta['task']}, this run trains on "
+                         f"{config.task}: warm-start from runs of the same task")  # fmt: skip
+    return recorded
+
+
+def _check_warm_start_layout(recorded: RecordedTransitions, layout: FeatureLayout) -> None:
+    """The recordings' slots and blueprints must be the run's: the policy's inputs and outputs are named by them."""
+    theirs, _ = recorded_layout(recorded.meta)
+    for what in ("slot_ids", "blueprints"):
+        if getattr(theirs, what) != getattr(layout, what):
+            raise ValueError(
+                f"the warm-start runs were recorded with {what} {list(getattr(theirs, what))}, this run has "
+                f"{list(getattr(layout, what))}: give the run the same --slots and --blueprints as the recordings"
+            )
 
 
 def training_seed(run_seed: int, round_index: int, env_index: int, n_envs: int) -> int:
@@ -207,11 +233,27 @@ def run_ppo(
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
-    ppo_config, network_config, reward_config = config.parts()
+    ppo_config, network_config, reward_config, warm_config = config.parts()
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
-    if reward_config.terminal_reference is None:
+    recorded: RecordedTransitions | None = None  # rank 0's warm-start data (a new run with warm_start_from)
+    if config.warm_start_from and not resume:
+
+        def read_recordings() -> float | None:
+            nonlocal recorded
+            recorded = _warm_start_recordings(config)
+            return recorded.meta["reward"].get("terminal_reference")
+
+        recorded_reference = world.run_on_main(read_recordings)
+        if "terminal_reference" not in config.reward:
+            # The recordings' rewards were paid against it: the critic fitted to them means the same here.
+            reward_config = replace(reward_config, terminal_reference=recorded_reference)
+            config.reward = {**config.reward, "terminal_reference": recorded_reference}
+            if console is not None and main:
+                said = "none: each episode's first-epoch" if recorded_reference is None else f"{recorded_reference:.2%}"
+                console.print(f"terminal reference: the warm-start recordings' ({said} val accuracy)", highlight=False)
+    if "terminal_reference" not in config.reward:
         # Measured before the folder is made and kept in its config.json, so a resumed run
         # (and the policy.pt, which carries the reward config) pays against the same reference.
         reward_config = world.run_on_main(lambda: _measure_reference(spec, data, config, reward_config, console))
@@ -233,6 +275,26 @@ def run_ppo(
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
     norm = RunningNorm(env.layout.size)
     generator = torch.Generator().manual_seed(config.seed)
+    warm_stats: dict[str, float] | None = None
+    if config.warm_start_from and not resume:
+
+        def fit() -> dict[str, Any]:
+            if recorded is None:  # read on rank 0 above; fit runs there alone
+                raise RuntimeError("the warm-start recordings were not read")
+            _check_warm_start_layout(recorded, env.layout)
+            stats = warm_start(model, norm, recorded, recorded.reweighed(reward_config), ppo_config.gamma, warm_config,
+                               torch.Generator().manual_seed(config.seed))  # fmt: skip
+            return {"stats": stats, "model": model.state_dict(), "normalizer": norm.state_dict()}
+
+        fitted = world.run_on_main(fit)
+        if not main:
+            model.load_state_dict(fitted["model"])
+            norm.load_state_dict(fitted["normalizer"])
+        warm_stats = fitted["stats"]
+        if console is not None and main:
+            console.print(f"warm start: fitted to {warm_stats['steps']:,} recorded steps from "
+                          f"{len(config.warm_start_from)} run(s); the policy takes the recorded action in "
+                          f"{warm_stats['agreement']:.0%} of them", highlight=False)  # fmt: skip
 
     def restore_state(state: dict[str, Any]) -> int:
         model.load_state_dict(state["model"])
@@ -276,7 +338,8 @@ def run_ppo(
                  "normalizer": norm.state_dict(), "generator": generator.get_state()}  # fmt: skip
         folder.save_checkpoint(state, path)
         policy = policy_payload(model, norm, env.layout, env.space, task=config.task, round=rounds_done,
-                                episode_length=config.episode_length, reward=asdict(reward_config))  # fmt: skip
+                                episode_length=config.episode_length, reward=asdict(reward_config),
+                                warm_start_from=list(config.warm_start_from))  # fmt: skip
         folder.save_checkpoint(policy, folder.path / POLICY_FILE)
         hub.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=rounds_done - 1, message=str(path)))
 
@@ -330,10 +393,18 @@ def run_ppo(
         hub.close()
     if not main:
         return None
-    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round, world.size)
+    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round, world.size, warm_stats)
 
 
-def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_this_session: int, processes: int = 1) -> dict[str, Any]:
+def summarize(
+    folder: RunFolder,
+    config: PPORunConfig,
+    seconds: float,
+    rounds_this_session: int,
+    processes: int = 1,
+    warm_start: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """summary.json; `warm_start` is what this session's warm start reported (None when it had none)."""
     rounds = [r["return"]["mean"] for r in read_jsonl(folder.metrics_path)]
     window = max(len(rounds) // 10, 1)
     summary = {
@@ -350,19 +421,22 @@ def summarize(folder: RunFolder, config: PPORunConfig, seconds: float, rounds_th
         "first_rounds_return": statistics.fmean(rounds[:window]),
         "last_rounds_return": statistics.fmean(rounds[-window:]),
         "best_round_return": max(rounds),
+        "warm_start_from": list(config.warm_start_from),
         "policy": str(folder.path / POLICY_FILE),
         "rounds_this_session": rounds_this_session,
         "processes": processes,
         "wall_seconds_this_session": round(seconds, 2),
         "esper_version": __version__,
     }
+    if warm_start is not None:
+        summary["warm_start"] = warm_start
     write_json(folder.summary_path, summary)
     return summary
 
 
 # --------------------------------------------------------------------------- CLI
 
-_FLAGGED = ((PPOConfig, "ppo", "--"), (NetworkConfig, "network", "--network-"))
+_FLAGGED = ((PPOConfig, "ppo", "--"), (NetworkConfig, "network", "--network-"), (WarmStartConfig, "warm_start", "--warm-start-"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +454,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
     parser.add_argument("--tensorboard", action="store_true", help="also log every round to RUN_DIR/tensorboard")
+    parser.add_argument("--warm-start", dest="warm_start_from", nargs="+", metavar="RUN_DIR",
+                        help="fit the policy to these recorded runs (e.g. heuristic runs) before the first round")  # fmt: skip
     add_device_arguments(parser, "the environments' hosts")
     for cls, group_name, prefix in _FLAGGED:
         add_config_flags(parser, cls, group_name, prefix)
@@ -418,7 +494,7 @@ def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -
     overrides: dict[str, Any] = {
         name: getattr(args, name)
         for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every",
-                     "device", "precision")
+                     "device", "precision", "warm_start_from")
     }
     overrides["tensorboard"] = args.tensorboard or None
     for _, group_name, _ in _FLAGGED:

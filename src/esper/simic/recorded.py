@@ -29,13 +29,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from esper.nissa import numbered_jsonl, strict_json
+from esper.simic.actions import ActionSpace
+from esper.simic.features import FeatureLayout, layout_difference
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
 from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS, POTENTIALS, REWEIGHABLE, RewardConfig
 
@@ -98,12 +100,22 @@ class RecordedTransitions:
         return self.components[:, kept].sum(dim=1)
 
     def reweighed(self, reward: RewardConfig) -> torch.Tensor:
-        """Every step's reward under `reward`'s weights and prices, from the recorded quantities."""
+        """Every step's reward under `reward`'s weights and prices, from the recorded quantities;
+        the rest of `reward` (reference, discount, credit) must be what the runs were recorded with."""
         if self.quantities is None:
             raise ValueError(
                 f"cannot re-weigh the rewards: {', '.join(self.without_quantities)} recorded no reward "
                 "quantities (before Esper recorded them); record those runs again, or learn from them "
                 "alone with the weights they were recorded with"
+            )
+        recorded = self.meta["reward"]
+        differ = {k: (recorded.get(k), v) for k, v in asdict(reward).items() if k not in REWEIGHABLE and recorded.get(k) != v}
+        if differ:
+            detail = "; ".join(f"{k}: {a!r} recorded, {b!r} asked" for k, (a, b) in sorted(differ.items()))
+            raise ValueError(
+                f"the recorded rewards cannot be re-weighed to this reward ({detail}): only weights and "
+                "prices may differ; give the reward the runs were recorded with (their transitions_meta.json "
+                "reward, e.g. through --config)"
             )
         weights = reward.weights()
         return self.quantities @ torch.tensor([weights[name] for name in COMPONENTS], dtype=torch.float32)
@@ -140,6 +152,20 @@ def load_transitions(run_dirs: Sequence[str | Path]) -> RecordedTransitions:
         )
     # What a policy trained on them plays by default: the length most recorded episodes had.
     return reader.result({**meta, "episode_length": lengths.most_common(1)[0][0]}, mixed_weights)
+
+
+def recorded_layout(meta: dict[str, Any]) -> tuple[FeatureLayout, ActionSpace]:
+    """This Esper's observation layout and action space for the recorded slots and blueprints; they must agree."""
+    layout = FeatureLayout(tuple(meta["slot_ids"]), tuple(meta["blueprints"]))
+    space = ActionSpace(layout.slot_ids, layout.blueprints)
+    for what, ours, theirs in (("features", layout.names(), meta["feature_names"]),
+                               ("actions", space.names(), meta["action_names"])):  # fmt: skip
+        if (difference := layout_difference(ours, theirs, "recorded")) is not None:
+            raise ValueError(
+                f"the transitions were recorded with other {what} than this Esper's: {difference}"
+                " (record them again with this version)"
+            )
+    return layout, space
 
 
 def _unweighed(reward: Any) -> Any:
