@@ -12,7 +12,7 @@ difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,45 +145,48 @@ def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]], arm: str = "grown", of
 
 
 def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
-             policy_fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
-    """Issue 11's targets (and issue 14's, with a policy arm), each with the numbers it is judged
-    on; `met` is None when an arm is missing or there are too few seeds to have an SE."""
+             policy_fraction: Mapping[str, Any] | None, planned: Collection[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Issue 11's targets (and issue 14's, with a policy arm), those whose arms are `planned`,
+    each with the numbers it is judged on; `met` is None while an arm has no finished runs or
+    there are too few seeds to have an SE."""
 
     def diff(name: str) -> dict[str, Any]:
         return differences.get(name, {}).get("final_val_accuracy", mean_se([]))
 
     over_host, over_matched, over_final = (diff(f"{a} - {b}") for a, b in PAIRS[:3])
-    targets = []
     mean, se = over_host["mean"], over_host["se"]
-    targets.append({
+    beats_host = {
         "target": "grown beats host-only by at least 3 SE (final val accuracy, paired)",
         "difference": over_host,
         "met": None if mean is None or se is None else mean > 0 and mean >= 3 * se,
-    })  # fmt: skip
-    targets.append({
+    }
+    matches_matched = {
         "target": "grown is at least as good as static-final-matched (equal training FLOPs)",
         "difference": over_matched,
         "met": None if over_matched["mean"] is None else over_matched["mean"] >= 0,
-    })  # fmt: skip
+    }
     mean, se = over_final["mean"], over_final["se"]
     ratio = None if fraction is None else fraction["mean"]
     within = None if mean is None or se is None else mean >= -se
-    targets.append({
+    reaches_final = {
         "target": "grown reaches static-final's final val accuracy within 1 SE with at most 75% "
                   "of its training FLOPs (aim: 50%)",
         "difference": over_final,
         "training_flops_fraction": fraction,
         "met": None if within is None or ratio is None else within and ratio <= 0.75,
         "aim_met": None if within is None or ratio is None else within and ratio <= 0.5,
-    })  # fmt: skip
-    if policy_fraction is not None:
+    }  # fmt: skip
+    targets = [target for pair, target in zip(PAIRS[:3], (beats_host, matches_matched, reaches_final), strict=True)
+               if set(pair) <= set(planned)]  # fmt: skip
+    if {"policy", "grown"} <= set(planned):
         targets += _policy_targets(diff("policy - grown"), policy_fraction)
     return targets
 
 
-def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The learned controller against the heuristic: better at no more compute, or as good for less."""
-    mean, se, ratio = over_heuristic["mean"], over_heuristic["se"], fraction["mean"]
+    mean, se = over_heuristic["mean"], over_heuristic["se"]
+    ratio = None if fraction is None else fraction["mean"]
     known = mean is not None and se is not None and ratio is not None
     return [
         {
@@ -204,7 +207,8 @@ def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any])
 
 
 def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[str, Any]:
-    """compare.json's results from the finished runs of each arm (an arm may have none yet).
+    """compare.json's results from the finished runs of each planned arm (an arm may have none yet);
+    the targets are those whose arms are planned.
 
     `with_loss` adds val loss (final and best = lowest) beside val accuracy: the char-LM
     tasks' second metric.
@@ -226,5 +230,5 @@ def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> di
         "differences": differences,
         "grown_training_flops_over_static_final": fraction,
         **({"policy_training_flops_over_grown": policy_fraction} if policy_fraction is not None else {}),
-        "targets": _targets(differences, fraction, policy_fraction),
+        "targets": _targets(differences, fraction, policy_fraction, planned=list(arms)),
     }
