@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from esper.kasmina.host import SeededModel
 from esper.leyline import ACTIVE_STAGES, GrowthBudget
-from esper.tolaria.flops import FlopAccount, FlopMeter
+from esper.tolaria.flop_account import FlopAccount
+from esper.tolaria.flops import FlopMeter
 
 __all__ = ["BudgetGuard", "SeedCost"]
 

@@ -29,7 +29,7 @@ decides (`tolaria.distributed.MainRankDecides`), its decision is broadcast to
 every rank before `step(actions)` applies it, and a new seed is made identical
 on every rank from rank 0's.
 
-Every trainer keeps a FLOPs account (`tolaria.flops.FlopAccount`): the train and
+Every trainer keeps a FLOPs account (`tolaria.flop_account.FlopAccount`): the train and
 measure phases (and the governor's probes) report the samples they ran, priced per
 architecture; each epoch's record carries its `flops` (the global run's, on several
 ranks). With a growth budget (`tolaria.budget`) "apply" refuses a germination past it,
@@ -61,7 +61,7 @@ from esper.leyline import (
 )
 from esper.tolaria.budget import BudgetGuard
 from esper.tolaria.distributed import World
-from esper.tolaria.flops import CountedBatches, FlopAccount
+from esper.tolaria.flop_account import CountedBatches, FlopAccount
 from esper.tolaria.flops_cap import TrainingFlopsCap
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.precision import FP32, Precision
@@ -132,7 +132,7 @@ class MorphogeneticTrainer:
         blueprints: Sequence[str] = (),
     ) -> None:
         """`example_batch`, one (inputs, targets) batch of the task, gives the FLOPs meter its
-        shapes (`tolaria.flops.FlopAccount`); without it they are taken from the first
+        shapes (`tolaria.flop_account.FlopAccount`); without it they are taken from the first
         training batch. With a limited `budget`, a germination past it is refused, and the
         signals say which of `blueprints` (the run's candidates) each slot can still afford."""
         self.model = model
