@@ -107,7 +107,7 @@ def test_ints_are_accepted_for_floats_and_nested_tables_become_configs() -> None
     config = heuristic_config(get_task("digits"), {"fossilize_above": 0, "tracker": {"min_delta": 1}})
     assert isinstance(config.fossilize_above, float) and config.fossilize_above == 0.0
     assert isinstance(config.tracker.min_delta, float) and config.tracker.min_delta == 1.0
-    ppo, _, reward = build_config(PPORunConfig, {"ppo": {"learning_rate": 1, "target_kl": None}}, {}).parts()
+    ppo, _, reward, _ = build_config(PPORunConfig, {"ppo": {"learning_rate": 1, "target_kl": None}}, {}).parts()
     assert ppo.learning_rate == 1.0 and ppo.target_kl is None
     assert reward.gamma == ppo.gamma  # the shaping discount still follows PPO's
 
