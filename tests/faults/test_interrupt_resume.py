@@ -42,7 +42,14 @@ def _stop_midway(argv: list[str], run_dir: Path, after_lines: int, sig: signal.S
     """Run `python -m esper ARGV --run-dir RUN_DIR`; send `sig` once metrics.jsonl has `after_lines` lines."""
     env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
     command = [sys.executable, "-m", "esper", "--threads", "1", *argv, "--run-dir", str(run_dir)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As a run typed at a terminal: a test session started in the background (`cmd &` without job
+    # control) ignores SIGINT, a child inherits an ignored signal, and Python then installs no
+    # Ctrl-C handler. A handled signal is reset to the default in the child, so handle it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while _lines(run_dir / "metrics.jsonl") < after_lines and process.poll() is None:
         if time.monotonic() > deadline:
