@@ -51,11 +51,11 @@ from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
 from esper.runtime import TaskData, TaskSpec, get_task
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
-from esper.simic.features import FeatureLayout, RunningNorm
+from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
 from esper.simic.policy import policy_payload
 from esper.simic.ppo import PPOConfig, Rollout, collect_rollout, ppo_update
-from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
+from esper.simic.recorded import RecordedTransitions
 from esper.simic.recording import EpisodeRecorder, TransitionLog, transitions_meta
 from esper.simic.rewards import COMPONENTS, POTENTIALS, RewardConfig
 from esper.simic.vec_env import (
@@ -65,7 +65,12 @@ from esper.simic.vec_env import (
     VecEnv,
     host_alone_accuracy,
 )
-from esper.simic.warm_start import WarmStartConfig, warm_start
+from esper.simic.warm_start import (
+    WarmStartConfig,
+    check_recorded_layout,
+    read_recordings_for,
+    warm_start,
+)
 from esper.tolaria.distributed import World, shard
 
 POLICY_FILE = "policy.pt"
@@ -137,26 +142,6 @@ def _measure_reference(spec: TaskSpec, data: TaskData, config: PPORunConfig, rew
         console.print(f"terminal reference: the host alone ends at {reference:.2%} val accuracy "
                       f"({len(seeds)} host-only episodes)", highlight=False, markup=False)  # fmt: skip
     return replace(reward, terminal_reference=reference)
-
-
-def _warm_start_recordings(config: PPORunConfig) -> RecordedTransitions:
-    """The recorded runs a new run is fitted to; they must be this run's task, with recorded rewards' quantities."""
-    recorded = load_transitions(config.warm_start_from)
-    if recorded.meta["task"] != config.task:
-        raise ValueError(f"the warm-start runs were recorded on task {recorded.meta['task']}, this run trains on "
-                         f"{config.task}: warm-start from runs of the same task")  # fmt: skip
-    return recorded
-
-
-def _check_warm_start_layout(recorded: RecordedTransitions, layout: FeatureLayout) -> None:
-    """The recordings' slots and blueprints must be the run's: the policy's inputs and outputs are named by them."""
-    theirs, _ = recorded_layout(recorded.meta)
-    for what in ("slot_ids", "blueprints"):
-        if getattr(theirs, what) != getattr(layout, what):
-            raise ValueError(
-                f"the warm-start runs were recorded with {what} {list(getattr(theirs, what))}, this run has "
-                f"{list(getattr(layout, what))}: give the run the same --slots and --blueprints as the recordings"
-            )
 
 
 def training_seed(run_seed: int, round_index: int, env_index: int, n_envs: int) -> int:
@@ -242,7 +227,7 @@ def run_ppo(
 
         def read_recordings() -> float | None:
             nonlocal recorded
-            recorded = _warm_start_recordings(config)
+            recorded = read_recordings_for(config.warm_start_from, config.task)
             return recorded.meta["reward"].get("terminal_reference")
 
         recorded_reference = world.run_on_main(read_recordings)
@@ -281,7 +266,7 @@ def run_ppo(
         def fit() -> dict[str, Any]:
             if recorded is None:  # read on rank 0 above; fit runs there alone
                 raise RuntimeError("the warm-start recordings were not read")
-            _check_warm_start_layout(recorded, env.layout)
+            check_recorded_layout(recorded, env.layout)
             stats = warm_start(model, norm, recorded, recorded.reweighed(reward_config), ppo_config.gamma, warm_config,
                                torch.Generator().manual_seed(config.seed))  # fmt: skip
             return {"stats": stats, "model": model.state_dict(), "normalizer": norm.state_dict()}

@@ -25,14 +25,15 @@ the episode before it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from esper.simic.features import RunningNorm
+from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic
-from esper.simic.recorded import RecordedTransitions
+from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,26 @@ class WarmStartConfig:
             raise ValueError(f"warm start updates, batch_size and target_every must be >= 1, got {too_small}")
         if self.learning_rate <= 0:
             raise ValueError(f"warm start learning_rate must be > 0, got {self.learning_rate}")
+
+
+def read_recordings_for(sources: Sequence[str], task: str) -> RecordedTransitions:
+    """The recorded runs a new run on `task` is fitted to; they must be of that task."""
+    recorded = load_transitions(sources)
+    if recorded.meta["task"] != task:
+        raise ValueError(f"the warm-start runs were recorded on task {recorded.meta['task']}, this run trains on "
+                         f"{task}: warm-start from runs of the same task")  # fmt: skip
+    return recorded
+
+
+def check_recorded_layout(recorded: RecordedTransitions, layout: FeatureLayout) -> None:
+    """The recordings' slots and blueprints must be the run's: the policy's inputs and outputs are named by them."""
+    theirs, _ = recorded_layout(recorded.meta)
+    for what in ("slot_ids", "blueprints"):
+        if getattr(theirs, what) != getattr(layout, what):
+            raise ValueError(
+                f"the warm-start runs were recorded with {what} {list(getattr(theirs, what))}, this run has "
+                f"{list(getattr(layout, what))}: give the run the same --slots and --blueprints as the recordings"
+            )
 
 
 def warm_start(
