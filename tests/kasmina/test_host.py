@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 
 import pytest
 import torch
@@ -181,6 +182,34 @@ def test_transformer_host_compiles_fullgraph_eager_backend() -> None:
 
 
 # ---------------------------------------------------------------- MLPHost
+@pytest.mark.parametrize("n_layer", [1, 5])
+def test_transformer_host_starts_at_the_uniform_loss(n_layer: int) -> None:
+    """GPT-2's init (nanoGPT): a fresh LM predicts near-uniformly, so its first loss is ln(vocab).
+
+    PyTorch's default init (a tied N(0, 1) embedding) started this host at ~43 nats.
+    """
+    vocab = 96
+    torch.manual_seed(0)
+    host = TransformerHost(vocab, n_embd=64, n_head=4, n_layer=n_layer, block_size=32, dropout=0.0)
+    tokens, targets = torch.randint(0, vocab, (2, 8, 32))
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(host(tokens).flatten(0, 1), targets.flatten())
+    assert abs(loss.item() - math.log(vocab)) < 0.1
+
+
+def test_transformer_host_scales_residual_projections_by_depth() -> None:
+    """Each layer's writes into the residual stream start smaller the more layers add up."""
+    torch.manual_seed(0)
+    stds = {}
+    for n_layer in (1, 8):
+        host = TransformerHost(64, n_embd=128, n_head=4, n_layer=n_layer, block_size=8)
+        stds[n_layer] = host.layers[0].attn.proj.weight.std().item(), host.layers[0].mlp[2].weight.std().item()
+        assert host.layers[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for shallow, deep in zip(stds[1], stds[8], strict=True):
+        assert shallow == pytest.approx(0.02 / math.sqrt(2), rel=0.05)
+        assert deep == pytest.approx(0.02 / 4, rel=0.05)
+
+
 def test_mlp_host_shapes_and_injection_points() -> None:
     torch.manual_seed(0)
     host = MLPHost(in_features=12, num_classes=3, hidden=8, n_layers=3)

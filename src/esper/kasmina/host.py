@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -147,6 +148,21 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
+def _init_gpt_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation, as nanoGPT's `_init_weights`: N(0, 0.02) weights, zero biases.
+
+    PyTorch's defaults would give the tied embedding N(0, 1), so the first logits have a std
+    of ~9 and the first loss is ~43 nats instead of ln(vocab); deeper hosts then train
+    erratically. LayerNorms keep their default (weight 1, bias 0).
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
@@ -157,13 +173,17 @@ class TransformerBlock(nn.Module):
             nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
         )
 
+    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The layers writing into the residual stream (GPT-2 scales their init by depth)."""
+        return self.attn.proj, self.mlp[2]
+
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
 class TransformerHost(StagedHost):
-    """GPT-style decoder (nanoGPT shape) with a slot after every layer."""
+    """GPT-style decoder (nanoGPT shape and initialisation) with a slot after every layer."""
 
     topology = "transformer"
 
@@ -187,6 +207,10 @@ class TransformerHost(StagedHost):
         self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self._set_injection_points({f"layer{i + 1}": (i, n_embd) for i in range(n_layer)})
         self.register_buffer("_positions", torch.arange(block_size), persistent=False)
+        self.apply(_init_gpt_weights)
+        for layer in self.layers:
+            for projection in layer.residual_projections():
+                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * n_layer))
 
     @property
     def trunk(self) -> nn.ModuleList:
