@@ -20,6 +20,11 @@ DIMS = {"cnn": 8, "transformer": 32, "mlp": 16}
 ALL_BLUEPRINTS = [
     (topology, spec.name) for topology in TOPOLOGIES for spec in BlueprintRegistry.list_specs(topology)
 ]
+# Seeds that start from the host's own layers (tests/kasmina/test_depth_seeds.py) are not zero
+# branches: alone they are not the identity on arbitrary features.
+BRANCH_BLUEPRINTS = [
+    (topology, name) for topology, name in ALL_BLUEPRINTS if not BlueprintRegistry.get(topology, name).from_host
+]
 # Where a topology's features keep their channels: (B, C, H, W), (B, T, C), (B, C).
 CHANNEL_SHAPES = {"cnn": lambda d: (1, d, 1, 1), "transformer": lambda d: (1, 1, d), "mlp": lambda d: (1, d)}
 
@@ -50,13 +55,13 @@ def test_builtin_blueprints_are_registered() -> None:
     mlp = {n for t, n in ALL_BLUEPRINTS if t == "mlp"}
     assert cnn == {
         "norm", "attention", "depthwise", "conv_light", "conv_heavy", "inverted_bottleneck",
-        "residual_block",
+        "residual_block", "deepen",
     }  # fmt: skip
-    assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention", "block"}
-    assert mlp == {"norm", "lowrank", "mlp"}
+    assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention", "block", "stack"}
+    assert mlp == {"norm", "lowrank", "mlp", "deepen"}
 
 
-@pytest.mark.parametrize(("topology", "name"), ALL_BLUEPRINTS)
+@pytest.mark.parametrize(("topology", "name"), BRANCH_BLUEPRINTS)
 def test_fresh_seed_is_identity_and_preserves_shape(topology: str, name: str) -> None:
     seed = _seed(topology, name)
     x = _input(topology, DIMS[topology])
@@ -66,7 +71,7 @@ def test_fresh_seed_is_identity_and_preserves_shape(topology: str, name: str) ->
     torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize(("topology", "name"), ALL_BLUEPRINTS)
+@pytest.mark.parametrize(("topology", "name"), BRANCH_BLUEPRINTS)
 def test_seed_trains_towards_target(topology: str, name: str) -> None:
     dim = DIMS[topology]
     seed = _seed(topology, name)
@@ -214,7 +219,7 @@ def test_list_specs_sorted_by_cost_and_estimates_are_honest(topology: str) -> No
     estimates = [s.param_estimate for s in specs]
     assert estimates == sorted(estimates)
     assert specs[0].name == "norm"
-    assert specs[-1].name == {"cnn": "residual_block", "transformer": "block", "mlp": "mlp"}[topology]
+    assert specs[-1].name == {"cnn": "residual_block", "transformer": "stack", "mlp": "mlp"}[topology]
     for spec in specs:  # estimates are the parameter counts at dim=64
         assert spec.topology == topology
         assert spec.actual_param_count(64) == spec.param_estimate
@@ -226,7 +231,7 @@ def test_unknown_names_list_what_exists() -> None:
     with pytest.raises(ValueError, match="Available: cnn, mlp, transformer"):
         BlueprintRegistry.create("rnn", "norm", 8)
     expected = "Unknown blueprint 'foo' for topology 'cnn'. Available: attention, conv_heavy, "
-    with pytest.raises(ValueError, match=expected + "conv_light, depthwise, inverted_bottleneck"):
+    with pytest.raises(ValueError, match=expected + "conv_light, deepen, depthwise, inverted_bottleneck"):
         BlueprintRegistry.create("cnn", "foo", 8)
     with pytest.raises(ValueError, match="Available: attention, block, flex_attention, lora, mlp"):
         BlueprintRegistry.unregister("transformer", "foo")

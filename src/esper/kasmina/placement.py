@@ -113,3 +113,14 @@ class SlotMount(nn.Module):
     def host_parameters(self) -> list[nn.Parameter]:
         """The host's own parameters, excluding anything planted in its slots."""
         return [param for name, param in self.named_parameters() if not name.startswith("slots.")]
+
+
+def injected_module(host: nn.Module, key: str) -> nn.Module:
+    """The module whose output the slot `key` acts on, in a built-in host or a grafted model.
+
+    A built-in host names its stages by injection point; `esper.graft` names the model's own
+    modules, so there the key is the module's name in the model.
+    """
+    if isinstance(host, SlotMount):
+        return host.injection_module(key)
+    return host.get_submodule(key)

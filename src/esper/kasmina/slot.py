@@ -291,6 +291,7 @@ class SeedSlot(nn.Module):
         topology = self._topology(host_module)
         self.seed_topology = topology
         seed = self._build_seed(topology, blueprint_id, **self.blueprint_kwargs(blueprint_id))
+        self._attach(seed, blueprint_id, host_module)
         self._verify_shape(seed, topology, blueprint_id)
         self.seeds_planted += 1
         state = _SlotState(
@@ -440,10 +441,11 @@ class SeedSlot(nn.Module):
         self.seed, self.state, self._alpha_schedule = None, None, None
         # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
         self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
-        self.fossils = nn.ModuleList(
-            self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
-            for report in self.fossil_reports
-        )
+        self.fossils = nn.ModuleList()
+        for report in self.fossil_reports:  # in order: a seed may be built from the one below it
+            fossil = self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
+            self._attach(fossil, report.blueprint_id, host_module)
+            self.fossils.append(fossil)
         saved = record["seed"]
         if saved is None:
             return
@@ -468,6 +470,7 @@ class SeedSlot(nn.Module):
             )
         if saved["has_module"]:
             self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **self.blueprint_kwargs(state.blueprint_id))
+            self._attach(self.seed, state.blueprint_id, host_module)
             if host_module is not None:
                 self.isolation_monitor.register(host_module, self.seed)
         if state.blending_steps_total:
@@ -648,6 +651,22 @@ class SeedSlot(nn.Module):
         """A fresh seed module on the device and in the dtype of this slot's features."""
         seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs)
         return seed.to(device=self.device, dtype=self.dtype)
+
+    def _attach(self, seed: nn.Module, blueprint_id: str, host_module: nn.Module | None) -> None:
+        """Let a seed that starts from the host (it has `attach(host, slot)`) see where it sits.
+
+        A depth seed copies the block below it, say; called when it is planted and again when
+        a checkpoint rebuilds it (its weights then come from the state dict).
+        """
+        attach = getattr(seed, "attach", None)
+        if attach is None:
+            return
+        if host_module is None:
+            raise ValueError(
+                f"Blueprint '{blueprint_id}' starts from the host's own layers: plant it through "
+                f"the model (model.germinate('{self.slot_id}', '{blueprint_id}')) or pass host_module"
+            )
+        attach(host_module, self)
 
     def _get_shape_probe(self, topology: str) -> Tensor:
         """A cached input for shape checks; dropped when the slot's device or dtype changes."""

@@ -98,10 +98,15 @@ def resolve_blueprints(spec: TaskSpec, requested: Sequence[str] | None) -> list[
 
 
 def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
-    """`requested` checked against the registry of `topology` (None: all of them, cheapest first)."""
-    available = [s.name for s in BlueprintRegistry.list_specs(topology)]
+    """`requested` checked against the registry of `topology`.
+
+    None: every blueprint that grows a branch of its own, cheapest first; those that start from
+    the host's own layers (`from_host`) are planted only when named.
+    """
+    specs = BlueprintRegistry.list_specs(topology)
+    available = [s.name for s in specs]
     if requested is None:
-        return available
+        return [s.name for s in specs if not s.from_host]
     unknown = [b for b in requested if b not in available]
     if unknown:
         raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")

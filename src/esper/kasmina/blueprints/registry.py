@@ -50,6 +50,10 @@ class BlueprintSpec:
     factory: BlueprintFactory
     param_estimate: int  # rough count at a representative dim (64); orders blueprints by cost
     description: str = ""
+    # Starts from the host's own layers (a copy of the block below, an identity layer on
+    # post-ReLU features) rather than as a zero branch: planted only where asked for by name,
+    # since not every model has the layers it starts from.
+    from_host: bool = False
 
     def actual_param_count(self, dim: int) -> int:
         """Build the module with default options and count its parameters."""
@@ -70,7 +74,7 @@ class BlueprintRegistry:
 
     @classmethod
     def register(
-        cls, name: str, topology: str, param_estimate: int, description: str = ""
+        cls, name: str, topology: str, param_estimate: int, description: str = "", *, from_host: bool = False
     ) -> Callable[[BlueprintFactory], BlueprintFactory]:
         """Decorator registering a factory; returns the factory unchanged."""
         specs = cls._topology(topology)
@@ -78,7 +82,7 @@ class BlueprintRegistry:
         def decorator(factory: BlueprintFactory) -> BlueprintFactory:
             if name in specs:
                 raise ValueError(f"Blueprint '{name}' already registered for topology '{topology}'")
-            specs[name] = BlueprintSpec(name, topology, factory, param_estimate, description)
+            specs[name] = BlueprintSpec(name, topology, factory, param_estimate, description, from_host)
             return factory
 
         return decorator
