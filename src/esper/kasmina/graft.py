@@ -89,6 +89,13 @@ class GraftedModel(SlotMount, SeededModel):
     def injection_module(self, key: str) -> nn.Module:
         return self.host.get_submodule(key)
 
+    def replace_injection_module(self, key: str, module: nn.Module) -> None:
+        self.host.set_submodule(key, module)
+
+    @property
+    def mount(self) -> SlotMount:
+        return self
+
     @property
     def seed_slots(self) -> dict[str, SeedSlot]:
         return self.placed_slots()

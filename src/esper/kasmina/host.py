@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
@@ -60,6 +61,9 @@ class StagedHost(SlotMount):
 
     def injection_module(self, key: str) -> nn.Module:
         return self.trunk[self._slot_stage[key]]
+
+    def replace_injection_module(self, key: str, module: nn.Module) -> None:
+        self.trunk[self._slot_stage[key]] = module
 
     def stage_index(self, slot_id: str) -> int:
         """Position in the trunk of the stage whose output `slot_id` receives."""
@@ -216,6 +220,22 @@ class SeededModel(nn.Module):
             raise ValueError(f"Unknown slot '{slot_id}'. Available: {', '.join(slots)}")
         return slots[slot_id].germinate(blueprint_id, seed_id, host_module=self.host)
 
+    @property
+    def mount(self) -> SlotMount:
+        """The module that places the slots (the built-in host, or the graft itself)."""
+        raise NotImplementedError
+
+    def export(self) -> nn.Module:
+        """The grown network as a plain model: a copy of the host with every slot's fossils
+        built in after the module they sit on, and no slots or hooks left in its forward.
+
+        Its outputs equal this model's with every live seed switched off (alpha 0): a seed
+        still on trial is not part of the network yet. The copy is independent of this model.
+        """
+        plain = copy.deepcopy(self)
+        plain.mount.fuse_slots()
+        return plain.host
+
     def seed_parameters(self, slot_id: str | None = None) -> list[nn.Parameter]:
         """The live seeds' parameters (of every slot, or of `slot_id`'s)."""
         slots = self.seed_slots if slot_id is None else {slot_id: self.seed_slots[slot_id]}
@@ -307,6 +327,10 @@ class MorphogeneticModel(SeededModel):
     @property
     def seed_slots(self) -> dict[str, SeedSlot]:
         return self.host.placed_slots()
+
+    @property
+    def mount(self) -> SlotMount:
+        return self.host
 
     def forward(self, x: Tensor) -> Tensor:
         return self.host(x)

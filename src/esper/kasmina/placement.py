@@ -87,6 +87,24 @@ class SlotMount(nn.Module):
         """The module whose output the injection point `key` receives."""
         raise NotImplementedError
 
+    def replace_injection_module(self, key: str, module: nn.Module) -> None:
+        """Put `module` where the injection point `key`'s module is (a slot there stays put
+        only if it is re-registered: call this on a point without a slot)."""
+        raise NotImplementedError
+
+    def fuse_slots(self) -> None:
+        """Build every slot's fossils into the model, after the module they sit on, and remove
+        the slots and their hooks: what is left is the grown network as plain layers.
+
+        A live seed is left out (as at alpha 0): it is not part of the network until it is
+        fossilized. Deeper points first, so a replaced module never renames one still to do.
+        """
+        for key in sorted(self._slot_hooks, key=lambda k: k.count("."), reverse=True):
+            fossils = list(self.placed_slots()[key].fossils)
+            self.unregister_slot(key)
+            if fossils:
+                self.replace_injection_module(key, nn.Sequential(self.injection_module(key), *fossils))
+
     def register_slot(self, slot_id: str, slot: nn.Module) -> None:
         """Place `slot` on injection point `slot_id` (replacing any slot already there)."""
         if slot_id not in self.injection_points:

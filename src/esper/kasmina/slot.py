@@ -101,6 +101,18 @@ class _SlotState(SeedState):
         """The slot let go of this seed: from now on a plain record."""
         self._on_alpha = self._on_stage = None
 
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Copying a model with a live seed (`copy.deepcopy`, `grown.export()`): the fields are
+        written as data, and the wiring to the copied slot last, so no write is taken for a
+        lifecycle move of a slot that is itself still being copied."""
+        _, fields = state
+        wiring = {name: fields.pop(name, None) for name in ("_on_alpha", "_on_stage")}
+        _ALPHA_FIELD.__set__(self, fields.pop("alpha"))
+        _STAGE_FIELD.__set__(self, fields.pop("stage"))
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self._on_alpha, self._on_stage = wiring["_on_alpha"], wiring["_on_stage"]
+
 
 _ALPHA_FIELD = SeedState.__dict__["alpha"]  # the dataclass's slot descriptors
 _STAGE_FIELD = SeedState.__dict__["stage"]

@@ -35,8 +35,7 @@ def plant_static(host: nn.Module, slot_id: str, blueprint: str, **kwargs: Any) -
         )
     width = host.injection_points[slot_id]
     module = BlueprintRegistry.create(host.topology, blueprint, width, **kwargs)
-    index = host.stage_index(slot_id)
-    host.trunk[index] = nn.Sequential(host.trunk[index], module)
+    host.replace_injection_module(slot_id, nn.Sequential(host.injection_module(slot_id), module))
     return module
 
 
