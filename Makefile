@@ -20,7 +20,10 @@ setup:
 train: setup
 	$(VENV)/bin/esper train heuristic --task digits --baseline
 
+# tests/test_docs.py builds the documentation site with `mkdocs build --strict`; it skips without
+# the docs extra, so check that setup installed it rather than let the build go unchecked.
 test: setup
+	$(VENV)/bin/python -c "import mkdocs, material"
 	$(VENV)/bin/python -m pytest -q
 	$(VENV)/bin/python -O -m pytest -q -W "$(OPTIMIZED_WARNING)" tests/kasmina tests/leyline tests/tolaria --ignore=tests/tolaria/test_distributed.py
 

@@ -1,26 +1,41 @@
 """The documentation stands on its own and stays true to the code.
 
-README.md and docs/ are all a user of the repository has: they must not send anyone to a
-file outside it, and docs/architecture.md must name only what exists. Checked here:
-no pointer out of the repository; every relative link resolves inside it; every module,
-class, function, attribute, file and path docs/architecture.md writes as code exists; and
-the import rules of its layer table are the ones the code keeps.
+README.md and the pages of the site in docs/ (mkdocs.yml) are all a user of the repository
+has: they must not send anyone to a file outside it, and they must name only what exists.
+Checked here: no pointer out of the repository; every relative link resolves inside it; the
+site builds with `mkdocs build --strict` (a broken link or a page left out of it fails); the
+README links every page; every command their shell blocks show is one the `esper` CLI, the
+Makefile or the repository's scripts accept, and every `esper` flag they name exists; every
+module, class, function, attribute, file and path docs/architecture.md writes as code exists;
+and the import rules of its layer table are the ones the code keeps. (The Grower example of
+docs/library.md runs as written in tests/test_grower.py.)
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import contextlib
 import importlib
+import io
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
 
+from esper.cli import build_parser
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "esper"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))  # the site's pages (mkdocs.yml)
+DOCUMENTS = [ROOT / "README.md", *PAGES]
 
 # Folders of the repository a document may name by path.
 REPO_FOLDERS = ("src/", "tests/", "docs/", "benchmarks/", "examples/", "scripts/")
@@ -142,6 +157,157 @@ def test_every_relative_link_resolves_inside_the_repository() -> None:
 
 def test_the_readme_links_the_architecture_document() -> None:
     assert "](docs/architecture.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_links_every_page_of_the_site() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unlinked = [page.name for page in PAGES if page.name != "index.md" and f"](docs/{page.name})" not in readme]
+    assert not unlinked, f"README.md does not link these pages of docs/: {unlinked}"
+
+
+# ------------------------------------------------------------------ the site
+def _build_site(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("material", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    # Not --quiet: it hides the warnings that --strict counts, and the build would pass.
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config)]
+    return subprocess.run(
+        [*command, "--site-dir", str(site)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # the theme's banner about MkDocs 2
+    )
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    built = _build_site(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert built.returncode == 0, f"mkdocs build --strict failed:\n{built.stderr}"
+    assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    with (tmp_path / "docs" / "faults.md").open("a", encoding="utf-8") as page:
+        page.write("\nSee [the missing page](no-such-page.md).\n")
+    built = _build_site(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert built.returncode != 0 and "no-such-page.md" in built.stderr
+
+
+# ------------------------------------------------------------------ the commands shown
+def _shell_commands(text: str) -> list[str]:
+    """The command lines of the text's bash blocks, continued lines joined."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    lines = (line for block in blocks for line in block.replace("\\\n", " ").splitlines())
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+@cache
+def _make_targets() -> frozenset[str]:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return frozenset(re.findall(r"^([\w-]+):", makefile, re.MULTILINE))
+
+
+def _parsers() -> list[argparse.ArgumentParser]:
+    """The `esper` CLI's parser and its commands' parsers, none taking a flag abbreviated (a
+    document spells each flag out: `--epoch` is no name for `--epochs`)."""
+    found, pending = [], [build_parser()]
+    while pending:
+        parser = pending.pop()
+        parser.allow_abbrev = False
+        found.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+    return found
+
+
+def _cli_refusal(args: list[str]) -> str | None:
+    """What the `esper` CLI says when it refuses `args` (None if it parses them)."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            _parsers()[0].parse_args(args)
+    except SystemExit as stop:
+        return said.getvalue().strip().splitlines()[-1] if stop.code else None
+    return None
+
+
+def _command_problem(line: str) -> str | None:
+    """Why a command line a document shows would not run as shown (None if it would).
+    Checked: `esper` (however launched) parses it, `make` has the targets, a script exists.
+    Shell variables stand for a number (`--seed $S`); other shell lines are not checked."""
+    words = shlex.split(re.sub(r"\$\w+", "1", line), comments=True)
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words = words[1:]  # PYENV_VERSION=3.13.0 make test
+    if not words:
+        return None
+    program = words[0]
+    if program.rsplit("/", 1)[-1] == "esper":
+        return _cli_refusal(words[1:])
+    if "esper" in words and words[words.index("esper") - 1] == "-m":  # torchrun / python -m esper
+        return _cli_refusal(words[words.index("esper") + 1 :])
+    if program == "make":
+        unknown = [word for word in words[1:] if "=" not in word and word not in _make_targets()]
+        return f"no make target {unknown}" if unknown else None
+    scripts = [word for word in words[:2] if word.startswith(REPO_FOLDERS) or word.endswith(".py")]
+    missing = [script for script in scripts if not (ROOT / script).exists()]
+    return f"no such script {missing}" if missing else None
+
+
+def test_every_command_the_documents_show_runs_as_shown() -> None:
+    commands = [(path, line) for path in DOCUMENTS for line in _shell_commands(path.read_text(encoding="utf-8"))]
+    assert len(commands) > 40, "the documents should show their commands in bash blocks"
+    wrong = {f"{path.name}: {line}": why for path, line in commands if (why := _command_problem(line))}
+    assert not wrong, f"commands that would not run as shown: {wrong}"
+
+
+@pytest.mark.parametrize(
+    ("line", "runs"),
+    [
+        (".venv/bin/esper train heuristic --task digits --epochs 40 --baseline", True),
+        (".venv/bin/esper train heuristic --task digits --epoch 40 --baseline", False),
+        (".venv/bin/esper train ppo --task digits --seed $S --rounds 2", True),
+        (".venv/bin/esper train ppo --task digits --rounds two", False),
+        (".venv/bin/esper evalute --policy heuristic", False),
+        (".venv/bin/torchrun --standalone --nproc-per-node 2 -m esper train ppo --envs 8 --run-dir r", True),
+        (".venv/bin/torchrun --standalone --nproc-per-node 2 -m esper train ppo --env 8 --run-dir r", False),
+        ("PYENV_VERSION=3.13.0 make test PYTHON=python3.13", True),
+        ("make tests", False),
+        ("scripts/gpu_check.sh", True),
+        (".venv/bin/python scripts/results_tables.py", False),
+    ],
+)
+def test_the_command_check_tells_working_commands_from_broken_ones(line: str, runs: bool) -> None:
+    assert (_command_problem(line) is None) == runs
+
+
+@cache
+def _cli_words() -> frozenset[str]:
+    """Every command, mode and flag of the `esper` CLI."""
+    words: set[str] = set()
+    for parser in _parsers():
+        for action in parser._actions:
+            words.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                words.update(action.choices)
+    return frozenset(words)
+
+
+def _unknown_cli_words(span: str) -> list[str]:
+    """The commands and flags of an inline `esper ...` span that the CLI does not have."""
+    words = span.removeprefix("esper ").split()
+    return [word for word in words if re.fullmatch(r"[a-z]+|--[\w-]+", word) and word not in _cli_words()]
+
+
+def test_every_esper_command_and_flag_the_documents_name_exists() -> None:
+    spans = [(path, span) for path in DOCUMENTS for span in _code_spans(path.read_text(encoding="utf-8"))]
+    commands = [(path, span) for path, span in spans if span.startswith("esper ")]
+    assert len(commands) > 40
+    unknown = {f"{path.name}: {span}": words for path, span in commands if (words := _unknown_cli_words(span))}
+    assert not unknown, f"esper commands or flags the CLI does not have: {unknown}"
 
 
 def test_every_name_in_the_architecture_document_exists() -> None:

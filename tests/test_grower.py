@@ -25,7 +25,8 @@ from esper.simic.policy import policy_payload
 from esper.simic.rewards import RewardConfig
 from esper.tolaria import TrainingFailed
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+# The documentation page whose Grower example must run as written.
+LIBRARY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "library.md"
 S = SeedStage
 # Gates that let a seed through on schedule, except G2's gradient check, which must see the
 # seed's gradients measured during the user's loop (the optimiser-step hook).
@@ -95,20 +96,20 @@ def _seed_groups(optimizer: torch.optim.Optimizer) -> list[tuple[str, str, bool,
     return [(g["slot_id"], g["seed_id"], g["fossil"], g["lr"]) for g in optimizer.param_groups if "slot_id" in g]
 
 
-# --------------------------------------------------------------------------- the README example
-def _readme_example() -> str:
-    """The code block after the README's `<!-- grower example -->` marker."""
-    text = README.read_text(encoding="utf-8")
+# --------------------------------------------------------------------------- the documented example
+def _documented_example() -> str:
+    """The code block after docs/library.md's `<!-- grower example -->` marker."""
+    text = LIBRARY_PAGE.read_text(encoding="utf-8")
     match = re.search(r"<!-- grower example -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "README.md lost its Grower example"
+    assert match, "docs/library.md lost its Grower example"
     return match.group(1)
 
 
-def test_the_readme_example_runs_as_is_and_grows(capsys: pytest.CaptureFixture[str]) -> None:
-    code = _readme_example()
+def test_the_documented_example_runs_as_is_and_grows(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _documented_example()
     assert 25 <= len(code.strip().splitlines()) <= 45
-    namespace: dict = {"__name__": "readme_example"}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    namespace: dict = {"__name__": "documented_example"}
+    exec(compile(code, "docs/library.md", "exec"), namespace)  # noqa: S102 - the page's own code
     grower, grown, optimizer = namespace["grower"], namespace["grown"], namespace["optimizer"]
     assert len(grower.history) == namespace["EPOCHS"] and grower.closed
     moves = [move.to_stage for move in grower.transitions]
