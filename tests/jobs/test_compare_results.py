@@ -132,3 +132,34 @@ def test_a_policy_arm_is_judged_against_the_heuristics_grown_arm(arms) -> None:
     assert as_good_for_less["met"] is False  # two points better, but not for less
     assert better["met"] is False  # and 61 > 60 FLOPs on one seed puts the mean ratio over 1
     assert len(compare_results(arms, with_loss=False)["targets"]) == 3  # no policy arm: no policy targets
+
+
+def test_growth_is_judged_against_the_reference_on_its_flops_and_on_its_final_metric(arms) -> None:
+    reference = [_run(s, [0.90, 0.96], 200.0, params=5000) for s in range(3)]
+    matched = [_run(s, [0.93], 60.0, params=5000) for s in range(3)]
+    scheduled = [_run(s, [0.90, a], 80.0, params=1800) for s, a in enumerate([0.955, 0.96, 0.97])]
+    results = compare_results(
+        {**arms, "scheduled": scheduled, "static-reference": reference, "static-reference-matched": matched},
+        with_loss=False,
+        reach_fractions=(0.5, 0.3),
+    )
+    # "Training FLOPs to reach" is now measured against the reference's final (99% of 0.96).
+    assert results["reach"]["of_arm"] == "static-reference"
+    assert results["reach"]["threshold"] == pytest.approx(0.99 * 0.96)
+    beats, grown_reach, scheduled_reach = [t for t in results["targets"] if "static-reference" in t["target"]]
+    assert beats["difference"]["mean"] == pytest.approx(0.96 - 0.93) and beats["met"] is True
+    assert grown_reach["training_flops_fraction"]["mean"] == pytest.approx(0.3)  # 60 of 200 on average
+    assert grown_reach["difference"]["mean"] == pytest.approx(0.0)
+    assert grown_reach["met"] is True and grown_reach["aim_met"] is True  # "at most 30%": 30% is in
+    assert scheduled_reach["training_flops_fraction"]["mean"] == pytest.approx(0.4)
+    assert scheduled_reach["met"] is True and scheduled_reach["aim_met"] is False
+
+
+def test_a_language_model_is_judged_against_the_reference_on_loss(arms) -> None:
+    lm = {arm: [_run(r.seed, r.val_accuracy, r.flops["training"], loss=[2.0, 1.5]) for r in runs] for arm, runs in arms.items()}
+    worse = [_run(s, [0.9, 0.95], 60.0, loss=[2.0, 1.6 + 0.01 * s]) for s in range(3)]
+    results = compare_results({**lm, "static-reference-matched": worse}, with_loss=True)
+    [beats] = [t for t in results["targets"] if "static-reference-matched" in t["target"]]
+    assert beats["metric"] == "final_val_loss" and "val loss" in beats["target"]
+    assert beats["difference"]["mean"] == pytest.approx(-0.11)  # lower loss than the reference: better
+    assert beats["met"] is True

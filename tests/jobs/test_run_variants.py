@@ -121,3 +121,32 @@ def test_a_training_flops_cap_stops_the_run_within_a_batch_past_it(tmp_path: Pat
     spent = metrics[-1]["flops"]["cumulative_training"]
     assert cap <= spent < cap + per_epoch / 10  # digits: 12 training batches an epoch
     assert capped["flops"]["training"] == spent
+
+
+def test_controller_schedule_plants_its_plan_when_due(tmp_path: Path) -> None:
+    plan = [{"at": 0.0, "slot": "block2", "blueprint": "deepen"}, {"at": 0.5, "slot": "block2", "blueprint": "norm"}]
+    summary = _run(tmp_path, controller="schedule", schedule=plan, epochs=20)
+    assert summary["status"] == "complete"
+    planted = [
+        (event["epoch"], event["blueprint_id"])
+        for event in read_jsonl(tmp_path / "run" / "events.jsonl")
+        if event["event_type"] == "seed_germinated"
+    ]
+    assert [blueprint for _, blueprint in planted] == ["deepen", "norm"]
+    assert planted[0][0] == 0 and planted[1][0] >= 10
+    # The plan's blueprints are the run's: deepen starts from the host, so only a plan plants it.
+    assert summary["blueprints"].keys() >= {"deepen", "norm"}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ([{"at": 0.0, "slot": "block7", "blueprint": "norm"}], "unknown slot 'block7'"),
+        ([{"at": 0.95, "slot": "block2", "blueprint": "norm"}], "due at epoch 19 of 20"),
+        ([{"at": 0.0, "slot": "block2"}], "blueprint"),
+    ],
+)
+def test_a_schedule_the_run_cannot_carry_out_is_refused_before_any_folder(tmp_path: Path, schedule, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        _run(tmp_path, controller="schedule", schedule=schedule, epochs=20)
+    assert not (tmp_path / "run").exists()

@@ -14,7 +14,11 @@ For each seed, these arms are trained, each as a normal run of the heuristic job
 - `static-final-matched`: that network again, stopped once its training FLOPs reach
   what the grown run spent (`max_training_flops`; its last epoch is cut short, to the
   batch);
-- `static-reference`: the task's static reference host, when it has one.
+- `static-reference`: the task's static reference host, when it has one;
+- `static-reference-matched`: the reference host stopped once its training FLOPs reach
+  what the grown run spent (a cosine schedule anneals over that budget);
+- `scheduled`: the host grown by the `schedule` controller on a fixed plan toward the
+  reference (the task's plan, or the config's `schedule`), when there is a plan.
 
 An arm run is a run folder like any other: `esper report` and `--resume` work on it.
 The compare resumes where it stopped (rerun the command, or `--resume DIR`): finished
@@ -56,7 +60,9 @@ FIGURES = {
 # Keys of the arms' run config that compare sets itself, per arm.
 OWNED_KEYS = ("task", "seed", "epochs", "controller", "host", "built_in", "max_training_flops")
 # An arm that is trained from what the grown run ended with.
-NEEDS_GROWN = ("static-final", "static-final-matched")
+NEEDS_GROWN = ("static-final", "static-final-matched", "static-reference-matched")
+# Run-config keys that only the arm they configure takes.
+ARM_ONLY_KEYS = {"schedule": "scheduled"}
 
 
 @dataclass(slots=True)
@@ -84,7 +90,7 @@ class CompareConfig:
             if unknown or not self.arms:
                 raise ValueError(f"unknown arm(s) {unknown}; arms: {', '.join(ARMS)}")
             if "grown" not in self.arms and any(arm in NEEDS_GROWN for arm in self.arms):
-                raise ValueError("the static-final arms are the grown run's final network: add the grown arm")
+                raise ValueError(f"the {', '.join(a for a in self.arms if a in NEEDS_GROWN)} arm(s) are built from the grown run: add the grown arm")
             if "policy" in self.arms and self.controller == "heuristic":
                 raise ValueError("the policy arm grows with a learned controller: give --controller POLICY.pt")
         owned = sorted(set(self.run) & set(OWNED_KEYS))
@@ -103,11 +109,13 @@ def planned_arms(config: CompareConfig) -> list[str]:
     """The arms to train, in training order; a reference arm on a task without one is refused."""
     spec = get_task(config.task)
     if config.arms is None:
-        skipped = {"static-reference"} if spec.reference_host is None else set()
+        skipped = {"static-reference", "static-reference-matched"} if spec.reference_host is None else set()
         if config.controller == "heuristic":
             skipped.add("policy")
+        if not spec.schedule and "schedule" not in config.run:
+            skipped.add("scheduled")
         return [arm for arm in ARMS if arm not in skipped]
-    if "static-reference" in config.arms:
+    if "static-reference" in config.arms or "static-reference-matched" in config.arms:
         try:
             host_variant(spec, "reference", {})
         except ValueError as err:
@@ -153,7 +161,8 @@ def is_compare_folder(path: Path) -> bool:
 
 def arm_config(config: CompareConfig, arm: str, seed: int, grown: dict[str, Any] | None) -> HeuristicRunConfig:
     """The run config of `arm` on `seed`; the static-final arms read the grown run's summary."""
-    values: dict[str, Any] = {**config.run, "task": config.task, "seed": seed, "epochs": config.epochs}
+    run = {key: value for key, value in config.run.items() if ARM_ONLY_KEYS.get(key, arm) == arm}
+    values: dict[str, Any] = {**run, "task": config.task, "seed": seed, "epochs": config.epochs}
     match arm:
         case "host-only":
             values["controller"] = "none"
@@ -167,8 +176,14 @@ def arm_config(config: CompareConfig, arm: str, seed: int, grown: dict[str, Any]
             values |= {"controller": "none", "built_in": grown["architecture"]["slots"]}
             if arm == "static-final-matched":
                 values["max_training_flops"] = grown["flops"]["training"]
+        case "scheduled":
+            values["controller"] = "schedule"
         case "static-reference":
             values |= {"controller": "none", "host": "reference"}
+        case "static-reference-matched":
+            if grown is None:
+                raise ValueError(f"the {arm} arm is trained on a finished grown run's training FLOPs")
+            values |= {"controller": "none", "host": "reference", "max_training_flops": grown["flops"]["training"]}
     return build_config(HeuristicRunConfig, values, {}, section="run")
 
 
@@ -260,7 +275,7 @@ def write_results(
         "failed": failed,
         "metrics": ["val_accuracy", "val_loss"] if _with_loss(config) else ["val_accuracy"],
         "wall_seconds": round(seconds, 1),
-        **compare_results(runs, with_loss=_with_loss(config)),
+        **compare_results(runs, with_loss=_with_loss(config), reach_fractions=spec.reach_fractions),
         "esper_version": __version__,
     }
     write_json(folder.results_path, results)

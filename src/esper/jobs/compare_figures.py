@@ -21,11 +21,13 @@ ARM_COLOURS = {
     "policy": "#6a51a3",
     "static-final": "#2171b5",
     "static-final-matched": "#6baed6",
+    "scheduled": "#cb181d",
     "static-reference": "#d94801",
+    "static-reference-matched": "#fd8d3c",
 }
 # Arms that share a size (grown, static-final, static-final-matched) stay apart by marker.
 ARM_MARKERS = {"host-only": "o", "grown": "o", "policy": "v", "static-final": "s", "static-final-matched": "D",
-               "static-reference": "^"}  # fmt: skip
+               "scheduled": "P", "static-reference": "^", "static-reference-matched": "<"}  # fmt: skip
 METRIC_LABELS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 GRID_POINTS = 200
 
@@ -78,10 +80,11 @@ def metric_against_flops(runs: Mapping[str, Sequence[ArmRun]], metrics: Sequence
                 continue
             ax.plot(grid, mean, color=colour, label=label)
             ax.fill_between(grid, mean - se, mean + se, color=colour, alpha=0.2, linewidth=0)
-        if metric == "val_accuracy" and present.get("static-final"):
-            final, _ = _mean_se([run.val_accuracy[-1] for run in present["static-final"]])
-            ax.axhline(REACH_FRACTION * final, color=ARM_COLOURS["static-final"], linestyle=":",
-                       linewidth=1, label=f"{REACH_FRACTION:.0%} of static-final's final")  # fmt: skip
+        goal = "static-reference" if present.get("static-reference") else "static-final"
+        if metric == "val_accuracy" and present.get(goal):
+            final, _ = _mean_se([run.val_accuracy[-1] for run in present[goal]])
+            ax.axhline(REACH_FRACTION * final, color=ARM_COLOURS[goal], linestyle=":",
+                       linewidth=1, label=f"{REACH_FRACTION:.0%} of {goal}'s final")  # fmt: skip
         _style(ax, "cumulative training FLOPs", METRIC_LABELS[metric])
         ax.set_xscale("log")
     return fig

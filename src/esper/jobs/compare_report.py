@@ -72,7 +72,10 @@ def difference_rows(results: dict[str, Any]) -> Rows:
             row.append(_pm(measures["final_val_loss"], "+.4f"))
         rows.append(row)
     for key, label in (("grown_training_flops_over_static_final", "grown training FLOPs / static-final's"),
-                       ("policy_training_flops_over_grown", "policy training FLOPs / grown's")):  # fmt: skip
+                       ("policy_training_flops_over_grown", "policy training FLOPs / grown's"),
+                       ("grown_training_flops_over_static_reference", "grown training FLOPs / static-reference's"),
+                       ("scheduled_training_flops_over_static_reference",
+                        "scheduled training FLOPs / static-reference's")):  # fmt: skip
         fraction = results.get(key)
         if fraction is not None:
             rows.append([label, str(fraction["n"]), _pm(fraction, ".1f", 100) + " %"] + (["-"] if with_loss else []))
@@ -86,12 +89,15 @@ def _verdict(met: bool | None) -> str:
 def target_rows(results: dict[str, Any]) -> Rows:
     rows = []
     for target in results["targets"]:
-        numbers = f"{_pm(target['difference'], '+.2f', 100)} points"
+        if target.get("metric") == "final_val_loss":
+            numbers = f"{_pm(target['difference'], '+.4f')} nats"
+        else:
+            numbers = f"{_pm(target['difference'], '+.2f', 100)} points"
         verdict = _verdict(target["met"])
         if "training_flops_fraction" in target:
             numbers += f"; {_pm(target['training_flops_fraction'], '.1f', 100)} % of the FLOPs"
         if "aim_met" in target:
-            verdict += f" (aim 50%: {_verdict(target['aim_met'])})"
+            verdict += f" (aim {target.get('aim', 0.5):.0%}: {_verdict(target['aim_met'])})"
         rows.append([target["target"], numbers, verdict])
     return ["target", "numbers (mean ± SE)", "verdict"], rows
 

@@ -20,9 +20,15 @@ from typing import Any
 from esper.jobs.run_folder import RunFolder, read_json
 from esper.nissa import read_jsonl
 
-ARMS = ("host-only", "grown", "policy", "static-final", "static-final-matched", "static-reference")
+ARMS = ("host-only", "grown", "policy", "scheduled", "static-final", "static-final-matched",
+        "static-reference", "static-reference-matched")  # fmt: skip
 PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"),
-         ("policy", "host-only"), ("policy", "grown"))  # fmt: skip
+         ("policy", "host-only"), ("policy", "grown"), ("scheduled", "host-only"), ("scheduled", "grown"),
+         ("grown", "static-reference-matched"), ("grown", "static-reference"),
+         ("scheduled", "static-reference"))  # fmt: skip
+# The arms that grow the host, judged against the task's static reference (issue 20's targets).
+GROWING_ARMS = ("grown", "scheduled")
+REFERENCE_WIN_SE = 2.0  # grown beats the reference trained on its FLOPs by at least this many SE
 # A learned controller's targets against the heuristic (`policy` against `grown`, paired by seed).
 POLICY_WIN_SE = 2.0  # better final metric by at least this many SE, at no more training FLOPs
 POLICY_FLOPS_FRACTION = 0.8  # or the same metric (within 1 SE) for at most this share of the FLOPs
@@ -183,6 +189,51 @@ def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
     return targets
 
 
+def _reference_targets(
+    differences: Mapping[str, Any],
+    fractions: Mapping[str, Mapping[str, Any] | None],
+    planned: Collection[str],
+    with_loss: bool,
+    reach_fractions: tuple[float, float],
+) -> list[dict[str, Any]]:
+    """Issue 20's targets: the big network's quality for less compute. Judged on the final val
+    loss for char LMs (lower is better), else on the final val accuracy."""
+    metric, sign = ("final_val_loss", -1.0) if with_loss else ("final_val_accuracy", 1.0)
+    label = "val loss" if with_loss else "val accuracy"
+    targets = []
+    if {"grown", "static-reference-matched"} <= set(planned):
+        over = differences.get("grown - static-reference-matched", {}).get(metric, mean_se([]))
+        mean, se = over["mean"], over["se"]
+        targets.append({
+            "target": f"grown beats static-reference-matched (the reference on its training FLOPs) by "
+                      f"at least {REFERENCE_WIN_SE:g} SE (final {label}, paired)",
+            "metric": metric,
+            "difference": over,
+            "met": None if mean is None or se is None else sign * mean > 0 and abs(mean) >= REFERENCE_WIN_SE * se,
+        })  # fmt: skip
+    target, aim = reach_fractions
+    for arm in GROWING_ARMS:
+        if not {arm, "static-reference"} <= set(planned):
+            continue
+        over = differences.get(f"{arm} - static-reference", {}).get(metric, mean_se([]))
+        mean, se = over["mean"], over["se"]
+        fraction = fractions.get(arm)
+        ratio = None if fraction is None else fraction["mean"]
+        within = None if mean is None or se is None else sign * mean >= -se
+        known = within is not None and ratio is not None
+        targets.append({
+            "target": f"{arm} reaches static-reference's final {label} within 1 SE with at most "
+                      f"{target:.0%} of its training FLOPs (moonshot {aim:.0%})",
+            "metric": metric,
+            "difference": over,
+            "training_flops_fraction": fraction,
+            "met": within and ratio <= target if known else None,
+            "aim": aim,
+            "aim_met": within and ratio <= aim if known else None,
+        })  # fmt: skip
+    return targets
+
+
 def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The learned controller against the heuristic: better at no more compute, or as good for less."""
     mean, se = over_heuristic["mean"], over_heuristic["se"]
@@ -206,29 +257,38 @@ def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any] 
     ]  # fmt: skip
 
 
-def compare_results(arms: Mapping[str, Sequence[ArmRun]], with_loss: bool) -> dict[str, Any]:
+def compare_results(
+    arms: Mapping[str, Sequence[ArmRun]], with_loss: bool, reach_fractions: tuple[float, float] = (0.5, 0.3)
+) -> dict[str, Any]:
     """compare.json's results from the finished runs of each planned arm (an arm may have none yet);
     the targets are those whose arms are planned.
 
     `with_loss` adds val loss (final and best = lowest) beside val accuracy: the char-LM
-    tasks' second metric.
+    tasks' second metric. "Training FLOPs to reach" is measured against the static reference's
+    final val accuracy where the compare trains it, else against static-final's.
+    `reach_fractions` are the task's (target, moonshot) shares of the reference's training
+    FLOPs for reaching its final metric (`TaskSpec.reach_fractions`).
     """
-    final = arms.get("static-final") or []
-    reference = mean_se(run.val_accuracy[-1] for run in final)["mean"]
+    goal = "static-reference" if arms.get("static-reference") else "static-final"
+    reference = mean_se(run.val_accuracy[-1] for run in arms.get(goal) or [])["mean"]
     threshold = None if reference is None else REACH_FRACTION * reference
     present = {arm: runs for arm, runs in arms.items() if runs}
     differences = _differences(present, with_loss)
     fraction = _flops_fraction(present)
     policy_fraction = _flops_fraction(present, "policy", "grown")
+    over_reference = {arm: _flops_fraction(present, arm, "static-reference") for arm in GROWING_ARMS}
     return {
         "reach": {
             "metric": "val_accuracy",
-            "fraction_of_static_final": REACH_FRACTION,
+            "of_arm": goal,
+            "fraction_of_its_final": REACH_FRACTION,
             "threshold": threshold,
         },
         "arms": {arm: _arm_section(runs, with_loss, threshold) for arm, runs in present.items()},
         "differences": differences,
         "grown_training_flops_over_static_final": fraction,
         **({"policy_training_flops_over_grown": policy_fraction} if policy_fraction is not None else {}),
-        "targets": _targets(differences, fraction, policy_fraction, planned=list(arms)),
+        **{f"{arm}_training_flops_over_static_reference": f for arm, f in over_reference.items() if f is not None},
+        "targets": _targets(differences, fraction, policy_fraction, planned=list(arms))
+        + _reference_targets(differences, over_reference, list(arms), with_loss, reach_fractions),
     }

@@ -51,8 +51,12 @@ class HeuristicRunConfig:
     device: str = "cpu"  # cpu, cuda, cuda:N or mps
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16-mixed (autocast + loss scaling)
     # What is trained; `esper compare`'s arms are runs of this job that differ only here.
-    # "heuristic", "none" (nothing is grown: the host alone) or the path of a policy.pt.
+    # "heuristic", "schedule" (a fixed plan: `schedule`), "none" (nothing is grown: the host
+    # alone) or the path of a policy.pt.
     controller: str = "heuristic"
+    # The schedule controller's plan: [{"at": fraction of the run, "slot": ..., "blueprint": ...}]
+    # in order; null: the task's plan toward its reference (`esper tasks`).
+    schedule: list[dict[str, Any]] | None = None
     host: str = "task"  # "task": the task's host; "reference": the task's static reference host
     # Blueprints built into the host's trunk after each named slot, from epoch 0 at full strength
     # (summary.json's architecture "slots" of a grown run: its final network, trained statically).
@@ -84,7 +88,9 @@ class HeuristicRunConfig:
         if self.max_consecutive_rollbacks < 1:
             raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {self.max_consecutive_rollbacks}")
         if not self.controller:
-            raise ValueError("controller must be 'heuristic', 'none' or the path of a policy.pt")
+            raise ValueError("controller must be 'heuristic', 'schedule', 'none' or the path of a policy.pt")
+        if self.schedule is not None and self.controller != "schedule":
+            raise ValueError("schedule is the plan of controller 'schedule'; set controller too")
         if self.host not in HOST_VARIANTS:
             raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
         if self.model is not None and (self.host != "task" or self.built_in):

@@ -53,6 +53,9 @@ from esper.tamiyo import (
     HeuristicConfig,
     HeuristicController,
     NoGrowthController,
+    PlannedGrowth,
+    ScheduleController,
+    check_plan,
 )
 from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer, TrainingFailed, run_epochs
 from esper.tolaria.distributed import MainRankDecides, World
@@ -60,6 +63,7 @@ from esper.tolaria.engine import Outcome
 from esper.tolaria.flops_cap import TrainingFlopsCap
 
 CURRICULUM_FILE = "curriculum.json"
+BUILT_IN_CONTROLLERS = ("heuristic", "schedule", "none")  # any other `controller` is a policy.pt
 # The seed outcomes a summary counts, by the stage a seed moved to.
 _COUNTED_MOVES = {SeedStage.GERMINATED.name: "germinated", SeedStage.FOSSILIZED.name: "fossilized", SeedStage.CULLED.name: "culled"}
 
@@ -129,9 +133,11 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: 
     if config.lr_schedule is not None:
         spec = dataclasses.replace(spec, lr_schedule=config.lr_schedule)
     data = spec.load_data(**config.task_options)
-    policy = None if config.controller in ("heuristic", "none") else load_policy(config)
+    policy = None if config.controller in BUILT_IN_CONTROLLERS else load_policy(config)
     slots = config.slots if policy is None else policy.info["slot_ids"]
     asked = config.blueprints if policy is None else list(policy.info["blueprints"])
+    if config.controller == "schedule" and asked is None:
+        asked = list(dict.fromkeys(step.blueprint for step in schedule_plan(spec, config)))
     hub = TelemetryHub()
     trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world,
                             budget=config.budget, blueprints=asked, **model_options(config))  # fmt: skip
@@ -142,8 +148,10 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: 
     if policy is not None:
         controller, blueprints = policy, list(policy.info["blueprints"])
     else:
-        controller, blueprints = make_controller(spec, config)
+        controller, blueprints = make_controller(spec, config, resolve_blueprints(spec, asked))
     epochs = config.epochs or spec.epochs
+    if isinstance(controller, ScheduleController):
+        check_plan(controller.plan, list(trainer.slots), blueprints, epochs, spec.lifecycle_epochs())
     cap = None if config.max_training_flops is None else capped_training(trainer, config.max_training_flops)
     return PreparedRun(spec, data, epochs, tuple(trainer.slots), blueprints, controller, hub, trainer, cap)
 
@@ -166,13 +174,32 @@ def capped_training(trainer: MorphogeneticTrainer, max_training_flops: float) ->
     return cap
 
 
-def make_controller(spec: TaskSpec, config: HeuristicRunConfig) -> tuple[Controller, list[str]]:
-    """The heuristic, or nothing grown ("none"), with the blueprints it may plant (the config's,
-    default all of the topology's)."""
-    blueprints = resolve_blueprints(spec, config.blueprints)
+def make_controller(spec: TaskSpec, config: HeuristicRunConfig, blueprints: list[str]) -> tuple[Controller, list[str]]:
+    """The heuristic, the schedule, or nothing grown ("none"), with the blueprints it may plant
+    (the run's: the config's, or the task's, or the schedule's)."""
     if config.controller == "none":
         return NoGrowthController(), blueprints
+    if config.controller == "schedule":
+        return ScheduleController(schedule_plan(spec, config)), blueprints
     return make_heuristic(spec, blueprints, config), blueprints
+
+
+def schedule_plan(spec: TaskSpec, config: HeuristicRunConfig) -> list[PlannedGrowth]:
+    """The schedule controller's plan: the config's, else the task's toward its reference."""
+    if config.schedule is not None:
+        plan = []
+        for i, step in enumerate(config.schedule, start=1):
+            missing = sorted({"at", "slot", "blueprint"} - set(step))
+            if missing:
+                raise ValueError(f"schedule step {i} has no {', '.join(missing)}: each step is {{at, slot, blueprint}}")
+            plan.append(build_config(PlannedGrowth, step, {}, section=f"schedule step {i}"))
+        return plan
+    if not spec.schedule:
+        raise ValueError(
+            f"task '{spec.name}' has no default growth plan: give the schedule in the config "
+            '(e.g. "schedule": [{"at": 0.1, "slot": "...", "blueprint": "..."}])'
+        )
+    return [PlannedGrowth(at, slot, blueprint) for at, slot, blueprint in spec.schedule]
 
 
 def load_policy(config: HeuristicRunConfig) -> PolicyController:

@@ -124,6 +124,12 @@ class TaskSpec:
     blueprints: tuple[str, ...] | None = None
     heuristic: dict[str, Any] = field(default_factory=dict)
     lr_schedule: str = "constant"  # or "cosine" (`tolaria.trainer.OptimConfig.lr_schedule`)
+    # The `schedule` controller's default plan, toward the reference host: (fraction of the
+    # run, slot, blueprint) steps, as `tamiyo.PlannedGrowth`. Empty: the task has none.
+    schedule: tuple[tuple[float, str, str], ...] = ()
+    # `esper compare`'s target for reaching the reference's final metric: at most this share of
+    # its training FLOPs, and a moonshot share (issue 20: what the growth literature reports).
+    reach_fractions: tuple[float, float] = (0.5, 0.3)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -418,5 +424,9 @@ register_task(
         optimizer="adamw",
         blueprints=("block",),
         heuristic=_LM_HEURISTIC,
+        # 1 -> 2 -> 3 layers by stacking copies of the top layer: a seed needs 8 of the 20 epochs
+        # from planting to verdict, and the one slot takes one seed at a time.
+        schedule=((0.0, "layer1", "stack"), (0.4, "layer1", "stack")),
+        reach_fractions=(0.65, 0.4),
     )
 )
