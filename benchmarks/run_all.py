@@ -20,6 +20,7 @@ import bench_counterfactual
 import bench_distributed
 import bench_dormant
 import bench_epoch
+import bench_export
 import bench_graft
 import bench_incubator
 import bench_recompiles
@@ -27,7 +28,7 @@ import bench_vec_env
 import per
 
 FIGURES = (bench_dormant, bench_graft, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per,
-           bench_distributed)  # fmt: skip
+           bench_distributed, bench_export)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
