@@ -60,7 +60,7 @@ def _check_rows(run_dir: Path, rows_per_episode: int) -> list[dict]:
         assert len(row["obs"]) == len(row["next_obs"]) == n_obs
         assert len(row["mask"]) == len(row["next_mask"]) == n_actions
         assert row["mask"][row["action"]], "the recorded action must be one the mask allowed"
-        assert set(row["outcomes"]) <= {"fossilize", "cull", "rollback"}
+        assert set(row["outcomes"]) <= {"fossilized", "culled", "rollback"}
         episodes.setdefault(row["episode"], []).append(row)
     for steps in episodes.values():
         assert len(steps) == rows_per_episode
@@ -167,13 +167,13 @@ def _move(frm: SeedStage, to: SeedStage) -> StageTransition:
 def test_step_outcomes_name_the_rare_events() -> None:
     S = SeedStage
     fossilized = _signals(1, _report(S.FOSSILIZED), moves=[_move(S.PROBATIONARY, S.FOSSILIZED)])
-    assert step_outcomes(fossilized) == ["fossilize"]
+    assert step_outcomes(fossilized) == ["fossilized"]
     # Culled and already through the embargo: the moves still say what happened.
     reset = [_move(S.BLENDING, S.CULLED), _move(S.CULLED, S.EMBARGOED)]
-    assert step_outcomes(_signals(1, None, moves=reset)) == ["cull"]
+    assert step_outcomes(_signals(1, None, moves=reset)) == ["culled"]
     assert step_outcomes(_signals(1, _report(S.SHADOWING), moves=[_move(S.BLENDING, S.SHADOWING)])) == []
     culled_in_rollback = _signals(1, _report(S.CULLED), rolled_back=True, moves=[_move(S.TRAINING, S.CULLED)])
-    assert step_outcomes(culled_in_rollback) == ["cull", "rollback"]
+    assert step_outcomes(culled_in_rollback) == ["culled", "rollback"]
 
 
 def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:

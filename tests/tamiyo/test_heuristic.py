@@ -133,7 +133,7 @@ def test_each_seed_outcome_reaches_the_chooser_once_from_the_lifecycle_moves() -
     culled = _move(SeedStage.CULLED, "b-seed1", SeedStage.TRAINING, reason="stalled")
     controller.decide(_signals(6, 0.9, slots={"a": None, "b": _report(SeedStage.CULLED, None, "b-seed1")}, moves=[culled]))
     assert chooser.told[1] == ("norm", False, 0.0) and chooser.penalty["norm"] > 0
-    assert controller.pending == {}
+    assert controller.ledger.undecided() == []
 
 
 def test_a_seed_leaving_the_reports_without_a_move_is_not_judged() -> None:
@@ -141,7 +141,7 @@ def test_a_seed_leaving_the_reports_without_a_move_is_not_judged() -> None:
     controller = HeuristicController(chooser)
     controller.decide(_signals(1, 0.9, slots={"a": _report(SeedStage.BLENDING, 0.0), "b": None}, moves=[_move(SeedStage.GERMINATED)]))
     controller.decide(_signals(2, 0.9))  # no CULLED move: nobody culled it (e.g. a rollback restored)
-    assert chooser.told == [] and "a-seed1" in controller.pending
+    assert chooser.told == [] and [s.seed_id for s in controller.ledger.undecided()] == ["a-seed1"]
 
 
 def test_outcomes_reach_the_chooser_and_state_round_trips() -> None:

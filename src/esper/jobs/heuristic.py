@@ -29,7 +29,13 @@ from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.jobs.scaleout import run_fingerprint
 from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import Controller, SeedStage, StageTransition, TelemetryEvent, TelemetryEventType
+from esper.leyline import (
+    Controller,
+    SeedLedger,
+    StageTransition,
+    TelemetryEvent,
+    TelemetryEventType,
+)
 from esper.nissa import (
     BlueprintAnalytics,
     JsonlEventOutput,
@@ -64,8 +70,6 @@ from esper.tolaria.flops_cap import TrainingFlopsCap
 
 CURRICULUM_FILE = "curriculum.json"
 BUILT_IN_CONTROLLERS = ("heuristic", "schedule", "none")  # any other `controller` is a policy.pt
-# The seed outcomes a summary counts, by the stage a seed moved to.
-_COUNTED_MOVES = {SeedStage.GERMINATED.name: "germinated", SeedStage.FOSSILIZED.name: "fossilized", SeedStage.CULLED.name: "culled"}
 
 
 class HeuristicCheckpoint(TypedDict):
@@ -259,13 +263,9 @@ def grown_architecture(host: str, trainer: MorphogeneticTrainer) -> dict[str, An
 
 def count_seeds(metrics: list[dict[str, Any]]) -> dict[str, int]:
     """Germinations, fossilizations and culls, from the lifecycle moves each epoch's line lists."""
-    counts = dict.fromkeys(_COUNTED_MOVES.values(), 0)
-    for line in metrics:
-        for move in line.get("transitions", []):
-            name = _COUNTED_MOVES.get(move["to_stage"])
-            if name is not None:
-                counts[name] += 1
-    return counts
+    ledger = SeedLedger()
+    ledger.record_moves(StageTransition.from_dict(move) for line in metrics for move in line.get("transitions", []))
+    return ledger.totals
 
 
 def train_host_only(

@@ -20,7 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from esper.jobs.run_data import RunData
-from esper.leyline import FAILURE_STAGES, SeedStage, TelemetryEventType
+from esper.leyline import FAILURE_STAGES, SeedLedger, SeedStage, TelemetryEventType
 
 STAGE_COLOURS = {
     "GERMINATED": "#c6dbef",
@@ -362,18 +362,10 @@ OUTCOME_COLOURS = {"fossilized": "C2", "culled": "C3", "live at the end": "C0"}
 def planted_seeds(run: RunData) -> list[tuple[int, str, str, str]]:
     """(germination epoch, slot, blueprint, outcome) of every seed the run planted, from its
     lifecycle events (outcome: fossilized, culled, or live at the end)."""
-    seeds: dict[tuple[str, str], list[Any]] = {}
-    outcomes = {
-        TelemetryEventType.SEED_FOSSILIZED.value: "fossilized",
-        TelemetryEventType.SEED_CULLED.value: "culled",
-    }
+    ledger = SeedLedger()
     for event in run.events:
-        key = (event.get("slot_id"), event.get("seed_id"))
-        if event["event_type"] == TelemetryEventType.SEED_GERMINATED.value:
-            seeds[key] = [event["epoch"], event["slot_id"], event["blueprint_id"], "live at the end"]
-        elif event["event_type"] in outcomes and key in seeds:
-            seeds[key][3] = outcomes[event["event_type"]]
-    return [tuple(seed) for seed in seeds.values()]
+        ledger.record_event(event)
+    return [(s.epoch, s.slot_id, s.blueprint_id, s.fate or "live at the end") for s in ledger.seeds.values()]
 
 
 def growth_decisions(groups: dict[str, list[RunData]]) -> Figure | None:

@@ -29,6 +29,7 @@ from esper.leyline import (
     ACTIVE_STAGES,
     FAILURE_STAGES,
     NEXT_STAGE,
+    OUTCOME_EVENTS,
     SEED_RUNS_STAGES,
     VALID_TRANSITIONS,
     FossilReport,
@@ -577,11 +578,9 @@ class SeedSlot(nn.Module):
                 self.isolation_monitor = GradientIsolationMonitor()
             case SeedStage.FOSSILIZED:
                 self._add_to_stack(state)
-        event_type = {
-            SeedStage.FOSSILIZED: TelemetryEventType.SEED_FOSSILIZED,
-            SeedStage.CULLED: TelemetryEventType.SEED_CULLED,
-            SeedStage.DORMANT: TelemetryEventType.SEED_RESET,
-        }.get(stage, TelemetryEventType.SEED_STAGE_CHANGED)
+        event_type = {**OUTCOME_EVENTS, SeedStage.DORMANT: TelemetryEventType.SEED_RESET}.get(
+            stage, TelemetryEventType.SEED_STAGE_CHANGED
+        )
         self._emit(
             event_type,
             reason or f"{state.previous_stage.name} -> {stage.name}",

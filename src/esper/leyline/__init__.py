@@ -3,6 +3,14 @@
 from esper.leyline.actions import WAIT, Action, ActionKind
 from esper.leyline.config import GrowthBudget, TaskConfig
 from esper.leyline.gates import GateLevel, GateResult
+from esper.leyline.outcomes import (
+    FATES,
+    OUTCOME_EVENTS,
+    OUTCOME_NAMES,
+    OUTCOME_OF_STAGE,
+    PlantedSeed,
+    SeedLedger,
+)
 from esper.leyline.reports import FlopsReport, FossilReport, SeedReport, StageTransition
 from esper.leyline.signals import Controller, EpochSignals
 from esper.leyline.stages import (
@@ -24,10 +32,14 @@ __all__ = [
     "ACTIVE_STAGES",
     "BLENDED_STAGES",
     "FAILURE_STAGES",
+    "FATES",
     "GROWING_STAGES",
     "LIFECYCLE_EVENTS",
     "MEASURED_STAGES",
     "NEXT_STAGE",
+    "OUTCOME_EVENTS",
+    "OUTCOME_NAMES",
+    "OUTCOME_OF_STAGE",
     "OUTCOME_STAGES",
     "SEED_RUNS_STAGES",
     "VALID_TRANSITIONS",
@@ -41,6 +53,8 @@ __all__ = [
     "GateLevel",
     "GateResult",
     "GrowthBudget",
+    "PlantedSeed",
+    "SeedLedger",
     "SeedReport",
     "SeedStage",
     "StageTransition",

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline import EpochSignals, SeedStage
+from esper.leyline import FATES, EpochSignals, SeedLedger, SeedStage
 from esper.tamiyo import SignalTracker
 
 RUN_FEATURES = (
@@ -77,9 +77,6 @@ RUN_FEATURES = (
     "budget_params_left",
     "budget_inference_flops_left",
 )
-# Per blueprint: the episode's seeds of it that reached each outcome.
-OUTCOMES = {SeedStage.FOSSILIZED: "fossilized", SeedStage.CULLED: "culled"}
-_OUTCOME_INDEX = {stage: i for i, stage in enumerate(OUTCOMES)}
 SLOT_SCALARS = (
     "alpha",
     "epochs_in_stage",
@@ -106,10 +103,11 @@ class FeatureLayout:
 
     @property
     def size(self) -> int:
-        return len(RUN_FEATURES) + len(self.blueprints) * len(OUTCOMES) + len(self.slot_ids) * self.per_slot
+        return len(RUN_FEATURES) + len(self.blueprints) * len(FATES) + len(self.slot_ids) * self.per_slot
 
     def names(self) -> list[str]:
-        outcome_names = [f"{b}.{outcome}" for b in self.blueprints for outcome in OUTCOMES.values()]
+        # Per blueprint: the episode's seeds of it that reached each fate.
+        outcome_names = [f"{b}.{fate}" for b in self.blueprints for fate in FATES]
         slot_names = [f"stage_{s.name}" for s in STAGES] + list(SLOT_SCALARS) + [f"blueprint_{b}" for b in self.blueprints]
         return list(RUN_FEATURES) + outcome_names + [f"{slot}.{name}" for slot in self.slot_ids for name in slot_names]
 
@@ -151,8 +149,7 @@ class Observer:
         # The starting host's FLOPs: training per epoch, inference per sample (None: not counted).
         self.start_flops: tuple[float, float] | None = None
         self.val_loss: list[float] = []  # the tracker keeps train loss only; the trend needs 4
-        # blueprint -> [fossilized, culled] seeds of it this episode
-        self.outcomes: dict[str, list[int]] = {b: [0] * len(OUTCOMES) for b in self.layout.blueprints}
+        self.ledger = SeedLedger()  # the episode's seeds and their fates
         # slot id -> [seed id, stage value, epochs seen in that stage]
         self.clocks: dict[str, list[Any]] = {}
 
@@ -163,7 +160,7 @@ class Observer:
             self.start_val_accuracy = signals.val_accuracy
             if signals.flops is not None:
                 self.start_flops = (signals.flops.training, signals.flops.inference_per_sample)
-        self._count_outcomes(signals)
+        self.ledger.record_moves(signals.transitions)
         tracker = self.tracker
         val_acc = list(tracker.val_accuracy)
         train_loss = list(tracker.train_loss)
@@ -191,7 +188,7 @@ class Observer:
             *self._budget_features(signals),
         ]
         for blueprint in self.layout.blueprints:
-            run.extend(float(count) for count in self.outcomes[blueprint])
+            run.extend(float(self.ledger.count(blueprint, fate)) for fate in FATES)
         for slot_id in self.layout.slot_ids:
             run.extend(self._slot_features(slot_id, signals, host))
         features = torch.tensor(run, dtype=torch.float32)
@@ -214,11 +211,6 @@ class Observer:
     def _budget_features(signals: EpochSignals) -> list[float]:
         left = signals.budget_left or {}
         return [left.get("max_params_added", 1.0), left.get("max_inference_flops", 1.0)]
-
-    def _count_outcomes(self, signals: EpochSignals) -> None:
-        for move in signals.transitions:
-            if move.to_stage in OUTCOMES and move.blueprint_id in self.outcomes:
-                self.outcomes[move.blueprint_id][_OUTCOME_INDEX[move.to_stage]] += 1
 
     def _slot_features(self, slot_id: str, signals: EpochSignals, host: int) -> list[float]:
         report = signals.slots.get(slot_id)
@@ -254,7 +246,7 @@ class Observer:
             "start_flops": None if self.start_flops is None else list(self.start_flops),
             "val_loss": list(self.val_loss),
             "clocks": {k: list(v) for k, v in self.clocks.items()},
-            "outcomes": {k: list(v) for k, v in self.outcomes.items()},
+            "ledger": self.ledger.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -262,11 +254,9 @@ class Observer:
         self.start_val_accuracy = state["start_val_accuracy"]
         self.val_loss = list(state["val_loss"])
         self.clocks = {k: list(v) for k, v in state["clocks"].items()}
-        # Checkpoints from before the capacity features: no FLOPs or outcomes seen yet.
-        start_flops = state.get("start_flops")
+        start_flops = state["start_flops"]
         self.start_flops = None if start_flops is None else (float(start_flops[0]), float(start_flops[1]))
-        self.outcomes = {b: [0] * len(OUTCOMES) for b in self.layout.blueprints}
-        self.outcomes.update({k: list(v) for k, v in state.get("outcomes", {}).items()})
+        self.ledger.load_state_dict(state["ledger"])
 
 
 class RunningNorm:

@@ -17,7 +17,7 @@ decisions in the one format offline training reads (`esper train offline`):
   which sum to it) with their raw `reward_quantities` (each component is its
   weight in `RewardConfig.weights()` times its quantity, so offline learning can
   weigh and price them anew), `next_obs`, `next_mask`, `done`, and the rare `outcomes` the
-  step led to ("fossilize", "cull", "rollback"). `episode` names the episode, `t` is the host epoch the
+  step led to (a seed "fossilized" or "culled", a "rollback"). `episode` names the episode, `t` is the host epoch the
   decision was taken after, and `epoch` is the run's resume unit (the host epoch
   the line was completed in for a heuristic run, the round for PPO) so
   `RunFolder.truncate_logs` drops lines past a checkpoint like any other log.
@@ -36,7 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from esper.leyline import Action, Controller, EpochSignals, SeedStage
+from esper.leyline import OUTCOME_OF_STAGE, OUTCOME_STAGES, Action, Controller, EpochSignals
 from esper.nissa import JsonlWriter, strict_json
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
@@ -91,13 +91,10 @@ class TransitionLog:
         self.writer.close()
 
 
-_RARE_MOVES = {SeedStage.FOSSILIZED: "fossilize", SeedStage.CULLED: "cull"}
-
-
 def step_outcomes(after: EpochSignals) -> list[str]:
     """The rare events of the step that led to `after`: a seed fossilized or culled (by anyone,
     read from the lifecycle moves since the decision), and a rollback."""
-    outcomes = [_RARE_MOVES[t.to_stage] for t in after.transitions if t.to_stage in _RARE_MOVES]
+    outcomes = [OUTCOME_OF_STAGE[t.to_stage] for t in after.transitions if t.to_stage in OUTCOME_STAGES]
     if after.rolled_back:
         outcomes.append("rollback")
     return outcomes

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from esper.leyline import ACTIVE_STAGES, Action, Controller, EpochSignals, GrowthBudget, SeedStage
+from esper.leyline import Action, Controller, EpochSignals, GrowthBudget, SeedLedger
 from esper.runtime.data import TaskData
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import TaskSpec
@@ -44,12 +44,6 @@ from esper.tolaria import EpochLoop, EpochResult, MorphogeneticTrainer
 
 # Held-out evaluation seeds start here; training episodes use seeds below it.
 EVAL_SEED_OFFSET = 10_000
-# The lifecycle moves an episode counts, and the name each is counted under.
-_OUTCOME_OF_MOVE = {
-    SeedStage.GERMINATED: "germinated",
-    SeedStage.FOSSILIZED: "fossilized",
-    SeedStage.CULLED: "culled",
-}
 
 
 @dataclass(slots=True)
@@ -63,8 +57,13 @@ class EpisodeStats:
     episode_return: float = 0.0
     rewards: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
     actions: Counter[str] = field(default_factory=Counter)
-    seeds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("germinated", "fossilized", "culled", "undecided"), 0))
+    ledger: SeedLedger = field(default_factory=SeedLedger)
     rollbacks: int = 0
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        """Germinated, fossilized and culled seeds, and those still live ("undecided")."""
+        return {**self.ledger.totals, "undecided": len(self.ledger.undecided())}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,7 +74,7 @@ class EpisodeStats:
             "return": self.episode_return,
             "rewards": dict(self.rewards),
             "actions": dict(self.actions),
-            "seeds": dict(self.seeds),
+            "seeds": self.seeds,
             "rollbacks": self.rollbacks,
         }
 
@@ -165,17 +164,13 @@ class MorphogeneticEnv:
         by anyone: the controller, the governor, or expiry), once each, from the lifecycle moves."""
         stats = self.stats
         stats.rollbacks += result.record.rollback is not None
-        for move in result.signals.transitions:
-            outcome = _OUTCOME_OF_MOVE.get(move.to_stage)
-            if outcome is not None:
-                stats.seeds[outcome] += 1
+        stats.ledger.record_moves(result.signals.transitions)
         return result.signals
 
     def _finish(self) -> None:
         stats, signals = self.stats, self.signals
         stats.final_val_accuracy = signals.val_accuracy
         stats.params_added = signals.seed_params
-        stats.seeds["undecided"] = sum(1 for r in signals.slots.values() if r is not None and r.stage in ACTIVE_STAGES)
 
 
 def play(env: MorphogeneticEnv, controller: Controller, seed: int, recorder: EpisodeRecorder | None = None) -> EpisodeStats:

@@ -11,13 +11,13 @@ from esper.leyline import (
     ACTIVE_STAGES,
     GROWING_STAGES,
     MEASURED_STAGES,
-    OUTCOME_STAGES,
     Action,
     ActionKind,
     EpochSignals,
+    PlantedSeed,
+    SeedLedger,
     SeedReport,
     SeedStage,
-    StageTransition,
 )
 from esper.tamiyo.blueprints import BlueprintChooser
 from esper.tamiyo.tracker import SignalTracker, TrackerConfig
@@ -56,8 +56,8 @@ class HeuristicController:
         self.config = config or HeuristicConfig()
         self.tracker = SignalTracker(self.config.tracker)
         self.last_germination_epoch: int | None = None
-        # seed_id -> blueprint for seeds whose outcome has not been reported to the chooser yet.
-        self.pending: dict[str, str] = {}
+        # The seeds planted and decided: a decided seed's outcome goes to the chooser once.
+        self.ledger = SeedLedger()
         # The latest report of each live seed: once it is decided, its size and contribution.
         self.last_report: dict[str, SeedReport] = {}
         # Decided seeds in a row that did not pay (see `HeuristicConfig.min_payoff`).
@@ -142,27 +142,22 @@ class HeuristicController:
         once, whoever ended it. The governor culls only a seed it found guilty (a
         host or data fault culls nobody), so a cull is always the seed's own failure.
         """
-        for move in signals.transitions:
-            if move.to_stage == SeedStage.GERMINATED:
-                self.pending[move.seed_id] = move.blueprint_id
-            elif move.to_stage in OUTCOME_STAGES and move.seed_id in self.pending:
-                self._resolve(move, signals.host_params)
+        for seed in self.ledger.record_moves(signals.transitions):
+            self._resolve(seed, signals.host_params)
         for report in signals.slots.values():
             if report is not None and report.stage in ACTIVE_STAGES:
                 self.last_report[report.seed_id] = report
 
-    def _resolve(self, move: StageTransition, host_params: int) -> None:
-        blueprint = self.pending.pop(move.seed_id)
-        success = move.to_stage == SeedStage.FOSSILIZED
+    def _resolve(self, seed: PlantedSeed, host_params: int) -> None:
+        success = seed.fate == "fossilized"
         # Either way the seed has left its slot's report (a fossil for its slot's stack, a culled
         # one for good): its size and contribution are in its last live report.
-        report = self.last_report.get(move.seed_id)
+        report = self.last_report.pop(seed.seed_id, None)
         params = 0 if report is None else report.params
         rent = self.config.rent_weight * math.log1p(params / max(host_params, 1))
         contribution = 0.0 if report is None else report.counterfactual_contribution or 0.0
         reward = 100 * (contribution - rent if success else -rent)
-        self.chooser.record_outcome(blueprint, success, reward)
-        self.last_report.pop(move.seed_id, None)
+        self.chooser.record_outcome(seed.blueprint_id, success, reward)
         paid = success and contribution >= self.config.min_payoff
         self.unpaid_streak = 0 if paid else self.unpaid_streak + 1
 
@@ -171,7 +166,7 @@ class HeuristicController:
             "tracker": self.tracker.state_dict(),
             "chooser": self.chooser.state_dict(),
             "last_germination_epoch": self.last_germination_epoch,
-            "pending": dict(self.pending),
+            "ledger": self.ledger.state_dict(),
             "last_report": {k: v.to_dict() for k, v in self.last_report.items()},
             "unpaid_streak": self.unpaid_streak,
         }
@@ -180,8 +175,8 @@ class HeuristicController:
         self.tracker.load_state_dict(state["tracker"])
         self.chooser.load_state_dict(state["chooser"])
         self.last_germination_epoch = state["last_germination_epoch"]
-        self.pending = dict(state["pending"])
+        self.ledger.load_state_dict(state["ledger"])
         self.last_report = {
             k: SeedReport(**{**v, "stage": SeedStage[v["stage"]]}) for k, v in state["last_report"].items()
         }
-        self.unpaid_streak = state.get("unpaid_streak", 0)  # checkpoints from before it: none
+        self.unpaid_streak = state["unpaid_streak"]
