@@ -67,7 +67,7 @@ class QualityGates:
                     bool(state.blueprint_id),
                     "blueprint_id_present" if state.blueprint_id else "blueprint_id_missing",
                 ),
-                (state.shape_verified, "shape_preserved" if state.shape_verified else "shape_unverified"),
+                _shape_check(state.probe_shapes),
             ],
         )
 
@@ -110,7 +110,13 @@ class QualityGates:
     def _check_g3(self, state: SeedState) -> GateResult:
         alpha = state.alpha
         return self._result(
-            GateLevel.G3, [(alpha >= self.min_blend_alpha, f"alpha {alpha:.3f} vs min {self.min_blend_alpha}")]
+            GateLevel.G3,
+            [
+                (
+                    alpha >= self.min_blend_alpha,
+                    f"alpha {alpha:.3f} vs min {self.min_blend_alpha} (ramp {state.blending_progress:.0%} done)",
+                )
+            ],
         )
 
     def _check_g4(self, state: SeedState) -> GateResult:
@@ -148,3 +154,13 @@ class QualityGates:
                 (state.is_healthy, "healthy" if state.is_healthy else "unhealthy"),
             ],
         )
+
+
+def _shape_check(probe_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> tuple[bool, str]:
+    """G0's shape check: the seed gave a probe back in the shape it was fed."""
+    if probe_shapes is None:
+        return False, "shape_unprobed"
+    given, returned = probe_shapes
+    if given != returned:
+        return False, f"shape_changed {given} -> {returned} (a seed must preserve its input shape)"
+    return True, "shape_preserved"

@@ -221,11 +221,6 @@ class SeedSlot(nn.Module):
         return self.state.stage if self.state is not None else SeedStage.DORMANT
 
     @property
-    def is_occupied(self) -> bool:
-        """Whether a live seed (or a culled one still clearing) holds the slot; fossils do not."""
-        return self.state is not None
-
-    @property
     def stack_depth(self) -> int:
         """How many fossilized seeds the slot's stack holds."""
         return len(self.fossils)
@@ -305,17 +300,16 @@ class SeedSlot(nn.Module):
         self.seed_topology = topology
         seed = self._build_seed(topology, blueprint_id, **self.blueprint_kwargs(blueprint_id))
         self._attach(seed, blueprint_id, host_module)
-        self._verify_shape(seed, topology, blueprint_id)
-        self.seeds_planted += 1
         state = _SlotState(
-            seed_id=seed_id or f"{self.slot_id}-seed{self.seeds_planted}",
+            seed_id=seed_id or f"{self.slot_id}-seed{self.seeds_planted + 1}",
             blueprint_id=blueprint_id,
             slot_id=self.slot_id,
-            shape_verified=True,
+            probe_shapes=self._probe_shapes(seed, topology),
         )
         gate = self.gates.check_gate(state, SeedStage.GERMINATED)
         if not gate.passed:
-            raise ValueError(f"Cannot germinate in slot '{self.slot_id}': {gate.message}")
+            raise ValueError(f"Cannot germinate blueprint '{blueprint_id}' in slot '{self.slot_id}': {gate.message}")
+        self.seeds_planted += 1
         state.transition(SeedStage.GERMINATED)
         self._adopt(seed, state)
         self._record(state, SeedStage.DORMANT, SeedStage.GERMINATED, "")
@@ -433,7 +427,7 @@ class SeedSlot(nn.Module):
                 "alpha": state.alpha,
                 "blending_steps_total": state.blending_steps_total,
                 "is_healthy": state.is_healthy,
-                "shape_verified": state.shape_verified,
+                "probe_shapes": None if state.probe_shapes is None else [list(shape) for shape in state.probe_shapes],
                 "stage_history": [list(item) for item in state.stage_history],
                 "metrics": {name: getattr(state.metrics, name) for name in SeedMetrics.__dataclass_fields__},
                 "has_module": self.seed is not None,
@@ -472,7 +466,7 @@ class SeedSlot(nn.Module):
             metrics=SeedMetrics(**saved["metrics"]),
             blending_steps_total=saved["blending_steps_total"],
             is_healthy=saved["is_healthy"],
-            shape_verified=saved["shape_verified"],
+            probe_shapes=None if saved["probe_shapes"] is None else tuple(tuple(shape) for shape in saved["probe_shapes"]),
         )
         state.stage_history.extend(tuple(item) for item in saved["stage_history"])
         self._adopt(None, state)
@@ -581,6 +575,8 @@ class SeedSlot(nn.Module):
         event_type = {**OUTCOME_EVENTS, SeedStage.DORMANT: TelemetryEventType.SEED_RESET}.get(
             stage, TelemetryEventType.SEED_STAGE_CHANGED
         )
+        # A decided seed's event says how long it spent in each stage.
+        history = {"stage_history": [[SeedStage(v).name, epochs] for v, epochs in state.stage_history]}
         self._emit(
             event_type,
             reason or f"{state.previous_stage.name} -> {stage.name}",
@@ -588,6 +584,7 @@ class SeedSlot(nn.Module):
             previous_stage=state.previous_stage.name,
             counterfactual_contribution=state.metrics.counterfactual_contribution,
             stack_depth=self.stack_depth,
+            **(history if stage in OUTCOME_EVENTS else {}),
         )
         if stage in (SeedStage.DORMANT, SeedStage.FOSSILIZED):
             # The slot is free: a culled seed has cleared, or a kept one has joined the stack.
@@ -693,18 +690,15 @@ class SeedSlot(nn.Module):
         self._probe_cache[topology] = probe
         return probe
 
-    def _verify_shape(self, seed: nn.Module, topology: str, blueprint_id: str) -> None:
+    def _probe_shapes(self, seed: nn.Module, topology: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The shape of the slot's probe, and of what `seed` gives back for it (gate G0 compares them)."""
         probe = self._get_shape_probe(topology)
         was_training = seed.training
         seed.eval()
         with torch.no_grad():
             out = seed(probe)
         seed.train(was_training)
-        if out.shape != probe.shape:
-            raise ValueError(
-                f"Blueprint '{blueprint_id}' changes the feature shape {tuple(probe.shape)} -> "
-                f"{tuple(out.shape)}; a seed must preserve its input shape."
-            )
+        return tuple(probe.shape), tuple(out.shape)
 
     def _emit(self, event_type: TelemetryEventType, message: str = "", **data: Any) -> None:
         if self.fast_mode or self.on_telemetry is None or self.state is None:

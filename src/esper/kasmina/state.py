@@ -79,13 +79,18 @@ class SeedState:
     metrics: SeedMetrics = field(default_factory=SeedMetrics)
     blending_steps_total: int = 0
     is_healthy: bool = True
-    shape_verified: bool = False
+    # The feature shape a probe fed the seed and the shape it gave back (None: never probed):
+    # gate G0 lets a seed germinate only when they are equal.
+    probe_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    # (stage value, epochs_total) of every move, the latest STAGE_HISTORY_LEN: a decided seed's
+    # telemetry event carries it, so events.jsonl says how long the seed spent in each stage.
     stage_history: deque[tuple[int, int]] = field(
         default_factory=lambda: deque(maxlen=STAGE_HISTORY_LEN)
     )
 
     @property
     def blending_progress(self) -> float:
+        """How far the alpha ramp has gone, 0 to 1 (gate G3 reports it)."""
         if self.blending_steps_total == 0:
             return 0.0
         return min(self.metrics.alpha_ramp_step / self.blending_steps_total, 1.0)
