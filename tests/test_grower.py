@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import epoch_signals
 from torch import Tensor, nn
 
 import esper
@@ -604,8 +605,8 @@ def test_a_policy_sees_stacks_and_budget_under_its_own_slot_names() -> None:
     policy = Policy()
     renamed = _RenamedSlots(policy, {"1": "layer1", "3": "layer2"})
     fossil = FossilReport("1-seed1", "mlp", "1", 1000, 0.02, 5)
-    signals = EpochSignals(6, 10, 0.5, 0.8, 0.5, 0.8, 1500, 1000, {"1": None, "3": None},
-                           fossils={"1": [fossil], "3": []}, affordable={"1": [], "3": ["norm"]})  # fmt: skip
+    signals = epoch_signals(6, host_params=1500, seed_params=1000, slots={"1": None, "3": None},
+                            fossils={"1": [fossil], "3": []}, affordable={"1": [], "3": ["norm"]})  # fmt: skip
     (action,) = renamed.decide(signals)
     assert action.slot_id == "3"  # back to the grafted name
     assert policy.seen.affordable == {"layer1": [], "layer2": ["norm"]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -51,12 +50,6 @@ def test_valid_actions(kwargs: dict) -> None:
 def test_invalid_actions_raise(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Action(**kwargs)
-
-
-def test_action_is_immutable() -> None:
-    action = Action(ActionKind.CULL, slot_id="block2")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        action.slot_id = "block3"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("event_type", list(TelemetryEventType))

@@ -1,6 +1,7 @@
 """Masks allow exactly the physically possible actions, and masked actions are never sampled."""
 
 import torch
+from conftest import epoch_signals, seed_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,14 +27,14 @@ def signals_with(
     stages: dict[str, SeedStage | None], stacks: dict[str, int] | None = None, affordable: dict[str, list[str]] | None = None
 ) -> EpochSignals:
     def report(slot_id: str, stage: SeedStage) -> SeedReport:
-        return SeedReport(f"{slot_id}-seed", "norm", slot_id, stage, 3, 10, 0.5, 0.01, 0.2, True)
+        return seed_report(stage, seed_id=f"{slot_id}-seed", slot_id=slot_id, alpha=0.5, contribution=0.01)
 
     slots = {slot_id: None if stage is None else report(slot_id, stage) for slot_id, stage in stages.items()}
     fossils = {
         slot_id: [FossilReport(f"{slot_id}-fossil{i}", "norm", slot_id, 10, 0.01, i) for i in range(depth)]
         for slot_id, depth in (stacks or {}).items()
     }
-    return EpochSignals(3, 10, 1.0, 0.5, 1.0, 0.5, 500, 10, slots, fossils=fossils, affordable=affordable)
+    return epoch_signals(3, seed_params=10, slots=slots, fossils=fossils, affordable=affordable)
 
 
 def expected_valid(

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import epoch_signals, seed_report
 
 from esper.leyline import (
     EpochSignals,
     FlopsReport,
     FossilReport,
-    SeedReport,
     SeedStage,
     StageTransition,
 )
@@ -19,8 +19,10 @@ LAYOUT = FeatureLayout(("block2", "block3"), ("norm", "attention"))
 
 
 def signals(epoch: int, stage: SeedStage | None, seed_id: str = "s1", contribution: float | None = None) -> EpochSignals:
-    report = None if stage is None else SeedReport(seed_id, "attention", "block3", stage, 1, 40, 0.5, contribution, 0.2, True)
-    return EpochSignals(epoch, 10, 1.0 - 0.1 * epoch, 0.5, 1.0, 0.4 + 0.01 * epoch, 400, 40, {"block2": None, "block3": report})
+    report = None if stage is None else seed_report(stage, seed_id=seed_id, blueprint_id="attention", slot_id="block3",
+                                                    epochs_total=1, params=40, alpha=0.5, contribution=contribution)  # fmt: skip
+    return epoch_signals(epoch, train_loss=1.0 - 0.1 * epoch, val_accuracy=0.4 + 0.01 * epoch, host_params=400,
+                         seed_params=40, slots={"block2": None, "block3": report})  # fmt: skip
 
 
 def feature(obs: torch.Tensor, name: str) -> float:

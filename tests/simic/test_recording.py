@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import epoch_signals, seed_report, stage_move
 
 from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.evaluate import evaluate
@@ -150,18 +151,15 @@ def test_heuristic_and_ppo_runs_with_one_reference_are_learned_from_together_and
 
 
 def _report(stage: SeedStage, seed_id: str = "s1") -> SeedReport:
-    return SeedReport(seed_id=seed_id, blueprint_id="norm", slot_id="a", stage=stage, epochs_total=3, params=10,
-                      alpha=1.0, counterfactual_contribution=0.01, seed_gradient_norm_ratio=0.2, is_healthy=True)  # fmt: skip
+    return seed_report(stage, seed_id=seed_id, contribution=0.01)
 
 
 def _signals(epoch: int, slot: SeedReport | None, rolled_back: bool = False, moves=()) -> EpochSignals:
-    return EpochSignals(epoch=epoch, total_epochs=10, train_loss=0.5, train_accuracy=0.8, val_loss=0.5,
-                        val_accuracy=0.8, host_params=1000, seed_params=0, slots={"a": slot}, rolled_back=rolled_back,
-                        transitions=list(moves))  # fmt: skip
+    return epoch_signals(epoch, slots={"a": slot}, rolled_back=rolled_back, transitions=list(moves))
 
 
 def _move(frm: SeedStage, to: SeedStage) -> StageTransition:
-    return StageTransition("a", "s1", "norm", frm, to, "", epoch=1)
+    return stage_move(to, frm=frm, seed_id="s1", epoch=1)
 
 
 def test_step_outcomes_name_the_rare_events() -> None:

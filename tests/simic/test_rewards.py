@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from conftest import epoch_signals, seed_report, stage_move
 
 from esper.leyline import (
     Action,
@@ -10,9 +11,7 @@ from esper.leyline import (
     EpochSignals,
     FlopsReport,
     FossilReport,
-    SeedReport,
     SeedStage,
-    StageTransition,
 )
 from esper.runtime import get_task
 from esper.simic.rewards import STAGE_POTENTIAL, RewardConfig, RewardTracker
@@ -35,10 +34,11 @@ def signals(epoch: int, stage: SeedStage | None = None, contribution: float | No
     if stage == SeedStage.FOSSILIZED:
         fossils["a"] = [FossilReport("a-seed1", "norm", "a", params, contribution, epoch=3)]
     elif stage is not None:
-        slots["a"] = SeedReport("a-seed1", "norm", "a", stage, epoch, params, 1.0, contribution, 0.3, True)
+        slots["a"] = seed_report(stage, epochs_total=epoch, params=params, contribution=contribution, gradient_ratio=0.3)
     seed_params = 0 if stage is None or stage in (SeedStage.CULLED, SeedStage.EMBARGOED) else params
-    moves = [] if moved is None else [StageTransition("a", "a-seed1", "norm", SeedStage.PROBATIONARY, moved, "", epoch - 1)]
-    return EpochSignals(epoch, 10, 1.0, val, 1.0, val, 500, seed_params, slots, transitions=moves, fossils=fossils)
+    moves = [] if moved is None else [stage_move(moved, frm=SeedStage.PROBATIONARY, epoch=epoch - 1)]
+    return epoch_signals(epoch, train_accuracy=val, val_accuracy=val, seed_params=seed_params, slots=slots,
+                         transitions=moves, fossils=fossils)  # fmt: skip
 
 
 def run(tracker: RewardTracker, sequence: list[EpochSignals]) -> dict[str, float]:
@@ -118,10 +118,11 @@ def test_each_seed_of_a_stack_is_credited_once_and_counts_in_the_potential():
     second = FossilReport("a-seed2", "norm", "a", 50, 0.02, epoch=5)
 
     def step(epoch, live=None, stack=(), moved=None):
-        slots = {"a": None if live is None else SeedReport("a-seed2", "norm", "a", live, epoch, 50, 1.0, 0.02, 0.3, True)}
-        moves = [] if moved is None else [StageTransition("a", moved, "norm", SeedStage.PROBATIONARY, SeedStage.FOSSILIZED, "", epoch - 1)]
+        slots = {"a": None if live is None else seed_report(live, seed_id="a-seed2", epochs_total=epoch, params=50,
+                                                            contribution=0.02, gradient_ratio=0.3)}  # fmt: skip
+        moves = [] if moved is None else [stage_move(SeedStage.FOSSILIZED, frm=SeedStage.PROBATIONARY, seed_id=moved, epoch=epoch - 1)]
         params = 50 * (len(stack) + (live is not None))
-        return EpochSignals(epoch, 10, 1.0, 0.5, 1.0, 0.5, 500, params, slots, transitions=moves, fossils={"a": list(stack)})
+        return epoch_signals(epoch, seed_params=params, slots=slots, transitions=moves, fossils={"a": list(stack)})
 
     life = [
         step(0),

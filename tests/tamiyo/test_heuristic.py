@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import epoch_signals, seed_report, stage_move
 
 from esper.leyline import (
     ActionKind,
@@ -22,22 +23,17 @@ from esper.tamiyo import (
 
 
 def _signals(epoch: int, acc: float, loss: float = 0.1, slots=None, total: int = 40, moves=()) -> EpochSignals:
-    return EpochSignals(
-        epoch=epoch, total_epochs=total, train_loss=loss, train_accuracy=acc, val_loss=loss,
-        val_accuracy=acc, host_params=1000, seed_params=0,
-        slots=slots if slots is not None else {"a": None, "b": None}, transitions=list(moves),
-    )
+    return epoch_signals(epoch, total_epochs=total, train_loss=loss, train_accuracy=acc, val_loss=loss, val_accuracy=acc,
+                         host_params=1000, slots=slots if slots is not None else {"a": None, "b": None},
+                         transitions=list(moves))  # fmt: skip
 
 
 def _move(to: SeedStage, seed_id: str = "a-seed1", frm: SeedStage = SeedStage.DORMANT, reason: str = "") -> StageTransition:
-    return StageTransition("a", seed_id, "norm", frm, to, reason, epoch=0)
+    return stage_move(to, frm=frm, seed_id=seed_id, reason=reason)
 
 
 def _report(stage: SeedStage, contribution: float | None, seed_id: str = "a-seed1", blueprint: str = "norm") -> SeedReport:
-    return SeedReport(
-        seed_id=seed_id, blueprint_id=blueprint, slot_id="a", stage=stage, epochs_total=5, params=10,
-        alpha=1.0, counterfactual_contribution=contribution, seed_gradient_norm_ratio=0.2, is_healthy=True,
-    )
+    return seed_report(stage, seed_id=seed_id, blueprint_id=blueprint, epochs_total=5, contribution=contribution)
 
 
 def test_tracker_detects_plateau_after_patience() -> None:
