@@ -32,7 +32,8 @@ def seed_report(stage: SeedStage, *, seed_id: str = "a-seed1", blueprint_id: str
     """A live seed's report in `stage`."""
     return SeedReport(seed_id=seed_id, blueprint_id=blueprint_id, slot_id=slot_id, stage=stage,
                       epochs_total=epochs_total, params=params, alpha=alpha, counterfactual_contribution=contribution,
-                      seed_gradient_norm_ratio=gradient_ratio, is_healthy=healthy)  # fmt: skip
+                      seed_gradient_norm_ratio=gradient_ratio, is_healthy=healthy, best_val_accuracy=0.5,
+                      accuracy_at_blending_start=0.5, gradient_norm_avg=0.1)  # fmt: skip
 
 
 def stage_move(to: SeedStage, *, frm: SeedStage = SeedStage.DORMANT, seed_id: str = "a-seed1", slot_id: str = "a",

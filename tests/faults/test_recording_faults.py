@@ -200,42 +200,22 @@ def test_dropping_the_shaping_allows_any_discount_and_removes_the_term(recording
     assert learned["gamma"] == 0.95 and summary_of(run)["shaping"] == "dropped"
 
 
-def test_recordings_from_before_reward_components(recording, tmp_path, capsys):
-    """Files older Esper versions wrote: totals only, no shaping_gamma (the reward config has it)."""
+@pytest.mark.parametrize("written", [None, 1, 99])
+def test_a_recording_of_another_run_file_format_is_refused_in_one_line(recording, tmp_path, capsys, written):
+    """Files an older Esper wrote (no format number: format 1, or an older one) or a newer one."""
     folder = copy_of(recording, tmp_path)
     meta = json.loads((folder / META_FILE).read_text())
-    del meta["shaping_gamma"], meta["reward_components"], meta["reward_quantities"]
+    meta.pop("run_format")
+    if written is not None:
+        meta["run_format"] = written
+    meta["esper_version"] = "0.0.9"
     (folder / META_FILE).write_text(json.dumps(meta))
-    edit_lines(folder, {i: json.dumps({k: v for k, v in row.items() if k not in ("reward_components", "reward_quantities")})
-                        for i, row in enumerate(rows_of(folder))})  # fmt: skip
     run = tmp_path / "offline"
-    assert train([folder], run) == 0
-    assert summary_of(run)["gamma"] == meta["reward"]["gamma"]
-    assert train([folder], tmp_path / "dropped", "--drop-shaping") == 2
-    out = capsys.readouterr().out
-    assert "cannot leave out the shaping reward" in out and str(folder) in out
-    assert not (tmp_path / "dropped").exists()
-
-
-def test_recordings_from_before_flop_prices_read_their_flop_components_as_zero(recording, tmp_path):
-    """Files written before the reward priced FLOPs: five components, no prices in the reward config."""
-    from esper.simic.recorded import load_transitions
-    from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS
-
-    folder = copy_of(recording, tmp_path)
-    meta = json.loads((folder / META_FILE).read_text())
-    meta["reward_components"] = [c for c in meta["reward_components"] if c not in FLOP_COMPONENTS]
-    meta["reward"] = {k: v for k, v in meta["reward"].items() if not k.startswith("flop_price")}
-    (folder / META_FILE).write_text(json.dumps(meta))
-    rows = rows_of(folder)
-    edit_lines(folder, {i: json.dumps({**row, "reward_components": {k: v for k, v in row["reward_components"].items()
-                                                                    if k not in FLOP_COMPONENTS}})
-                        for i, row in enumerate(rows)})  # fmt: skip
-    both = load_transitions([folder, recording])  # and it mixes with a recording of this version
-    assert len(both) == 2 * STEPS
-    flops = [COMPONENTS.index(name) for name in FLOP_COMPONENTS]
-    assert both.components[:, flops].abs().sum() == 0
-    assert both.meta["reward"]["flop_price_training"] == 0.0
+    assert train([folder, recording], run) == 2
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert f"{folder / META_FILE} was written by Esper 0.0.9 (run-file format {written or 1})" in line
+    assert ("upgrade Esper" if written == 99 else "run it again with this version") in line
+    assert not run.exists()
 
 
 # ------------------------------------------------------------------ the run folder
@@ -310,18 +290,3 @@ def test_report_and_runs_read_metrics_with_nan_from_older_versions(tmp_path):
     assert main(["report", str(run)]) == 0
     assert (run / "report" / "report.html").exists()
     assert main(["runs", str(tmp_path / "runs")]) == 0
-
-
-def test_recordings_without_quantities_cannot_be_reweighed(recording, tmp_path, capsys):
-    """Files written before reward quantities were recorded: learnable as recorded, not re-weighed."""
-    folder = copy_of(recording, tmp_path)
-    meta = json.loads((folder / META_FILE).read_text())
-    del meta["reward_quantities"]
-    (folder / META_FILE).write_text(json.dumps(meta))
-    edit_lines(folder, {i: json.dumps({k: v for k, v in row.items() if k != "reward_quantities"})
-                        for i, row in enumerate(rows_of(folder))})  # fmt: skip
-    assert train([folder], tmp_path / "as-recorded") == 0
-    assert train([folder], tmp_path / "reweighed", "--flop-price-training", "0.5") == 2
-    out = capsys.readouterr().out
-    assert "cannot re-weigh the rewards" in out and str(folder) in out
-    assert not (tmp_path / "reweighed").exists()

@@ -40,7 +40,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _write_arm_run(path: Path, final: float, per_epoch: float, params: int, epochs: int) -> None:
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {"task": "mnist5k-tiny"}, "epochs": EPOCHS}))
+    (path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {"task": "mnist5k-tiny"}, "epochs": EPOCHS, "run_format": 2}))
     lines = []
     for epoch in range(epochs):
         accuracy = final - 0.1 * (epochs - 1 - epoch) / epochs

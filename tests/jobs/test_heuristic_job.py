@@ -217,3 +217,39 @@ def test_rotation_chooser_writes_no_curriculum(tmp_path) -> None:
     assert not (tmp_path / "rot" / "curriculum.json").exists()
     with pytest.raises(ValueError, match="chooser"):
         _config(chooser="bandit")
+
+
+def test_a_run_folder_of_an_older_run_file_format_is_refused_in_one_line(finished_run, tmp_path, capsys) -> None:
+    """Resume and report read the current format only; an older folder is named with what wrote it."""
+    import shutil
+
+    from esper.cli import main
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(finished_run[0], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["run_format"]  # as Esper wrote it before run files had a format number
+    config["esper_version"] = "0.0.9"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    for argv in (["train", "heuristic", "--resume", str(run_dir)], ["report", str(run_dir)]):
+        assert main(argv) == 2
+        (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+        assert f"{run_dir / 'config.json'} was written by Esper 0.0.9 (run-file format 1)" in line
+        assert "run it again with this version" in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_a_checkpoint_of_an_older_run_file_format_is_refused_not_skipped(finished_run, tmp_path) -> None:
+    import shutil
+
+    from esper.nissa.files import RunFormatError
+
+    run_dir = tmp_path / "old-checkpoint"
+    shutil.copytree(finished_run[0], run_dir)
+    final = run_dir / "checkpoints" / "final.pt"
+    payload = torch.load(final, weights_only=True)
+    del payload["run_format"]
+    torch.save(payload, final)
+    with pytest.raises(RunFormatError, match=r"final.pt was written by Esper .* \(run-file format 1\)"):
+        run_heuristic(None, run_dir, resume=True)

@@ -108,6 +108,9 @@ def test_seed_report_to_dict_is_json() -> None:
         counterfactual_contribution=None,
         seed_gradient_norm_ratio=0.2,
         is_healthy=True,
+        best_val_accuracy=0.6,
+        accuracy_at_blending_start=0.5,
+        gradient_norm_avg=0.1,
     )
     back = json.loads(json.dumps(report.to_dict()))
     assert back["stage"] == "BLENDING"

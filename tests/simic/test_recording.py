@@ -25,6 +25,7 @@ from esper.leyline import (
     StageTransition,
 )
 from esper.nissa import read_jsonl
+from esper.nissa.files import RunFormatError
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout
 from esper.simic.recording import (
@@ -184,14 +185,16 @@ def test_recorder_refuses_several_actions_in_one_step(tmp_path: Path) -> None:
     assert len(ActionSpace(["a"], ["norm"])) == len(read_jsonl(tmp_path / TRANSITIONS_FILE)[0]["mask"])
 
 
-def test_a_log_resumed_across_the_upgrade_keeps_its_older_meta(tmp_path: Path) -> None:
+def test_a_log_resumes_under_another_release_of_its_format_and_refuses_another_format(tmp_path: Path) -> None:
     layout = FeatureLayout(("a",), ("norm",))
     space = ActionSpace(layout.slot_ids, layout.blueprints)
     meta = transitions_meta("digits", layout, space, RewardConfig(), mode="heuristic")
-    older = {k: v for k, v in meta.items() if k not in ("shaping_gamma", "reward_components")}
-    (tmp_path / META_FILE).write_text(json.dumps(older))  # as versions before components wrote it
-    TransitionLog(tmp_path, meta).close()
-    assert json.loads((tmp_path / META_FILE).read_text()) == older  # its lines stay totals-only
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "esper_version": "0.0.1"}))
+    TransitionLog(tmp_path, meta).close()  # the same format: what it records has the same meaning
     other = transitions_meta("digits", layout, space, RewardConfig(gamma=0.9), mode="heuristic")
-    with pytest.raises(FileExistsError, match=r"\(differing: reward\); record into another folder"):
+    with pytest.raises(FileExistsError, match=r"\(differing: reward, shaping_gamma\); record into another folder"):
         TransitionLog(tmp_path, other)
+    older = {k: v for k, v in meta.items() if k != "run_format"}
+    (tmp_path / META_FILE).write_text(json.dumps(older))
+    with pytest.raises(RunFormatError, match=r"run-file format 1\); this Esper .* reads format 2 only"):
+        TransitionLog(tmp_path, meta)

@@ -149,53 +149,6 @@ def test_a_checkpoint_with_stacks_resumes_exactly() -> None:
         resumed.end_epoch()
 
 
-def _as_before_stacks(state: dict) -> dict:
-    """A trainer checkpoint in the format of Esper before seed stacks and FLOPs accounting."""
-    optimizers = state["optimizers"]
-
-    def untagged(saved: dict) -> dict:  # param groups were tagged with their slot alone
-        groups = [{k: v for k, v in group.items() if k != "seed_id"} for group in saved["param_groups"]]
-        return {**saved, "param_groups": groups}
-
-    old = {
-        **state,
-        "slots": {k: {f: v for f, v in record.items() if f != "fossils"} for k, record in state["slots"].items()},
-        "optimizers": {
-            "host": untagged(optimizers["host"]),
-            "seeds": untagged(optimizers["seeds"]),
-            "seed_slots": [slot_id for slot_id, _ in optimizers["seed_groups"]],
-            "host_extra_slots": [slot_id for slot_id, _ in optimizers["host_fossils"]],
-        },
-    }
-    del old["flops"]
-    return old
-
-
-def test_a_checkpoint_from_before_stacks_still_resumes() -> None:
-    trainer = _digits_trainer()
-    trainer.run_epoch()
-    trainer.end_epoch()
-    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
-    trainer.end_epoch()
-    saved = io.BytesIO()
-    torch.save(_as_before_stacks(trainer.state_dict()), saved)
-    resumed = _digits_trainer()
-    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
-    assert resumed.optimizers.seed_order() == [("block2", "block2-seed1")]
-    assert resumed.run_epoch().train_loss == trainer.run_epoch().train_loss
-
-
-def test_a_checkpoint_from_before_stacks_holding_a_fossil_is_refused_by_name() -> None:
-    trainer = _digits_trainer()
-    trainer.apply([Action(ActionKind.GERMINATE, "block2", "conv_light")])
-    grow(trainer.slots["block2"], SeedStage.PROBATIONARY)
-    state = _as_before_stacks(trainer.state_dict())
-    # Before stacks a fossilized seed stayed in its slot, as the live one.
-    state["slots"]["block2"]["seed"]["stage"] = int(SeedStage.FOSSILIZED)
-    with pytest.raises(ValueError, match="written by an Esper without seed stacks"):
-        _digits_trainer().load_state_dict(state)
-
-
 def test_training_moves_seed_and_host_and_measures_gradient_ratio() -> None:
     trainer = _digits_trainer()
     trainer.run_epoch()

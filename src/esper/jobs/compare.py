@@ -46,7 +46,7 @@ from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import prepare_run, run_heuristic
 from esper.jobs.report_figures import save_png
 from esper.jobs.run_folder import read_json, write_json
-from esper.nissa.files import check_writable
+from esper.nissa.files import check_format, check_writable, with_format
 from esper.runtime import get_task
 from esper.runtime.static_host import host_variant
 from esper.tolaria import TrainingFailed
@@ -138,7 +138,9 @@ class CompareFolder:
     def saved_config(self) -> CompareConfig:
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not an `esper compare` folder (it has no {CONFIG_FILE})")
-        return build_config(CompareConfig, read_json(self.config_path)["config"], {})
+        saved = read_json(self.config_path)
+        check_format(saved, self.config_path)
+        return build_config(CompareConfig, saved["config"], {})
 
     def check_new(self, config: CompareConfig) -> bool:
         """Whether DIR holds this very compare already (then it is resumed); refuses anything else."""
@@ -202,7 +204,7 @@ def arm_state(path: Path) -> str:
     """"new", "started" (cut off: resume it), "complete" or "failed"."""
     summary = path / "summary.json"
     if summary.exists():
-        return str(read_json(summary).get("status", "complete"))
+        return str(read_json(summary)["status"])
     return "started" if (path / "config.json").exists() else "new"
 
 
@@ -310,7 +312,7 @@ def run_compare(
     arms = check(config)
     if not resume:
         folder.path.mkdir(parents=True, exist_ok=True)
-        write_json(folder.config_path, {"mode": "compare", "config": config.to_dict(), "esper_version": __version__})
+        write_json(folder.config_path, with_format({"mode": "compare", "config": config.to_dict()}))
     earlier = read_json(folder.results_path).get("wall_seconds", 0.0) if folder.results_path.exists() else 0.0
     started = time.perf_counter()
     failed: list[str] = []

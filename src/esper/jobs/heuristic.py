@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NotRequired
+from typing import Any
 
 from rich.console import Console
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
@@ -77,7 +77,7 @@ class HeuristicCheckpoint(TypedDict):
 
     trainer: dict[str, Any]
     controller: dict[str, Any]
-    recorder: NotRequired[dict[str, Any]]  # checkpoints from before recording have none
+    recorder: dict[str, Any]
 
 
 def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
@@ -432,7 +432,7 @@ def run_heuristic(
         # Every decision is also recorded as a transition, for `esper train offline`.
         recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, reward,
                                     mode="heuristic", episode_length=epochs)  # fmt: skip
-        if resumed is not None and "recorder" in resumed.payload:  # checkpoints from before recording have none
+        if resumed is not None:
             resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
         hub.add_output(JsonlEventOutput(folder.events_path))
         if console is not None:

@@ -50,14 +50,8 @@ from esper.nissa import JsonlWriter
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
 from esper.simic.features import RunningNorm
 from esper.simic.policy import policy_payload
-from esper.simic.recorded import (
-    RecordedTransitions,
-    load_transitions,
-    potential_terms,
-    recorded_layout,
-    shaping_gamma,
-)
-from esper.simic.rewards import REWEIGHABLE, RewardConfig
+from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
+from esper.simic.rewards import POTENTIALS, REWEIGHABLE, RewardConfig
 
 
 @dataclass(slots=True)
@@ -92,9 +86,8 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     meta = recorded.meta
     layout, space = recorded_layout(meta)
     reward_config, reward = _learning_reward(recorded, config.reward, offline.drop_shaping)
-    potentials = potential_terms(meta)
-    shaped = not offline.drop_shaping and any(reward_config[f"{name}_weight"] != 0 for name in potentials)
-    offline = learning_discount(offline, shaping_gamma(meta), shaped)
+    shaped = not offline.drop_shaping and any(reward_config[f"{name}_weight"] != 0 for name in POTENTIALS)
+    offline = learning_discount(offline, meta["shaping_gamma"], shaped)
     folder = RunFolder(run_dir)
     _check_run_dir(folder.path)
     if config.tensorboard:
@@ -110,7 +103,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         if note:
             console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
         console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
-                      f"gamma {offline.gamma}{', ' + ' and '.join(potentials) + ' dropped' if offline.drop_shaping else ''}, "
+                      f"gamma {offline.gamma}{', ' + ' and '.join(POTENTIALS) + ' dropped' if offline.drop_shaping else ''}, "
                       f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
                       markup=False, highlight=False)  # fmt: skip
     model, history = train_offline(data, offline)
@@ -127,7 +120,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
         "rare_transitions": int(data.rare.sum()),
         "data_actions": {names[i]: n for i, n in sorted(Counter(data.action.tolist()).items())},
         "gamma": offline.gamma,
-        "shaping": "dropped" if offline.drop_shaping else f"recorded, gamma {shaping_gamma(meta)}",
+        "shaping": "dropped" if offline.drop_shaping else f"recorded, gamma {meta['shaping_gamma']}",
         "reward": _reward_note(recorded, config.reward),
         "updates": offline.updates,
         "first_loss": history[0],
@@ -152,10 +145,10 @@ def _learning_reward(recorded: RecordedTransitions, overrides: dict[str, float],
     the recorded quantities when weights are given or the runs were recorded under different ones."""
     meta = recorded.meta
     if not overrides and not recorded.mixed_weights:
-        dropped = potential_terms(meta) if drop_potentials else ()
+        dropped = POTENTIALS if drop_potentials else ()
         return meta["reward"], recorded.reward_without(*dropped) if dropped else recorded.columns["reward"]
     if drop_potentials:
-        overrides = {**overrides, **{f"{name}_weight": 0.0 for name in potential_terms(meta)}}
+        overrides = {**overrides, **{f"{name}_weight": 0.0 for name in POTENTIALS}}
     reward = build_config(RewardConfig, {**meta["reward"], **overrides}, {}, section="reward")
     return asdict(reward), recorded.reweighed(reward)
 

@@ -38,7 +38,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_row("final val accuracy (host only)", _pct(summary["host_only_val_accuracy"]))
     table.add_row("host params", f"{summary['host_params']:,}")
     table.add_row("params added by seeds", f"{summary['params_added']:,}")
-    flops = summary.get("flops")  # none in summaries from before FLOPs accounting; None: not counted
+    flops = summary["flops"]  # None: not counted
     if flops is not None:
         table.add_row("inference FLOPs per sample", format_flops(flops["inference_per_sample"]))
         table.add_row("training FLOPs (run)", format_flops(flops["training"]))

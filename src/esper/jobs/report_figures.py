@@ -93,7 +93,7 @@ def _series(run: RunData, key: str, by: str) -> tuple[list[Any], list[Any]]:
 
 def _host_only_curve(run: RunData, by: str) -> tuple[list[Any], list[float]] | None:
     """The baseline's val accuracy against `by` (None when the run has no baseline, or one
-    from before FLOPs accounting or without FLOPs, and the axis is FLOPs)."""
+    without FLOPs and the axis is FLOPs)."""
     if run.baseline is None:
         return None
     host_only = run.baseline["val_accuracy"]

@@ -102,7 +102,7 @@ class RunData:
 
     def series_by_flops(self, key: str) -> tuple[list[float], list[Any]]:
         """Like `series`, with the cumulative training FLOPs at the end of each epoch as x
-        (empty for runs that do not count FLOPs: PPO runs, runs from before the accounting)."""
+        (empty for runs that do not count FLOPs: PPO runs)."""
         values = ((m.get("flops"), _mean(m.get(key))) for m in self.metrics)
         rows = [(flops["cumulative_training"], value) for flops, value in values if flops and value is not None]
         return [r[0] for r in rows], [r[1] for r in rows]
@@ -149,7 +149,7 @@ def load_run(path: str | Path) -> RunData:
             f"{folder.path} is not an Esper run folder (it has no config.json); "
             "give a folder written by `esper train`"
         )
-    config = read_json(folder.config_path)
+    config = folder.read_config()
     missing: list[str] = []
     metrics = _read_optional_jsonl(folder.metrics_path, missing)
     events = _read_optional_jsonl(folder.events_path, missing)

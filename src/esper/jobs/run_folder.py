@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 from esper.nissa import read_jsonl, strict_json
 from esper.nissa.files import (
     TorchFileError,
+    check_format,
     load_torch_file,
     restore,
     save_torch_file,
+    with_format,
     write_atomic,
 )
 
@@ -84,7 +86,7 @@ class RunFolder:
         """
         self.check_new(config.get("mode"))
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.config_path, config)
+        write_json(self.config_path, with_format(config))
 
     def check_new(self, mode: str | None) -> None:
         """Refuse a folder that already holds a run (a `mode` run is to be started in it)."""
@@ -98,10 +100,16 @@ class RunFolder:
 
     def saved_config(self, mode: str) -> dict[str, Any]:
         """The config a run of `mode` was started with (for --resume)."""
-        saved = read_json(self.config_path)
+        saved = self.read_config()
         if saved.get("mode") != mode:
             raise ValueError(f"{self.path} is a '{saved.get('mode')}' run, not a {mode} run")
         return saved["config"]
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json, refused when another run-file format wrote it."""
+        saved = read_json(self.config_path)
+        check_format(saved, self.config_path)
+        return saved
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"epoch_{epoch:04d}.pt"
@@ -123,7 +131,8 @@ class RunFolder:
         loads it and returns the epochs (or rounds) it covers. An unreadable
         checkpoint is skipped with a warning and the one before it is used (None
         when none is left: the run starts over, its logs emptied). One that reads
-        but does not fit this run (`apply` fails) is an error: another run wrote it.
+        but does not fit this run (`apply` fails) is an error: another run wrote it;
+        so is one of another run-file format (`RunFormatError`).
         """
         for stale in [*self.path.glob("*.tmp"), *self.checkpoint_dir.glob("*.tmp")]:
             stale.unlink()  # a write that kill -9 cut off; the file under its real name is intact

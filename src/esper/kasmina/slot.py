@@ -441,13 +441,12 @@ class SeedSlot(nn.Module):
         self.seeds_planted = record["seeds_planted"]
         self.isolate_gradients = record["isolate_gradients"]
         self.seed_topology = record["topology"]
-        # Moves not yet handed out when the checkpoint was taken (none in older checkpoints).
-        self.transitions = [StageTransition.from_dict(t) for t in record.get("transitions", [])]
+        # Moves not yet handed out when the checkpoint was taken.
+        self.transitions = [StageTransition.from_dict(t) for t in record["transitions"]]
         if isinstance(self.state, _SlotState):
             self.state._detach()
         self.seed, self.state, self._alpha_schedule = None, None, None
-        # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
-        self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
+        self.fossil_reports = [FossilReport(**report) for report in record["fossils"]]
         self.fossils = nn.ModuleList()
         for report in self.fossil_reports:  # in order: a seed may be built from the one below it
             fossil = self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
@@ -470,11 +469,6 @@ class SeedSlot(nn.Module):
         )
         state.stage_history.extend(tuple(item) for item in saved["stage_history"])
         self._adopt(None, state)
-        if state.stage == SeedStage.FOSSILIZED:
-            raise ValueError(
-                f"slot '{self.slot_id}' holds fossilized seed {state.seed_id} as its live seed: this "
-                "checkpoint was written by an Esper without seed stacks; resume it with that version"
-            )
         if saved["has_module"]:
             self.seed = self._build_seed(self.seed_topology, state.blueprint_id, **self.blueprint_kwargs(state.blueprint_id))
             self._attach(self.seed, state.blueprint_id, host_module)

@@ -20,10 +20,10 @@ class SeedReport:
     counterfactual_contribution: float | None
     seed_gradient_norm_ratio: float
     is_healthy: bool
-    # What the seed's metrics record besides the gate inputs (defaults: reports saved before them).
-    best_val_accuracy: float = 0.0
-    accuracy_at_blending_start: float = 0.0
-    gradient_norm_avg: float = 0.0
+    # What the seed's metrics record besides the gate inputs.
+    best_val_accuracy: float
+    accuracy_at_blending_start: float
+    gradient_norm_avg: float
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

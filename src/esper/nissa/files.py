@@ -32,6 +32,38 @@ import torch
 
 T = TypeVar("T")
 
+# The format of every file a run writes and reads back (config.json, checkpoints, policy.pt,
+# transitions_meta.json, compare_config.json): bumped whenever what they hold changes. A file
+# of another format is refused in one line, never half-read: there are no legacy branches.
+RUN_FORMAT = 2
+FORMAT_KEY = "run_format"
+
+
+class RunFormatError(ValueError):
+    """A run file written in another format of Esper's run files (by another Esper version)."""
+
+
+def with_format(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` stamped with this Esper's run-file format and version."""
+    from esper import __version__
+
+    return {**record, FORMAT_KEY: RUN_FORMAT, "esper_version": record.get("esper_version", __version__)}
+
+
+def check_format(record: dict[str, Any], path: Path | str) -> None:
+    """Refuse a run file of another format, saying which Esper wrote it and what to do."""
+    from esper import __version__
+
+    found = record.get(FORMAT_KEY, 1)  # files from before the formats were numbered: format 1
+    if found == RUN_FORMAT:
+        return
+    writer = record.get("esper_version", "0.1.0")
+    hint = "upgrade Esper" if isinstance(found, int) and found > RUN_FORMAT else "run it again with this version"
+    raise RunFormatError(
+        f"{path} was written by Esper {writer} (run-file format {found}); this Esper {__version__} reads "
+        f"format {RUN_FORMAT} only: {hint}, or read it with Esper {writer}"
+    )
+
 
 class TorchFileError(ValueError):
     """A torch file that cannot be used: unreadable, hostile, or of the wrong structure."""
@@ -110,9 +142,10 @@ def check_writable(path: str | os.PathLike[str], what: str, folder: bool = False
         raise ValueError(f"{what} {path} cannot be written: {existing}: {err.strerror or err}") from None
 
 
-def save_torch_file(payload: Any, path: Path) -> None:
-    """Write `payload` to `path` with torch.save, atomically."""
-    write_atomic(path, lambda f: torch.save(payload, f), binary=True)
+def save_torch_file(payload: dict[str, Any], path: Path) -> None:
+    """Write `payload` (stamped with the run-file format) to `path` with torch.save, atomically."""
+    stamped = with_format(payload)
+    write_atomic(path, lambda f: torch.save(stamped, f), binary=True)
 
 
 def _unreadable(path: Path, err: Exception) -> str:
@@ -148,8 +181,9 @@ def check_structure(payload: Any, schema: type, path: Path, what: str) -> None:
 def load_torch_file(path: str | os.PathLike[str], what: str, schema: type) -> dict[str, Any]:
     """Read a torch file Esper wrote, checked against `schema`; `what` names it in errors.
 
-    A missing file raises `FileNotFoundError`; anything else wrong with it raises
-    `TorchFileError`; a disk or permission fault stays an `OSError`.
+    A missing file raises `FileNotFoundError`; one of another run-file format
+    `RunFormatError`; anything else wrong with it `TorchFileError`; a disk or
+    permission fault stays an `OSError`.
     """
     path = Path(path)
     if not path.exists():
@@ -166,6 +200,8 @@ def load_torch_file(path: str | os.PathLike[str], what: str, schema: type) -> di
         # even OSError (a seek past the end of a truncated file): all mean the content is bad.
         except Exception as err:  # noqa: BLE001
             raise TorchFileError(path, f"cannot be read as {what}: {_unreadable(path, err)}") from None
+    if isinstance(payload, dict):
+        check_format(payload, path)
     check_structure(payload, schema, path, what)
     return payload
 

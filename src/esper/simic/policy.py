@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, NotRequired
+from typing import Any, Literal
 
 import torch
 from pydantic import InstanceOf
@@ -39,7 +39,7 @@ class PolicyFile(TypedDict):
     """What policy.pt must hold to be loaded (plain data besides may be there too)."""
 
     format: Literal["esper-policy-v1"]  # POLICY_FORMAT
-    algorithm: NotRequired[Literal["ppo", "dqn"]]  # files without it are "ppo"
+    algorithm: Literal["ppo", "dqn"]
     model: dict[str, InstanceOf[torch.Tensor]]
     network: dict[str, Any]
     slot_ids: list[str]
@@ -117,7 +117,7 @@ class PolicyController:
         def build() -> tuple[ActorCritic | QPolicy, RunningNorm]:
             network = NetworkConfig(**payload["network"])
             model: ActorCritic | QPolicy
-            if payload.get("algorithm", "ppo") == "ppo":
+            if payload["algorithm"] == "ppo":
                 model = ActorCritic(layout.size, n_actions, network)
                 model.load_state_dict(payload["model"])
             else:

@@ -3,21 +3,18 @@
 `simic.recording` writes the files; this reads any number of run folders into
 the columns `dqn.Transitions` holds. What it does with what it finds:
 
+- a recording of another run-file format (`nissa.files.RUN_FORMAT`, in its
+  transitions_meta.json) is refused in one line naming the Esper that wrote it;
 - a step whose observation, reward or reward components are not finite (null
-  in files written by this Esper, bare ``NaN``/``Infinity`` in older ones:
-  both read as None) cannot be learned from and is skipped. The skips are
+  in the file) cannot be learned from and is skipped. The skips are
   counted per field and one of them is named (file and line), so the job can
   say what it left out;
 - the one meaningful repair: the next observation of an episode's last step
   is never used (the TD target is the reward alone), so a non-finite one
   there is replaced by zeros and the step kept (counted as repaired);
-- a recording made before the reward priced FLOPs has no FLOP components: they
-  were 0 then (no price), so they are read as 0 and its reward config's prices as
-  0, which is what they were;
 - runs recorded under reward configs that differ only in weights and prices
   (`rewards.REWEIGHABLE`) can be learned from together: `reweighed` recomputes
-  every step's reward from its recorded quantities under one config (recordings
-  made before quantities were recorded cannot be re-weighed, and say so);
+  every step's reward from its recorded quantities under one config;
 - anything else malformed (a missing key, a list of the wrong length, an
   action out of range, a corrupt line) is an error naming the file, the line
   and the offending value: the file is damaged, and learning from a guess
@@ -36,14 +33,11 @@ from typing import Any
 import torch
 
 from esper.nissa import numbered_jsonl, strict_json
+from esper.nissa.files import check_format
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout, layout_difference
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
-from esper.simic.rewards import COMPONENTS, FLOP_COMPONENTS, POTENTIALS, REWEIGHABLE, RewardConfig
-
-# The components recordings made before the FLOP prices hold (their FLOP components were 0).
-_UNPRICED_COMPONENTS = [name for name in COMPONENTS if name not in FLOP_COMPONENTS]
-_FLOP_PRICES = {"flop_price_training": 0.0, "flop_price_inference": 0.0}
+from esper.simic.rewards import COMPONENTS, REWEIGHABLE, RewardConfig
 
 
 class DamagedRecordingError(ValueError):
@@ -52,18 +46,10 @@ class DamagedRecordingError(ValueError):
 
 # Meta keys two runs must agree on to be learned from together.
 MATCHED_KEYS = ("task", "slot_ids", "blueprints", "feature_names", "action_names", "reward")
-ROW_KEYS = ("obs", "mask", "action", "reward", "next_obs", "next_mask", "done", "outcomes")
-
-
-def potential_terms(meta: dict[str, Any]) -> tuple[str, ...]:
-    """The recorded components that are potential-based (the contribution became one when
-    quantities began to be recorded; before, it was a reward kept for good)."""
-    return POTENTIALS if meta.get("reward_quantities") else ("shaping",)
-
-
-def shaping_gamma(meta: dict[str, Any]) -> float:
-    """The discount the recorded shaping term was computed with (older metas: the reward's gamma)."""
-    return float(meta.get("shaping_gamma", meta["reward"]["gamma"]))
+ROW_KEYS = ("obs", "mask", "action", "reward", "next_obs", "next_mask", "done", "outcomes",
+            "reward_components", "reward_quantities")  # fmt: skip
+# Row keys that map every reward component (`rewards.COMPONENTS`) to a number.
+_COMPONENT_KEYS = ("reward_components", "reward_quantities")
 
 
 @dataclass(slots=True)
@@ -72,10 +58,8 @@ class RecordedTransitions:
 
     meta: dict[str, Any]
     columns: dict[str, torch.Tensor]  # the `dqn.Transitions` fields, one row per kept step
-    components: torch.Tensor | None  # (rows, len(COMPONENTS)); None when a run predates them
-    without_components: list[str] = field(default_factory=list)  # runs recorded without components
-    quantities: torch.Tensor | None = None  # (rows, len(COMPONENTS)): what the components are weights times
-    without_quantities: list[str] = field(default_factory=list)  # runs recorded without quantities
+    components: torch.Tensor  # (rows, len(COMPONENTS))
+    quantities: torch.Tensor  # (rows, len(COMPONENTS)): what the components are weights times
     mixed_weights: bool = False  # the runs' reward configs differ in weights or prices
     skipped: Counter[str] = field(default_factory=Counter)  # first non-finite field -> steps skipped
     repaired: int = 0  # last steps of an episode whose unused next_obs was non-finite
@@ -90,24 +74,12 @@ class RecordedTransitions:
 
     def reward_without(self, *dropped: str) -> torch.Tensor:
         """The reward with these components left out (the sum of the others)."""
-        if self.components is None:
-            raise ValueError(
-                f"cannot leave out the {' and '.join(dropped)} reward: {', '.join(self.without_components)} "
-                "recorded only total rewards (before Esper recorded reward components); "
-                "record those runs again, or learn from the totals without that option"
-            )
         kept = [i for i, name in enumerate(COMPONENTS) if name not in dropped]
         return self.components[:, kept].sum(dim=1)
 
     def reweighed(self, reward: RewardConfig) -> torch.Tensor:
         """Every step's reward under `reward`'s weights and prices, from the recorded quantities;
         the rest of `reward` (reference, discount, credit) must be what the runs were recorded with."""
-        if self.quantities is None:
-            raise ValueError(
-                f"cannot re-weigh the rewards: {', '.join(self.without_quantities)} recorded no reward "
-                "quantities (before Esper recorded them); record those runs again, or learn from them "
-                "alone with the weights they were recorded with"
-            )
         recorded = self.meta["reward"]
         differ = {k: (recorded.get(k), v) for k, v in asdict(reward).items() if k not in REWEIGHABLE and recorded.get(k) != v}
         if differ:
@@ -183,14 +155,13 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{meta_path} is not valid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise DamagedRecordingError(f"{meta_path} holds {type(meta).__name__}, not a JSON object")
-    missing = [key for key in (*MATCHED_KEYS, "episode_length") if key not in meta]
+    check_format(meta, meta_path)
+    missing = [key for key in (*MATCHED_KEYS, "episode_length", "shaping_gamma", "reward_components") if key not in meta]
     if missing:
-        raise ValueError(f"{meta_path} lacks {missing}: it was not written by `esper` recording")
-    names = meta.get("reward_components")
-    if names is not None and names not in (list(COMPONENTS), _UNPRICED_COMPONENTS):
-        raise ValueError(f"{meta_path} records reward components {names}; this Esper knows {list(COMPONENTS)}")
-    if isinstance(meta["reward"], dict):  # recorded before FLOP prices: they were 0
-        meta["reward"] = {**_FLOP_PRICES, **meta["reward"]}
+        raise DamagedRecordingError(f"{meta_path} lacks {missing}: it was not written by `esper` recording")
+    if meta["reward_components"] != list(COMPONENTS):
+        raise DamagedRecordingError(f"{meta_path} records reward components {meta['reward_components']}; "
+                                    f"this Esper writes {list(COMPONENTS)}")  # fmt: skip
     return meta
 
 
@@ -198,9 +169,7 @@ class _RowReader:
     """Checks rows one by one and keeps the learnable ones as plain lists, column by column."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[Any]] = {key: [] for key in (*ROW_KEYS, "reward_components", "reward_quantities")}
-        self.without_components: list[str] = []
-        self.without_quantities: list[str] = []
+        self.rows: dict[str, list[Any]] = {key: [] for key in ROW_KEYS}
         self.skipped: Counter[str] = Counter()
         self.repaired = 0
         self.example = ""
@@ -211,22 +180,13 @@ class _RowReader:
         if not path.exists():
             return 0, 0
         n_obs, n_actions = len(meta["feature_names"]), len(meta["action_names"])
-        with_components = "reward_components" in meta
-        recorded_components = meta.get("reward_components", COMPONENTS)
-        with_quantities = bool(meta.get("reward_quantities"))
-        if not with_components:
-            self.without_components.append(str(run_dir))
-        if not with_quantities:
-            self.without_quantities.append(str(run_dir))
         steps = episodes = 0
         for lineno, row in numbered_jsonl(path):
             where = f"{path} line {lineno}"
-            _check_structure(row, n_obs, n_actions, with_components, recorded_components, where)
-            if with_quantities:
-                _check_map(row, "reward_quantities", COMPONENTS, where)
+            _check_structure(row, n_obs, n_actions, where)
             steps += 1
             episodes += bool(row["done"])
-            bad = _first_non_finite(row, with_components, with_quantities, where)
+            bad = _first_non_finite(row, where)
             if bad == "next_obs" and row["done"]:
                 row = {**row, "next_obs": [0.0] * n_obs}
                 self.repaired += 1
@@ -235,13 +195,8 @@ class _RowReader:
                 self.example = self.example or f"{where}: {bad} is null or not finite"
                 continue
             for key in ROW_KEYS:
-                self.rows[key].append(row[key])
-            self.rows["reward_components"].append(
-                [row["reward_components"].get(name, 0.0) for name in COMPONENTS] if with_components else None
-            )
-            self.rows["reward_quantities"].append(
-                [row["reward_quantities"][name] for name in COMPONENTS] if with_quantities else None
-            )
+                value = row[key]
+                self.rows[key].append([value[name] for name in COMPONENTS] if key in _COMPONENT_KEYS else value)
         return steps, episodes
 
     def skipped_note(self) -> str:
@@ -259,13 +214,10 @@ class _RowReader:
             "done": torch.tensor([float(done) for done in rows["done"]], dtype=torch.float32),
             "rare": torch.tensor([bool(outcomes) for outcomes in rows["outcomes"]], dtype=torch.bool),
         }
-        have_components = rows["action"] and not self.without_components
-        components = torch.tensor(rows["reward_components"], dtype=torch.float32) if have_components else None
-        have_quantities = rows["action"] and not self.without_quantities
-        quantities = torch.tensor(rows["reward_quantities"], dtype=torch.float32) if have_quantities else None
-        return RecordedTransitions(meta, columns, components, list(self.without_components), quantities=quantities,
-                                   without_quantities=list(self.without_quantities), skipped=Counter(self.skipped),
-                                   repaired=self.repaired, example=self.example, mixed_weights=mixed_weights)  # fmt: skip
+        components, quantities = (torch.tensor(rows[key], dtype=torch.float32).reshape(-1, len(COMPONENTS))
+                                  for key in _COMPONENT_KEYS)  # fmt: skip
+        return RecordedTransitions(meta, columns, components, quantities, mixed_weights=mixed_weights,
+                                   skipped=Counter(self.skipped), repaired=self.repaired, example=self.example)  # fmt: skip
 
 
 def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:
@@ -278,13 +230,11 @@ def _skipped_note(skipped: Counter[str], repaired: int, example: str) -> str:
     return "; ".join(parts)
 
 
-def _check_structure(
-    row: Any, n_obs: int, n_actions: int, with_components: bool, names: Sequence[str], where: str
-) -> None:
+def _check_structure(row: Any, n_obs: int, n_actions: int, where: str) -> None:
     """Refuse a row this Esper could not have written, naming the value that is wrong."""
     if not isinstance(row, dict):
         raise DamagedRecordingError(f"{where}: expected a JSON object, got {row!r}")
-    missing = [key for key in (*ROW_KEYS, *(["reward_components"] if with_components else [])) if key not in row]
+    missing = [key for key in ROW_KEYS if key not in row]
     if missing:
         raise DamagedRecordingError(f"{where}: missing {missing}")
     for key, size in (("obs", n_obs), ("next_obs", n_obs), ("mask", n_actions), ("next_mask", n_actions)):
@@ -300,8 +250,8 @@ def _check_structure(
         raise DamagedRecordingError(f"{where}: action {action!r} is not an action index in [0, {n_actions})")
     if not isinstance(row["done"], bool):
         raise DamagedRecordingError(f"{where}: done must be true or false, got {row['done']!r}")
-    if with_components:
-        _check_map(row, "reward_components", names, where)
+    for key in _COMPONENT_KEYS:
+        _check_map(row, key, COMPONENTS, where)
 
 
 def _check_map(row: dict[str, Any], key: str, names: Sequence[str], where: str) -> None:
@@ -310,13 +260,10 @@ def _check_map(row: dict[str, Any], key: str, names: Sequence[str], where: str) 
         raise DamagedRecordingError(f"{where}: {key} must map {list(names)} to numbers, got {value!r}")
 
 
-def _first_non_finite(row: dict[str, Any], with_components: bool, with_quantities: bool, where: str) -> str | None:
+def _first_non_finite(row: dict[str, Any], where: str) -> str | None:
     """The first field holding a null or non-finite number (None if all are finite)."""
     fields: list[tuple[str, list[Any]]] = [("obs", row["obs"]), ("reward", [row["reward"]])]
-    if with_components:
-        fields.append(("reward_components", list(row["reward_components"].values())))
-    if with_quantities:
-        fields.append(("reward_quantities", list(row["reward_quantities"].values())))
+    fields += [(key, list(row[key].values())) for key in _COMPONENT_KEYS]
     fields.append(("next_obs", row["next_obs"]))
     for name, values in fields:
         for value in values:

@@ -7,8 +7,8 @@ decisions in the one format offline training reads (`esper train offline`):
   action names) and the reward config the rewards were computed with, with the
   discount of its potential-based shaping term spelled out as `shaping_gamma`
   (a learner must use it, or drop the shaping term, for the shaping to cancel)
-  and the names of the `reward_components`. Two runs can be learned from
-  together only if these match.
+  and the names of the `reward_components`, stamped with the run-file format
+  (`nissa.files.RUN_FORMAT`). Two runs can be learned from together only if these match.
 - `transitions.jsonl`: one line per decision step, appended and flushed as it
   happens (a crash loses at most one line), strict JSON (a non-finite value is
   null): the raw Observer features `obs` (unnormalised, so offline training fits
@@ -38,18 +38,18 @@ from typing import Any
 
 from esper.leyline import OUTCOME_OF_STAGE, OUTCOME_STAGES, Action, Controller, EpochSignals
 from esper.nissa import JsonlWriter, strict_json
+from esper.nissa.files import check_format, with_format
 from esper.simic.actions import ActionSpace, action_name
 from esper.simic.features import FeatureLayout, Observer
 from esper.simic.rewards import COMPONENTS, RewardConfig, RewardTracker
 
 TRANSITIONS_FILE = "transitions.jsonl"
 META_FILE = "transitions_meta.json"
-ADDED_META_KEYS = ("shaping_gamma", "reward_components", "reward_quantities")  # not in recordings of older versions
 
 
 def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, reward: RewardConfig, **info: Any) -> dict[str, Any]:
     """The layout that gives a transitions file its meaning; `info` adds plain data (mode, episode length)."""
-    return {
+    return with_format({
         "task": task,
         "slot_ids": list(layout.slot_ids),
         "blueprints": list(layout.blueprints),
@@ -58,9 +58,8 @@ def transitions_meta(task: str, layout: FeatureLayout, space: ActionSpace, rewar
         "reward": asdict(reward),
         "shaping_gamma": reward.gamma,
         "reward_components": list(COMPONENTS),
-        "reward_quantities": True,  # rows carry each component's raw quantity, for re-weighing
         **info,
-    }
+    })
 
 
 class TransitionLog:
@@ -72,11 +71,10 @@ class TransitionLog:
         meta_path = folder / META_FILE
         if meta_path.exists():
             old = strict_json.loads(meta_path.read_text())
-            # A run resumed across an upgrade that added these keys keeps its meta as it was:
-            # readers then ignore what its lines carry without the key (components, quantities).
-            meta = {key: value for key, value in meta.items() if key not in ADDED_META_KEYS or key in old}
-            if old != meta:
-                differ = sorted(key for key in old.keys() | meta.keys() if old.get(key) != meta.get(key))
+            check_format(old, meta_path)
+            # The same format from another Esper release records the same: only the layout and reward matter.
+            differ = sorted(key for key in old.keys() | meta.keys() if old.get(key) != meta.get(key) and key != "esper_version")
+            if differ:
                 raise FileExistsError(
                     f"{folder} already holds transitions recorded with another layout or reward "
                     f"(differing: {', '.join(differ)}); record into another folder"

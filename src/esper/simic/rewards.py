@@ -223,14 +223,14 @@ class RewardTracker:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of `state_dict`; a state saved before FLOP prices has no FLOPs (then unpriced)."""
+        """Inverse of `state_dict`."""
         self.start_val_accuracy = state["start_val_accuracy"]
         self.credit = state["credit"]
         self.potential = state["potential"]
         self.fossil_credit = dict(state["fossil_credit"])
-        self.start_training_flops = state.get("start_training_flops", 0.0)
-        self.start_inference_flops = state.get("start_inference_flops", 0.0)
-        self.inference_added = state.get("inference_added", 0.0)
+        self.start_training_flops = state["start_training_flops"]
+        self.start_inference_flops = state["start_inference_flops"]
+        self.inference_added = state["inference_added"]
 
     def _credit(self, signals: EpochSignals) -> float:
         kept = {report.seed_id: report for stack in signals.fossils.values() for report in stack}

@@ -111,4 +111,4 @@ class SignalTracker:
         self.val_accuracy.extend(state["val_accuracy"])
         self.train_loss.clear()
         self.train_loss.extend(state["train_loss"])
-        self.train_accuracy = state.get("train_accuracy", 0.0)  # checkpoints from before it: none
+        self.train_accuracy = state["train_accuracy"]

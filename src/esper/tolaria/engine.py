@@ -354,8 +354,7 @@ class MorphogeneticTrainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.governor.load_state_dict(state["governor"])
-        if "flops" in state:  # checkpoints from before FLOPs accounting: the count starts here
-            self.flops.load_state_dict(state["flops"])
+        self.flops.load_state_dict(state["flops"])
         torch.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
 

@@ -288,11 +288,11 @@ class Governor:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counters (keys added later default for older checkpoints) and snapshot now."""
+        """Restore the counters and snapshot now."""
         self.good_losses = list(state["good_losses"])
-        self.good_val_losses = list(state.get("good_val_losses", []))
-        last = state.get("last_good_train")
+        self.good_val_losses = list(state["good_val_losses"])
+        last = state["last_good_train"]
         self.last_good_train = None if last is None else (float(last[0]), float(last[1]))
         self.rollbacks = int(state["rollbacks"])
-        self.consecutive_rollbacks = int(state.get("consecutive_rollbacks", 0))
+        self.consecutive_rollbacks = int(state["consecutive_rollbacks"])
         self.snapshot()
