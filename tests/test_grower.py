@@ -520,32 +520,6 @@ def test_a_grower_with_a_stack_resumes_its_optimiser_groups_exactly() -> None:
         assert torch.equal(a, b), name
 
 
-def test_a_grower_checkpoint_from_before_stacks_resumes() -> None:
-    grown = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
-    optimizer = torch.optim.SGD(grown.parameters(), lr=0.05, momentum=0.9)
-    grower = esper.Grower(grown, optimizer, accuracy, controller=Script({0: [Action(ActionKind.GERMINATE, "3", "mlp")]}))
-    for epoch in range(2):
-        grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, epoch))
-    state = grower.state_dict()
-    trainer = state["trainer"]
-    # Before stacks: seed groups saved as [slot, fossil], tagged with their slot alone.
-    trainer["optimizers"] = {
-        "optimizer": {
-            **trainer["optimizers"]["optimizer"],
-            "param_groups": [{k: v for k, v in g.items() if k != "seed_id"} for g in trainer["optimizers"]["optimizer"]["param_groups"]],
-        },
-        "seed_groups": [[slot_id, fossil] for slot_id, _, fossil in trainer["optimizers"]["seed_groups"]],
-    }
-    trainer["slots"] = {k: {f: v for f, v in record.items() if f != "fossils"} for k, record in trainer["slots"].items()}
-    del trainer["flops"]
-    again = esper.graft(_mlp(), ["1", "3"], TRAIN_X[:2], gates=SCHEDULE_GATES)
-    again_optimizer = torch.optim.SGD(again.parameters(), lr=0.05, momentum=0.9)
-    resumed = esper.Grower(again, again_optimizer, accuracy, controller=Script({}))
-    resumed.load_state_dict(state)
-    assert _seed_groups(again_optimizer) == [("3", "3-seed1", False, 0.05)]
-    assert resumed.trainer.optimizers.seed_order() == [("3", "3-seed1")]
-
-
 # One sample's FLOPs through the 64-16-16-10 MLP: a multiply-add is 2. Training adds the
 # backward: both gradients of the second and third layers, only the weight's of the first
 # (the inputs need none).

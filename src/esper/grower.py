@@ -16,7 +16,7 @@ optimiser's `step`, every `grad_stats_every` steps, after any clipping you do
 (global clipping scales seed and host alike, so the ratio stands).
 
 What `end_epoch` does, in the engine's own phases (`tolaria.engine`, through
-`tolaria.user_loop.UserLoopTrainer`): scores the model with `evaluate(model)`
+`tolaria.user_loop.UserLoop`): scores the model with `evaluate(model)`
 (higher is better; run without gradients, the model's train/eval flags restored
 afterwards), measures each blended seed's counterfactual (the score with that
 slot's alpha forced to 0), lets the governor roll back a diverged epoch (model,
@@ -75,10 +75,10 @@ from esper.runtime.session import blueprints_for
 from esper.simic.policy import PolicyController
 from esper.tamiyo import HeuristicController
 from esper.tolaria import EpochLoop, EpochRecord, EpochResult, TrainingFailed
-from esper.tolaria.engine import Outcome
+from esper.tolaria.engine import MorphogeneticTrainer, Outcome
 from esper.tolaria.governor import GovernorConfig
-from esper.tolaria.trainer import live_slots
-from esper.tolaria.user_loop import Evaluate, UserLoopTrainer, UserOptimizer
+from esper.tolaria.trainer import Optimizers, live_slots
+from esper.tolaria.user_loop import Evaluate, UserLoop
 
 MODE = "grower"
 # The horizon the heuristic plans for when the user names no number of epochs: far enough
@@ -160,14 +160,17 @@ class Grower:
         self.grad_stats_every = grad_stats_every
         self.checkpoint_every = checkpoint_every
         self.hub = TelemetryHub()
-        self.trainer = UserLoopTrainer(
+        self.user_loop = UserLoop(evaluate)
+        self.trainer = MorphogeneticTrainer(
             grafted,
-            UserOptimizer(optimizer, seed_lr, fossil_lr),
-            evaluate,
+            None,
+            None,
+            Optimizers(optimizer, seed_lr=seed_lr, fossil_lr=fossil_lr),
             governor,
             on_telemetry=self.hub,
             budget=budget,
             blueprints=self.blueprints,
+            epochs=self.user_loop,
         )
         # The slots report lifecycle events to this run too (and still to whoever they did before).
         self._slot_telemetry = {k: s.on_telemetry for k, s in grafted.seed_slots.items()}
@@ -233,7 +236,7 @@ class Grower:
                     "to train longer"
                 )
             raise RuntimeError("this Grower is closed; make a new one to go on growing")
-        self.trainer.report_epoch(train_loss, train_accuracy)
+        self.user_loop.report_epoch(train_loss, train_accuracy)
         try:
             result = self.loop.start()
         except TrainingFailed as failed:
@@ -380,7 +383,7 @@ class Grower:
     def _release(self) -> None:
         self.closed = True
         self._hook.remove()
-        self.trainer.close()
+        self.user_loop.close()
         for slot_id, previous in self._slot_telemetry.items():
             self.model.seed_slots[slot_id].on_telemetry = previous
         if self._metrics is not None:

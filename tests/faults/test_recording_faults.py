@@ -213,8 +213,8 @@ def test_a_recording_of_another_run_file_format_is_refused_in_one_line(recording
     run = tmp_path / "offline"
     assert train([folder, recording], run) == 2
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert f"{folder / META_FILE} was written by Esper 0.0.9 (run-file format {written or 1})" in line
-    assert ("upgrade Esper" if written == 99 else "run it again with this version") in line
+    assert f"{folder / META_FILE} was written by Esper 0.0.9 in run-file format {written or 1}; " in line
+    assert ("upgrade Esper" if written == 99 else "run it again with this Esper") in line
     assert not run.exists()
 
 

@@ -66,7 +66,7 @@ def make_compare_folder(root: Path, task: str = "mnist5k-tiny") -> Path:
     config = CompareConfig(task=task, seeds=3, epochs=EPOCHS)
     folder = CompareFolder(root)
     root.mkdir(parents=True)
-    folder.config_path.write_text(json.dumps({"mode": "compare", "config": config.to_dict()}))
+    folder.config_path.write_text(json.dumps({"mode": "compare", "config": config.to_dict(), "run_format": 2}))
     arms = planned_arms(config)
     for seed in config.seed_list:
         for arm in arms:

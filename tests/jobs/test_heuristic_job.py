@@ -235,8 +235,8 @@ def test_a_run_folder_of_an_older_run_file_format_is_refused_in_one_line(finishe
     for argv in (["train", "heuristic", "--resume", str(run_dir)], ["report", str(run_dir)]):
         assert main(argv) == 2
         (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-        assert f"{run_dir / 'config.json'} was written by Esper 0.0.9 (run-file format 1)" in line
-        assert "run it again with this version" in line
+        assert f"{run_dir / 'config.json'} was written by Esper 0.0.9 in run-file format 1; " in line
+        assert "run it again with this Esper" in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing touched
 
 
@@ -251,5 +251,5 @@ def test_a_checkpoint_of_an_older_run_file_format_is_refused_not_skipped(finishe
     payload = torch.load(final, weights_only=True)
     del payload["run_format"]
     torch.save(payload, final)
-    with pytest.raises(RunFormatError, match=r"final.pt was written by Esper .* \(run-file format 1\)"):
+    with pytest.raises(RunFormatError, match=r"final.pt was written by Esper .* in run-file format 1; "):
         run_heuristic(None, run_dir, resume=True)

@@ -141,7 +141,7 @@ def test_a_checkpoint_with_stacks_resumes_exactly() -> None:
     torch.save(trainer.state_dict(), saved)
     resumed = _digits_trainer()
     resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
-    assert resumed.optimizers.state_dict()["host_fossils"] == trainer.optimizers.state_dict()["host_fossils"]
+    assert resumed.optimizers.state_dict()["seed_groups"] == trainer.optimizers.state_dict()["seed_groups"]
     for _ in range(2):
         expected, got = trainer.run_epoch(), resumed.run_epoch()
         assert (got.train_loss, got.val_loss, got.seed_params) == (expected.train_loss, expected.val_loss, expected.seed_params)

@@ -57,11 +57,12 @@ def check_format(record: dict[str, Any], path: Path | str) -> None:
     found = record.get(FORMAT_KEY, 1)  # files from before the formats were numbered: format 1
     if found == RUN_FORMAT:
         return
-    writer = record.get("esper_version", "0.1.0")
-    hint = "upgrade Esper" if isinstance(found, int) and found > RUN_FORMAT else "run it again with this version"
+    writer = record.get("esper_version", "0.1.0")  # the one release before formats were numbered
+    newer = isinstance(found, int) and found > RUN_FORMAT
+    hint = "upgrade Esper to read it" if newer else "run it again with this Esper, or read it with the Esper that wrote it"
     raise RunFormatError(
-        f"{path} was written by Esper {writer} (run-file format {found}); this Esper {__version__} reads "
-        f"format {RUN_FORMAT} only: {hint}, or read it with Esper {writer}"
+        f"{path} was written by Esper {writer} in run-file format {found}; this Esper ({__version__}) "
+        f"reads format {RUN_FORMAT} only: {hint}"
     )
 
 

@@ -26,7 +26,7 @@ from pydantic import InstanceOf
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper.leyline import Action, ActionKind, EpochSignals
-from esper.nissa.files import TorchFileError, load_torch_file, restore
+from esper.nissa.files import TorchFileError, load_torch_file, restore, with_format
 from esper.simic.actions import ActionSpace
 from esper.simic.dqn import QNetwork, QPolicy
 from esper.simic.features import FeatureLayout, Observer, RunningNorm, layout_difference
@@ -55,8 +55,9 @@ class PolicyFile(TypedDict):
 def policy_payload(
     model: ActorCritic | QNetwork, norm: RunningNorm, layout: FeatureLayout, space: ActionSpace, **info: Any
 ) -> dict[str, Any]:
-    """policy.pt's content; `info` adds plain data (task, episode_length, reward, round...)."""
-    return {
+    """policy.pt's content, stamped with the run-file format; `info` adds plain data (task,
+    episode_length, reward, round...)."""
+    return with_format({
         "format": POLICY_FORMAT,
         "algorithm": "dqn" if isinstance(model, QNetwork) else "ppo",
         "model": model.state_dict(),
@@ -67,7 +68,7 @@ def policy_payload(
         "action_names": space.names(),
         "normalizer": norm.state_dict(),
         **info,
-    }
+    })
 
 
 def _to_actions(space: ActionSpace, index: int, reason: str) -> list[Action]:

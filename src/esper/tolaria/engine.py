@@ -15,9 +15,9 @@ phases, each a method, so that other drivers can reuse them one by one:
 `EpochLoop` is the only loop over epochs: the heuristic job and its host-only
 baseline (through `run_epochs`), `esper evaluate` and the PPO environments
 (`simic.vec_env`, one `step` per environment step) all run it, and so does
-`esper.Grower` for users' own training loops: its trainer
-(`tolaria.user_loop.UserLoopTrainer`) is one whose `train_phase` reports the
-epoch the user's loop already trained and whose `measure` calls the user's
+`esper.Grower` for users' own training loops: its trainer's epochs come from
+`tolaria.user_loop.UserLoop` (an `EpochSource`), whose train phase reports the
+epoch the user's loop already trained and whose measure calls the user's
 `evaluate(model)` (each slot's counterfactual with `force_alpha(0.0)`), with
 the user's optimiser kept in step; it runs `start()` and then `finish(actions)`,
 because the next epoch is the user's to train.
@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -70,7 +70,6 @@ from esper.tolaria.trainer import (
     EpochStats,
     OptimConfig,
     Optimizers,
-    SeedOptimizers,
     ValidationResult,
     batch_losses,
     record_validation,
@@ -108,21 +107,86 @@ def _set_epoch(loader: Iterable, epoch: int) -> None:
         set_epoch(epoch)
 
 
+class EpochSource(Protocol):
+    """Where a trainer's epochs come from: what trains one, what measures it, and what the
+    governor's culprit search runs again. `LoaderEpochs` passes over a task's batches;
+    `tolaria.user_loop.UserLoop` reports the epochs a user's own loop trained."""
+
+    def attach(self, trainer: MorphogeneticTrainer) -> None:
+        """Called once by the trainer this source feeds, when it is made."""
+        ...
+
+    def train(self) -> EpochStats: ...
+
+    def measure(self) -> ValidationResult: ...
+
+    def probe(self, split: str, indices: list[int]) -> list[float]: ...
+
+    def guarded(self, train: EpochStats, val: ValidationResult) -> EpochStats:
+        """The train numbers the governor judges (the source may stand in for what it lacks)."""
+        ...
+
+    def epoch_ended(self) -> None: ...
+
+
+class LoaderEpochs:
+    """Esper's own epochs: a pass over the training batches, validation over the validation batches."""
+
+    def __init__(self, train_loader: Batches, val_loader: Batches) -> None:
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+
+    def attach(self, trainer: MorphogeneticTrainer) -> None:
+        self.trainer = trainer
+
+    def train(self) -> EpochStats:
+        trainer = self.trainer
+        trainer.governor.inspect_parameters()
+        _set_epoch(self.train_loader, trainer.epoch)
+        batches = CountedBatches(self.train_loader, on_first=trainer.flops.observe)
+        stats = train_epoch(trainer.model, batches, trainer.optimizers, trainer.precision, trainer.scaler, trainer.world)
+        trainer.flops.trained(batches.samples)
+        return stats
+
+    def measure(self) -> ValidationResult:
+        trainer = self.trainer
+        batches = CountedBatches(self.val_loader)
+        result = validate_with_counterfactuals(trainer.model, batches, precision=trainer.precision, world=trainer.world)
+        trainer.flops.validated(batches.samples)
+        return result
+
+    def probe(self, split: str, indices: list[int]) -> list[float]:
+        """Recompute some of this epoch's batches as the model is now."""
+        trainer = self.trainer
+        loader = self.train_loader if split == "train" else self.val_loader
+        batches = CountedBatches(loader, only=indices)
+        losses = batch_losses(trainer.model, batches, indices, split == "train", trainer.precision, trainer.world)
+        trainer.flops.probed(batches.samples)
+        return losses
+
+    def guarded(self, train: EpochStats, val: ValidationResult) -> EpochStats:
+        return train
+
+    def epoch_ended(self) -> None:
+        pass
+
+
 class MorphogeneticTrainer:
     """One host's epochs, phase by phase (see the module docstring).
 
+    Its epochs come from the training and validation loaders (`LoaderEpochs`), or
+    from another `EpochSource` given as `epochs` (a user's loop: `tolaria.user_loop`).
     `optim` is an `OptimConfig` (the trainer makes its host and seed optimisers)
-    or optimisers already made that it keeps in step with the slots (`SeedOptimizers`,
-    e.g. a user's own). `precision` (`tolaria.precision`) sets autocast and, for
+    or `Optimizers` already made (e.g. over a user's own optimiser), kept in step with the slots. `precision` (`tolaria.precision`) sets autocast and, for
     fp16-mixed, the loss scaler, whose state is checkpointed with the trainer's.
     """
 
     def __init__(
         self,
         model: MorphogeneticModel,
-        train_loader: Batches,
-        val_loader: Batches,
-        optim: OptimConfig | SeedOptimizers,
+        train_loader: Batches | None,
+        val_loader: Batches | None,
+        optim: OptimConfig | Optimizers,
         governor: GovernorConfig | None = None,
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
         precision: Precision = FP32,
@@ -130,6 +194,7 @@ class MorphogeneticTrainer:
         example_batch: tuple[Any, torch.Tensor | None] | None = None,
         budget: GrowthBudget | None = None,
         blueprints: Sequence[str] = (),
+        epochs: EpochSource | None = None,
     ) -> None:
         """`example_batch`, one (inputs, targets) batch of the task, gives the FLOPs meter its
         shapes (`tolaria.flop_account.FlopAccount`); without it they are taken from the first
@@ -139,9 +204,10 @@ class MorphogeneticTrainer:
         # The ranks this host is trained on together (the loaders give this rank's shares).
         self.world = world or World.single()
         self.world.broadcast_module(model)  # every replica starts as rank 0's
-        self.train_loader = train_loader
-        self.val_loader = val_loader
-        self.optimizers = Optimizers(model, optim) if isinstance(optim, OptimConfig) else optim
+        if (epochs is None) == (train_loader is None or val_loader is None):
+            raise ValueError("give a trainer either its train and val loaders or another source of its epochs")
+        self.epochs: EpochSource = epochs or LoaderEpochs(train_loader, val_loader)
+        self.optimizers = Optimizers.from_config(model, optim) if isinstance(optim, OptimConfig) else optim
         self.precision = precision
         self.scaler = precision.grad_scaler()
         self.governor = Governor(model, self.optimizers, governor)
@@ -150,34 +216,38 @@ class MorphogeneticTrainer:
         self.on_telemetry = on_telemetry
         self.epoch = 0
         self.last_record: EpochRecord | None = None
+        self._sync_optimizers()  # seeds planted before: their parameters join the optimisers now
+        self.epochs.attach(self)
 
     @property
     def slots(self):
         return self.model.seed_slots
 
+    @property
+    def train_loader(self) -> Batches:
+        return self.epochs.train_loader
+
+    @train_loader.setter
+    def train_loader(self, loader: Batches) -> None:
+        self.epochs.train_loader = loader
+
+    @property
+    def val_loader(self) -> Batches:
+        return self.epochs.val_loader
+
     def schedule(self, progress: float) -> None:
-        """Learning rates for a run `progress` (0..1) of the way through its planned training:
-        the trainer's own optimisers follow their schedule; a user's optimiser (`esper.Grower`)
-        follows the user's own scheduler, untouched."""
-        if isinstance(self.optimizers, Optimizers):
-            self.optimizers.set_progress(progress)
+        """Learning rates for a run `progress` (0..1) of the way through its planned training
+        (`Optimizers.set_progress`)."""
+        self.optimizers.set_progress(progress)
 
     # ------------------------------------------------------------------ the phases
     def train_phase(self) -> EpochStats:
-        """Phase "train": one pass over this epoch's training batches."""
-        self.governor.inspect_parameters()
-        _set_epoch(self.train_loader, self.epoch)
-        batches = CountedBatches(self.train_loader, on_first=self.flops.observe)
-        stats = train_epoch(self.model, batches, self.optimizers, self.precision, self.scaler, self.world)
-        self.flops.trained(batches.samples)
-        return stats
+        """Phase "train": one pass over this epoch's training batches (or the epoch a user trained)."""
+        return self.epochs.train()
 
     def measure(self) -> ValidationResult:
         """Phase "measure": validation loss and accuracy, and the per-slot counterfactuals."""
-        batches = CountedBatches(self.val_loader)
-        result = validate_with_counterfactuals(self.model, batches, precision=self.precision, world=self.world)
-        self.flops.validated(batches.samples)
-        return result
+        return self.epochs.measure()
 
     def guard(self, train: EpochStats, val: ValidationResult) -> tuple[EpochStats, ValidationResult, str | None]:
         """Phase "guard": accept a healthy epoch; else find the culprit, roll back, measure again.
@@ -187,11 +257,12 @@ class MorphogeneticTrainer:
         model's validation numbers): the diverged ones are no features.
         """
         governor = self.governor
+        train = self.epochs.guarded(train, val)
         failure = governor.failure(train, val)
         if failure is None:
             governor.accept(train.loss, val.loss, train.accuracy)
             return train, val, None
-        verdict = governor.rollback(failure, self._probe)
+        verdict = governor.rollback(failure, self.epochs.probe)
         culled = verdict.culprits
         reason = f"{failure.reason}; {verdict.explanation}"
         self._emit(
@@ -204,14 +275,6 @@ class MorphogeneticTrainer:
         val = self.measure()
         loss, accuracy = governor.last_good_train or (val.loss, val.accuracy)
         return EpochStats(loss, accuracy, train.steps), val, reason
-
-    def _probe(self, split: str, indices: list[int]) -> list[float]:
-        """The governor's culprit search: recompute some of this epoch's batches as the model is now."""
-        loader = self.train_loader if split == "train" else self.val_loader
-        batches = CountedBatches(loader, only=indices)
-        losses = batch_losses(self.model, batches, indices, split == "train", self.precision, self.world)
-        self.flops.probed(batches.samples)
-        return losses
 
     def run_epoch(self) -> EpochRecord:
         """Phases train, measure and guard of the current epoch."""
@@ -294,6 +357,7 @@ class MorphogeneticTrainer:
         self._sync_optimizers()
         self.governor.snapshot()
         self.epoch += 1
+        self.epochs.epoch_ended()
 
     # ------------------------------------------------------------------ lifecycle moves
     def drain_transitions(self) -> list[StageTransition]:

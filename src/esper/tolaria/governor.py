@@ -43,8 +43,8 @@ from esper.kasmina.host import MorphogeneticModel
 from esper.kasmina.slot import SeedSlot
 from esper.tolaria.trainer import (
     EpochStats,
+    Optimizers,
     SeedKey,
-    SeedOptimizers,
     ValidationResult,
     group_key,
     live_slots,
@@ -140,7 +140,7 @@ def _clone(state: dict[str, Any] | None) -> dict[str, Any] | None:
 class Governor:
     """Watches every epoch's losses; rolls a diverged epoch back and culls only a guilty seed."""
 
-    def __init__(self, model: MorphogeneticModel, optimizers: SeedOptimizers, config: GovernorConfig | None = None) -> None:
+    def __init__(self, model: MorphogeneticModel, optimizers: Optimizers, config: GovernorConfig | None = None) -> None:
         self.model = model
         self.optimizers = optimizers
         self.config = config or GovernorConfig()

@@ -1,9 +1,10 @@
 """One epoch of morphogenetic training: host and seed optimisers, validation, counterfactuals.
 
-The host and the seeds have separate optimisers. Seeds share one optimiser with a
-param group per live seed, so a new seed is added (and a culled one removed)
-without touching the host optimiser or its momentum; a fossilized seed's group
-moves to the host optimiser, where it stays (a slot's stack can hold many).
+The host and the seeds have separate optimisers (`Optimizers`, the one optimiser
+manager, which keeps a user's single optimiser in step the same way). Seeds share
+one optimiser with a param group per live seed, so a new seed is added (and a
+culled one removed) without touching the host optimiser or its momentum; a
+fossilized seed's group moves to the host optimiser, where it stays.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,125 +87,116 @@ def seed_parameters(slots: Mapping[str, SeedSlot], key: SeedKey) -> list[nn.Para
     return list(slot.fossils[fossils.index(seed_id)].parameters())
 
 
-def legacy_seed_key(slots: Mapping[str, SeedSlot], slot_id: str) -> SeedKey:
-    """The key of a group that a checkpoint from before seed stacks keyed by its slot alone.
-
-    A slot then held one seed, its live one (a fossilized seed in such a checkpoint
-    is refused by the slot when it loads, which says so), so the slot's live seed it is.
-    """
-    state = slots[slot_id].state
-    if state is None:
-        raise ValueError(f"the checkpoint has a param group for slot '{slot_id}', which holds no seed")
-    return slot_id, state.seed_id
-
-
-class SeedOptimizers(Protocol):
-    """What the engine needs of the optimisers it keeps in step with the slots.
-
-    `Optimizers` (the trainer's own host and seed optimisers) and
-    `tolaria.user_loop.UserOptimizer` (a user's optimiser, for `esper.Grower`) provide it.
-    Every seed's group is keyed by its `SeedKey` and tagged with "slot_id" and
-    "seed_id" (`group_key`): a live seed's, and a fossil's, which stays optimised
-    as host (a slot's stack can hold many, so the slot alone names none of them).
-    """
-
-    def seed_order(self) -> list[SeedKey]:
-        """The live seeds with a group, in group order."""
-        ...
-
-    def fossil_order(self) -> list[SeedKey]:
-        """The fossilized seeds with a group (optimised as host), in group order."""
-        ...
-
-    def add_seed(self, key: SeedKey, params: list[nn.Parameter]) -> None: ...
-
-    def remove_seed(self, key: SeedKey) -> None: ...
-
-    def move_seed_to_host(self, key: SeedKey) -> None: ...
-
-    def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, saved: dict[str, Any], slots: Mapping[str, SeedSlot]) -> None:
-        """The saved groups rebuilt from `slots` (loaded first: their stacks and live seeds),
-        then the saved optimiser state; checkpoints from before seed stacks load too."""
-        ...
-
-
 def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
 
 class Optimizers:
-    """Host optimiser plus one seed optimiser with a param group per live seed.
+    """The one optimiser manager: the host's and the seeds' param groups, kept in step with the slots.
 
-    Every seed group carries its "slot_id" and "seed_id"; so does each group of a
-    fossil in the host optimiser (the host's own group is the first and has neither).
+    Every seed has a param group of its own, tagged with "slot_id", "seed_id" and
+    "fossil" (`group_key`). A live seed's group is in `seeds` at `seed_lr`, so a new
+    seed joins (and a culled one leaves, with its optimiser state) without touching
+    the host's groups or their momentum. A fossilized seed is host from then on: its
+    group moves to `host` (a slot's stack can hold many, each its own group) at
+    `fossil_lr`, by default the learning rate of the host's first group at that
+    moment. The host's own groups are never touched.
+
+    Esper's jobs build both from an `OptimConfig` (`from_config`: two optimisers,
+    and the config's learning-rate schedule, `set_progress`). A user's loop
+    (`esper.Grower`) gives its one optimiser as both: the seeds' groups join it, and
+    its own scheduler (made before a seed's group existed, it does not schedule it).
     """
 
-    def __init__(self, model: MorphogeneticModel, config: OptimConfig) -> None:
-        self.model = model
-        self.config = config
-        self._build()
+    def __init__(
+        self,
+        host: torch.optim.Optimizer,
+        seeds: torch.optim.Optimizer | None = None,
+        seed_lr: float | None = None,
+        fossil_lr: float | None = None,
+        config: OptimConfig | None = None,
+    ) -> None:
+        if not isinstance(host, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(host).__name__}")
+        for name, lr in (("seed_lr", seed_lr), ("fossil_lr", fossil_lr)):
+            if lr is not None and not lr > 0:
+                raise ValueError(f"{name} must be > 0, got {lr}")
+        self.host = host
+        self.seeds = host if seeds is None else seeds
+        self.seed_lr = seed_lr if seed_lr is not None else float(self.seeds.param_groups[0]["lr"])
+        self.fossil_lr = fossil_lr
+        self.config = config  # None: a user's optimiser (stepped and scheduled by the user's loop)
 
-    def _build(self) -> None:
-        config = self.config
-        self.host = _make_optimizer(config, self.model.host_parameters(), config.host_lr)
-        # An optimiser needs at least one group at construction; this one stays empty.
-        self.seeds = _make_optimizer(config, [torch.zeros(0, requires_grad=True)], config.seed_lr)
-        self.seeds.param_groups.clear()
-        self.seeds.state.clear()
+    @classmethod
+    def from_config(cls, model: MorphogeneticModel, config: OptimConfig) -> Optimizers:
+        host = _make_optimizer(config, model.host_parameters(), config.host_lr)
+        # An optimiser needs at least one group at construction; this one starts empty.
+        seeds = _make_optimizer(config, [torch.zeros(0, requires_grad=True)], config.seed_lr)
+        seeds.param_groups.clear()
+        seeds.state.clear()
+        return cls(host, seeds, config.seed_lr, config=config)
+
+    @staticmethod
+    def _groups(optimizer: torch.optim.Optimizer, fossil: bool) -> list[dict[str, Any]]:
+        return [g for g in optimizer.param_groups if group_key(g) is not None and g["fossil"] == fossil]
 
     def seed_order(self) -> list[SeedKey]:
-        """The live seeds with a group in the seed optimiser, in group order."""
-        return [group_key(group) for group in self.seeds.param_groups]
+        """The live seeds with a group, in group order."""
+        return [group_key(g) for g in self._groups(self.seeds, fossil=False)]
 
     def slot_order(self) -> list[str]:
-        """The slots whose live seed has a group in the seed optimiser, in group order."""
+        """The slots whose live seed has a group, in group order."""
         return [slot_id for slot_id, _ in self.seed_order()]
 
     def fossil_order(self) -> list[SeedKey]:
-        """The fossils with a group in the host optimiser, in group order."""
-        return [group_key(group) for group in self.host.param_groups[1:]]
+        """The fossilized seeds with a group (optimised as host), in group order."""
+        return [group_key(g) for g in self._groups(self.host, fossil=True)]
 
     def add_seed(self, key: SeedKey, params: list[nn.Parameter]) -> None:
-        if key in self.seed_order():
-            raise RuntimeError(f"seed {key[1]} in slot '{key[0]}' already has a param group")
         slot_id, seed_id = key
-        self.seeds.add_param_group({"params": params, "slot_id": slot_id, "seed_id": seed_id})
+        if key in self.seed_order() or key in self.fossil_order():
+            raise RuntimeError(f"seed {seed_id} in slot '{slot_id}' already has a param group")
+        held = {id(p) for optimizer in self.torch_optimizers() for g in optimizer.param_groups for p in g["params"]}
+        if any(id(p) in held for p in params):
+            raise ValueError(
+                f"the optimizer already holds parameters of the seed in slot '{slot_id}': build it "
+                "before planting seeds (the Grower adds each seed's parameters itself)"
+            )
+        self.seeds.add_param_group({"params": params, "lr": self.seed_lr, "slot_id": slot_id, "seed_id": seed_id, "fossil": False})
 
     def remove_seed(self, key: SeedKey) -> None:
-        remove_groups(self.seeds, lambda group: group_key(group) == key)
+        remove_groups(self.seeds, lambda group: group_key(group) == key and not group["fossil"])
 
     def move_seed_to_host(self, key: SeedKey) -> None:
         """A fossilized seed is host from now on: it trains at the host's pace."""
-        group = next(g for g in self.seeds.param_groups if group_key(g) == key)
-        params = group["params"]
+        group = next(g for g in self._groups(self.seeds, fossil=False) if group_key(g) == key)
+        lr = self.fossil_lr if self.fossil_lr is not None else self.host.param_groups[0]["lr"]
+        if self.seeds is self.host:
+            group.update(fossil=True, lr=lr)
+            return
         self.remove_seed(key)
-        slot_id, seed_id = key
-        self.host.add_param_group(
-            {"params": params, "lr": self.config.host_lr, "slot_id": slot_id, "seed_id": seed_id}
-        )
+        self.host.add_param_group({**{k: group[k] for k in ("params", "slot_id", "seed_id")}, "fossil": True, "lr": lr})
 
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
-        return self.host, self.seeds
+        return (self.host,) if self.seeds is self.host else (self.host, self.seeds)
 
     def set_progress(self, progress: float) -> None:
         """Learning rates for a run `progress` of the way through (`OptimConfig.lr_schedule`):
         host and fossil groups at host_lr, live seeds at seed_lr, times the schedule's factor.
-        Called as each epoch starts, so a checkpoint resumes with the same rates."""
-        if self.config.lr_schedule == "constant":
+        Called as each epoch starts, so a checkpoint resumes with the same rates. A user's
+        optimiser follows the user's own scheduler, untouched."""
+        config = self.config
+        if config is None or config.lr_schedule == "constant":
             return
-        scale = lr_scale(self.config.lr_schedule, progress)
+        scale = lr_scale(config.lr_schedule, progress)
         for group in self.host.param_groups:
-            group["lr"] = self.config.host_lr * scale
+            group["lr"] = config.host_lr * scale
         for group in self.seeds.param_groups:
-            group["lr"] = self.config.seed_lr * scale
+            group["lr"] = config.seed_lr * scale
 
     def zero_grad(self) -> None:
-        self.host.zero_grad(set_to_none=True)
-        self.seeds.zero_grad(set_to_none=True)
+        for optimizer in self.torch_optimizers():
+            optimizer.zero_grad(set_to_none=True)
 
     def unscale_(self, scaler: torch.amp.GradScaler) -> None:
         """Divide the gradients by the loss scale (fp16-mixed), before they are read or clipped."""
@@ -213,45 +205,40 @@ class Optimizers:
                 scaler.unscale_(optimizer)
 
     def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        if scaler is not None:
-            # The scaler skips the step when a gradient overflowed; it steps only optimisers
-            # that hold gradients (a GERMINATED seed's group has none yet).
-            for optimizer in self.torch_optimizers():
+        # The scaler skips the step when a gradient overflowed; it steps only optimisers that
+        # hold gradients (a GERMINATED seed's group has none yet). An empty one is not stepped.
+        for optimizer in self.torch_optimizers():
+            if scaler is not None:
                 if _has_grads(optimizer):
                     scaler.step(optimizer)
-            return
-        self.host.step()
-        if self.seeds.param_groups:
-            self.seeds.step()
+            elif optimizer.param_groups:
+                optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "host": self.host.state_dict(),
-            "seeds": self.seeds.state_dict(),
-            "host_fossils": [list(key) for key in self.fossil_order()],
-            "seed_groups": [list(key) for key in self.seed_order()],
+            "optimizers": [optimizer.state_dict() for optimizer in self.torch_optimizers()],
+            "seed_groups": [
+                [[g["slot_id"], g["seed_id"], g["fossil"]] for g in optimizer.param_groups if group_key(g) is not None]
+                for optimizer in self.torch_optimizers()
+            ],
         }
 
     def load_state_dict(self, saved: dict[str, Any], slots: Mapping[str, SeedSlot]) -> None:
-        """Fresh optimisers with the saved groups in their saved order (so the state lines up).
+        """Each optimiser's saved seed groups rebuilt from `slots` (loaded first: their stacks and
+        live seeds) in their saved order, then its saved state (each group's lr too).
 
-        Checkpoints from before seed stacks keyed the groups by slot ("seed_slots",
-        "host_extra_slots"; see `legacy_seed_key`).
-        """
-        if "seed_groups" in saved:
-            live = [(slot_id, seed_id) for slot_id, seed_id in saved["seed_groups"]]
-            fossils = [(slot_id, seed_id) for slot_id, seed_id in saved["host_fossils"]]
-        else:
-            live = [legacy_seed_key(slots, slot_id) for slot_id in saved["seed_slots"]]
-            fossils = [legacy_seed_key(slots, slot_id) for slot_id in saved["host_extra_slots"]]
-        self._build()
-        for key in live:
-            self.add_seed(key, seed_parameters(slots, key))
-        for key in fossils:
-            self.add_seed(key, seed_parameters(slots, key))
-            self.move_seed_to_host(key)
-        load_tagged_state(self.host, saved["host"])
-        load_tagged_state(self.seeds, saved["seeds"])
+        The host's own groups must be those it was saved with (a user's optimiser: build it
+        the same way); the seed groups it holds now are replaced."""
+        optimizers = self.torch_optimizers()
+        if len(saved["optimizers"]) != len(optimizers):
+            raise ValueError(f"the checkpoint holds {len(saved['optimizers'])} optimiser(s), this run {len(optimizers)}")
+        for optimizer, groups, state in zip(optimizers, saved["seed_groups"], saved["optimizers"], strict=True):
+            remove_groups(optimizer, lambda group: group_key(group) is not None)
+            for slot_id, seed_id, fossil in groups:
+                params = seed_parameters(slots, (slot_id, seed_id))
+                optimizer.add_param_group({"params": params, "lr": self.seed_lr, "slot_id": slot_id,
+                                           "seed_id": seed_id, "fossil": fossil})  # fmt: skip
+            load_tagged_state(optimizer, state)
 
 
 _SEED_TAGS = ("slot_id", "seed_id", "fossil")  # what marks a seed's param group (see `group_key`)
@@ -260,9 +247,8 @@ _SEED_TAGS = ("slot_id", "seed_id", "fossil")  # what marks a seed's param group
 def load_tagged_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """`optimizer.load_state_dict(state)`, each group keeping the seed tags it has now.
 
-    Loading replaces every group's settings by the saved ones, tags included, and a
-    checkpoint from before seed stacks has no "seed_id" in its groups: the groups,
-    rebuilt from the slots, already carry the right ones.
+    Loading replaces every group's settings by the saved ones, tags included: the groups,
+    rebuilt from the slots, carry the right ones already.
     """
     tags = [{key: group[key] for key in _SEED_TAGS if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
