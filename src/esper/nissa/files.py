@@ -201,9 +201,10 @@ def load_torch_file(path: str | os.PathLike[str], what: str, schema: type) -> di
         # even OSError (a seek past the end of a truncated file): all mean the content is bad.
         except Exception as err:  # noqa: BLE001
             raise TorchFileError(path, f"cannot be read as {what}: {_unreadable(path, err)}") from None
-    if isinstance(payload, dict):
-        check_format(payload, path)
+    if isinstance(payload, dict) and payload.get(FORMAT_KEY, RUN_FORMAT) != RUN_FORMAT:
+        check_format(payload, path)  # numbered, another format: its structure may differ
     check_structure(payload, schema, path, what)
+    check_format(payload, path)  # unnumbered (format 1) but whole: an older Esper's file, not a damaged one
     return payload
 
 
