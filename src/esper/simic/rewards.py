@@ -75,7 +75,7 @@ from typing import Any
 
 from esper.leyline import MEASURED_STAGES, EpochSignals, SeedStage
 
-# The two priced FLOP components came later: recordings made before them hold the others only.
+# The two priced FLOP components (0 while the reward prices no FLOPs).
 FLOP_COMPONENTS = ("training_flops", "inference_flops")
 COMPONENTS = ("contribution", "rent", "shaping", "terminal", "rollback", *FLOP_COMPONENTS)
 # The potential-based components: they steer credit assignment, not which policy is best.
