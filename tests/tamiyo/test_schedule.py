@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import epoch_signals, seed_report
 
-from esper.leyline import ActionKind, EpochSignals, SeedReport, SeedStage
+from esper.leyline import ActionKind, SeedStage
 from esper.runtime.data import load_digits
 from esper.runtime.session import build_trainer
 from esper.runtime.tasks import get_task
@@ -41,15 +42,10 @@ def test_the_plan_is_planted_when_due_and_kept_once_measured() -> None:
 
 
 def test_a_measured_seed_on_probation_is_kept_before_the_next_step_is_planted() -> None:
-    report = SeedReport(
-        seed_id="block2-seed1", blueprint_id="norm", slot_id="block2", stage=SeedStage.PROBATIONARY,
-        epochs_total=6, params=8, alpha=1.0, counterfactual_contribution=-0.001,
-        seed_gradient_norm_ratio=0.2, is_healthy=True,
-    )  # fmt: skip
-    signals = EpochSignals(
-        epoch=10, total_epochs=20, train_loss=0.1, train_accuracy=0.9, val_loss=0.1, val_accuracy=0.9,
-        host_params=100, seed_params=8, slots={"block2": report, "block3": None},
-    )  # fmt: skip
+    report = seed_report(SeedStage.PROBATIONARY, seed_id="block2-seed1", slot_id="block2", epochs_total=6, params=8,
+                         contribution=-0.001)  # fmt: skip
+    signals = epoch_signals(10, total_epochs=20, train_loss=0.1, train_accuracy=0.9, val_loss=0.1, val_accuracy=0.9,
+                            host_params=100, seed_params=8, slots={"block2": report, "block3": None})  # fmt: skip
     controller = ScheduleController([PlannedGrowth(0.0, "block3", "norm")])
     [action] = controller.decide(signals)
     assert (action.kind, action.slot_id) == (ActionKind.FOSSILIZE, "block2")
