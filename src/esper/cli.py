@@ -60,7 +60,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
     from esper.jobs.heuristic import check_processes, run_heuristic
     from esper.jobs.report import print_summary
-    from esper.jobs.run_folder import RunFolder
+    from esper.nissa.run_folder import RunFolder
 
     scaleout.check_launch(args)
     if args.resume:
@@ -177,7 +177,7 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
     from esper.jobs.config import build_config, read_config_file
     from esper.jobs.ppo import PPORunConfig, check_processes, overrides_from_args, run_ppo
-    from esper.jobs.run_folder import RunFolder
+    from esper.nissa.run_folder import RunFolder
 
     scaleout.check_launch(args)
     if args.resume:
@@ -367,8 +367,8 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     added to it); before that nothing was written and the command is simply run again.
     """
     from esper.jobs.compare import CONFIG_FILE
-    from esper.jobs.run_folder import RunFolder
     from esper.jobs.scaleout import LaunchFailed
+    from esper.nissa.run_folder import RunFolder
     from esper.tolaria.distributed import RankFailure
 
     started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path

@@ -24,9 +24,9 @@ from rich.table import Table
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import make_heuristic, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
-from esper.jobs.run_folder import write_json
 from esper.leyline import Controller
 from esper.nissa.files import check_writable, restore
+from esper.nissa.run_folder import write_json
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController

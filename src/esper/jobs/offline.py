@@ -45,8 +45,8 @@ from torch import Tensor
 from esper import __version__
 from esper.jobs.config import build_config
 from esper.jobs.ppo import POLICY_FILE, add_config_flags, config_flag_values
-from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
+from esper.nissa.run_folder import RunFolder, write_json
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
 from esper.simic.features import RunningNorm
 from esper.simic.policy import policy_payload

@@ -44,10 +44,10 @@ from esper import __version__
 from esper.jobs.config import build_config, check_placement
 from esper.jobs.device_options import add_device_arguments
 from esper.jobs.heuristic import resolve_blueprints
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
+from esper.nissa.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.runtime import TaskData, TaskSpec, get_task
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
