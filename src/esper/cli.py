@@ -64,6 +64,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
 
     scaleout.check_launch(args)
     if args.resume:
+        _check_resume_flags(args, "epochs")
         run_dir, config = Path(args.resume), None
     else:
         file_values = read_config_file(args.config) if args.config else {}
@@ -94,12 +95,35 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
         return _launch(args, "heuristic", run_dir, console)
     with scaleout.worker_world(args) as world, _resumable("heuristic", run_dir):
         quiet = args.quiet or not world.is_main
-        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world,
+                                epochs=args.epochs if args.resume else None)  # fmt: skip
     if summary is None:  # a rank other than 0: rank 0 reports
         return 0
     print_summary(summary, console)
     console.print(f"Run folder: {run_dir}", highlight=False)
     return 0
+
+
+# What says how to run a command, not what it trains: these go with --resume.
+_HOW_TO_RUN = ("resume", "quiet", "threads", "nproc", "nnodes", "rdzv_endpoint", "rdzv_id", "dist_backend", "dist_timeout")
+
+
+def _check_resume_flags(args: argparse.Namespace, extends: str) -> None:
+    """--resume continues a run with its own settings: a flag that would change them is refused,
+    except `extends` (--epochs, --rounds), which trains the run longer."""
+    parser = args.parser
+    defaults = vars(parser.parse_args([]))
+    given = [
+        action.option_strings[0]
+        for action in parser._actions  # argparse lists its flags nowhere else
+        if action.option_strings and action.dest in defaults and action.dest not in (*_HOW_TO_RUN, extends)
+        and getattr(args, action.dest) != defaults[action.dest]
+    ]
+    if given:
+        raise ValueError(
+            f"--resume DIR continues a run with its own settings; drop {', '.join(given)} "
+            f"(only --{extends} may be given with it, to train the run longer)"
+        )
 
 
 def _compare_run_keys(args: argparse.Namespace) -> dict | None:
@@ -181,6 +205,7 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
 
     scaleout.check_launch(args)
     if args.resume:
+        _check_resume_flags(args, "rounds")
         run_dir, config = Path(args.resume), None
     else:
         file_values = read_config_file(args.config) if args.config else {}
@@ -193,7 +218,8 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
         return _launch(args, "ppo", run_dir, console)
     with scaleout.worker_world(args) as world, _resumable("ppo", run_dir):
         quiet = args.quiet or not world.is_main
-        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world,
+                          rounds=args.rounds if args.resume else None)  # fmt: skip
     if summary is None:  # a rank other than 0: rank 0 reports
         return 0
     console.print(
@@ -285,14 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
 
     add_scaleout_arguments(heuristic)
-    heuristic.set_defaults(func=_cmd_train_heuristic)
+    heuristic.set_defaults(func=_cmd_train_heuristic, parser=heuristic)
 
     ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
     from esper.jobs.ppo import add_arguments as add_ppo_arguments
 
     add_ppo_arguments(ppo)
     add_scaleout_arguments(ppo)
-    ppo.set_defaults(func=_cmd_train_ppo)
+    ppo.set_defaults(func=_cmd_train_ppo, parser=ppo)
 
     offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
     from esper.jobs.offline import add_arguments as add_offline_arguments

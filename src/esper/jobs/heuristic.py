@@ -31,13 +31,13 @@ from esper.nissa import RichConsoleOutput, TelemetryHub
 from esper.nissa.run_folder import RunFolder, read_json, write_json
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
-from esper.runtime.recorder import GrowthRecorder
+from esper.runtime.recorder import GrowthRecorder, complete_summary, resumed_config
 from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum, make_chooser
 from esper.simic.policy import PolicyController
-from esper.simic.recording import EpisodeRecorder, RecordedController, episode_recorder
+from esper.simic.recording import META_FILE, EpisodeRecorder, RecordedController, episode_recorder
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo import (
     HeuristicConfig,
@@ -240,16 +240,24 @@ def run_heuristic(
     console: Console | None = None,
     world: World | None = None,
     progress: Callable[[int, int], None] | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json.
 
     With a distributed `world` every rank calls this; rank 0 returns the summary, the others None.
     `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
+    Resuming, `epochs` trains the run to that many epochs (`resume_config`); a run already
+    complete as planned is left as it is (its summary is returned).
     """
     world = world or World.single()
     folder = RunFolder(run_dir)
     if resume:
-        config = world.run_on_main(lambda: build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {}))
+        config = world.run_on_main(lambda: resume_config(folder, epochs))
+        complete = world.run_on_main(lambda: complete_summary(folder, "epoch"))
+        if complete is not None:
+            if console is not None and world.is_main:
+                say_complete(console, folder, "heuristic", "epochs", complete["epochs"])
+            return complete if world.is_main else None
     elif config is None:
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     check_processes(config, world.size)
@@ -265,6 +273,29 @@ def run_heuristic(
         return None
     head, body = summary_parts(config, prepared, world, baseline)
     return recorder.summarize(head, body)
+
+
+def resume_config(folder: RunFolder, epochs: int | None) -> HeuristicRunConfig:
+    """The config of the run in `folder`, trained to `epochs` when given (`resumed_config`); its
+    recorded transitions then say the episode's new length."""
+    config = build_config(HeuristicRunConfig, resumed_config(folder, "heuristic", "epoch", epochs), {})
+    meta_path = folder.path / META_FILE
+    if epochs is not None and meta_path.exists():
+        meta = read_json(meta_path)
+        if meta.get("episode_length") != epochs:
+            write_json(meta_path, {**meta, "episode_length": epochs})
+    return config
+
+
+def say_complete(console: Console, folder: RunFolder, mode: str, key: str, planned: int) -> None:
+    """One line: the resumed run is complete as planned, and how to train it longer."""
+    console.print(
+        f"{folder.path} is complete ({planned} {key}): nothing to do. To train it longer: "
+        f"esper train {mode} --resume {folder.path} --{key} N (N > {planned})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def open_run(
@@ -347,7 +378,7 @@ def host_only_baseline(
     """baseline.json: the host alone on the same seed and data order (trained once, read back on resume)."""
     path = folder.path / "baseline.json"
     baseline = world.run_on_main(lambda: read_json(path) if path.exists() else None)
-    if baseline is None:
+    if baseline is None or len(baseline["val_accuracy"]) != prepared.epochs:  # none yet, or the run was extended
         world.at("the host-only baseline")
         baseline = train_host_only(prepared.spec, prepared.data, config, prepared.epochs, console if world.is_main else None, world)
         if world.is_main:

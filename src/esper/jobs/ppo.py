@@ -43,13 +43,13 @@ from typing_extensions import TypedDict  # pydantic checks typing's TypedDict on
 from esper import __version__
 from esper.jobs.config import build_config, check_placement
 from esper.jobs.device_options import add_device_arguments
-from esper.jobs.heuristic import resolve_blueprints
+from esper.jobs.heuristic import resolve_blueprints, say_complete
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import TelemetryHub, read_jsonl
 from esper.nissa.run_folder import RunFolder
 from esper.runtime import TaskData, TaskSpec, get_task
-from esper.runtime.recorder import RunRecorder
+from esper.runtime.recorder import RunRecorder, complete_summary, resumed_config
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
 from esper.simic.features import RunningNorm
@@ -232,17 +232,25 @@ def run_ppo(
     resume: bool = False,
     console: Console | None = None,
     world: World | None = None,
+    rounds: int | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json.
 
     With a distributed `world` (DD-PPO, see `simic.distributed`) every rank calls this and
     steps its share of the environments; rank 0 alone reads and writes the run folder
-    and returns the summary, the others return None.
+    and returns the summary, the others return None. Resuming, `rounds` trains the run to
+    that many rounds (`runtime.recorder.resumed_config`); a run already complete as planned
+    is left as it is.
     """
     world = world or World.single()
     folder = RunFolder(run_dir)
     if resume:
-        config = world.run_on_main(lambda: build_config(PPORunConfig, folder.saved_config("ppo"), {}))
+        config = world.run_on_main(lambda: build_config(PPORunConfig, resumed_config(folder, "ppo", "round", rounds), {}))
+        complete = world.run_on_main(lambda: complete_summary(folder, "round"))
+        if complete is not None:
+            if console is not None and world.is_main:
+                say_complete(console, folder, "ppo", "rounds", complete["rounds"])
+            return complete if world.is_main else None
     elif config is None:
         raise ValueError("a new run needs a config (or resume=True to continue one)")
     check_processes(config, world.size)

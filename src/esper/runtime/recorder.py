@@ -24,6 +24,7 @@ writes files, and the replicas are compared before each checkpoint. A
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,7 @@ from esper.nissa import (
     TelemetryHub,
     read_jsonl,
 )
-from esper.nissa.run_folder import FINAL_CHECKPOINT, Resumed, RunFolder, write_json
+from esper.nissa.run_folder import FINAL_CHECKPOINT, Resumed, RunFolder, read_json, write_json
 from esper.tolaria import EpochResult, MorphogeneticTrainer, TrainingFailed
 from esper.tolaria.distributed import World
 from esper.tolaria.engine import Outcome
@@ -281,6 +282,43 @@ class GrowthRecorder(RunRecorder):
             "rollbacks": trainer.governor.rollbacks,
             "final_slots": slot_snapshot(trainer),
         }
+
+
+def resumed_config(folder: RunFolder, mode: str, unit: str, total: int | None = None) -> dict[str, Any]:
+    """The config the `mode` run in `folder` was started with, for resuming it; with `total`, its
+    planned epochs (rounds) become `total` first: a finished or interrupted run trained longer.
+
+    Extending rewrites config.json and turns final.pt into the checkpoint of the epochs (rounds)
+    it covers, so that one of the longer run is newer; a `total` below what is done is refused.
+    """
+    saved = read_json(folder.config_path)
+    config = folder.saved_config(mode)
+    key = f"{unit}s"
+    planned = saved.get(key) or config[key]  # heuristic runs keep the resolved epochs at the top level
+    if total is None or total == planned:
+        return config
+    done = len(read_jsonl(folder.metrics_path)) if folder.metrics_path.exists() else 0
+    if total <= done:
+        raise ValueError(
+            f"{folder.path} has {done} {key} done already: --{key} {total} cannot shorten it; "
+            f"give more than {done} to train it longer"
+        )
+    final = folder.checkpoint_dir / FINAL_CHECKPOINT
+    if final.exists():
+        os.replace(final, folder.checkpoint_path(done))
+    config[key] = total
+    write_json(folder.config_path, {**saved, "config": config, **({key: total} if key in saved else {})})
+    return config
+
+
+def complete_summary(folder: RunFolder, unit: str) -> dict[str, Any] | None:
+    """summary.json of a run that is complete as planned in its config.json (None: there is more to do)."""
+    if not folder.summary_path.exists():
+        return None
+    summary, saved = read_json(folder.summary_path), read_json(folder.config_path)
+    key = f"{unit}s"
+    planned = saved.get(key) or saved["config"][key]
+    return summary if summary.get("status") == "complete" and summary.get(key) == planned else None
 
 
 def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
