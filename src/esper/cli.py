@@ -271,6 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a grown network or a controller")
     modes = train.add_subparsers(dest="mode", required=True)
+    _add_heuristic_parser(modes)
+
+    ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
+    from esper.jobs.ppo import add_arguments as add_ppo_arguments
+    from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
+
+    add_ppo_arguments(ppo)
+    add_scaleout_arguments(ppo)
+    ppo.set_defaults(func=_cmd_train_ppo, parser=ppo)
+
+    offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
+    from esper.jobs.offline import add_arguments as add_offline_arguments
+
+    add_offline_arguments(offline)
+    offline.set_defaults(func=_cmd_train_offline)
+
+    _add_evaluate_parser(commands)
+    _add_compare_parser(commands)
+
+    report = commands.add_parser("report", help="plots and an HTML page from run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
+    report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
+    report.set_defaults(func=_cmd_report)
+
+    runs = commands.add_parser("runs", help="list the run folders in DIR")
+    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
+    runs.set_defaults(func=_cmd_runs)
+    return parser
+
+
+def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
+    """`esper train heuristic` and its flags."""
     heuristic = modes.add_parser("heuristic", help="grow a host under the heuristic controller")
     heuristic.add_argument("--task", help="task name (see `esper tasks`); default digits")
     heuristic.add_argument("--epochs", type=int, help="epochs (default: the task's)")
@@ -313,19 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_scaleout_arguments(heuristic)
     heuristic.set_defaults(func=_cmd_train_heuristic, parser=heuristic)
 
-    ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
-    from esper.jobs.ppo import add_arguments as add_ppo_arguments
 
-    add_ppo_arguments(ppo)
-    add_scaleout_arguments(ppo)
-    ppo.set_defaults(func=_cmd_train_ppo, parser=ppo)
-
-    offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
-    from esper.jobs.offline import add_arguments as add_offline_arguments
-
-    add_offline_arguments(offline)
-    offline.set_defaults(func=_cmd_train_offline)
-
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    """`esper evaluate` and its flags."""
     evaluate = commands.add_parser("evaluate", help="run a controller on held-out episodes vs. the host alone")
     evaluate.add_argument("--policy", required=True, help="policy.pt from `esper train ppo` or `esper train offline`, or heuristic, or random")
     evaluate.add_argument("--task", help="task (default: the policy's, or digits)")
@@ -337,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(evaluate, "the episodes' hosts")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    """`esper compare` and its flags."""
     compare = commands.add_parser(
         "compare", help="does growth pay? the grown network against static ones, over seeds"
     )
@@ -356,16 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
     compare.add_argument("--quiet", action="store_true", help="no live progress")
     compare.set_defaults(func=_cmd_compare)
-
-    report = commands.add_parser("report", help="plots and an HTML page from run folders")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
-    report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
-    report.set_defaults(func=_cmd_report)
-
-    runs = commands.add_parser("runs", help="list the run folders in DIR")
-    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
-    runs.set_defaults(func=_cmd_runs)
-    return parser
 
 
 class _Stopped(Exception):

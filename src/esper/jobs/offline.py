@@ -107,12 +107,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     data = Transitions(**{**columns, "obs": norm(columns["obs"]), "next_obs": norm(columns["next_obs"]), "reward": reward})
     note = recorded.skipped_note()
     if console is not None:
-        if note:
-            console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
-        console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
-                      f"gamma {offline.gamma}{', ' + ' and '.join(potentials) + ' dropped' if offline.drop_shaping else ''}, "
-                      f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
-                      markup=False, highlight=False)  # fmt: skip
+        _say_what_is_learned(console, config, recorded, data, offline, potentials)
     model, history = train_offline(data, offline)
     names = space.names()
     summary = {
@@ -145,6 +140,18 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
     _write_run(folder, run_config, history, payload, summary, config.tensorboard)
     return summary
+
+
+def _say_what_is_learned(console: Console, config: OfflineRunConfig, recorded: RecordedTransitions, data: Transitions,
+                         offline: OfflineConfig, potentials: tuple[str, ...]) -> None:  # fmt: skip
+    """What is skipped in the recordings, and what the controller learns from."""
+    note = recorded.skipped_note()
+    if note:
+        console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
+    console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
+                  f"gamma {offline.gamma}{', ' + ' and '.join(potentials) + ' dropped' if offline.drop_shaping else ''}, "
+                  f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
+                  markup=False, highlight=False)  # fmt: skip
 
 
 def _learning_reward(recorded: RecordedTransitions, overrides: dict[str, float], drop_potentials: bool) -> tuple[dict[str, Any], Tensor]:
