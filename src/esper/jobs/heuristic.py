@@ -31,7 +31,7 @@ from esper.nissa import RichConsoleOutput, TelemetryHub
 from esper.nissa.run_folder import RunFolder, read_json, write_json
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
-from esper.runtime.recorder import GrowthRecorder, complete_summary, resumed_config
+from esper.runtime.recorder import GrowthRecorder, run_config
 from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
@@ -246,20 +246,17 @@ def run_heuristic(
 
     With a distributed `world` every rank calls this; rank 0 returns the summary, the others None.
     `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
-    Resuming, `epochs` trains the run to that many epochs (`resume_config`); a run already
+    Resuming, `epochs` trains the run to that many epochs (`runtime.recorder.resumed_config`); a run already
     complete as planned is left as it is (its summary is returned).
     """
     world = world or World.single()
     folder = RunFolder(run_dir)
-    if resume:
-        config = world.run_on_main(lambda: resume_config(folder, epochs))
-        complete = world.run_on_main(lambda: complete_summary(folder, "epoch"))
-        if complete is not None:
-            if console is not None and world.is_main:
-                say_complete(console, folder, "heuristic", "epochs", complete["epochs"])
-            return complete if world.is_main else None
-    elif config is None:
-        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    config, complete = run_config(config, folder, "heuristic", "epoch", resume, epochs, world, console,
+                                  lambda saved: build_config(HeuristicRunConfig, saved, {}))  # fmt: skip
+    if complete is not None:
+        return complete if world.is_main else None
+    if resume and epochs is not None:
+        world.run_on_main(lambda: record_episode_length(folder, epochs))
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
     prepared = prepare_run(config, world, resume)
@@ -275,27 +272,11 @@ def run_heuristic(
     return recorder.summarize(head, body)
 
 
-def resume_config(folder: RunFolder, epochs: int | None) -> HeuristicRunConfig:
-    """The config of the run in `folder`, trained to `epochs` when given (`resumed_config`); its
-    recorded transitions then say the episode's new length."""
-    config = build_config(HeuristicRunConfig, resumed_config(folder, "heuristic", "epoch", epochs), {})
-    meta_path = folder.path / META_FILE
-    if epochs is not None and meta_path.exists():
-        meta = read_json(meta_path)
-        if meta.get("episode_length") != epochs:
-            write_json(meta_path, {**meta, "episode_length": epochs})
-    return config
-
-
-def say_complete(console: Console, folder: RunFolder, mode: str, key: str, planned: int) -> None:
-    """One line: the resumed run is complete as planned, and how to train it longer."""
-    console.print(
-        f"{folder.path} is complete ({planned} {key}): nothing to do. To train it longer: "
-        f"esper train {mode} --resume {folder.path} --{key} N (N > {planned})",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+def record_episode_length(folder: RunFolder, epochs: int) -> None:
+    """A run trained to `epochs`: its recorded transitions say the episode's length is that now."""
+    path = folder.path / META_FILE
+    if path.exists() and (meta := read_json(path)).get("episode_length") != epochs:
+        write_json(path, {**meta, "episode_length": epochs})
 
 
 def open_run(

@@ -43,13 +43,13 @@ from typing_extensions import TypedDict  # pydantic checks typing's TypedDict on
 from esper import __version__
 from esper.jobs.config import build_config, check_placement
 from esper.jobs.device_options import add_device_arguments
-from esper.jobs.heuristic import resolve_blueprints, say_complete
+from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
 from esper.nissa import TelemetryHub, read_jsonl
 from esper.nissa.run_folder import RunFolder
 from esper.runtime import TaskData, TaskSpec, get_task
-from esper.runtime.recorder import RunRecorder, complete_summary, resumed_config
+from esper.runtime.recorder import RunRecorder, run_config
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
 from esper.simic.features import RunningNorm
@@ -244,15 +244,10 @@ def run_ppo(
     """
     world = world or World.single()
     folder = RunFolder(run_dir)
-    if resume:
-        config = world.run_on_main(lambda: build_config(PPORunConfig, resumed_config(folder, "ppo", "round", rounds), {}))
-        complete = world.run_on_main(lambda: complete_summary(folder, "round"))
-        if complete is not None:
-            if console is not None and world.is_main:
-                say_complete(console, folder, "ppo", "rounds", complete["rounds"])
-            return complete if world.is_main else None
-    elif config is None:
-        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    config, complete = run_config(config, folder, "ppo", "round", resume, rounds, world, console,
+                                  lambda saved: build_config(PPORunConfig, saved, {}))  # fmt: skip
+    if complete is not None:
+        return complete if world.is_main else None
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
     session = prepare_session(config, world, resume, console)

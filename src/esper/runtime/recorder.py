@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from torch import nn
@@ -48,6 +48,7 @@ from esper.tolaria import EpochResult, MorphogeneticTrainer, TrainingFailed
 from esper.tolaria.distributed import World
 from esper.tolaria.engine import Outcome
 
+C = TypeVar("C")
 # The seed outcomes a summary counts, by the stage a seed moved to.
 _COUNTED_MOVES = {SeedStage.GERMINATED.name: "germinated", SeedStage.FOSSILIZED.name: "fossilized", SeedStage.CULLED.name: "culled"}
 
@@ -282,6 +283,39 @@ class GrowthRecorder(RunRecorder):
             "rollbacks": trainer.governor.rollbacks,
             "final_slots": slot_snapshot(trainer),
         }
+
+
+def run_config(
+    config: C | None,
+    folder: RunFolder,
+    mode: str,
+    unit: str,
+    resume: bool,
+    total: int | None,
+    world: World,
+    console: Console | None,
+    build: Callable[[dict[str, Any]], C],
+) -> tuple[C, dict[str, Any] | None]:
+    """Every rank: the config a new run starts with (`config`), or the one the `mode` run in
+    `folder` resumes with (`build` of the saved one, trained to `total` epochs or rounds when
+    given: `resumed_config`); and the summary of a resumed run that is complete as planned,
+    which leaves nothing to do (`console` is told)."""
+    if not resume:
+        if config is None:
+            raise ValueError("a new run needs a config (or resume=True to continue one)")
+        return config, None
+    saved = build(world.run_on_main(lambda: resumed_config(folder, mode, unit, total)))
+    complete = world.run_on_main(lambda: complete_summary(folder, unit))
+    if complete is not None and console is not None and world.is_main:
+        planned = complete[f"{unit}s"]
+        console.print(
+            f"{folder.path} is complete ({planned} {unit}s): nothing to do. To train it longer: "
+            f"esper train {mode} --resume {folder.path} --{unit}s N (N > {planned})",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    return saved, complete
 
 
 def resumed_config(folder: RunFolder, mode: str, unit: str, total: int | None = None) -> dict[str, Any]:
