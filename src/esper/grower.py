@@ -34,12 +34,19 @@ passes in train mode with gradients on are training, those inside `evaluate` are
 validation; per epoch and cumulative in each record's `flops`, and in summary.json.
 A model whose forward cannot run on meta tensors is grown without them (one warning).
 
-With `run_dir`, the run gets a run folder like `esper train heuristic`'s
-(config.json, events.jsonl, metrics.jsonl, checkpoints/ every `checkpoint_every`
-epochs, summary.json once the planned epochs are done or at `close()`), so
+With `run_dir`, the run gets a run folder like `esper train heuristic`'s, kept by the
+same recorder (`runtime.recorder.GrowthRecorder`): config.json, events.jsonl,
+metrics.jsonl, checkpoints/ every `checkpoint_every` epochs, summary.json once the
+planned epochs are done or at `close()`, so
 `esper report` and `esper runs` work on it; `resume=True` continues the run the
 folder holds (build the same model and optimiser first; `grower.epoch` says where
 to go on from).
+
+Misuse is refused, not passed over: an optimiser that holds none of the grafted
+model's parameters (`ValueError` at once), an `evaluate` that returns NaN for a
+model whose outputs are finite (`ValueError` naming `evaluate`), and a run whose
+last epoch has no finite score, which has failed (`TrainingFailed`, summary.json
+"failed"): no run is "complete" without a final metric.
 """
 
 from __future__ import annotations

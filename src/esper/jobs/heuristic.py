@@ -4,7 +4,14 @@ A run that the governor keeps rolling back (`max_consecutive_rollbacks` epochs
 in a row: a fault in the host or the data that no rollback cures) stops: its
 summary.json says `"status": "failed"` with the reason, and `run_heuristic`
 raises `TrainingFailed` (the CLI prints it and exits non-zero). Everything
-written up to then stays.
+written up to then stays. So does a run that ends without a final metric (its
+last epoch's score not finite). The run folder and its telemetry are kept by
+`runtime.recorder.GrowthRecorder`, as for `esper.Grower`.
+
+Resumed (`--resume`), a run keeps its own settings; `epochs` trains a finished
+or interrupted run longer (the learning-rate schedule and the heuristic's
+planning then stretch over the new length), and a run already complete as
+planned is left as it is.
 
 Under torchrun (a distributed `World`) every rank trains its share of each batch
 (`runtime.session.build_trainer`); rank 0 alone owns the run folder: it reads the
