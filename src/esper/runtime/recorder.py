@@ -346,8 +346,9 @@ def resumed_config(folder: RunFolder, mode: str, unit: str, total: int | None = 
 
 
 def complete_summary(folder: RunFolder, unit: str) -> dict[str, Any] | None:
-    """summary.json of a run that is complete as planned in its config.json (None: there is more to do)."""
-    if not folder.summary_path.exists():
+    """summary.json of a run that is complete as planned in its config.json, its final checkpoint
+    written (None: there is more to do)."""
+    if not (folder.summary_path.exists() and (folder.checkpoint_dir / FINAL_CHECKPOINT).exists()):
         return None
     summary, saved = read_json(folder.summary_path), read_json(folder.config_path)
     key = f"{unit}s"
