@@ -17,7 +17,7 @@ from pathlib import Path
 
 from esper.jobs.compare import CompareFolder
 from esper.jobs.compare_report import arm_rows, difference_rows, target_rows
-from esper.jobs.run_folder import read_json
+from esper.nissa.run_folder import read_json
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:

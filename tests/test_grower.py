@@ -285,11 +285,11 @@ def test_a_seed_that_breaks_the_evaluation_is_found_culled_and_rolled_back() -> 
 def test_a_fault_no_rollback_cures_stops_the_run_with_a_failed_summary(tmp_path: Path) -> None:
     grown = esper.graft(_mlp(), ["1"], TRAIN_X[:2])
     optimizer = torch.optim.SGD(grown.parameters(), lr=0.05)
-    grower = esper.Grower(grown, optimizer, lambda m: math.nan, epochs=10, run_dir=tmp_path / "run")
-    grower.end_epoch(train_loss=1.0)
-    grower.end_epoch(train_loss=1.0)
+    grower = esper.Grower(grown, optimizer, accuracy, epochs=10, run_dir=tmp_path / "run")
+    grower.end_epoch(train_loss=math.nan)  # the user's loop diverges every epoch, whatever is rolled back
+    grower.end_epoch(train_loss=math.nan)
     with pytest.raises(TrainingFailed, match="growing failed at epoch 2: 3 consecutive rollbacks"):
-        grower.end_epoch(train_loss=1.0)
+        grower.end_epoch(train_loss=math.nan)
     run = load_run(tmp_path / "run")
     assert run.failed and run.mode == "grower" and run.done == 3
 

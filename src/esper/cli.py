@@ -60,10 +60,11 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
     from esper.jobs.heuristic import check_processes, run_heuristic
     from esper.jobs.report import print_summary
-    from esper.jobs.run_folder import RunFolder
+    from esper.nissa.run_folder import RunFolder
 
     scaleout.check_launch(args)
     if args.resume:
+        _check_resume_flags(args, "epochs")
         run_dir, config = Path(args.resume), None
     else:
         file_values = read_config_file(args.config) if args.config else {}
@@ -94,12 +95,35 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
         return _launch(args, "heuristic", run_dir, console)
     with scaleout.worker_world(args) as world, _resumable("heuristic", run_dir):
         quiet = args.quiet or not world.is_main
-        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+        summary = run_heuristic(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world,
+                                epochs=args.epochs if args.resume else None)  # fmt: skip
     if summary is None:  # a rank other than 0: rank 0 reports
         return 0
     print_summary(summary, console)
     console.print(f"Run folder: {run_dir}", highlight=False)
     return 0
+
+
+# What says how to run a command, not what it trains: these go with --resume.
+_HOW_TO_RUN = ("resume", "quiet", "threads", "nproc", "nnodes", "rdzv_endpoint", "rdzv_id", "dist_backend", "dist_timeout")
+
+
+def _check_resume_flags(args: argparse.Namespace, extends: str) -> None:
+    """--resume continues a run with its own settings: a flag that would change them is refused,
+    except `extends` (--epochs, --rounds), which trains the run longer."""
+    parser = args.parser
+    defaults = vars(parser.parse_args([]))
+    given = [
+        action.option_strings[0]
+        for action in parser._actions  # argparse lists its flags nowhere else
+        if action.option_strings and action.dest in defaults and action.dest not in (*_HOW_TO_RUN, extends)
+        and getattr(args, action.dest) != defaults[action.dest]
+    ]
+    if given:
+        raise ValueError(
+            f"--resume DIR continues a run with its own settings; drop {', '.join(given)} "
+            f"(only --{extends} may be given with it, to train the run longer)"
+        )
 
 
 def _compare_run_keys(args: argparse.Namespace) -> dict | None:
@@ -177,10 +201,11 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
     from esper.jobs.config import build_config, read_config_file
     from esper.jobs.ppo import PPORunConfig, check_processes, overrides_from_args, run_ppo
-    from esper.jobs.run_folder import RunFolder
+    from esper.nissa.run_folder import RunFolder
 
     scaleout.check_launch(args)
     if args.resume:
+        _check_resume_flags(args, "rounds")
         run_dir, config = Path(args.resume), None
     else:
         file_values = read_config_file(args.config) if args.config else {}
@@ -193,7 +218,8 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
         return _launch(args, "ppo", run_dir, console)
     with scaleout.worker_world(args) as world, _resumable("ppo", run_dir):
         quiet = args.quiet or not world.is_main
-        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world)
+        summary = run_ppo(config, run_dir, resume=bool(args.resume), console=None if quiet else console, world=world,
+                          rounds=args.rounds if args.resume else None)  # fmt: skip
     if summary is None:  # a rank other than 0: rank 0 reports
         return 0
     console.print(
@@ -245,6 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a grown network or a controller")
     modes = train.add_subparsers(dest="mode", required=True)
+    _add_heuristic_parser(modes)
+
+    ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
+    from esper.jobs.ppo import add_arguments as add_ppo_arguments
+    from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
+
+    add_ppo_arguments(ppo)
+    add_scaleout_arguments(ppo)
+    ppo.set_defaults(func=_cmd_train_ppo, parser=ppo)
+
+    offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
+    from esper.jobs.offline import add_arguments as add_offline_arguments
+
+    add_offline_arguments(offline)
+    offline.set_defaults(func=_cmd_train_offline)
+
+    _add_evaluate_parser(commands)
+    _add_compare_parser(commands)
+
+    report = commands.add_parser("report", help="plots and an HTML page from run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
+    report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
+    report.set_defaults(func=_cmd_report)
+
+    runs = commands.add_parser("runs", help="list the run folders in DIR")
+    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
+    runs.set_defaults(func=_cmd_runs)
+    return parser
+
+
+def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
+    """`esper train heuristic` and its flags."""
     heuristic = modes.add_parser("heuristic", help="grow a host under the heuristic controller")
     heuristic.add_argument("--task", help="task name (see `esper tasks`); default digits")
     heuristic.add_argument("--epochs", type=int, help="epochs (default: the task's)")
@@ -285,21 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     from esper.jobs.scaleout import add_arguments as add_scaleout_arguments
 
     add_scaleout_arguments(heuristic)
-    heuristic.set_defaults(func=_cmd_train_heuristic)
+    heuristic.set_defaults(func=_cmd_train_heuristic, parser=heuristic)
 
-    ppo = modes.add_parser("ppo", help="learn the controller with PPO over parallel environments")
-    from esper.jobs.ppo import add_arguments as add_ppo_arguments
 
-    add_ppo_arguments(ppo)
-    add_scaleout_arguments(ppo)
-    ppo.set_defaults(func=_cmd_train_ppo)
-
-    offline = modes.add_parser("offline", help="learn a controller from recorded runs (offline DQN + CQL)")
-    from esper.jobs.offline import add_arguments as add_offline_arguments
-
-    add_offline_arguments(offline)
-    offline.set_defaults(func=_cmd_train_offline)
-
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    """`esper evaluate` and its flags."""
     evaluate = commands.add_parser("evaluate", help="run a controller on held-out episodes vs. the host alone")
     evaluate.add_argument("--policy", required=True, help="policy.pt from `esper train ppo` or `esper train offline`, or heuristic, or random")
     evaluate.add_argument("--task", help="task (default: the policy's, or digits)")
@@ -311,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(evaluate, "the episodes' hosts")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    """`esper compare` and its flags."""
     compare = commands.add_parser(
         "compare", help="does growth pay? the grown network against static ones, over seeds"
     )
@@ -330,16 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
     compare.add_argument("--quiet", action="store_true", help="no live progress")
     compare.set_defaults(func=_cmd_compare)
-
-    report = commands.add_parser("report", help="plots and an HTML page from run folders")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
-    report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
-    report.set_defaults(func=_cmd_report)
-
-    runs = commands.add_parser("runs", help="list the run folders in DIR")
-    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
-    runs.set_defaults(func=_cmd_runs)
-    return parser
 
 
 class _Stopped(Exception):
@@ -367,8 +408,8 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     added to it); before that nothing was written and the command is simply run again.
     """
     from esper.jobs.compare import CONFIG_FILE
-    from esper.jobs.run_folder import RunFolder
     from esper.jobs.scaleout import LaunchFailed
+    from esper.nissa.run_folder import RunFolder
     from esper.tolaria.distributed import RankFailure
 
     started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path

@@ -34,32 +34,35 @@ passes in train mode with gradients on are training, those inside `evaluate` are
 validation; per epoch and cumulative in each record's `flops`, and in summary.json.
 A model whose forward cannot run on meta tensors is grown without them (one warning).
 
-With `run_dir`, the run gets a run folder like `esper train heuristic`'s
-(config.json, events.jsonl, metrics.jsonl, checkpoints/ every `checkpoint_every`
-epochs, summary.json once the planned epochs are done or at `close()`), so
+With `run_dir`, the run gets a run folder like `esper train heuristic`'s, kept by the
+same recorder (`runtime.recorder.GrowthRecorder`): config.json, events.jsonl,
+metrics.jsonl, checkpoints/ every `checkpoint_every` epochs, summary.json once the
+planned epochs are done or at `close()`, so
 `esper report` and `esper runs` work on it; `resume=True` continues the run the
 folder holds (build the same model and optimiser first; `grower.epoch` says where
 to go on from).
+
+Misuse is refused, not passed over: an optimiser that holds none of the grafted
+model's parameters (`ValueError` at once), an `evaluate` that returns NaN for a
+model whose outputs are finite (`ValueError` naming `evaluate`), and a run whose
+last epoch has no finite score, which has failed (`TrainingFailed`, summary.json
+"failed"): no run is "complete" without a final metric.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import torch
 from rich.console import Console
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
-from esper.jobs.config import HeuristicRunConfig
-from esper.jobs.heuristic import growth_summary, make_chooser, write_epoch
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.kasmina.host import SeededModel
 from esper.leyline import (
     Action,
@@ -68,10 +71,12 @@ from esper.leyline import (
     GrowthBudget,
     StageTransition,
     TelemetryEvent,
-    TelemetryEventType,
 )
-from esper.nissa import JsonlEventOutput, JsonlWriter, RichConsoleOutput, TelemetryHub
+from esper.nissa import TelemetryHub
+from esper.nissa.run_folder import RunFolder
+from esper.runtime.recorder import GrowthRecorder
 from esper.runtime.session import blueprints_for
+from esper.simic.curriculum import make_chooser
 from esper.simic.policy import PolicyController
 from esper.tamiyo import HeuristicController
 from esper.tolaria import EpochLoop, EpochRecord, EpochResult, TrainingFailed
@@ -133,24 +138,10 @@ class Grower:
         checkpoint_every: int = 5,
         console: Console | None = None,
     ) -> None:
-        if not isinstance(grafted, SeededModel):
-            raise TypeError(
-                f"Grower grows a model with seed slots, got {type(grafted).__name__}: "
-                "graft slots onto it first, grown = esper.graft(model, targets, example_input)"
-            )
-        for name, value in (
-            ("epochs", epochs),
-            ("grad_stats_every", grad_stats_every),
-            ("checkpoint_every", checkpoint_every),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        _check_arguments(grafted, optimizer, epochs=epochs, grad_stats_every=grad_stats_every,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
         self.model = grafted
-        self.controller, self.blueprints, planned = _resolve_controller(
-            controller, grafted, blueprints
-        )
+        self.controller, self.blueprints, planned = _resolve_controller(controller, grafted, blueprints)
         self.epochs = epochs if epochs is not None else planned
         if budget is not None and budget.limited and not self.blueprints:
             raise ValueError(
@@ -175,36 +166,21 @@ class Grower:
         # The slots report lifecycle events to this run too (and still to whoever they did before).
         self._slot_telemetry = {k: s.on_telemetry for k, s in grafted.seed_slots.items()}
         for slot in grafted.seed_slots.values():
-            slot.on_telemetry = (
-                self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
-            )
-        self.loop = EpochLoop(
-            self.trainer, self.epochs or _OPEN_ENDED, self._on_epoch, max_consecutive_rollbacks
-        )
+            slot.on_telemetry = self.hub if slot.on_telemetry is None else _both(slot.on_telemetry, self.hub)
+        self.loop = EpochLoop(self.trainer, self.epochs or _OPEN_ENDED, self._on_epoch, max_consecutive_rollbacks)
         self.history: list[EpochRecord] = []  # every epoch's record, in order
         self.transitions: list[StageTransition] = []  # every lifecycle move, in order
         self.closed = False
         self._steps = 0
         self._hook = optimizer.register_step_pre_hook(self._before_step)
-        self._folder: RunFolder | None = None
-        self._metrics: JsonlWriter | None = None
-        self._started = time.perf_counter()
+        folder = None if run_dir is None else RunFolder(run_dir)
+        self.recorder = GrowthRecorder(folder, self.hub, MODE, self.task, self.trainer, type(grafted.host).__qualname__,
+                                       state=lambda _epochs: self.state_dict(), checkpoint_every=checkpoint_every)  # fmt: skip
         try:
-            if run_dir is not None:
-                self._open_run(RunFolder(run_dir), controller, resume)
-            if console is not None:
-                self.hub.add_output(RichConsoleOutput(console))
-            self.hub.emit(
-                TelemetryEvent(
-                    TelemetryEventType.RUN_STARTED,
-                    data={
-                        "total_epochs": self.epochs,
-                        "task": self.task,
-                        "mode": MODE,
-                        "start_epoch": self.epoch,
-                    },
-                )
-            )
+            if folder is not None:
+                self._open_run(folder, controller, resume)
+            self.recorder.show(console)
+            self.recorder.start(self.epochs)
         except BaseException:
             self._release()
             raise
@@ -240,17 +216,7 @@ class Grower:
         try:
             result = self.loop.start()
         except TrainingFailed as failed:
-            self._finish(failure=failed.reason)
-            where = (
-                ""
-                if self._folder is None
-                else f" Every epoch up to it is kept in {self._folder.path}."
-            )
-            raise TrainingFailed(
-                f"growing failed at epoch {failed.result.record.epoch}: {failed.reason}.{where} Look for "
-                "non-finite values in the data and for a model that diverges on its own (learning rate).",
-                failed.result,
-            ) from None
+            self._fail(failed)
         self.loop.finish(self.controller.decide(result.signals))
         self._steps = 0
         if self.epochs is not None and self.epoch >= self.epochs:
@@ -300,85 +266,53 @@ class Grower:
     ) -> None:
         self.history.append(result.record)
         self.transitions.extend(moves)
-        write_epoch(self._metrics, self.hub, self.trainer, result, outcomes, moves)
-        finished = (
-            self.epoch > result.record.epoch
-        )  # a failed epoch stops before its lifecycle step
-        if self._folder is not None and finished and self.epoch % self.checkpoint_every == 0:
-            self._folder.save_checkpoint(
-                self.state_dict(), self._folder.checkpoint_path(self.epoch)
-            )
+        self.recorder.on_epoch(result, outcomes, moves)
 
     def _open_run(self, folder: RunFolder, controller: object, resume: bool) -> None:
         if resume and folder.config_path.exists():
             folder.saved_config(MODE)  # refuses another kind of run
-            folder.resume(GrowerCheckpoint, self._restore)
-        else:
-            if folder.config_path.exists():
-                raise FileExistsError(
-                    f"{folder.path} already holds a run: pass resume=True to continue it, or another run_dir"
-                )
-            config = {
-                "task": self.task,
-                "epochs": self.epochs,
-                "controller": str(controller)
-                if isinstance(controller, (str, os.PathLike))
-                else type(controller).__name__,
-                "slots": list(self.model.seed_slots),
-                "blueprints": self.blueprints,
-                "checkpoint_every": self.checkpoint_every,
-            }
-            folder.create(
-                {
-                    "mode": MODE,
-                    "config": config,
-                    "epochs": self.epochs,
-                    "esper_version": __version__,
-                }
+            self.recorder.open(None, GrowerCheckpoint, self._restore)
+            return
+        if folder.config_path.exists():
+            raise FileExistsError(
+                f"{folder.path} already holds a run: pass resume=True to continue it, or another run_dir"
             )
-        self._folder = folder
-        self.hub.add_output(JsonlEventOutput(folder.events_path))
-        self._metrics = JsonlWriter(folder.metrics_path)
+        named = str(controller) if isinstance(controller, (str, os.PathLike)) else type(controller).__name__
+        config = {
+            "task": self.task,
+            "epochs": self.epochs,
+            "controller": named,
+            "slots": list(self.model.seed_slots),
+            "blueprints": self.blueprints,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        new = {"mode": MODE, "config": config, "epochs": self.epochs, "esper_version": __version__}
+        self.recorder.open(new, GrowerCheckpoint, self._restore)
 
     def _restore(self, payload: dict[str, Any]) -> int:
         self.load_state_dict(payload)
         return self.epoch
 
-    def _finish(self, failure: str | None = None) -> None:
-        """The run's end: final checkpoint and summary (with a run folder), outputs closed."""
+    def _finish(self) -> None:
+        """The run's end: final checkpoint and summary (with a run folder), outputs closed.
+        A run without a final metric has failed (`_fail`)."""
         try:
-            folder = self._folder
-            if folder is not None and failure is None:
-                folder.save_checkpoint(self.state_dict(), folder.checkpoint_dir / FINAL_CHECKPOINT)
-            self.hub.emit(
-                TelemetryEvent(
-                    TelemetryEventType.RUN_FINISHED,
-                    message=failure or "",
-                    data={
-                        "epochs": self.epoch,
-                        **({} if failure is None else {"status": "failed"}),
-                    },
-                )
-            )
-            if self._metrics is not None:
-                self._metrics.close()
-            if folder is not None and self.history:
-                self._summarize(folder, failure)
+            self.recorder.finish(self.epoch)
+        except TrainingFailed as failed:
+            self._fail(failed)
+        try:
+            if self.history:
+                self.recorder.summarize({"epochs": self.epoch}, {})
         finally:
             self._release()
 
-    def _summarize(self, folder: RunFolder, failure: str | None) -> None:
-        summary = {
-            "mode": MODE,
-            "task": self.task,
-            "epochs": self.epoch,
-            "status": "complete" if failure is None else "failed",
-            **({} if failure is None else {"reason": failure}),
-            **growth_summary(folder, self.trainer, type(self.model.host).__qualname__),
-            "wall_seconds_this_session": round(time.perf_counter() - self._started, 2),
-            "esper_version": __version__,
-        }
-        write_json(folder.summary_path, summary)
+    def _fail(self, failed: TrainingFailed) -> NoReturn:
+        """The run stopped on `failed`: a failed summary (with a run folder), outputs closed, raised."""
+        try:
+            error = self.recorder.failed(failed, "growing", {"epochs": self.epoch}, {})
+        finally:
+            self._release()
+        raise error from None
 
     def _release(self) -> None:
         self.closed = True
@@ -386,9 +320,27 @@ class Grower:
         self.user_loop.close()
         for slot_id, previous in self._slot_telemetry.items():
             self.model.seed_slots[slot_id].on_telemetry = previous
-        if self._metrics is not None:
-            self._metrics.close()
-        self.hub.close()
+        self.recorder.close()
+
+
+def _check_arguments(grafted: object, optimizer: object, **counts: int | None) -> None:
+    """Refuse a model without seed slots, an optimiser that trains none of it, and counts below 1."""
+    if not isinstance(grafted, SeededModel):
+        raise TypeError(
+            f"Grower grows a model with seed slots, got {type(grafted).__name__}: "
+            "graft slots onto it first, grown = esper.graft(model, targets, example_input)"
+        )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in grafted.parameters()):
+        raise ValueError(
+            "the optimizer holds none of the grafted model's parameters, so nothing would be trained: "
+            "build it over the grafted model, e.g. torch.optim.AdamW(grown.parameters(), lr=...)"
+        )
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 # --------------------------------------------------------------------------- controllers
@@ -411,7 +363,7 @@ def _resolve_controller(
     if str(controller) == "heuristic":
         chosen = blueprints_for(topology, blueprints)
         return (
-            HeuristicController(make_chooser(topology, chosen, HeuristicRunConfig())),
+            HeuristicController(make_chooser(topology, chosen)),
             chosen,
             None,
         )

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from esper.cli import main
-from esper.jobs.run_folder import RunFolder
+from esper.nissa.run_folder import RunFolder
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic, NetworkConfig
@@ -177,7 +177,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint(kind, heuristic_reference, tmp
     _corrupt(latest, kind, tmp_path)
     cut_off = latest.with_name(latest.name + ".tmp")  # what a kill mid-write leaves
     cut_off.write_bytes(b"PK\x03\x04")
-    with caplog.at_level(logging.WARNING, logger="esper.jobs"):
+    with caplog.at_level(logging.WARNING, logger="esper.nissa"):
         assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0
     assert not cut_off.exists()
     warnings = caplog.text
@@ -192,7 +192,7 @@ def test_resume_with_no_readable_checkpoint_starts_over(heuristic_reference, tmp
     run_dir = _crashed_copy(heuristic_reference, tmp_path / "run")
     for path in RunFolder(run_dir).checkpoints():
         _corrupt(path, "empty", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="esper.jobs"):
+    with caplog.at_level(logging.WARNING, logger="esper.nissa"):
         assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0
     assert "starts from the beginning" in caplog.text
     assert _metrics(run_dir) == _metrics(heuristic_reference)
@@ -217,7 +217,7 @@ def test_ppo_resume_skips_a_corrupt_latest_checkpoint(tmp_path, caplog) -> None:
     assert main([*argv, "--run-dir", str(reference)]) == 0
     _crashed_copy(reference, run_dir)
     _corrupt(run_dir / "checkpoints" / f"epoch_{PPO_ROUNDS:04d}.pt", "truncated", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="esper.jobs"):
+    with caplog.at_level(logging.WARNING, logger="esper.nissa"):
         assert main(["train", "ppo", "--resume", str(run_dir), "--quiet"]) == 0
     assert f"epoch_{PPO_ROUNDS:04d}.pt" in caplog.text
     assert _metrics(run_dir) == _metrics(reference)

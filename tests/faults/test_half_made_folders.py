@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esper.cli import main
-from esper.jobs.run_folder import RunFolder
+from esper.nissa.run_folder import RunFolder
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ import torch
 from esper.cli import main
 from esper.jobs import offline as offline_job
 from esper.jobs.evaluate import evaluate
-from esper.jobs.run_folder import RunFolder
 from esper.nissa import JsonlWriter, read_jsonl
+from esper.nissa.run_folder import RunFolder
 from esper.simic.recording import META_FILE, TRANSITIONS_FILE
 
 EPISODES, LENGTH = 3, 6

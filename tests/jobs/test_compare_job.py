@@ -10,8 +10,8 @@ import pytest
 from esper.cli import main
 from esper.jobs import compare as compare_job
 from esper.jobs.compare import CompareConfig, run_compare
-from esper.jobs.run_folder import read_json
 from esper.nissa import read_jsonl
+from esper.nissa.run_folder import read_json
 
 EPOCHS = 4
 # Plants at the first chance and keeps any measured seed, so a 4-epoch run grows.

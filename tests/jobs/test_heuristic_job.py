@@ -12,9 +12,9 @@ from rich.console import Console
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import run_heuristic
 from esper.jobs.report import format_flops, print_summary
-from esper.jobs.run_folder import RunFolder
 from esper.leyline import LIFECYCLE_EVENTS, TelemetryEventType
 from esper.nissa import read_jsonl
+from esper.nissa.run_folder import RunFolder
 from esper.tolaria import MorphogeneticTrainer
 
 # Eager enough that seeds are planted, blended and judged inside a 14-epoch run:

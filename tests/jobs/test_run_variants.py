@@ -10,9 +10,9 @@ import torch
 
 from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.heuristic import run_heuristic
-from esper.jobs.run_folder import read_json
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.nissa import read_jsonl
+from esper.nissa.run_folder import read_json
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.features import FeatureLayout, RunningNorm

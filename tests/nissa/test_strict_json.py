@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from esper.jobs.run_folder import read_json, write_json
 from esper.nissa import JsonlWriter, numbered_jsonl, read_jsonl, strict_json
+from esper.nissa.run_folder import read_json, write_json
 
 NAN, INF = float("nan"), float("inf")
 

@@ -45,8 +45,8 @@ from esper.jobs.compare_results import ARMS, ArmRun, compare_results
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import prepare_run, run_heuristic
 from esper.jobs.report_figures import save_png
-from esper.jobs.run_folder import read_json, write_json
 from esper.nissa.files import check_format, check_writable, with_format
+from esper.nissa.run_folder import read_json, write_json
 from esper.runtime import get_task
 from esper.runtime.static_host import host_variant
 from esper.tolaria import TrainingFailed

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esper.jobs.run_folder import RunFolder, read_json
 from esper.nissa import read_jsonl
+from esper.nissa.run_folder import RunFolder, read_json
 
 ARMS = ("host-only", "grown", "policy", "scheduled", "static-final", "static-final-matched",
         "static-reference", "static-reference-matched")  # fmt: skip

@@ -24,16 +24,13 @@ from rich.table import Table
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import make_heuristic, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
-from esper.jobs.run_folder import write_json
 from esper.leyline import Controller
 from esper.nissa.files import check_writable, restore
+from esper.nissa.run_folder import write_json
 from esper.runtime import get_task
 from esper.simic.actions import ActionSpace
 from esper.simic.policy import PolicyController, RandomController
-from esper.simic.recording import (
-    TRANSITIONS_FILE,
-    episode_recorder,
-)
+from esper.simic.recording import TRANSITIONS_FILE, EpisodeRecorder, episode_recorder
 from esper.simic.rewards import RewardConfig
 from esper.simic.vec_env import EVAL_SEED_OFFSET, MorphogeneticEnv, play
 from esper.tamiyo import NoGrowthController
@@ -123,42 +120,51 @@ def evaluate(
     if record is not None:
         recorder = episode_recorder(record, setup.task, setup.slots, setup.blueprints, setup.reward,
                                     mode="evaluate", policy=policy, episode_length=setup.episode_length)  # fmt: skip
-    rows = []
     try:
-        for episode_seed in track(seeds, description=f"evaluate {policy}", console=console, disable=console is None):
-            grown = play(env, setup.make(episode_seed), episode_seed, recorder).to_dict()
-            host = play(env, NoGrowthController(), episode_seed)
-            rows.append({
-                **grown,
-                "host_only_val_accuracy": host.final_val_accuracy,
-                "host_only_return": host.episode_return,
-                # Paired on the same seed, so the host's own (seed-dependent) progress cancels out.
-                "return_over_host_only": grown["return"] - host.episode_return,
-            })
+        episodes_shown = track(seeds, description=f"evaluate {policy}", console=console, disable=console is None)
+        rows = [paired_episode(env, setup, episode_seed, recorder) for episode_seed in episodes_shown]
     finally:
         if recorder is not None:
             recorder.log.close()
-    actions = Counter()
-    outcomes = Counter()
-    for row in rows:
-        actions.update(row["actions"])
-        outcomes.update(row["seeds"])
-    report = {
-        "policy": policy,
-        "task": setup.task,
-        "episodes": episodes,
-        "episode_length": setup.episode_length,
-        "seeds": seeds,
-        **{m: mean_std([float(r[m]) for r in rows]) for m in MEASURES},
-        "actions_per_episode": {k: v / episodes for k, v in sorted(actions.items())},
-        "seed_outcomes": dict(outcomes),
-        "per_episode": rows,
-    }
+    report = summarize(policy, setup, seeds, rows)
     if console is not None:
         print_report(report, console)  # first: the table is shown even if writing the file fails
     if json_path is not None:
         write_json(Path(json_path), report)
     return report
+
+
+def paired_episode(env: MorphogeneticEnv, setup: EvaluationSetup, episode_seed: int, recorder: EpisodeRecorder | None) -> dict[str, Any]:
+    """One held-out episode with the controller and the same one with the host alone."""
+    grown = play(env, setup.make(episode_seed), episode_seed, recorder).to_dict()
+    host = play(env, NoGrowthController(), episode_seed)
+    return {
+        **grown,
+        "host_only_val_accuracy": host.final_val_accuracy,
+        "host_only_return": host.episode_return,
+        # Paired on the same seed, so the host's own (seed-dependent) progress cancels out.
+        "return_over_host_only": grown["return"] - host.episode_return,
+    }
+
+
+def summarize(policy: str, setup: EvaluationSetup, seeds: list[int], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report: every measure's mean and std over the episodes, actions and seed outcomes."""
+    actions = Counter()
+    outcomes = Counter()
+    for row in rows:
+        actions.update(row["actions"])
+        outcomes.update(row["seeds"])
+    return {
+        "policy": policy,
+        "task": setup.task,
+        "episodes": len(rows),
+        "episode_length": setup.episode_length,
+        "seeds": seeds,
+        **{m: mean_std([float(r[m]) for r in rows]) for m in MEASURES},
+        "actions_per_episode": {k: v / len(rows) for k, v in sorted(actions.items())},
+        "seed_outcomes": dict(outcomes),
+        "per_episode": rows,
+    }
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

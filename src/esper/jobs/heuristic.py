@@ -4,7 +4,14 @@ A run that the governor keeps rolling back (`max_consecutive_rollbacks` epochs
 in a row: a fault in the host or the data that no rollback cures) stops: its
 summary.json says `"status": "failed"` with the reason, and `run_heuristic`
 raises `TrainingFailed` (the CLI prints it and exits non-zero). Everything
-written up to then stays.
+written up to then stays. So does a run that ends without a final metric (its
+last epoch's score not finite). The run folder and its telemetry are kept by
+`runtime.recorder.GrowthRecorder`, as for `esper.Grower`.
+
+Resumed (`--resume`), a run keeps its own settings; `epochs` trains a finished
+or interrupted run longer (the learning-rate schedule and the heuristic's
+planning then stretch over the new length), and a run already complete as
+planned is left as it is.
 
 Under torchrun (a distributed `World`) every rank trains its share of each batch
 (`runtime.session.build_trainer`); rank 0 alone owns the run folder: it reads the
@@ -15,7 +22,6 @@ config and checkpoint on resume and hands them to the others, runs the controlle
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,36 +32,21 @@ from typing_extensions import TypedDict  # pydantic checks typing's TypedDict on
 
 from esper import __version__
 from esper.jobs.config import HeuristicRunConfig, build_config
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, read_json, write_json
 from esper.jobs.scaleout import run_fingerprint
-from esper.kasmina.blueprints import BlueprintRegistry
-from esper.leyline import (
-    Controller,
-    SeedLedger,
-    StageTransition,
-    TelemetryEvent,
-    TelemetryEventType,
-)
-from esper.nissa import (
-    BlueprintAnalytics,
-    JsonlEventOutput,
-    JsonlWriter,
-    RichConsoleOutput,
-    TelemetryHub,
-    read_jsonl,
-)
+from esper.leyline import Controller, StageTransition, TelemetryEvent, TelemetryEventType
+from esper.nissa import RichConsoleOutput, TelemetryHub
+from esper.nissa.run_folder import RunFolder, read_json, write_json
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
+from esper.runtime.recorder import GrowthRecorder, run_config
 from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
-from esper.simic.curriculum import BlueprintCurriculum
+from esper.simic.curriculum import BlueprintCurriculum, make_chooser
 from esper.simic.policy import PolicyController
-from esper.simic.recording import RecordedController, episode_recorder
+from esper.simic.recording import META_FILE, EpisodeRecorder, RecordedController, episode_recorder
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo import (
-    BlueprintChooser,
-    BlueprintRotation,
     HeuristicConfig,
     HeuristicController,
     NoGrowthController,
@@ -78,23 +69,6 @@ class HeuristicCheckpoint(TypedDict):
     trainer: dict[str, Any]
     controller: dict[str, Any]
     recorder: dict[str, Any]
-
-
-def make_chooser(topology: str, blueprints: list[str], config: HeuristicRunConfig) -> BlueprintChooser:
-    """The heuristic's blueprint chooser: simic's UCB1 curriculum (default) or plain rotation."""
-    if config.chooser == "rotation":
-        return BlueprintRotation(blueprints)
-    complexity = [BlueprintRegistry.get(topology, name).param_estimate for name in blueprints]
-    curriculum = BlueprintCurriculum(blueprints, complexity)
-    if config.curriculum is not None:
-        saved = BlueprintCurriculum.load(config.curriculum)
-        if sorted(saved.blueprints) != sorted(blueprints):
-            raise ValueError(
-                f"curriculum {config.curriculum} covers {saved.blueprints}, this run uses {blueprints}; "
-                "pass the same --blueprints (and task topology) as the run that wrote it"
-            )
-        curriculum = saved
-    return curriculum
 
 
 def check_processes(config: HeuristicRunConfig, processes: int) -> None:
@@ -232,40 +206,8 @@ def heuristic_config(spec: TaskSpec, overrides: dict[str, Any]) -> HeuristicConf
 
 def make_heuristic(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> HeuristicController:
     """The controller `esper train heuristic` runs with `config` (and `esper evaluate` by default)."""
-    chooser = make_chooser(spec.topology, blueprints, config)
+    chooser = make_chooser(spec.topology, blueprints, config.chooser, config.curriculum)
     return HeuristicController(chooser, heuristic_config(spec, config.heuristic))
-
-
-def slot_snapshot(trainer: MorphogeneticTrainer) -> dict[str, dict[str, Any] | None]:
-    """Each slot's live seed, as a report (None without one)."""
-    return {
-        slot_id: None if (report := slot.report()) is None else report.to_dict()
-        for slot_id, slot in trainer.slots.items()
-    }
-
-
-def stack_snapshot(trainer: MorphogeneticTrainer) -> dict[str, list[dict[str, Any]]]:
-    """Each slot's stack: its fossilized seeds, in the order they were kept."""
-    return {
-        slot_id: [fossil.to_dict() for fossil in slot.fossil_reports]
-        for slot_id, slot in trainer.slots.items()
-    }
-
-
-def grown_architecture(host: str, trainer: MorphogeneticTrainer) -> dict[str, Any]:
-    """The static-final network: the `host` (what built it) and, per slot, the blueprints of its
-    fossils in order (live seeds are not in it: they were not kept)."""
-    return {
-        "host": host,
-        "slots": {slot_id: [f.blueprint_id for f in slot.fossil_reports] for slot_id, slot in trainer.slots.items()},
-    }
-
-
-def count_seeds(metrics: list[dict[str, Any]]) -> dict[str, int]:
-    """Germinations, fossilizations and culls, from the lifecycle moves each epoch's line lists."""
-    ledger = SeedLedger()
-    ledger.record_moves(StageTransition.from_dict(move) for line in metrics for move in line.get("transitions", []))
-    return ledger.totals
 
 
 def train_host_only(
@@ -298,85 +240,6 @@ def train_host_only(
     }
 
 
-def summarize(
-    folder: RunFolder,
-    trainer: MorphogeneticTrainer,
-    config: HeuristicRunConfig,
-    epochs: int,
-    seconds: float,
-    baseline: dict[str, Any] | None,
-    failure: str | None = None,
-) -> dict[str, Any]:
-    """Write summary.json: "status" is "complete", or "failed" with the `failure` as "reason"."""
-    summary = {
-        "mode": "heuristic",
-        "task": config.task,
-        "seed": config.seed,
-        "epochs": epochs,
-        "status": "complete" if failure is None else "failed",
-        **({} if failure is None else {"reason": failure}),
-        **growth_summary(folder, trainer, config.model or str(get_task(config.task).build_host)),
-        "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
-        "processes": trainer.world.size,
-        "wall_seconds_this_session": round(seconds, 2),
-        "esper_version": __version__,
-    }
-    write_json(folder.summary_path, summary)
-    return summary
-
-
-def growth_summary(folder: RunFolder, trainer: MorphogeneticTrainer, host: str) -> dict[str, Any]:
-    """What every growing run's summary.json says of the growth, from its run folder and trainer;
-    `host` says what built the host (for the grown architecture). "flops" is None when the
-    model's FLOPs cannot be counted (`tolaria.flops`)."""
-    analytics = BlueprintAnalytics()
-    for record in read_jsonl(folder.events_path):
-        analytics.handle(TelemetryEvent.from_dict(record))
-    metrics = read_jsonl(folder.metrics_path)
-    model = trainer.model
-    return {
-        "final_val_accuracy": metrics[-1]["val_accuracy"],
-        # Non-finite values read back as None (strict JSON): a run that never measured a finite one has none.
-        "best_val_accuracy": max((m["val_accuracy"] for m in metrics if m["val_accuracy"] is not None), default=None),
-        "host_params": model.host_param_count(),
-        "params_added": model.seed_param_count(),
-        "params": {
-            "host": model.host_param_count(),
-            "added": model.seed_param_count(),
-            "total": model.host_param_count() + model.seed_param_count(),
-        },
-        "flops": trainer.flops.summary(),
-        "architecture": grown_architecture(host, trainer),
-        "seeds": count_seeds(metrics),
-        "blueprints": analytics.summary(),
-        "rollbacks": trainer.governor.rollbacks,
-        "final_slots": slot_snapshot(trainer),
-    }
-
-
-def write_epoch(
-    metrics: JsonlWriter | None,
-    hub: TelemetryHub,
-    trainer: MorphogeneticTrainer,
-    result: EpochResult,
-    outcomes: list[Outcome],
-    moves: list[StageTransition],
-) -> None:
-    """An epoch's metrics.jsonl line (when the run keeps a folder) and its EPOCH_COMPLETED event,
-    as every growing run writes them."""
-    record = result.record
-    epoch_data = {**record.to_dict(), "slots": slot_snapshot(trainer), "fossils": stack_snapshot(trainer)}
-    if metrics is not None:
-        metrics.write(
-            {
-                **epoch_data,
-                "actions": [{"kind": a.kind.name, "slot": a.slot_id, "blueprint": a.blueprint_id, "done": done} for a, done, _ in outcomes],
-                "transitions": [move.to_dict() for move in moves],
-            }
-        )
-    hub.emit(TelemetryEvent(TelemetryEventType.EPOCH_COMPLETED, epoch=record.epoch, data=epoch_data))
-
-
 def run_heuristic(
     config: HeuristicRunConfig | None,
     run_dir: str | Path,
@@ -384,133 +247,128 @@ def run_heuristic(
     console: Console | None = None,
     world: World | None = None,
     progress: Callable[[int, int], None] | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) a grown run in `run_dir`; returns the summary written to summary.json.
 
     With a distributed `world` every rank calls this; rank 0 returns the summary, the others None.
     `progress(epochs_done, epochs)` is called after every epoch (for a caller's own display).
+    Resuming, `epochs` trains the run to that many epochs (`runtime.recorder.resumed_config`); a run already
+    complete as planned is left as it is (its summary is returned).
     """
     world = world or World.single()
-    main = world.is_main
     folder = RunFolder(run_dir)
-    if resume:
-        config = world.run_on_main(lambda: build_config(HeuristicRunConfig, folder.saved_config("heuristic"), {}))
-    elif config is None:
-        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    config, complete = run_config(config, folder, "heuristic", "epoch", resume, epochs, world, console,
+                                  lambda saved: build_config(HeuristicRunConfig, saved, {}))  # fmt: skip
+    if complete is not None:
+        return complete if world.is_main else None
+    if resume and epochs is not None:
+        world.run_on_main(lambda: record_episode_length(folder, epochs))
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
     prepared = prepare_run(config, world, resume)
-    spec, data, epochs, blueprints = prepared.spec, prepared.data, prepared.epochs, prepared.blueprints
-    controller, hub, trainer = prepared.controller, prepared.hub, prepared.trainer
-    world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
-    reward = build_config(RewardConfig, config.reward, {}, section="reward")  # checked before any folder
-    resumed = None
-    if config.tensorboard and main:
-        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
+    world.check_same("run's settings", run_fingerprint(config.to_dict(), prepared.data))
+    reward = build_config(RewardConfig, config.reward, {}, section="reward")
+    recorder, transitions = open_run(config, prepared, folder, world, reward, resume)
+    recorder.show(console)
+    train_run(config, prepared, recorder, transitions, progress)
+    baseline = host_only_baseline(config, prepared, folder, world, console) if config.baseline else None
+    if not world.is_main:
+        return None
+    head, body = summary_parts(config, prepared, world, baseline)
+    return recorder.summarize(head, body)
 
-    def restore_state(payload: dict[str, Any]) -> int:
+
+def record_episode_length(folder: RunFolder, epochs: int) -> None:
+    """A run trained to `epochs`: its recorded transitions say the episode's length is that now."""
+    path = folder.path / META_FILE
+    if path.exists() and (meta := read_json(path)).get("episode_length") != epochs:
+        write_json(path, {**meta, "episode_length": epochs})
+
+
+def open_run(
+    config: HeuristicRunConfig, prepared: PreparedRun, folder: RunFolder, world: World, reward: RewardConfig, resume: bool
+) -> tuple[GrowthRecorder, EpisodeRecorder | None]:
+    """The run's recorder, its folder made or resumed (every rank loads the checkpoint), and on
+    rank 0 the transition recorder: every decision is also recorded, for `esper train offline`."""
+    trainer, controller = prepared.trainer, prepared.controller
+    transitions: EpisodeRecorder | None = None
+
+    def state(_epochs: int) -> dict[str, Any]:
+        return {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": transitions.state_dict()}
+
+    def restore(payload: dict[str, Any]) -> int:
         trainer.load_state_dict(payload["trainer"])
         controller.load_state_dict(payload["controller"])
         return trainer.epoch
 
-    def open_folder() -> dict[str, Any] | None:
-        """Rank 0: the run folder; resuming, the trainer state every rank loads."""
-        nonlocal resumed
-        if not resume:
-            folder.create({"mode": "heuristic", "config": config.to_dict(), "epochs": epochs, "processes": world.size,
-                           "esper_version": __version__})  # fmt: skip
-        # Logs are truncated to the checkpoint loaded before any output opens them.
-        resumed = folder.resume(HeuristicCheckpoint, restore_state) if resume else None
-        return resumed.payload["trainer"] if resumed is not None and world.distributed else None
-
-    state = world.run_on_main(open_folder)
-    if state is not None and not main:
-        trainer.load_state_dict(state)
-    recorder = None
-    metrics = None
-    if main:
-        # Every decision is also recorded as a transition, for `esper train offline`.
-        recorder = episode_recorder(folder.path, config.task, prepared.slots, blueprints, reward,
-                                    mode="heuristic", episode_length=epochs)  # fmt: skip
+    recorder = GrowthRecorder(folder, prepared.hub, "heuristic", config.task, trainer,
+                              config.model or str(get_task(config.task).build_host), state=state,
+                              checkpoint_every=config.checkpoint_every, world=world, tensorboard=config.tensorboard)  # fmt: skip
+    new = {"mode": "heuristic", "config": config.to_dict(), "epochs": prepared.epochs, "processes": world.size,
+           "esper_version": __version__}  # fmt: skip
+    recorder.open(None if resume else new, HeuristicCheckpoint, restore)
+    if world.is_main:
+        transitions = episode_recorder(folder.path, config.task, prepared.slots, prepared.blueprints, reward,
+                                       mode="heuristic", episode_length=prepared.epochs)  # fmt: skip
+        resumed = recorder.resumed
         if resumed is not None:
-            resumed.restore("the transition recorder", lambda: recorder.load_state_dict(resumed.payload["recorder"]))
-        hub.add_output(JsonlEventOutput(folder.events_path))
-        if console is not None:
-            hub.add_output(RichConsoleOutput(console))
-        if config.tensorboard:
-            # Resumed: the epochs after the checkpoint run again, so their old points are hidden.
-            purge = trainer.epoch if resumed is not None else None
-            hub.add_output(TensorBoardOutput(folder.tensorboard_path, purge_step=purge))
-        metrics = JsonlWriter(folder.metrics_path)
+            resumed.restore("the transition recorder", lambda: transitions.load_state_dict(resumed.payload["recorder"]))
+    return recorder, transitions
 
-    def save(path: Path) -> None:
-        state = {"trainer": trainer.state_dict(), "controller": controller.state_dict(), "recorder": recorder.state_dict()}
-        folder.save_checkpoint(state, path)
+
+def train_run(
+    config: HeuristicRunConfig,
+    prepared: PreparedRun,
+    recorder: GrowthRecorder,
+    transitions: EpisodeRecorder | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """The epochs, to the end of the run; one that fails leaves a failed summary and raises `TrainingFailed`."""
+    trainer, controller, world, epochs = prepared.trainer, prepared.controller, recorder.world, prepared.epochs
 
     def on_epoch(result: EpochResult, outcomes: list[Outcome], moves: list[StageTransition]) -> None:
-        record = result.record
-        finished = trainer.epoch > record.epoch  # a failed epoch stops before its lifecycle step
-        checkpoint = finished and trainer.epoch % config.checkpoint_every == 0
-        if checkpoint:
-            world.check_replicas(trainer.model)
-        world.at(f"epoch {trainer.epoch} of {epochs}")
-        if not main:
-            return
-        write_epoch(metrics, hub, trainer, result, outcomes, moves)
-        if checkpoint:
-            save(folder.checkpoint_path(trainer.epoch))
-        if progress is not None:
+        recorder.on_epoch(result, outcomes, moves)
+        if progress is not None and world.is_main:
             progress(trainer.epoch, epochs)
 
-    started = time.perf_counter()
-    hub.emit(
-        TelemetryEvent(
-            TelemetryEventType.RUN_STARTED,
-            data={
-                "total_epochs": epochs,
-                "task": config.task,
-                "mode": "heuristic",
-                "start_epoch": trainer.epoch,
-                "processes": world.size,
-            },
-        )
-    )
-    world.at(f"epoch {trainer.epoch} of {epochs}")
+    recorder.start(epochs, processes=world.size)
     loop = EpochLoop(trainer, epochs, on_epoch, max_consecutive_rollbacks=config.max_consecutive_rollbacks, cap=prepared.cap)
     try:
-        run_epochs(loop, MainRankDecides(RecordedController(controller, recorder) if main else None, world))
-        if main:
-            save(folder.checkpoint_dir / FINAL_CHECKPOINT)
-            if isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
-                # What this run learned about blueprints, for the next run's --curriculum.
-                controller.chooser.save(folder.path / CURRICULUM_FILE)
-        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"epochs": epochs}))
+        run_epochs(loop, MainRankDecides(None if transitions is None else RecordedController(controller, transitions), world))
+        recorder.finish(trainer.epoch)
+        if world.is_main and isinstance(controller, HeuristicController) and isinstance(controller.chooser, BlueprintCurriculum):
+            # What this run learned about blueprints, for the next run's --curriculum.
+            controller.chooser.save(recorder.folder.path / CURRICULUM_FILE)
     except TrainingFailed as failed:
-        epoch = failed.result.record.epoch
-        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, epoch=epoch, message=failed.reason, data={"status": "failed"}))
-        if main:
-            metrics.close()
-            summarize(folder, trainer, config, epochs, time.perf_counter() - started, None, failure=failed.reason)
-        raise TrainingFailed(
-            f"the run failed at epoch {epoch}: {failed.reason}. Every epoch up to it is kept in "
-            f"{folder.path} (summary.json: status failed). Look for non-finite values in the data "
-            "and for a host that diverges on its own (learning rate, initialisation), then start a new run.",
-            failed.result,
-        ) from None
+        raise recorder.failed(failed, "the run", *summary_parts(config, prepared, world)) from None
     finally:
-        if main:
-            metrics.close()
-            recorder.log.close()
-        hub.close()
-    baseline = None
-    if config.baseline:
-        baseline_path = folder.path / "baseline.json"
-        baseline = world.run_on_main(lambda: read_json(baseline_path) if baseline_path.exists() else None)
-        if baseline is None:
-            world.at("the host-only baseline")
-            baseline = train_host_only(spec, data, config, epochs, console if main else None, world)
-            if main:
-                write_json(baseline_path, baseline)
-    if not main:
-        return None
-    return summarize(folder, trainer, config, epochs, time.perf_counter() - started, baseline)
+        recorder.close()
+        if transitions is not None:
+            transitions.log.close()
+
+
+def summary_parts(
+    config: HeuristicRunConfig, prepared: PreparedRun, world: World, baseline: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What summary.json says besides the growth: before it, and after it."""
+    head = {"seed": config.seed, "epochs": prepared.epochs}
+    body = {
+        "host_only_val_accuracy": None if baseline is None else baseline["final_val_accuracy"],
+        "processes": world.size,
+    }
+    return head, body
+
+
+def host_only_baseline(
+    config: HeuristicRunConfig, prepared: PreparedRun, folder: RunFolder, world: World, console: Console | None
+) -> dict[str, Any]:
+    """baseline.json: the host alone on the same seed and data order (trained once, read back on resume)."""
+    path = folder.path / "baseline.json"
+    baseline = world.run_on_main(lambda: read_json(path) if path.exists() else None)
+    if baseline is None or len(baseline["val_accuracy"]) != prepared.epochs:  # none yet, or the run was extended
+        world.at("the host-only baseline")
+        baseline = train_host_only(prepared.spec, prepared.data, config, prepared.epochs, console if world.is_main else None, world)
+        if world.is_main:
+            write_json(path, baseline)
+    return baseline

@@ -22,9 +22,9 @@ from esper.jobs import report_figures as figures
 from esper.jobs.compare_report import arm_rows, difference_rows, target_rows
 from esper.jobs.report import format_architecture, format_flops
 from esper.jobs.run_data import RunData, load_run
-from esper.jobs.run_folder import read_json
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import BlueprintAnalytics
+from esper.nissa.run_folder import read_json
 from esper.runtime import get_task
 
 PAGE = "report.html"

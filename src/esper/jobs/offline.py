@@ -45,8 +45,8 @@ from torch import Tensor
 from esper import __version__
 from esper.jobs.config import build_config
 from esper.jobs.ppo import POLICY_FILE, add_config_flags, config_flag_values
-from esper.jobs.run_folder import RunFolder, write_json
 from esper.nissa import JsonlWriter
+from esper.nissa.run_folder import RunFolder, write_json
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
 from esper.simic.features import RunningNorm
 from esper.simic.policy import policy_payload
@@ -100,12 +100,7 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     data = Transitions(**{**columns, "obs": norm(columns["obs"]), "next_obs": norm(columns["next_obs"]), "reward": reward})
     note = recorded.skipped_note()
     if console is not None:
-        if note:
-            console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
-        console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
-                      f"gamma {offline.gamma}{', ' + ' and '.join(POTENTIALS) + ' dropped' if offline.drop_shaping else ''}, "
-                      f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
-                      markup=False, highlight=False)  # fmt: skip
+        _say_what_is_learned(console, config, recorded, data, offline)
     model, history = train_offline(data, offline)
     names = space.names()
     summary = {
@@ -138,6 +133,18 @@ def run_offline(config: OfflineRunConfig, run_dir: str | Path, console: Console 
     run_config = {"mode": "offline", "config": {**config.to_dict(), "task": meta["task"]}, "esper_version": __version__}
     _write_run(folder, run_config, history, payload, summary, config.tensorboard)
     return summary
+
+
+def _say_what_is_learned(console: Console, config: OfflineRunConfig, recorded: RecordedTransitions, data: Transitions,
+                         offline: OfflineConfig) -> None:  # fmt: skip
+    """What is skipped in the recordings, and what the controller learns from."""
+    note = recorded.skipped_note()
+    if note:
+        console.print(f"offline: {note}", style="yellow", markup=False, highlight=False)
+    console.print(f"offline: {len(data):,} transitions ({int(data.rare.sum())} rare) from {len(config.sources)} run(s), "
+                  f"gamma {offline.gamma}{', ' + ' and '.join(POTENTIALS) + ' dropped' if offline.drop_shaping else ''}, "
+                  f"reward {_reward_note(recorded, config.reward)}, {offline.updates:,} updates",
+                  markup=False, highlight=False)  # fmt: skip
 
 
 def _learning_reward(recorded: RecordedTransitions, overrides: dict[str, float], drop_potentials: bool) -> tuple[dict[str, Any], Tensor]:

@@ -2,7 +2,7 @@
 
 Each round plays one episode (a fresh host trained for `episode_length` epochs)
 in every environment, then runs one PPO update. The run folder follows the main
-job's conventions (`jobs.run_folder`): config.json, events.jsonl, metrics.jsonl
+job's conventions (`runtime.recorder`, `nissa.run_folder`): config.json, events.jsonl, metrics.jsonl
 (one line per round), checkpoints/ every `checkpoint_every` rounds, summary.json
 with "mode": "ppo", and `--resume`. The policy is written to policy.pt at every
 checkpoint and at the end (see `simic.policy` for its content). With `tensorboard`
@@ -44,11 +44,12 @@ from esper import __version__
 from esper.jobs.config import build_config, check_placement
 from esper.jobs.device_options import add_device_arguments
 from esper.jobs.heuristic import resolve_blueprints
-from esper.jobs.run_folder import FINAL_CHECKPOINT, RunFolder, write_json
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
-from esper.nissa import JsonlEventOutput, JsonlWriter, TelemetryHub, read_jsonl
+from esper.nissa import TelemetryHub, read_jsonl
+from esper.nissa.run_folder import RunFolder
 from esper.runtime import TaskData, TaskSpec, get_task
+from esper.runtime.recorder import RunRecorder, run_config
 from esper.runtime.session import build_trainer
 from esper.simic.distributed import RoundLines, SharedVecEnv, split_description, too_many_processes
 from esper.simic.features import RunningNorm
@@ -196,53 +197,86 @@ def check_processes(config: PPORunConfig, processes: int) -> None:
         raise ValueError(too_many_processes(processes, config.envs))
 
 
+@dataclass(slots=True)
+class PPOSession:
+    """What a PPO run trains with, built and checked before its folder is made."""
+
+    ppo: PPOConfig
+    reward: RewardConfig
+    local: VecEnv  # the environments this rank steps: global indices lo..hi-1
+    env: VecEnv | SharedVecEnv  # every environment, as the rollout sees them
+    lo: int
+    hi: int
+    model: ActorCritic
+    optimizer: torch.optim.Optimizer
+    norm: RunningNorm
+    generator: torch.Generator
+    warm_stats: dict[str, float] | None = None  # what this session's warm start reported
+
+    def state(self, rounds_done: int) -> dict[str, Any]:
+        """A checkpoint's payload (`PPOCheckpoint`)."""
+        return {"round": rounds_done, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "normalizer": self.norm.state_dict(), "generator": self.generator.get_state()}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> int:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.norm.load_state_dict(state["normalizer"])
+        self.generator.set_state(state["generator"])
+        return state["round"]
+
+
 def run_ppo(
     config: PPORunConfig | None,
     run_dir: str | Path,
     resume: bool = False,
     console: Console | None = None,
     world: World | None = None,
+    rounds: int | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) a PPO controller in `run_dir`; returns the summary written to summary.json.
 
     With a distributed `world` (DD-PPO, see `simic.distributed`) every rank calls this and
     steps its share of the environments; rank 0 alone reads and writes the run folder
-    and returns the summary, the others return None.
+    and returns the summary, the others return None. Resuming, `rounds` trains the run to
+    that many rounds (`runtime.recorder.resumed_config`); a run already complete as planned
+    is left as it is.
     """
     world = world or World.single()
-    main = world.is_main
     folder = RunFolder(run_dir)
-    if resume:
-        config = world.run_on_main(lambda: build_config(PPORunConfig, folder.saved_config("ppo"), {}))
-    elif config is None:
-        raise ValueError("a new run needs a config (or resume=True to continue one)")
+    config, complete = run_config(config, folder, "ppo", "round", resume, rounds, world, console,
+                                  lambda saved: build_config(PPORunConfig, saved, {}))  # fmt: skip
+    if complete is not None:
+        return complete if world.is_main else None
     check_processes(config, world.size)
     # Everything that can be wrong with the config or the data is found before the folder is made.
+    session = prepare_session(config, world, resume, console)
+    recorder = RunRecorder(folder, TelemetryHub(), "ppo", config.task, state=session.state, unit="round",
+                           checkpoint_every=config.checkpoint_every, world=world, tensorboard=config.tensorboard,
+                           saved=lambda rounds, path: save_policy(recorder, session, config, rounds, path))  # fmt: skip
+    new = {"mode": "ppo", "config": config.to_dict(), "processes": world.size, "esper_version": __version__}
+    start_round = recorder.open(None if resume else new, PPOCheckpoint, session.restore)
+    recorder.show(None)
+    play_rounds(config, session, recorder, start_round, console)
+    if not world.is_main:
+        return None
+    return summarize(recorder, config, config.rounds - start_round, world.size, session.warm_stats)
+
+
+def prepare_session(config: PPORunConfig, world: World, resume: bool, console: Console | None) -> PPOSession:
+    """The environments, the policy and its optimiser, fitted to the warm-start recordings when asked
+    (a new run); the config's terminal reference is measured (and kept) when it has none."""
     ppo_config, network_config, reward_config, warm_config = config.parts()
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
-    recorded: RecordedTransitions | None = None  # rank 0's warm-start data (a new run with warm_start_from)
-    if config.warm_start_from and not resume:
-
-        def read_recordings() -> float | None:
-            nonlocal recorded
-            recorded = read_recordings_for(config.warm_start_from, config.task)
-            return recorded.meta["reward"].get("terminal_reference")
-
-        recorded_reference = world.run_on_main(read_recordings)
-        if "terminal_reference" not in config.reward:
-            # The recordings' rewards were paid against it: the critic fitted to them means the same here.
-            reward_config = replace(reward_config, terminal_reference=recorded_reference)
-            config.reward = {**config.reward, "terminal_reference": recorded_reference}
-            if console is not None and main:
-                said = "none: each episode's first-epoch" if recorded_reference is None else f"{recorded_reference:.2%}"
-                console.print(f"terminal reference: the warm-start recordings' ({said} val accuracy)", highlight=False)
+    recorded = None if resume else read_warm_start(config, world, console)
     if "terminal_reference" not in config.reward:
         # Measured before the folder is made and kept in its config.json, so a resumed run
         # (and the policy.pt, which carries the reward config) pays against the same reference.
-        reward_config = world.run_on_main(lambda: _measure_reference(spec, data, config, reward_config, console))
-        config.reward = {**config.reward, "terminal_reference": reward_config.terminal_reference}
+        measured = world.run_on_main(lambda: _measure_reference(spec, data, config, reward_config, console))
+        config.reward = {**config.reward, "terminal_reference": measured.terminal_reference}
+    reward_config = replace(reward_config, terminal_reference=config.reward["terminal_reference"])
     lo, hi = shard(config.envs, world.rank, world.size)  # the global environments this rank steps
     local = VecEnv(spec, data, hi - lo, config.episode_length, blueprints, config.slots, reward_config,
                    device=config.device, precision=config.precision, budget=config.budget)  # fmt: skip
@@ -253,86 +287,88 @@ def run_ppo(
     if trainer.budget is not None:
         trainer.budget.check_startup()
     world.check_same("run's settings", run_fingerprint(config.to_dict(), data))
-    if config.tensorboard and main:
-        from esper.nissa.tensorboard import TensorBoardOutput  # imports tensorboard only when asked
     torch.manual_seed(config.seed)
     model = ActorCritic(env.layout.size, len(env.space), network_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=ppo_config.learning_rate, eps=1e-5)
-    norm = RunningNorm(env.layout.size)
-    generator = torch.Generator().manual_seed(config.seed)
-    warm_stats: dict[str, float] | None = None
+    session = PPOSession(ppo_config, reward_config, local, env, lo, hi, model, optimizer,
+                         RunningNorm(env.layout.size), torch.Generator().manual_seed(config.seed))  # fmt: skip
     if config.warm_start_from and not resume:
+        fit_warm_start(config, session, warm_config, recorded, world, console)
+    return session
 
-        def fit() -> dict[str, Any]:
-            if recorded is None:  # read on rank 0 above; fit runs there alone
-                raise RuntimeError("the warm-start recordings were not read")
-            check_recorded_layout(recorded, env.layout)
-            stats = warm_start(model, norm, recorded, recorded.reweighed(reward_config), ppo_config.gamma, warm_config,
-                               torch.Generator().manual_seed(config.seed))  # fmt: skip
-            return {"stats": stats, "model": model.state_dict(), "normalizer": norm.state_dict()}
 
-        fitted = world.run_on_main(fit)
-        if not main:
-            model.load_state_dict(fitted["model"])
-            norm.load_state_dict(fitted["normalizer"])
-        warm_stats = fitted["stats"]
-        if console is not None and main:
-            console.print(f"warm start: fitted to {warm_stats['steps']:,} recorded steps from "
-                          f"{len(config.warm_start_from)} run(s); the policy takes the recorded action in "
-                          f"{warm_stats['agreement']:.0%} of them", highlight=False)  # fmt: skip
+def read_warm_start(config: PPORunConfig, world: World, console: Console | None) -> RecordedTransitions | None:
+    """The recordings a new run is warm-started from, read on rank 0 (None elsewhere, or without any);
+    a config without a terminal reference takes theirs (every rank)."""
+    if not config.warm_start_from:
+        return None
+    recorded: RecordedTransitions | None = None
 
-    def restore_state(state: dict[str, Any]) -> int:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        norm.load_state_dict(state["normalizer"])
-        generator.set_state(state["generator"])
-        return state["round"]
+    def read() -> float | None:
+        nonlocal recorded
+        recorded = read_recordings_for(config.warm_start_from, config.task)
+        return recorded.meta["reward"].get("terminal_reference")
 
-    def open_folder() -> tuple[int, dict[str, Any] | None]:
-        """Rank 0: the run folder; the round to start from and, resuming, the state every rank loads."""
-        if not resume:
-            folder.create({"mode": "ppo", "config": config.to_dict(), "processes": world.size, "esper_version": __version__})
-        resumed = folder.resume(PPOCheckpoint, restore_state) if resume else None
-        if resumed is None:
-            return 0, None
-        return resumed.payload["round"], resumed.payload if world.distributed else None
+    reference = world.run_on_main(read)
+    if "terminal_reference" not in config.reward:
+        # The recordings' rewards were paid against it: the critic fitted to them means the same here.
+        config.reward = {**config.reward, "terminal_reference": reference}
+        if console is not None and world.is_main:
+            said = "none: each episode's first-epoch" if reference is None else f"{reference:.2%}"
+            console.print(f"terminal reference: the warm-start recordings' ({said} val accuracy)", highlight=False)
+    return recorded
 
-    start_round, state = world.run_on_main(open_folder)
-    if state is not None and not main:
-        restore_state(state)
 
-    hub = TelemetryHub()
-    metrics = log = None
+def fit_warm_start(config: PPORunConfig, session: PPOSession, warm_config: WarmStartConfig,
+                   recorded: RecordedTransitions | None, world: World, console: Console | None) -> None:  # fmt: skip
+    """The policy fitted to the recordings on rank 0 (`simic.warm_start`), then handed to every rank."""
+    model, norm = session.model, session.norm
+
+    def fit() -> dict[str, Any]:
+        if recorded is None:  # read on rank 0; fit runs there alone
+            raise RuntimeError("the warm-start recordings were not read")
+        check_recorded_layout(recorded, session.env.layout)
+        stats = warm_start(model, norm, recorded, recorded.reweighed(session.reward), session.ppo.gamma, warm_config,
+                           torch.Generator().manual_seed(config.seed))  # fmt: skip
+        return {"stats": stats, "model": model.state_dict(), "normalizer": norm.state_dict()}
+
+    fitted = world.run_on_main(fit)
+    if not world.is_main:
+        model.load_state_dict(fitted["model"])
+        norm.load_state_dict(fitted["normalizer"])
+    stats = session.warm_stats = fitted["stats"]
+    if console is not None and world.is_main:
+        console.print(f"warm start: fitted to {stats['steps']:,} recorded steps from "
+                      f"{len(config.warm_start_from)} run(s); the policy takes the recorded action in "
+                      f"{stats['agreement']:.0%} of them", highlight=False)  # fmt: skip
+
+
+def save_policy(recorder: RunRecorder, session: PPOSession, config: PPORunConfig, rounds_done: int, path: Path) -> None:
+    """After each checkpoint: policy.pt as of it, and CHECKPOINT_SAVED."""
+    env = session.env
+    policy = policy_payload(session.model, session.norm, env.layout, env.space, task=config.task, round=rounds_done,
+                            episode_length=config.episode_length, reward=asdict(session.reward),
+                            warm_start_from=list(config.warm_start_from))  # fmt: skip
+    recorder.folder.save_checkpoint(policy, recorder.folder.path / POLICY_FILE)
+    recorder.hub.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=rounds_done - 1, message=str(path)))
+
+
+def play_rounds(config: PPORunConfig, session: PPOSession, recorder: RunRecorder, start_round: int, console: Console | None) -> None:
+    """The rounds from `start_round` to the end, each recorded as a metrics line (rank 0)."""
+    world, env, local = recorder.world, session.env, session.local
+    main = world.is_main
+    # Every environment's decisions are also recorded as transitions, for `esper train offline`.
+    log = None
     if main:
-        hub.add_output(JsonlEventOutput(folder.events_path))
-        if config.tensorboard:
-            # Resumed: the rounds after the checkpoint are played again, so their old points are hidden.
-            hub.add_output(TensorBoardOutput(folder.tensorboard_path, purge_step=start_round if resume else None))
-        # Every environment's decisions are also recorded as transitions, for `esper train offline`.
-        log = TransitionLog(folder.path, transitions_meta(config.task, env.layout, env.space, reward_config,
-                                                          mode="ppo", episode_length=config.episode_length))  # fmt: skip
-        metrics = JsonlWriter(folder.metrics_path)
+        log = TransitionLog(recorder.folder.path, transitions_meta(config.task, env.layout, env.space, session.reward,
+                                                                   mode="ppo", episode_length=config.episode_length))  # fmt: skip
     # Several ranks: each records its own environments, and rank 0 writes every line once a round.
     lines = RoundLines() if world.distributed else None
-    local.recorders = [
-        EpisodeRecorder(log if lines is None else lines.for_env(k), env.layout, env.space, reward_config) for k in range(lo, hi)
-    ]
-
-    def save(rounds_done: int, path: Path) -> None:
-        state = {"round": rounds_done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "normalizer": norm.state_dict(), "generator": generator.get_state()}  # fmt: skip
-        folder.save_checkpoint(state, path)
-        policy = policy_payload(model, norm, env.layout, env.space, task=config.task, round=rounds_done,
-                                episode_length=config.episode_length, reward=asdict(reward_config),
-                                warm_start_from=list(config.warm_start_from))  # fmt: skip
-        folder.save_checkpoint(policy, folder.path / POLICY_FILE)
-        hub.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=rounds_done - 1, message=str(path)))
-
+    local.recorders = [EpisodeRecorder(log if lines is None else lines.for_env(k), env.layout, env.space, session.reward)
+                       for k in range(session.lo, session.hi)]  # fmt: skip
     progress = _progress(console) if console is not None and main else None
-    started = time.perf_counter()
     split = split_description(config.envs, world.size) if world.distributed else None
-    hub.emit(TelemetryEvent(TelemetryEventType.RUN_STARTED, message=split or "", data={"mode": "ppo", "task": config.task,
-             "total_rounds": config.rounds, "start_round": start_round, "processes": world.size}))  # fmt: skip
+    recorder.start(config.rounds, message=split or "", processes=world.size)
     if split is not None and console is not None and main:
         console.print(split, highlight=False)
     try:
@@ -340,61 +376,60 @@ def run_ppo(
             progress.start()
             bar = progress.add_task(f"ppo {config.task}", total=config.rounds, completed=start_round, info="")
         for round_index in range(start_round, config.rounds):
-            world.at(f"round {round_index}")
-            round_started = time.perf_counter()
-            seeds = [training_seed(config.seed, round_index, k, config.envs) for k in range(config.envs)]
-            for recorder, episode_seed in zip(local.recorders, seeds[lo:hi], strict=True):
-                recorder.start(episode_seed, epoch=round_index)
-            model.eval()
-            rollout = collect_rollout(env, model, norm, seeds, generator)
-            model.train()
-            update = ppo_update(model, optimizer, rollout, ppo_config, generator, world)
-            episodes = env.episode_stats()
-            if lines is not None:
-                lines.flush(world, log)
-            checkpoint = (round_index + 1) % config.checkpoint_every == 0
-            if checkpoint:
-                world.check_replicas(model)
-            if not main:
-                continue
-            record = round_metrics(round_index, rollout, episodes, update)
-            record["seconds"] = round(time.perf_counter() - round_started, 3)
-            metrics.write(record)
-            hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index, data={k: v for k, v in record.items() if k != "rewards_per_step"}))
-            if progress is not None:
-                info = f"return {record['return']['mean']:+.3f} ({record['return_without_potentials']['mean']:+.3f} without potentials)  entropy {update['entropy']:.2f}  kl {update['approx_kl']:.4f}"
+            record = play_round(config, session, recorder, round_index, lines, log)
+            if progress is not None and record is not None:
+                info = (f"return {record['return']['mean']:+.3f} ({record['return_without_potentials']['mean']:+.3f} "
+                        f"without potentials)  entropy {record['entropy']:.2f}  kl {record['approx_kl']:.4f}")  # fmt: skip
                 progress.update(bar, advance=1, info=info)
-            if checkpoint:
-                save(round_index + 1, folder.checkpoint_path(round_index + 1))
-        if main:
-            save(config.rounds, folder.checkpoint_dir / FINAL_CHECKPOINT)
-        hub.emit(TelemetryEvent(TelemetryEventType.RUN_FINISHED, data={"rounds": config.rounds}))
+        recorder.finish(config.rounds)
     finally:
         if progress is not None:
             progress.stop()
-        if main:
-            metrics.close()
+        recorder.close()
+        if log is not None:
             log.close()
-        hub.close()
-    if not main:
+
+
+def play_round(config: PPORunConfig, session: PPOSession, recorder: RunRecorder, round_index: int,
+               lines: RoundLines | None, log: TransitionLog | None) -> dict[str, Any] | None:  # fmt: skip
+    """One round: an episode in every environment, one PPO update; its metrics line on rank 0 (None elsewhere)."""
+    world, model = recorder.world, session.model
+    world.at(f"round {round_index}")
+    round_started = time.perf_counter()
+    seeds = [training_seed(config.seed, round_index, k, config.envs) for k in range(config.envs)]
+    for episode_recorder, episode_seed in zip(session.local.recorders, seeds[session.lo : session.hi], strict=True):
+        episode_recorder.start(episode_seed, epoch=round_index)
+    model.eval()
+    rollout = collect_rollout(session.env, model, session.norm, seeds, session.generator)
+    model.train()
+    update = ppo_update(model, session.optimizer, rollout, session.ppo, session.generator, world)
+    episodes = session.env.episode_stats()
+    if lines is not None:
+        lines.flush(world, log)
+    checkpoint = recorder.checkpoint_due(round_index + 1, model)
+    if not world.is_main:
         return None
-    return summarize(folder, config, time.perf_counter() - started, config.rounds - start_round, world.size, warm_stats)
+    record = round_metrics(round_index, rollout, episodes, update)
+    record["seconds"] = round(time.perf_counter() - round_started, 3)
+    recorder.write(record)
+    recorder.hub.emit(TelemetryEvent(TelemetryEventType.PPO_UPDATE, epoch=round_index,
+                                     data={k: v for k, v in record.items() if k != "rewards_per_step"}))  # fmt: skip
+    if checkpoint:
+        recorder.save(round_index + 1)
+    return record
 
 
 def summarize(
-    folder: RunFolder,
+    recorder: RunRecorder,
     config: PPORunConfig,
-    seconds: float,
     rounds_this_session: int,
     processes: int = 1,
     warm_start: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """summary.json; `warm_start` is what this session's warm start reported (None when it had none)."""
-    rounds = [r["return"]["mean"] for r in read_jsonl(folder.metrics_path)]
+    rounds = [r["return"]["mean"] for r in read_jsonl(recorder.folder.metrics_path)]
     window = max(len(rounds) // 10, 1)
-    summary = {
-        "mode": "ppo",
-        "task": config.task,
+    head = {
         "seed": config.seed,
         "rounds": config.rounds,
         "envs": config.envs,
@@ -402,21 +437,18 @@ def summarize(
         "episodes": config.rounds * config.envs,
         # The host alone's final val accuracy the terminal reward is paid against.
         "terminal_reference": config.reward.get("terminal_reference"),
-        "status": "complete",
+    }
+    body = {
         "first_rounds_return": statistics.fmean(rounds[:window]),
         "last_rounds_return": statistics.fmean(rounds[-window:]),
         "best_round_return": max(rounds),
         "warm_start_from": list(config.warm_start_from),
-        "policy": str(folder.path / POLICY_FILE),
+        "policy": str(recorder.folder.path / POLICY_FILE),
         "rounds_this_session": rounds_this_session,
         "processes": processes,
-        "wall_seconds_this_session": round(seconds, 2),
-        "esper_version": __version__,
+        **({} if warm_start is None else {"warm_start": warm_start}),
     }
-    if warm_start is not None:
-        summary["warm_start"] = warm_start
-    write_json(folder.summary_path, summary)
-    return summary
+    return recorder.summarize(head, body)
 
 
 # --------------------------------------------------------------------------- CLI

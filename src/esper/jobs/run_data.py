@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esper.jobs.run_folder import RunFolder, read_json
 from esper.nissa import read_jsonl
+from esper.nissa.run_folder import RunFolder, read_json
 
 BASELINE_FILE = "baseline.json"
 

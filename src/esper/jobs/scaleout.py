@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from esper import __version__
-from esper.jobs.run_folder import RunFolder
 from esper.nissa.files import check_writable
+from esper.nissa.run_folder import RunFolder
 from esper.runtime.data import TaskData
 from esper.tolaria.distributed import BACKENDS, DEFAULT_TIMEOUT_S, World, init_world
 

@@ -17,7 +17,9 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from esper.kasmina.blueprints import BlueprintRegistry
 from esper.nissa import strict_json
+from esper.tamiyo import BlueprintChooser, BlueprintRotation
 
 # Bonus for never-tried arms: dominates any realistic explored score, so every arm
 # is tried once before UCB1 starts comparing means.
@@ -196,3 +198,19 @@ class BlueprintCurriculum:
         except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             problem = " ".join(str(err).split())
         raise ValueError(f"curriculum file {path} cannot be used: {problem}")
+
+
+def make_chooser(topology: str, blueprints: list[str], chooser: str = "curriculum", saved: str | None = None) -> BlueprintChooser:
+    """The heuristic's blueprint chooser: this UCB1 curriculum (default; from the `saved` curriculum.json
+    of an earlier run when given) or plain rotation ("rotation")."""
+    if chooser == "rotation":
+        return BlueprintRotation(blueprints)
+    if saved is None:
+        return BlueprintCurriculum(blueprints, [BlueprintRegistry.get(topology, name).param_estimate for name in blueprints])
+    curriculum = BlueprintCurriculum.load(saved)
+    if sorted(curriculum.blueprints) != sorted(blueprints):
+        raise ValueError(
+            f"curriculum {saved} covers {curriculum.blueprints}, this run uses {blueprints}; "
+            "pass the same --blueprints (and task topology) as the run that wrote it"
+        )
+    return curriculum

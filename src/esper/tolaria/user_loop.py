@@ -157,6 +157,11 @@ class UserLoop:
             )
         if finite and not torch.stack(finite).all().item():  # one read-back for the whole evaluation
             return math.nan
+        if math.isnan(value):  # the model's outputs were finite: the NaN is evaluate's own
+            raise ValueError(
+                f"evaluate(model) returned {value} while the model's outputs were finite: it must return a "
+                "finite score, higher is better (an empty validation set, for one, gives 0/0)"
+            )
         return float(value)
 
     # ------------------------------------------------------------------ the phases

@@ -36,7 +36,7 @@ CHECKPOINT_DIR = "checkpoints"
 FINAL_CHECKPOINT = "final.pt"
 RESUMABLE_MODES = ("heuristic", "ppo")  # the `esper train` modes that have --resume
 
-logger = logging.getLogger("esper.jobs")
+logger = logging.getLogger("esper.nissa")
 T = TypeVar("T")
 
 
