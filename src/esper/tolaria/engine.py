@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from esper.kasmina.host import MorphogeneticModel
+from esper.kasmina.width import carry_optimizer_state
 from esper.leyline import (
     ACTIVE_STAGES,
     Action,
@@ -306,8 +307,12 @@ class MorphogeneticTrainer:
 
     def _sync_optimizers(self) -> None:
         """Keep the optimisers' groups in line with the slots: a group per live seed in the seed
-        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped."""
+        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped.
+        A merged width seed's layers replace their old parameters, optimiser state carried."""
         optimizers = self.optimizers
+        for slot in self.slots.values():
+            for merge in slot.drain_merges():
+                carry_optimizer_state(optimizers.torch_optimizers(), merge)
         live = {
             (slot_id, slot.state.seed_id): slot
             for slot_id, slot in self.slots.items()
