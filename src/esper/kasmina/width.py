@@ -35,13 +35,15 @@ statistics or extra forward passes (so a growth step spends no FLOPs beyond trai
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from esper.leyline import FossilReport
 
 INITS = ("net2wider", "zero")
 
@@ -70,22 +72,14 @@ class WidthSite:
 
 
 @dataclass(frozen=True, slots=True)
-class WidthReport:
+class WidthReport(FossilReport):
     """A fossilized width seed, merged into its slot's layer: `units_added` units, making it
-    `width` wide, `params` parameters added. The slot keeps these (not a fossil stack) so a
-    checkpoint can widen a fresh host the same way before its weights are loaded."""
+    `width` wide (`params`: the parameters that added). Kept by the slot in `widenings`, not in
+    its stack, so a checkpoint can widen a fresh host the same way before its weights load;
+    a kept seed like any fossil for whoever reads what growth kept (`EpochSignals.fossils`)."""
 
-    seed_id: str
-    blueprint_id: str
-    slot_id: str
     units_added: int
     width: int
-    params: int
-    counterfactual_contribution: float | None
-    epoch: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

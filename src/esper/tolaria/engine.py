@@ -249,7 +249,7 @@ class MorphogeneticTrainer:
             slots={slot_id: slot.report() for slot_id, slot in self.slots.items()},
             rolled_back=record.rollback is not None,
             transitions=self.drain_transitions(),
-            fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
+            fossils={slot_id: [*slot.widenings, *slot.fossil_reports] for slot_id, slot in self.slots.items()},
             flops=record.flops,
             affordable=None if self.budget is None else self.budget.affordable(),
             budget_left=None if self.budget is None else self.budget.left(),
