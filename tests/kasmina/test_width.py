@@ -149,7 +149,7 @@ def test_fossilized_seed_is_merged_into_a_wider_layer_with_the_same_output(name:
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     assert model.host_param_count() == host_params
     assert model.seed_param_count() == added > 0
-    assert not site.consumer._forward_hooks and not site.source._forward_pre_hooks
+    assert not site.consumer._forward_hooks and not site.layer._forward_pre_hooks
     model.train()
     model(x).sum().backward()  # the wider model trains
     assert site.layer.weight.grad.shape == site.layer.weight.shape
@@ -168,7 +168,7 @@ def test_culled_seed_leaves_the_host_as_it_was(name: str) -> None:
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(model(x), expected)
     site = model.host.width_site(slot.slot_id)
-    assert not site.consumer._forward_hooks and not site.source._forward_pre_hooks
+    assert not site.consumer._forward_hooks and not site.layer._forward_pre_hooks
 
 
 @pytest.mark.parametrize("name", ["cnn-middle", "mlp-last", "transformer"])
@@ -239,3 +239,75 @@ def test_counterfactual_fast_path_measures_a_width_seed_as_the_naive_one() -> No
     fast = validate_with_counterfactuals(model, batches)
     naive = validate_with_counterfactuals(model, batches, naive=True)
     assert fast.contributions == naive.contributions
+
+
+@pytest.mark.parametrize(
+    ("name", "order"),
+    [
+        ("cnn-middle", ("block2", "block3")),
+        ("cnn-middle", ("block3", "block2")),
+        ("mlp-middle", ("layer1", "layer2")),
+        ("mlp-middle", ("layer2", "layer1")),
+    ],
+)
+def test_neighbouring_width_seeds_merge_one_after_the_other(
+    name: str, order: tuple[str, str]
+) -> None:
+    """A live seed whose layer or consumer a merge widened follows it (zero weights for the new
+    units), in its optimiser too, and merges in its turn."""
+    model, _, x = _model(name, noise=0.3)
+    slots = [model.seed_slots[slot_id] for slot_id in order]
+    for slot in slots:
+        _grow(model, slot, S.PROBATIONARY)
+    optimizer = torch.optim.SGD(
+        [p for slot in slots for p in slot.seed.parameters()], lr=0.1, momentum=0.9
+    )
+    model.train()
+    model(x).square().mean().backward()
+    optimizer.step()
+    for slot in slots:
+        model.eval()
+        with torch.no_grad():
+            expected = model(x)
+        _grow(model, slot, S.FOSSILIZED)
+        for merge in slot.drain_merges():
+            carry_optimizer_state((optimizer,), merge)
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+        live = [p for s in slots if s.seed is not None for p in s.seed.parameters()]
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        assert {id(p) for p in live} <= in_optimizer
+        model.train()
+        optimizer.zero_grad()
+        model(
+            x
+        ).square().mean().backward()  # the survivor still trains, in step with the wider host
+        optimizer.step()
+    assert not any(isinstance(m, WidthSeed) for m in model.modules())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_merge_carries_every_per_parameter_state(optimizer: str) -> None:
+    model, slot, x = _model("cnn-last")
+    _grow(model, slot, S.PROBATIONARY)
+    make = (
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+        if optimizer == "sgd"
+        else (lambda p: torch.optim.AdamW(p, lr=0.01))
+    )
+    host_opt, seed_opt = make(model.host_parameters()), make(list(slot.seed.parameters()))
+    model.train()
+    model(x).square().mean().backward()
+    host_opt.step()
+    seed_opt.step()
+    site = model.host.width_site(slot.slot_id)
+    old, seed_out = site.consumer.weight, slot.seed.out_weight
+    old_state, seed_state = dict(host_opt.state[old]), dict(seed_opt.state[seed_out])
+    _grow(model, slot, S.FOSSILIZED)
+    (merge,) = slot.drain_merges()
+    carry_optimizer_state((host_opt, seed_opt), merge)
+    state = host_opt.state[site.consumer.weight]
+    for key, value in old_state.items():
+        if value.shape == old.shape:
+            assert torch.equal(state[key], torch.cat([value, seed_state[key]], dim=1))
+        else:
+            assert torch.equal(state[key], value)  # AdamW's step

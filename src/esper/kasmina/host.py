@@ -138,7 +138,7 @@ class CNNHost(StagedHost):
         block = self.blocks[i]
         last = i + 1 == len(self.blocks)
         consumer = self.classifier if last else self.blocks[i + 1].conv
-        return WidthSite(block, block.conv, block.norm, relu_pool_mean if last else relu_pool, consumer)
+        return WidthSite(block.conv, block.norm, relu_pool_mean if last else relu_pool, consumer)
 
 
 class TransformerHost(StagedHost):
@@ -188,7 +188,7 @@ class TransformerHost(StagedHost):
         """The hidden units of layer i's MLP: mlp[0]'s outputs, consumed by mlp[2]. (The layer's
         output width is the residual stream's, which every layer shares: it cannot widen alone.)"""
         mlp = self.layers[self.stage_index(slot_id)].mlp
-        return WidthSite(mlp, mlp[0], None, F.gelu, mlp[2], at_slot=False)
+        return WidthSite(mlp[0], None, F.gelu, mlp[2], at_slot=False)
 
 
 class MLPHost(StagedHost):
@@ -223,7 +223,7 @@ class MLPHost(StagedHost):
         """Hidden layer i's units, consumed by the next hidden Linear or the classifier."""
         i = self.stage_index(slot_id)
         consumer = self.classifier if i + 1 == len(self.layers) else self.layers[i + 1][0]
-        return WidthSite(self.layers[i], self.layers[i][0], None, F.relu, consumer)
+        return WidthSite(self.layers[i][0], None, F.relu, consumer)
 
 
 class SeededModel(nn.Module):

@@ -54,12 +54,10 @@ class WidthSite:
 
     `layer` produces the units (output channels or features), `norm` (optional) has an
     entry per unit, `activation` maps the normalised units to what `consumer` takes
-    (e.g. ReLU and pooling: it must act on each unit alone), and `source`'s input is
-    `layer`'s input (where the new units read from). `at_slot`: the slot's features are
-    these units (so they widen too), not a width inside the stage.
+    (e.g. ReLU and pooling: it must act on each unit alone). `at_slot`: the slot's
+    features are these units (so they widen too), not a width inside the stage.
     """
 
-    source: nn.Module
     layer: nn.Conv2d | nn.Linear
     norm: nn.BatchNorm2d | None
     activation: Callable[[Tensor], Tensor]
@@ -84,12 +82,11 @@ class WidthReport(FossilReport):
 
 @dataclass(frozen=True)
 class Merge:
-    """What a merge replaced, for the optimiser: each old host parameter, its wider successor,
-    the seed parameter that became the new part (None: the new part starts with no state) and
-    the axis it was appended along. `seed_params` are all the seed's parameters."""
+    """What a merge replaced, for the optimiser: each old parameter (the host's, or a
+    neighbouring live width seed's), its wider successor, the seed parameter that became the
+    new part (None: zeros, with no state) and the axis it was appended along."""
 
     widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]]
-    seed_params: list[nn.Parameter]
 
 
 def _unit_axis(layer: nn.Module) -> int:
@@ -181,7 +178,7 @@ class WidthSeed(nn.Module):
                 if self.bias is not None:
                     self.bias.copy_(scratch.bias)
         self._handles = [
-            site.source.register_forward_pre_hook(self._capture),
+            layer.register_forward_pre_hook(_Capture(self)),
             consumer.register_forward_hook(_AtConsumer(slot, self)),
         ]
 
@@ -246,9 +243,6 @@ class WidthSeed(nn.Module):
         self._x = None
 
     # ------------------------------------------------------------------ forward
-    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self._x = args[0]
-
     def new_units(self, x: Tensor) -> Tensor:
         """The new units as the consumer takes them, from the layer's input `x`."""
         site = self.site
@@ -285,10 +279,25 @@ class WidthSeed(nn.Module):
 
     def merge(self) -> Merge:
         """Make the layer, its norm and the consumer wider by the new units (the seed's weights
-        at full strength), in place of their old parameters; releases the hooks."""
+        at full strength), in place of their old parameters; releases the hooks.
+
+        A live width seed next to this one (its consumer is this layer, or its layer is this
+        consumer) follows: its weights get zero rows or columns for the new units, so it
+        computes what it did and stays in step with the layers it reads and writes.
+        """
         site = self.site
         layer, norm, consumer = site.layer, site.norm, site.consumer
         widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]] = []
+        units = self.weight.shape[0]
+        with torch.no_grad():
+            for hook in layer._forward_hooks.values():  # seeds adding to this layer's output
+                if isinstance(hook, _AtConsumer) and hook.seed is not self:
+                    hook.seed._pad("out_weight", 0, units, widened)
+                    if hook.seed.split is not None:
+                        hook.seed._pad("split", 0, units, widened)
+            for hook in consumer._forward_pre_hooks.values():  # seeds widening the consumer
+                if isinstance(hook, _Capture) and hook.seed is not self:
+                    hook.seed._pad("weight", 1, units, widened)
 
         def grow(
             module: nn.Module, name: str, extra: nn.Parameter, axis: int, base: Tensor | None = None
@@ -317,7 +326,28 @@ class WidthSeed(nn.Module):
         _set_width(layer, out=layer.weight.shape[0])
         _set_width(consumer, inp=consumer.weight.shape[1])
         self.release()
-        return Merge(widened, list(self.parameters()))
+        return Merge(widened)
+
+    def _pad(self, name: str, axis: int, units: int, widened: list) -> None:
+        """Append `units` zero entries to parameter `name` along `axis` (a neighbour merged)."""
+        old = getattr(self, name)
+        shape = list(old.shape)
+        shape[axis] = units
+        new = nn.Parameter(torch.cat([old.detach(), old.new_zeros(shape)], dim=axis))
+        setattr(self, name, new)
+        widened.append((old, new, None, axis))
+
+
+class _Capture:
+    """Forward pre-hook on the seed's layer: its input is what the new units read."""
+
+    __slots__ = ("seed",)
+
+    def __init__(self, seed: WidthSeed) -> None:
+        self.seed = seed
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.seed._x = args[0]
 
 
 class _AtConsumer:
@@ -376,7 +406,7 @@ def carry_optimizer_state(
 
     Per-parameter state carries over: tensors shaped like the parameter (SGD's
     momentum_buffer, Adam's exp_avg and exp_avg_sq) become the old state with the seed
-    parameter's state (from whichever optimiser held the seed, zeros if none) appended
+    parameter's state (from whichever optimiser held the seed; zeros if none) appended
     along the widened axis; other entries (Adam's step) are the old parameter's. The
     seed's own param group is left for its owner to remove.
     """
@@ -395,13 +425,15 @@ def carry_optimizer_state(
                 old_state = optimizer.state.pop(param, None)
                 if not old_state:
                     continue
-                extra_state = states.get(id(extra), {}) if extra is not None else {}
+                extra_state = states.get(id(extra), {})
+                tail_shape = list(new.shape)
+                tail_shape[axis] -= param.shape[axis]
                 carried = {}
                 for key, value in old_state.items():
                     if isinstance(value, Tensor) and value.shape == param.shape:
                         tail = extra_state.get(key)
-                        if not isinstance(tail, Tensor) or tail.shape != extra.shape:
-                            tail = torch.zeros_like(extra)
+                        if not isinstance(tail, Tensor) or list(tail.shape) != tail_shape:
+                            tail = value.new_zeros(tail_shape)
                         value = torch.cat([value, tail.to(value.dtype)], dim=axis)
                     carried[key] = value
                 optimizer.state[new] = carried

@@ -310,9 +310,13 @@ class MorphogeneticTrainer:
         optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped.
         A merged width seed's layers replace their old parameters, optimiser state carried."""
         optimizers = self.optimizers
-        for slot in self.slots.values():
-            for merge in slot.drain_merges():
-                carry_optimizer_state(optimizers.torch_optimizers(), merge)
+        merges = [merge for slot in self.slots.values() for merge in slot.drain_merges()]
+        for merge in merges:
+            carry_optimizer_state(optimizers.torch_optimizers(), merge)
+        if merges:  # the live seeds' gradient monitors must read the new parameters
+            for slot in self.slots.values():
+                if slot.seed is not None:
+                    slot.isolation_monitor.register(self.model.host, slot.seed)
         live = {
             (slot_id, slot.state.seed_id): slot
             for slot_id, slot in self.slots.items()

@@ -611,13 +611,13 @@ def _width_sites(host: Any, slots: dict[str, Any]) -> dict[str, WidthSite]:
 def _recording_site(site: WidthSite, found: list[tuple[int, ...]]) -> Iterator[None]:
     """Record one sample's shape of `site`'s layer input, consumer input and consumer output."""
 
-    def source(module: nn.Module, args: tuple[Any, ...]) -> None:
+    def layer(module: nn.Module, args: tuple[Any, ...]) -> None:
         found[0] = tuple(args[0].shape[1:])
 
     def consumer(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
         found[1], found[2] = tuple(args[0].shape[1:]), tuple(output.shape[1:])
 
-    handles = [site.source.register_forward_pre_hook(source), site.consumer.register_forward_hook(consumer)]
+    handles = [site.layer.register_forward_pre_hook(layer), site.consumer.register_forward_hook(consumer)]
     try:
         yield
     finally:
