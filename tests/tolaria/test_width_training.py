@@ -85,3 +85,18 @@ def test_a_checkpoint_with_a_merged_width_seed_resumes_exactly() -> None:
         )
         trainer.end_epoch()
         resumed.end_epoch()
+
+
+def test_a_live_width_seed_is_priced_by_its_stage() -> None:
+    trainer = _trainer()
+    trainer.run_epoch()
+    meter = trainer.flops.measured()
+    bare = meter.profile()
+    trainer.apply([Action(ActionKind.GERMINATE, "block2", "widen")])
+    slot = trainer.slots["block2"]
+    assert meter.seed_cost("block2", "widen").params == slot.seed_param_count()
+    grow(slot, SeedStage.TRAINING, host_module=trainer.model.host)
+    incubating = meter.profile()
+    assert incubating.training > bare.training and incubating.inference == bare.inference
+    grow(slot, SeedStage.BLENDING, host_module=trainer.model.host)
+    assert meter.profile().inference > bare.inference

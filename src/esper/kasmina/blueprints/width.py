@@ -33,6 +33,6 @@ for _topology, _estimate in _ESTIMATES.items():
         "widen",
         _topology,
         _estimate,
-        "Widen the slot's layer (new units, merged into it when kept)",
+        "Widen the slot's layer: new units (the host layer's size: doubling), merged when kept",
         from_host=True,
     )(widen)
