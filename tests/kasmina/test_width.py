@@ -311,3 +311,22 @@ def test_merge_carries_every_per_parameter_state(optimizer: str) -> None:
             assert torch.equal(state[key], torch.cat([value, seed_state[key]], dim=1))
         else:
             assert torch.equal(state[key], value)  # AdamW's step
+
+
+@pytest.mark.parametrize("name", ["cnn-middle", "mlp-last", "transformer"])
+def test_export_is_the_merged_wider_network_without_the_live_seed(name: str) -> None:
+    model, slot, x = _model(name)
+    _grow(model, slot, S.FOSSILIZED)
+    _grow(model, slot, S.BLENDING)  # live: left out of the export, as at alpha 0
+    model.eval()
+    with slot.force_alpha(0.0):
+        expected = model(x)
+    plain = model.export()
+    plain.eval()
+    torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, WidthSeed) for m in plain.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in plain.modules())
+    assert (
+        sum(p.numel() for p in plain.parameters())
+        == model.host_param_count() + model.merged_param_count()
+    )

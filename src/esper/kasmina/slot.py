@@ -689,9 +689,14 @@ class SeedSlot(nn.Module):
 
     def _release_seed(self) -> None:
         """Let go of the live seed module (a width seed's hooks come off the host)."""
+        self.unhook_host()
+        self.seed = None
+
+    def unhook_host(self) -> None:
+        """Take a live width seed's hooks off the host's layers (the slot leaves the model, or
+        lets go of the seed); every other seed acts through the slot alone."""
         if isinstance(self.seed, WidthSeed):
             self.seed.release()
-        self.seed = None
 
     def _record(self, state: SeedState, from_stage: SeedStage, to_stage: SeedStage, reason: str) -> None:
         self.transitions.append(
