@@ -9,6 +9,7 @@ import torch
 from seed_lifecycle import S, grow
 from torch import nn
 
+import esper
 from esper.kasmina.host import CNNHost, MLPHost, MorphogeneticModel, TransformerHost
 from esper.kasmina.width import WidthSeed, carry_optimizer_state
 from esper.leyline import TaskConfig
@@ -46,14 +47,19 @@ def _model(name: str, init: str = "net2wider", noise: float = 0.01, units: int |
     build, slot_id = HOSTS[name]
     torch.manual_seed(0)
     host = build()
-    options = {"init": init, "noise": noise} | ({} if units is None else {"units": units})
-    config = TaskConfig(topology=host.topology, blueprint_kwargs={"widen": options})
+    blueprint = {"net2wider": "widen", "zero": "widen_zero"}[init]
+    options = ({"noise": noise} if init == "net2wider" else {}) | (
+        {} if units is None else {"units": units}
+    )
+    config = TaskConfig(topology=host.topology, blueprint_kwargs={blueprint: options})
     model = MorphogeneticModel(host, task_config=config)
     return model, model.seed_slots[slot_id], _inputs(host)
 
 
 def _grow(model, slot, stage):
-    return grow(slot, stage, "widen", host_module=model.host)
+    """Move `slot`'s width seed (of the one blueprint its model was configured for) to `stage`."""
+    (blueprint,) = slot.task_config.blueprint_kwargs
+    return grow(slot, stage, blueprint, host_module=model.host)
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -225,6 +231,12 @@ def test_width_seed_where_it_cannot_widen_is_one_clear_error() -> None:
         model.germinate("block2", "widen")
     with pytest.raises(ValueError, match="init"):
         WidthSeed(init="gradmax")
+    grafted = esper.graft(
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), ["0"], torch.randn(2, 4)
+    )
+    with pytest.raises(ValueError, match="slot '0'.*no layers Esper can widen"):
+        grafted.germinate("0", "widen")
+    assert not grafted.host[0]._forward_pre_hooks
 
 
 def test_counterfactual_fast_path_measures_a_width_seed_as_the_naive_one() -> None:

@@ -25,7 +25,7 @@ from esper.kasmina.isolation import (
     ste_forward,
 )
 from esper.kasmina.state import SeedMetrics, SeedState
-from esper.kasmina.width import Merge, WidthReport, WidthSeed, widen_fresh
+from esper.kasmina.width import Merge, WidthReport, WidthSeed, WidthSite, widen_fresh
 from esper.leyline import (
     ACTIVE_STAGES,
     FAILURE_STAGES,
@@ -489,7 +489,6 @@ class SeedSlot(nn.Module):
             self._follow_width(widen_fresh(host_module, self, report))
         # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
         self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
-        self.fossils = nn.ModuleList()
         for report in self.fossil_reports:  # in order: a seed may be built from the one below it
             fossil = self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
             self._attach(fossil, report.blueprint_id, host_module)
@@ -670,12 +669,12 @@ class SeedSlot(nn.Module):
                 epoch=self.epoch,
             )
         )
-        self._follow_width(seed.site)
+        self._follow_width(site)
         self.seed = None
         self.isolation_monitor = GradientIsolationMonitor()
         self._alpha_schedule = None
 
-    def _follow_width(self, site: Any) -> None:
+    def _follow_width(self, site: WidthSite) -> None:
         """Where the slot's features are the widened layer's units, they are that wide now: the
         seeds planted from here on are built for the new width."""
         if site.at_slot:
