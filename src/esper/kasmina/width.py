@@ -251,15 +251,10 @@ class WidthSeed(nn.Module):
             units = self.norm(units)
         return site.activation(units)
 
-    def consumer_features(self, base: Tensor, consumed: Tensor, isolate: bool) -> Tensor:
+    def consumer_features(self, base: Tensor, x: Tensor, consumed: Tensor, isolate: bool) -> Tensor:
         """The consumer's output with the new units in: `base` (the consumer's output, detached
-        when isolating) plus their contribution; `consumed` is the consumer's input."""
-        x = self._x
-        if x is None:
-            raise RuntimeError(
-                "width seed: the consumer ran without the layer before it (a pass that starts "
-                "between them must force the slot's alpha to 0)"
-            )
+        when isolating) plus their contribution; `x` is the layer's input, `consumed` the
+        consumer's (both detached when isolating)."""
         if isolate:
             x, consumed = x.detach(), consumed.detach()
         site = self.site
@@ -360,13 +355,20 @@ class _AtConsumer:
         self.slot, self.seed = slot, seed
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-        consumed = args[0]
+        seed, consumed = self.seed, args[0]
+
+        def features(base: Tensor, isolate: bool) -> Tensor:
+            if seed._x is None:
+                raise RuntimeError(
+                    "width seed: the consumer ran without the layer before it (a pass that starts "
+                    "between them must force the slot's alpha to 0)"
+                )
+            return seed.consumer_features(base, seed._x, consumed, isolate)
+
         try:
-            return self.slot.run_seed(
-                output, lambda base, isolate: self.seed.consumer_features(base, consumed, isolate)
-            )
+            return self.slot.run_seed(output, features)
         finally:
-            self.seed._x = None
+            seed._x = None
 
 
 def _layer_args(layer: nn.Conv2d | nn.Linear, units: int) -> tuple[Any, ...]:

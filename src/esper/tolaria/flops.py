@@ -268,9 +268,10 @@ def width_cost(seed: WidthSeed, site: WidthSite, shapes: tuple[tuple[int, ...], 
     counts = []
     for train, through in ((False, False), (True, False), (True, True)):
         probe.train(train)
-        probe._x = x.requires_grad_(through)
         with torch.set_grad_enabled(train), flop_counter() as counter:
-            features = probe.consumer_features(out, z.requires_grad_(through), isolate=not through)
+            features = probe.consumer_features(
+                out, x.requires_grad_(through), z.requires_grad_(through), isolate=not through
+            )
             if train:
                 features.sum().backward()
         counts.append(counter.get_total_flops() / _PAIR)
