@@ -342,3 +342,28 @@ def test_export_is_the_merged_wider_network_without_the_live_seed(name: str) -> 
         sum(p.numel() for p in plain.parameters())
         == model.host_param_count() + model.merged_param_count()
     )
+
+
+def test_stacking_and_widening_a_transformer_layer_in_either_order_restores() -> None:
+    """A stacked copy of a block is as wide as the block was when it was copied; a checkpoint
+    rebuilds each slot's kept seeds in the order they were kept."""
+    model, first, x = _model("transformer")
+    second = model.seed_slots["layer2"]
+    grow(first, S.FOSSILIZED, "stack", host_module=model.host)  # copies layer1 as it is
+    _grow(model, first, S.FOSSILIZED)  # then widens layer1's MLP (the host's, not the copy's)
+    _grow(model, second, S.FOSSILIZED)  # widens layer2's MLP
+    grow(second, S.FOSSILIZED, "stack", host_module=model.host)  # then copies it, wide
+    hidden = model.host.width_site("layer1").consumer.in_features
+    assert [f.block.mlp[0].out_features for f in (*first.fossils, *second.fossils)] == [
+        hidden // 2,
+        hidden,
+    ]
+    model.eval()
+    expected = model(x)
+    saved = {key: s.lifecycle_state() for key, s in model.seed_slots.items()}
+    fresh, _, _ = _model("transformer")
+    for key, s in fresh.seed_slots.items():
+        s.load_lifecycle_state(saved[key], host_module=fresh.host)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    assert torch.equal(fresh(x), expected)

@@ -478,18 +478,19 @@ class SeedSlot(nn.Module):
             self.state._detach()
         self._release_seed()
         self.state, self._alpha_schedule = None, None
-        # Merged width first (where the slot's features widen, fossils only ever sit on their
-        # final width): the layers are made that wide again, for the saved weights to load into.
         self.fossils = nn.ModuleList()
-        self.widenings = [WidthReport(**report) for report in record.get("widenings", [])]
         self.pending_merges = []
-        for report in self.widenings:
-            if host_module is None:
-                raise ValueError(f"slot '{self.slot_id}' has merged width: load it with its host")
-            self._follow_width(widen_fresh(host_module, self, report))
+        self.widenings = [WidthReport(**report) for report in record.get("widenings", [])]
+        if self.widenings and host_module is None:
+            raise ValueError(f"slot '{self.slot_id}' has merged width: load it with its host")
         # Checkpoints from before seed stacks have no "fossils" (nor could they hold a stack).
         self.fossil_reports = [FossilReport(**report) for report in record.get("fossils", [])]
-        for report in self.fossil_reports:  # in order: a seed may be built from the one below it
+        # In the order they were kept: a seed may be built from what is below it (a stacked copy
+        # of a block as wide as it was then); a merged width makes its layers that wide again.
+        for report in sorted([*self.widenings, *self.fossil_reports], key=lambda kept: kept.epoch):
+            if isinstance(report, WidthReport):
+                self._follow_width(widen_fresh(host_module, self, report))
+                continue
             fossil = self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
             self._attach(fossil, report.blueprint_id, host_module)
             self.fossils.append(fossil)
