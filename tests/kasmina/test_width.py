@@ -367,3 +367,23 @@ def test_stacking_and_widening_a_transformer_layer_in_either_order_restores() ->
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
     assert torch.equal(fresh(x), expected)
+
+
+@pytest.mark.parametrize("name", list(HOSTS))
+def test_the_static_arms_build_a_merged_width_freshly_initialised(name: str) -> None:
+    """compare's static-final arms train the grown run's final network: merged widths included."""
+    from esper.runtime.static_host import StaticSeedsHostFactory
+
+    model, slot, x = _model(name)
+    _grow(model, slot, S.FOSSILIZED)
+    grown = model.export()
+    width = slot.widenings[-1].width
+    build, slot_id = HOSTS[name]
+    torch.manual_seed(0)
+    static = StaticSeedsHostFactory(lambda data: build(), (), {}, ((slot_id, width),))(None)
+    assert sorted(p.shape for p in static.parameters()) == sorted(p.shape for p in grown.parameters())
+    assert static(x).shape == grown(x).shape
+    # Fresh: the widened layer is initialised as a new layer of that width, not from the grown one.
+    site = static.width_site(slot_id)
+    assert not torch.equal(site.layer.weight, grown.width_site(slot_id).layer.weight)
+    assert site.layer.weight[: width // 2].std() > 0 and site.layer.weight[width // 2 :].std() > 0

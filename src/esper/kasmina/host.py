@@ -82,6 +82,12 @@ class StagedHost(SlotMount):
         `ValueError` saying why when there is none (a subclass that can widen overrides this)."""
         raise ValueError(f"slot '{slot_id}': {type(self).__name__} has no layer Esper can widen there")
 
+    def init_layers(self, modules: Iterable[nn.Module]) -> None:
+        """Initialise `modules` (layers of this host) as the host initialises its own: PyTorch's
+        defaults here; a host with its own scheme overrides this."""
+        for module in modules:
+            module.reset_parameters()
+
     def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
         """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
 
@@ -166,10 +172,20 @@ class TransformerHost(StagedHost):
         self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self._set_injection_points({f"layer{i + 1}": (i, n_embd) for i in range(n_layer)})
         self.register_buffer("_positions", torch.arange(block_size), persistent=False)
-        self.apply(init_gpt_weights)
-        for layer in self.layers:
-            for projection in layer.residual_projections():
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * n_layer))
+        built: list[nn.Module] = []
+        self.apply(built.append)  # children before their parents, as `apply` initialises
+        self.init_layers(built)
+
+    def init_layers(self, modules: Iterable[nn.Module]) -> None:
+        """GPT-2's initialisation (`init_gpt_weights`), and the projections that write into the
+        residual stream scaled down by depth: N(0, 0.02 / sqrt(2 n_layer))."""
+        modules = list(modules)
+        for module in modules:
+            init_gpt_weights(module)
+        residual = {id(projection) for layer in self.layers for projection in layer.residual_projections()}
+        for module in modules:
+            if id(module) in residual:
+                nn.init.normal_(module.weight, std=0.02 / math.sqrt(2 * len(self.layers)))
 
     @property
     def trunk(self) -> nn.ModuleList:

@@ -440,3 +440,37 @@ def carry_optimizer_state(
                         value = torch.cat([value, tail.to(value.dtype)], dim=axis)
                     carried[key] = value
                 optimizer.state[new] = carried
+
+
+def widen_static(host: nn.Module, slot_id: str, width: int) -> None:
+    """Make the layer a width seed at `slot_id` widens `width` units wide as static layers, freshly
+    initialised: the layer, its norm and the consumer get new parameters of the new shapes at
+    the host's own initialisation (`host.init_layers`). How compare's static arms build a
+    grown run's final widths."""
+    site = host.width_site(slot_id)
+    if width < site.units:
+        raise ValueError(f"slot '{slot_id}' is {site.units} wide already; it cannot be built {width} wide")
+    layer, norm, consumer = site.layer, site.norm, site.consumer
+    like = layer.weight
+    with torch.no_grad():
+        layer.weight = nn.Parameter(like.new_empty(width, *like.shape[1:]))
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(like.new_empty(width))
+        _set_units(layer, width, out=True)
+        if norm is not None:
+            norm.num_features = width
+            norm.weight = nn.Parameter(like.new_empty(width))
+            norm.bias = nn.Parameter(like.new_empty(width))
+            norm.running_mean = like.new_zeros(width)
+            norm.running_var = like.new_ones(width)
+        shape = list(consumer.weight.shape)
+        shape[1] = width
+        consumer.weight = nn.Parameter(consumer.weight.new_empty(shape))
+        _set_units(consumer, width, out=False)
+    host.init_layers([module for module in (layer, norm, consumer) if module is not None])
+
+
+def _set_units(module: nn.Conv2d | nn.Linear, width: int, out: bool) -> None:
+    """The size attribute a Conv2d or Linear keeps beside its weight (its repr and reset use it)."""
+    name = ("out_channels" if out else "in_channels") if isinstance(module, nn.Conv2d) else ("out_features" if out else "in_features")
+    setattr(module, name, width)
