@@ -247,9 +247,10 @@ def test_a_checkpoint_of_an_older_run_file_format_is_refused_not_skipped(finishe
 
     run_dir = tmp_path / "old-checkpoint"
     shutil.copytree(finished_run[0], run_dir)
-    final = run_dir / "checkpoints" / "final.pt"
-    payload = torch.load(final, weights_only=True)
+    (run_dir / "checkpoints" / "final.pt").unlink()  # interrupted: resuming reads its last checkpoint
+    last = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))[-1]
+    payload = torch.load(last, weights_only=True)
     del payload["run_format"]
-    torch.save(payload, final)
-    with pytest.raises(RunFormatError, match=r"final.pt was written by Esper .* in run-file format 1; "):
+    torch.save(payload, last)
+    with pytest.raises(RunFormatError, match=rf"{last.name} was written by Esper .* in run-file format 1; "):
         run_heuristic(None, run_dir, resume=True)

@@ -58,7 +58,7 @@ FIGURES = {
     "metric_vs_params.png": "Final validation metric against parameters (mean ± SE over seeds)",
 }
 # Keys of the arms' run config that compare sets itself, per arm.
-OWNED_KEYS = ("task", "seed", "epochs", "controller", "host", "built_in", "max_training_flops")
+OWNED_KEYS = ("task", "seed", "epochs", "controller", "host", "built_in", "built_in_widths", "max_training_flops")
 # An arm that is trained from what the grown run ended with.
 NEEDS_GROWN = ("static-final", "static-final-matched", "static-reference-matched")
 # Run-config keys that only the arm they configure takes.
@@ -175,7 +175,9 @@ def arm_config(config: CompareConfig, arm: str, seed: int, grown: dict[str, Any]
         case "static-final" | "static-final-matched":
             if grown is None:
                 raise ValueError(f"the {arm} arm is built from a finished grown run's summary")
-            values |= {"controller": "none", "built_in": grown["architecture"]["slots"]}
+            architecture = grown["architecture"]
+            widths = {slot_id: merged[-1] for slot_id, merged in architecture.get("widths", {}).items()}
+            values |= {"controller": "none", "built_in": architecture["slots"], "built_in_widths": widths}
             if arm == "static-final-matched":
                 values["max_training_flops"] = grown["flops"]["training"]
         case "scheduled":

@@ -61,6 +61,9 @@ class HeuristicRunConfig:
     # Blueprints built into the host's trunk after each named slot, from epoch 0 at full strength
     # (summary.json's architecture "slots" of a grown run: its final network, trained statically).
     built_in: dict[str, list[str]] = field(default_factory=dict)
+    # Per slot, the width of the layer a width seed there widens, built that wide from epoch 0
+    # (summary.json's architecture "widths", last entry: a grown run's merged widths).
+    built_in_widths: dict[str, int] = field(default_factory=dict)
     # The run stops once its cumulative training FLOPs reach this (its last epoch may be partial).
     max_training_flops: float | None = None
     # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
@@ -93,7 +96,7 @@ class HeuristicRunConfig:
             raise ValueError("schedule is the plan of controller 'schedule'; set controller too")
         if self.host not in HOST_VARIANTS:
             raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
-        if self.model is not None and (self.host != "task" or self.built_in):
+        if self.model is not None and (self.host != "task" or self.built_in or self.built_in_widths):
             raise ValueError("host and built_in vary the task's host; with model there is none to vary")
         if self.max_training_flops is not None and not self.max_training_flops > 0:
             raise ValueError(f"max_training_flops must be > 0, got {self.max_training_flops}")

@@ -107,7 +107,7 @@ class PreparedRun:
 
 def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: bool = False) -> PreparedRun:
     """Every rank builds the same (a controller too, though only rank 0's decides)."""
-    spec = host_variant(get_task(config.task), config.host, config.built_in)
+    spec = host_variant(get_task(config.task), config.host, config.built_in, config.built_in_widths)
     if config.lr_schedule is not None:
         spec = dataclasses.replace(spec, lr_schedule=config.lr_schedule)
     data = spec.load_data(**config.task_options)

@@ -45,6 +45,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         table.add_row("validation + counterfactual FLOPs (run)", format_flops(flops["validation"] + flops["counterfactual"]))
     if "architecture" in summary:
         table.add_row("fossils per slot (the grown network)", format_architecture(summary["architecture"]["slots"]))
+        if "widths" in summary["architecture"]:
+            widths = summary["architecture"]["widths"]
+            table.add_row("layer widths per slot (merged)", "; ".join(f"{s}: {' -> '.join(map(str, w))}" for s, w in widths.items()))
     seeds = summary["seeds"]
     table.add_row("seeds germinated / fossilized / culled", f"{seeds['germinated']} / {seeds['fossilized']} / {seeds['culled']}")
     table.add_row("governor rollbacks", str(summary["rollbacks"]))

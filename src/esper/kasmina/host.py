@@ -10,11 +10,19 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper.kasmina.layers import ConvBlock, TransformerBlock, init_gpt_weights
+from esper.kasmina.layers import (
+    ConvBlock,
+    TransformerBlock,
+    init_gpt_weights,
+    relu_pool,
+    relu_pool_mean,
+)
 from esper.kasmina.placement import SlotMount
 from esper.kasmina.slot import QualityGates, SeedSlot, SeedState
+from esper.kasmina.width import WidthSite
 from esper.leyline import TaskConfig, TelemetryEvent
 
 
@@ -69,6 +77,17 @@ class StagedHost(SlotMount):
         """Position in the trunk of the stage whose output `slot_id` receives."""
         return self._slot_stage[slot_id]
 
+    def width_site(self, slot_id: str) -> WidthSite:
+        """The layer a width seed at `slot_id` widens and the layer consuming its units; a
+        `ValueError` saying why when there is none (a subclass that can widen overrides this)."""
+        raise ValueError(f"slot '{slot_id}': {type(self).__name__} has no layer Esper can widen there")
+
+    def init_layers(self, modules: Iterable[nn.Module]) -> None:
+        """Initialise `modules` (layers of this host) as the host initialises its own: PyTorch's
+        defaults here; a host with its own scheme overrides this."""
+        for module in modules:
+            module.reset_parameters()
+
     def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
         """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
 
@@ -118,6 +137,15 @@ class CNNHost(StagedHost):
     def head(self, x: Tensor) -> Tensor:
         return self.classifier(x.mean(dim=(2, 3)))
 
+    def width_site(self, slot_id: str) -> WidthSite:
+        """Block i's conv output channels (and BatchNorm entries), consumed by the next block's
+        conv, or by the classifier after global mean pooling for the last block."""
+        i = self.stage_index(slot_id)
+        block = self.blocks[i]
+        last = i + 1 == len(self.blocks)
+        consumer = self.classifier if last else self.blocks[i + 1].conv
+        return WidthSite(block.conv, block.norm, relu_pool_mean if last else relu_pool, consumer)
+
 
 class TransformerHost(StagedHost):
     """GPT-style decoder (nanoGPT shape and initialisation) with a slot after every layer."""
@@ -144,10 +172,20 @@ class TransformerHost(StagedHost):
         self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self._set_injection_points({f"layer{i + 1}": (i, n_embd) for i in range(n_layer)})
         self.register_buffer("_positions", torch.arange(block_size), persistent=False)
-        self.apply(init_gpt_weights)
-        for layer in self.layers:
-            for projection in layer.residual_projections():
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * n_layer))
+        built: list[nn.Module] = []
+        self.apply(built.append)  # children before their parents, as `apply` initialises
+        self.init_layers(built)
+
+    def init_layers(self, modules: Iterable[nn.Module]) -> None:
+        """GPT-2's initialisation (`init_gpt_weights`), and the projections that write into the
+        residual stream scaled down by depth: N(0, 0.02 / sqrt(2 n_layer))."""
+        modules = list(modules)
+        for module in modules:
+            init_gpt_weights(module)
+        residual = {id(projection) for layer in self.layers for projection in layer.residual_projections()}
+        for module in modules:
+            if id(module) in residual:
+                nn.init.normal_(module.weight, std=0.02 / math.sqrt(2 * len(self.layers)))
 
     @property
     def trunk(self) -> nn.ModuleList:
@@ -161,6 +199,12 @@ class TransformerHost(StagedHost):
 
     def head(self, x: Tensor) -> Tensor:
         return self.lm_head(self.ln_f(x))
+
+    def width_site(self, slot_id: str) -> WidthSite:
+        """The hidden units of layer i's MLP: mlp[0]'s outputs, consumed by mlp[2]. (The layer's
+        output width is the residual stream's, which every layer shares: it cannot widen alone.)"""
+        mlp = self.layers[self.stage_index(slot_id)].mlp
+        return WidthSite(mlp[0], None, F.gelu, mlp[2], at_slot=False)
 
 
 class MLPHost(StagedHost):
@@ -190,6 +234,12 @@ class MLPHost(StagedHost):
 
     def head(self, x: Tensor) -> Tensor:
         return self.classifier(x)
+
+    def width_site(self, slot_id: str) -> WidthSite:
+        """Hidden layer i's units, consumed by the next hidden Linear or the classifier."""
+        i = self.stage_index(slot_id)
+        consumer = self.classifier if i + 1 == len(self.layers) else self.layers[i + 1][0]
+        return WidthSite(self.layers[i][0], None, F.relu, consumer)
 
 
 class SeededModel(nn.Module):
@@ -261,14 +311,20 @@ class SeededModel(nn.Module):
         """The fossilized seeds' parameters: grown, and trained as host from their fossilization."""
         return [p for slot in self.seed_slots.values() for p in slot.fossils.parameters()]
 
+    def merged_param_count(self) -> int:
+        """Parameters that fossilized width seeds merged into the host's own layers."""
+        return sum(report.params for slot in self.seed_slots.values() for report in slot.widenings)
+
     def host_param_count(self) -> int:
-        """The host as it was built: fossils are not in it (they are counted as added)."""
-        return sum(p.numel() for p in self.host_parameters())
+        """The host as it was built: fossils and merged width are not in it (they are added)."""
+        return sum(p.numel() for p in self.host_parameters()) - self.merged_param_count()
 
     def seed_param_count(self) -> int:
-        """Parameters added by growth: the live seeds' and the fossils'."""
-        return sum(p.numel() for p in self.seed_parameters()) + sum(
-            p.numel() for p in self.fossil_parameters()
+        """Parameters added by growth: the live seeds', the fossils' and the merged width's."""
+        return (
+            sum(p.numel() for p in self.seed_parameters())
+            + sum(p.numel() for p in self.fossil_parameters())
+            + self.merged_param_count()
         )
 
 

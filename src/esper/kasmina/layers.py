@@ -10,6 +10,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def relu_pool(x: Tensor) -> Tensor:
+    """What follows a ConvBlock's norm; it acts on each channel alone (a width seed's new
+    channels go through it too)."""
+    return F.max_pool2d(F.relu(x), 2)
+
+
+def relu_pool_mean(x: Tensor) -> Tensor:
+    """The last ConvBlock's tail and the CNN head's global mean pooling: what its classifier takes."""
+    return relu_pool(x).mean(dim=(2, 3))
+
+
 class ConvBlock(nn.Module):
     """conv3x3 (no bias) -> BatchNorm -> ReLU -> 2x2 max-pool."""
 
@@ -19,7 +30,7 @@ class ConvBlock(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(F.relu(self.norm(self.conv(x))), 2)
+        return relu_pool(self.norm(self.conv(x)))
 
 
 class CausalSelfAttention(nn.Module):

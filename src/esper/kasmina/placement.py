@@ -100,7 +100,9 @@ class SlotMount(nn.Module):
         fossilized. Deeper points first, so a replaced module never renames one still to do.
         """
         for key in sorted(self._slot_hooks, key=lambda k: k.count("."), reverse=True):
-            fossils = list(self.placed_slots()[key].fossils)
+            slot = self.placed_slots()[key]
+            fossils = list(slot.fossils)
+            slot.unhook_host()  # a live width seed acts through hooks on the host's own layers
             self.unregister_slot(key)
             if fossils:
                 self.replace_injection_module(key, nn.Sequential(self.injection_module(key), *fossils))

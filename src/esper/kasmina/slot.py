@@ -25,6 +25,7 @@ from esper.kasmina.isolation import (
     ste_forward,
 )
 from esper.kasmina.state import SeedMetrics, SeedState
+from esper.kasmina.width import Merge, WidthReport, WidthSeed, WidthSite, widen_fresh
 from esper.leyline import (
     ACTIVE_STAGES,
     FAILURE_STAGES,
@@ -178,6 +179,10 @@ class SeedSlot(nn.Module):
         # The stack: fossilized seeds, applied in order before the live seed.
         self.fossils = nn.ModuleList()
         self.fossil_reports: list[FossilReport] = []
+        # Fossilized width seeds are merged into the host's layers, not stacked: their records
+        # (a checkpoint re-applies them), and the merges the optimisers have yet to follow.
+        self.widenings: list[WidthReport] = []
+        self.pending_merges: list[Merge] = []
         # Called with the features entering the live seed (after the fossils) on each forward,
         # while `recording_seed_input` is active: where a counterfactual resumes from.
         self._seed_input_sink: Callable[[Tensor], object] | None = None
@@ -231,6 +236,21 @@ class SeedSlot(nn.Module):
             host_features = fossil(host_features)
         if self._seed_input_sink is not None:
             self._seed_input_sink(host_features)
+        if isinstance(self.seed, WidthSeed):  # it acts at the layer consuming the slot's layer
+            return host_features
+        return self.run_seed(host_features)
+
+    def run_seed(
+        self, host_features: Tensor, seed_fn: Callable[[Tensor, bool], Tensor] | None = None
+    ) -> Tensor:
+        """`host_features` with the live seed applied as its stage says (the slot's own path,
+        and a width seed's at its consumer).
+
+        The seed's features are `seed(input)`, or `seed_fn(input, isolating)`, where input is
+        `host_features`, detached while the seed's gradients are isolated. Skipped when the seed
+        does not run or alpha is forced to 0; a TRAINING seed goes through straight-through
+        (the value is the host's), a blended one through the alpha lerp.
+        """
         state = self.state  # a plain attribute: the cheap test for DORMANT comes first
         if state is None or state.stage not in SEED_RUNS_STAGES or self.seed is None:
             return host_features
@@ -246,7 +266,10 @@ class SeedSlot(nn.Module):
             # output, which the governor's culprit search relies on.)
             return host_features
         seed_input = host_features.detach() if self.isolate_gradients else host_features
-        seed_features = self.seed(seed_input)
+        if seed_fn is None:
+            seed_features = self.seed(seed_input)
+        else:
+            seed_features = seed_fn(seed_input, self.isolate_gradients)
         if seed_features.dtype != host_features.dtype:
             # Under autocast a seed's output can come out in another dtype than the host's
             # features (a norm layer in float32 on bf16 features, or the other way round):
@@ -308,6 +331,8 @@ class SeedSlot(nn.Module):
         )
         gate = self.gates.check_gate(state, SeedStage.GERMINATED)
         if not gate.passed:
+            if isinstance(seed, WidthSeed):
+                seed.release()  # its hooks are on the host already
             raise ValueError(f"Cannot germinate blueprint '{blueprint_id}' in slot '{self.slot_id}': {gate.message}")
         self.seeds_planted += 1
         state.transition(SeedStage.GERMINATED)
@@ -416,6 +441,7 @@ class SeedSlot(nn.Module):
             "topology": self.seed_topology,
             "transitions": [t.to_dict() for t in self.transitions],
             "fossils": [report.to_dict() for report in self.fossil_reports],
+            "widenings": [report.to_dict() for report in self.widenings],
             "seed": None,
         }
         if state is not None:
@@ -445,10 +471,23 @@ class SeedSlot(nn.Module):
         self.transitions = [StageTransition.from_dict(t) for t in record["transitions"]]
         if isinstance(self.state, _SlotState):
             self.state._detach()
-        self.seed, self.state, self._alpha_schedule = None, None, None
-        self.fossil_reports = [FossilReport(**report) for report in record["fossils"]]
+        self._release_seed()
+        self.state, self._alpha_schedule = None, None
         self.fossils = nn.ModuleList()
-        for report in self.fossil_reports:  # in order: a seed may be built from the one below it
+        self.pending_merges = []
+        self.widenings = [WidthReport(**report) for report in record["widenings"]]
+        if self.widenings and host_module is None:
+            raise ValueError(f"slot '{self.slot_id}' has merged width: load it with its host")
+        self.fossil_reports = [FossilReport(**report) for report in record["fossils"]]
+        # In the order they were kept: a seed may be built from what is below it (a stacked copy
+        # of a block as wide as it was then); a merged width makes its layers that wide again.
+        for report in sorted([*self.widenings, *self.fossil_reports], key=lambda kept: kept.epoch):
+            if isinstance(report, WidthReport):
+                site, merge = widen_fresh(host_module, self, report)
+                self._follow_width(site)
+                if merge is not None:
+                    self.pending_merges.append(merge)
+                continue
             fossil = self._build_seed(self.seed_topology, report.blueprint_id, **self.blueprint_kwargs(report.blueprint_id))
             self._attach(fossil, report.blueprint_id, host_module)
             self.fossils.append(fossil)
@@ -562,10 +601,13 @@ class SeedSlot(nn.Module):
                 # G3 lets the seed in at alpha >= 0.95; from here on it runs at full alpha.
                 self.set_alpha(1.0)
             case SeedStage.CULLED:
-                self.seed = None
+                self._release_seed()
                 self.isolation_monitor = GradientIsolationMonitor()
             case SeedStage.FOSSILIZED:
-                self._add_to_stack(state)
+                if isinstance(self.seed, WidthSeed):
+                    self._merge_width(state)
+                else:
+                    self._add_to_stack(state)
         event_type = {**OUTCOME_EVENTS, SeedStage.DORMANT: TelemetryEventType.SEED_RESET}.get(
             stage, TelemetryEventType.SEED_STAGE_CHANGED
         )
@@ -602,6 +644,52 @@ class SeedSlot(nn.Module):
         self.seed = None
         self.isolation_monitor = GradientIsolationMonitor()
         self._alpha_schedule = None
+
+    def _merge_width(self, state: SeedState) -> None:
+        """The fossilized width seed becomes part of its layer: wider for good, no seed left."""
+        seed = self.seed
+        added = seed.added_params()
+        self.pending_merges.append(seed.merge())
+        site = seed.site
+        self.widenings.append(
+            WidthReport(
+                seed_id=state.seed_id,
+                blueprint_id=state.blueprint_id,
+                slot_id=self.slot_id,
+                units_added=seed.weight.shape[0],
+                width=site.units,
+                params=added,
+                counterfactual_contribution=state.metrics.counterfactual_contribution,
+                epoch=self.epoch,
+            )
+        )
+        self._follow_width(site)
+        self.seed = None
+        self.isolation_monitor = GradientIsolationMonitor()
+        self._alpha_schedule = None
+
+    def _follow_width(self, site: WidthSite) -> None:
+        """Where the slot's features are the widened layer's units, they are that wide now: the
+        seeds planted from here on are built for the new width."""
+        if site.at_slot:
+            self.channels = site.units
+            self._probe_cache.clear()
+
+    def drain_merges(self) -> list[Merge]:
+        """The width merges since the last drain (the optimisers must swap in their parameters)."""
+        merges, self.pending_merges = self.pending_merges, []
+        return merges
+
+    def _release_seed(self) -> None:
+        """Let go of the live seed module (a width seed's hooks come off the host)."""
+        self.unhook_host()
+        self.seed = None
+
+    def unhook_host(self) -> None:
+        """Take a live width seed's hooks off the host's layers (the slot leaves the model, or
+        lets go of the seed); every other seed acts through the slot alone."""
+        if isinstance(self.seed, WidthSeed):
+            self.seed.release()
 
     def _record(self, state: SeedState, from_stage: SeedStage, to_stage: SeedStage, reason: str) -> None:
         self.transitions.append(

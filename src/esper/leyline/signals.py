@@ -26,7 +26,8 @@ class EpochSignals:
     # decision (germinations, fossilizations, culls), the lifecycle clock, and this epoch's
     # rollback culls. Who counts or pays for outcomes reads these, not stage snapshots.
     transitions: list[StageTransition] = field(default_factory=list)
-    # Each slot's stack: its fossilized seeds in the order they were kept (part of the host).
+    # Each slot's kept seeds (part of the host): its merged width seeds (`WidthReport`s), then
+    # its stack of fossils, each in the order they were kept.
     fossils: dict[str, list[FossilReport]] = field(default_factory=dict)
     # The epoch's FLOPs, the run's so far, and the inference FLOPs per sample of the network;
     # None when the run cannot count them (a model whose forward does not run on meta tensors).

@@ -372,11 +372,16 @@ def stack_snapshot(trainer: MorphogeneticTrainer) -> dict[str, list[dict[str, An
 
 def grown_architecture(host: str, trainer: MorphogeneticTrainer) -> dict[str, Any]:
     """The static-final network: the `host` (what built it) and, per slot, the blueprints of its
-    fossils in order (live seeds are not in it: they were not kept)."""
-    return {
+    fossils in order (live seeds are not in it: they were not kept); where width seeds were merged,
+    "widths": per such slot, its layer's width after each merge."""
+    architecture: dict[str, Any] = {
         "host": host,
         "slots": {slot_id: [f.blueprint_id for f in slot.fossil_reports] for slot_id, slot in trainer.slots.items()},
     }
+    widths = {slot_id: [r.width for r in slot.widenings] for slot_id, slot in trainer.slots.items() if slot.widenings}
+    if widths:
+        architecture["widths"] = widths
+    return architecture
 
 
 def count_seeds(metrics: list[dict[str, Any]]) -> dict[str, int]:

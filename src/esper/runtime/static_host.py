@@ -18,6 +18,7 @@ from torch import nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
+from esper.kasmina.width import widen_static
 from esper.runtime.data import TaskData
 from esper.runtime.tasks import TaskSpec, list_tasks
 
@@ -52,16 +53,21 @@ class StaticSeedsHostFactory:
     build_host: Callable[[TaskData], nn.Module]
     seeds: tuple[tuple[str, str], ...]
     blueprint_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # (slot_id, width): the layer a width seed at the slot widens, built that wide (first).
+    widths: tuple[tuple[str, int], ...] = ()
 
     def __call__(self, data: TaskData) -> nn.Module:
         host = self.build_host(data)
+        for slot_id, width in self.widths:
+            widen_static(host, slot_id, width)
         for slot_id, blueprint in self.seeds:
             plant_static(host, slot_id, blueprint, **self.blueprint_kwargs.get(blueprint, {}))
         return host
 
     def __str__(self) -> str:
         planted = ", ".join(f"{blueprint}@{slot_id}" for slot_id, blueprint in self.seeds)
-        return f"{self.build_host} + {planted or 'no seeds'}"
+        wider = "".join(f", {slot_id} {width} wide" for slot_id, width in self.widths)
+        return f"{self.build_host} + {planted or 'no seeds'}{wider}"
 
 
 def every_slot(slots: Sequence[str], blueprint: str) -> tuple[tuple[str, str], ...]:
@@ -69,10 +75,13 @@ def every_slot(slots: Sequence[str], blueprint: str) -> tuple[tuple[str, str], .
     return tuple((slot_id, blueprint) for slot_id in slots)
 
 
-def host_variant(spec: TaskSpec, host: str, built_in: Mapping[str, Sequence[str]]) -> TaskSpec:
+def host_variant(
+    spec: TaskSpec, host: str, built_in: Mapping[str, Sequence[str]], widths: Mapping[str, int] | None = None
+) -> TaskSpec:
     """`spec` with the host a run asks for: the task's own ("task") or its static reference
     ("reference"), with the `built_in` blueprints (slot -> blueprints, in order) fused into
-    its trunk. The task unchanged when nothing differs.
+    its trunk, and the layers width seeds at the `widths` slots widen built that wide (a
+    grown run's merged widths). The task unchanged when nothing differs.
 
     Bad names fail here, before any run folder exists: a task without a reference host, a
     slot the host lacks, a blueprint its topology does not have.
@@ -87,7 +96,8 @@ def host_variant(spec: TaskSpec, host: str, built_in: Mapping[str, Sequence[str]
     elif host != "task":
         raise ValueError(f"host must be 'task' or 'reference', got '{host}'")
     plan = tuple((slot_id, blueprint) for slot_id, blueprints in built_in.items() for blueprint in blueprints)
-    if not plan:
+    wider = tuple((widths or {}).items())
+    if not plan and not wider:
         return spec
     known = {s.name for s in BlueprintRegistry.list_specs(spec.topology)}
     unknown = sorted({blueprint for _, blueprint in plan} - known)
@@ -95,5 +105,5 @@ def host_variant(spec: TaskSpec, host: str, built_in: Mapping[str, Sequence[str]
         raise ValueError(
             f"Unknown blueprint(s) {unknown} for {spec.topology}. Available: {', '.join(sorted(known))}"
         )
-    factory = StaticSeedsHostFactory(spec.build_host, plan, spec.task_config.blueprint_kwargs)
+    factory = StaticSeedsHostFactory(spec.build_host, plan, spec.task_config.blueprint_kwargs, wider)
     return replace(spec, build_host=factory)

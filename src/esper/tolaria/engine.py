@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import torch
 
 from esper.kasmina.host import MorphogeneticModel
+from esper.kasmina.width import carry_optimizer_state
 from esper.leyline import (
     ACTIVE_STAGES,
     Action,
@@ -311,7 +312,7 @@ class MorphogeneticTrainer:
             slots={slot_id: slot.report() for slot_id, slot in self.slots.items()},
             rolled_back=record.rollback is not None,
             transitions=self.drain_transitions(),
-            fossils={slot_id: list(slot.fossil_reports) for slot_id, slot in self.slots.items()},
+            fossils={slot_id: [*slot.widenings, *slot.fossil_reports] for slot_id, slot in self.slots.items()},
             flops=record.flops,
             affordable=None if self.budget is None else self.budget.affordable(),
             budget_left=None if self.budget is None else self.budget.left(),
@@ -370,8 +371,16 @@ class MorphogeneticTrainer:
 
     def _sync_optimizers(self) -> None:
         """Keep the optimisers' groups in line with the slots: a group per live seed in the seed
-        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped."""
+        optimiser; a fossilized seed's group moved to the host optimiser; a culled one's dropped.
+        A merged width seed's layers replace their old parameters, optimiser state carried."""
         optimizers = self.optimizers
+        merges = [merge for slot in self.slots.values() for merge in slot.drain_merges()]
+        for merge in merges:
+            carry_optimizer_state(optimizers.torch_optimizers(), merge)
+        if merges:  # the live seeds' gradient monitors must read the new parameters
+            for slot in self.slots.values():
+                if slot.seed is not None:
+                    slot.isolation_monitor.register(self.model.host, slot.seed)
         live = {
             (slot_id, slot.state.seed_id): slot
             for slot_id, slot in self.slots.items()
@@ -413,6 +422,10 @@ class MorphogeneticTrainer:
         # The slots first: they rebuild their stacks and live seeds for the weights to load into.
         for slot_id, slot in self.slots.items():
             slot.load_lifecycle_state(state["slots"][slot_id], host_module=self.model.host)
+        # Merged widths made the host's layers wide again: the optimisers, built over the narrow
+        # ones, take the wide ones in their place before the saved state lines up with them.
+        for merge in (merge for slot in self.slots.values() for merge in slot.drain_merges()):
+            carry_optimizer_state(self.optimizers.torch_optimizers(), merge)
         self.model.load_state_dict(state["model"])
         self.optimizers.load_state_dict(state["optimizers"], self.slots)
         if self.scaler is not None and "scaler" in state:

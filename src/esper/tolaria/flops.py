@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
 from esper.kasmina.slot import SeedSlot
+from esper.kasmina.width import WidthSeed, WidthSite
 from esper.leyline import MEASURED_STAGES, SeedStage
 from esper.tolaria.trainer import loss_and_correct
 
@@ -169,17 +170,22 @@ def _stage_class(slot: Any) -> str:
 
 
 def _slot_signature(slot: Any) -> tuple[Hashable, ...]:
-    stack = tuple(report.seed_id for report in slot.fossil_reports)
+    stack = (tuple(report.seed_id for report in slot.fossil_reports), _widths(slot))
     stage_class = _stage_class(slot)
     if stage_class == "empty":
         return (stack, stage_class)
     return (stack, stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
 
 
+def _widths(slot: Any) -> tuple[int, ...]:
+    """The widths the slot's merged width seeds made its layer: part of the host's structure."""
+    return tuple(report.width for report in slot.widenings)
+
+
 def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
     """A key that changes whenever the FLOPs of `model`'s passes may change.
 
-    Per slot: its stack of fossils (part of the host: they run in every pass, at
+    Per slot: its merged widths and stack of fossils (part of the host: they run in every pass, at
     full strength), and its live seed's stage class, blueprint, seed identity and
     whether its input is detached (isolation spares the backward through the
     host's features). A module without `seed_slots` has a fixed architecture: the
@@ -251,6 +257,27 @@ def module_cost(
     return cost
 
 
+def width_cost(seed: WidthSeed, site: WidthSite, shapes: tuple[tuple[int, ...], ...]) -> ModuleCost:
+    """The cost of a width seed like `seed` at `site`: its parameters and one sample's FLOPs
+    (`shapes`: the layer's input, the consumer's input and output, per sample) of the new units
+    and their contribution to the consumer, counted on meta tensors. Its merge adds the same
+    units to the host (which is then measured as it is)."""
+    probe = WidthSeed(seed.units, seed.init, seed.noise)
+    probe.build(site, "meta")
+    x, z, out = (torch.empty((_PAIR, *shape), device="meta") for shape in shapes)
+    counts = []
+    for train, through in ((False, False), (True, False), (True, True)):
+        probe.train(train)
+        with torch.set_grad_enabled(train), flop_counter() as counter:
+            features = probe.consumer_features(
+                out, x.requires_grad_(through), z.requires_grad_(through), isolate=not through
+            )
+            if train:
+                features.sum().backward()
+        counts.append(counter.get_total_flops() / _PAIR)
+    return ModuleCost(sum(p.numel() for p in probe.parameters()), *counts)
+
+
 def _train_flops(module: nn.Module, features: Tensor) -> int:
     with flop_counter() as counter:
         module(features).sum().backward()  # the sum's backward is an expand: no FLOPs counted
@@ -266,6 +293,8 @@ class _HostCosts:
     training: float
     tails: dict[str, float] | None  # None: not a StagedHost (counterfactuals take the naive path)
     shapes: dict[str, tuple[int, ...]]
+    # Per slot whose layer can widen: one sample's layer input, consumer input and output.
+    width_shapes: dict[str, tuple[tuple[int, ...], ...]]
 
 
 # The host's costs depend only on its structure and the input's shape: kept for the process.
@@ -404,6 +433,7 @@ class FlopMeter:
         self._targets = None if targets is None else torch.empty_like(targets, device="meta")
         self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
         self._host_costs: _HostCosts | None = None
+        self._host_widths: tuple[tuple[int, ...], ...] = ()  # the merged widths it was measured at
         self.measurements = 0  # profiles composed (not served from the cache)
 
     @property
@@ -418,7 +448,16 @@ class FlopMeter:
     def seed_cost(self, slot_id: str, blueprint: str) -> ModuleCost:
         """What a seed of `blueprint` in slot `slot_id` costs (and adds: its parameters)."""
         slot = self.slots[slot_id]
-        shape = self._host().shapes[slot_id]
+        host = self._host()
+        options = slot.blueprint_kwargs(blueprint)
+        factory = BlueprintRegistry.get(slot.task_config.topology, blueprint).factory
+        with torch.device("meta"):
+            seed = factory(slot.channels, **options)
+        if isinstance(seed, WidthSeed):
+            if slot_id not in host.width_shapes:
+                raise ValueError(f"slot '{slot_id}': '{blueprint}' finds no layer to widen there")
+            return width_cost(seed, self.model.host.width_site(slot_id), host.width_shapes[slot_id])
+        shape = host.shapes[slot_id]
         return module_cost(slot.task_config.topology, blueprint, slot.channels, slot.blueprint_kwargs(blueprint), shape)
 
     def committed_inference(self) -> float:
@@ -469,7 +508,9 @@ class FlopMeter:
         return FlopProfile(inference, training, fast, naive)
 
     def _host(self) -> _HostCosts:
-        if self._host_costs is None:
+        widths = tuple(_widths(slot) for slot in self.slots.values())
+        if self._host_costs is None or widths != self._host_widths:
+            self._host_widths = widths
             key = _host_key(self.model, self._call, self._targets)
             if key not in _HOST_COSTS:
                 _HOST_COSTS[key] = self._measure_host()
@@ -484,6 +525,8 @@ class FlopMeter:
         shapes: dict[str, tuple[int, ...]] = {}
         tails: dict[str, float] | None = None
         host = getattr(model, "host", None)
+        sites = _width_sites(host, slots)
+        width_shapes: dict[str, list[tuple[int, ...]]] = {key: [(), (), ()] for key in sites}
 
         call, targets = self._call, self._targets
 
@@ -491,6 +534,8 @@ class FlopMeter:
             with _bare(slots.values()), ExitStack() as recording:
                 for key, slot in slots.items():
                     recording.enter_context(slot.recording_seed_input(functools.partial(_record_shape, shapes, key)))
+                for key, site in sites.items():
+                    recording.enter_context(_recording_site(site, width_shapes[key]))
                 call(model)
 
         def tails_pass() -> None:
@@ -518,7 +563,8 @@ class FlopMeter:
             model.train()
             with torch.enable_grad():
                 training = self._count(train_step)
-        return _HostCosts(inference / batch, training / batch, tails, shapes)
+        widths = {key: tuple(found) for key, found in width_shapes.items()}
+        return _HostCosts(inference / batch, training / batch, tails, shapes, widths)
 
     def _count(self, fn: Callable[[], None]) -> int:
         with flop_counter() as counter:
@@ -549,3 +595,32 @@ class FlopMeter:
 
 def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:
     shapes[key] = tuple(features.shape[1:])
+
+
+def _width_sites(host: Any, slots: dict[str, Any]) -> dict[str, WidthSite]:
+    """The slots whose layer a width seed can widen (a host without `width_site` has none)."""
+    sites = {}
+    for key in slots:
+        try:
+            sites[key] = host.width_site(key)
+        except (AttributeError, ValueError):
+            continue
+    return sites
+
+
+@contextmanager
+def _recording_site(site: WidthSite, found: list[tuple[int, ...]]) -> Iterator[None]:
+    """Record one sample's shape of `site`'s layer input, consumer input and consumer output."""
+
+    def layer(module: nn.Module, args: tuple[Any, ...]) -> None:
+        found[0] = tuple(args[0].shape[1:])
+
+    def consumer(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        found[1], found[2] = tuple(args[0].shape[1:]), tuple(output.shape[1:])
+
+    handles = [site.layer.register_forward_pre_hook(layer), site.consumer.register_forward_hook(consumer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -473,7 +473,8 @@ def validate_with_counterfactuals(
             taps: dict[str, Tensor] = dict.fromkeys(measured)
             base.add(*loss_and_correct(host.run(host.stem(inputs), taps=taps), targets), targets)
             for key, features in taps.items():
-                _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
+                with measured[key].force_alpha(0.0):  # a width seed acts in the stages after it
+                    _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
                 without[key] = without[key] + correct if key in without else correct
     stats = base.stats("validate", world)
     result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)

@@ -50,6 +50,11 @@ class StackedBlockSeed(nn.Module):
                 mine.n_head, mine.dropout = theirs.n_head, theirs.dropout
             elif isinstance(mine, nn.Dropout):
                 mine.p = theirs.p
+        mlp, hidden = self.block.mlp, source.mlp[0].out_features
+        if mlp[0].out_features != hidden:  # the source's MLP was widened (a merged width seed)
+            like = {"device": mlp[0].weight.device, "dtype": mlp[0].weight.dtype}
+            mlp[0] = nn.Linear(mlp[0].in_features, hidden, **like)
+            mlp[2] = nn.Linear(hidden, mlp[2].out_features, **like)
         self.block.load_state_dict(source.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""Width blueprints: seeds that add units to the host's layer at their slot.
+
+One factory per initialisation, for every topology (`kasmina.width.WidthSeed`; the host
+names the layer: `StagedHost.width_site`): "widen" starts the new units as noisy copies of
+host units (Net2WiderNet, the default), "widen_zero" with random incoming and zero
+outgoing weights; two names, so a run or a compare can plant either. `units` defaults to
+the layer's current width, i.e. doubling it: the field's width-growth steps (Net2WiderNet,
+the 4 -> 8 -> 16 channel plans toward a reference) double, and a fixed number would be a
+different fraction of every layer. `noise` is the Net2Wider symmetry breaking (see
+`kasmina.width`). Built unattached, the module has no parameters yet, so the parameter
+counts here are estimates at a 64-unit layer, doubled.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from esper.kasmina.blueprints.registry import BlueprintRegistry
+from esper.kasmina.width import WidthSeed
+
+
+def widen(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
+    return WidthSeed(units, "net2wider", noise)
+
+
+def widen_zero(dim: int, units: int | None = None) -> nn.Module:
+    return WidthSeed(units, "zero")
+
+
+_ESTIMATES = {
+    "cnn": 64 * 64 * 9 * 2 + 2 * 64,
+    "mlp": 64 * 64 * 2 + 64,
+    "transformer": 256 * 64 * 2 + 256,
+}
+_KINDS = {
+    "widen": (widen, "copies of host units (Net2WiderNet)"),
+    "widen_zero": (widen_zero, "zero outgoing weights"),
+}
+for _name, (_factory, _start) in _KINDS.items():
+    for _topology, _estimate in _ESTIMATES.items():
+        BlueprintRegistry.register(
+            _name,
+            _topology,
+            _estimate,
+            f"Widen the slot's layer (doubling it): new units from {_start}, merged when kept",
+            from_host=True,
+        )(_factory)

@@ -1,0 +1,476 @@
+"""Width seeds: new units for a host layer, grown behind it as a seed and merged into it when kept.
+
+A width seed sits in a `SeedSlot` like any other seed and passes through the same
+stages and gates, but it does not act on the slot's features. It adds `units` new
+units to the layer that produces them (`WidthSite.layer`, with its BatchNorm
+entries) and feeds them into the layer that consumes them (`WidthSite.consumer`):
+
+    n     = activation(norm_new(layer_new(x)))     x: the layer's input (a pre-hook)
+    delta = consumer_new(n) [+ split(z[idx])]      z: the consumer's input (host units)
+
+and hands `consumer_out + delta` to the slot's stage logic (`SeedSlot.run_seed`) as the
+seed's features, from a forward hook on the consumer. So alpha 0 (TRAINING, or the
+counterfactual) gives the host's output bitwise, TRAINING gives the new weights the
+task gradient (straight-through) and the host its own, and BLENDING scales exactly the
+new units' outgoing contribution. On FOSSILIZED the seed is merged (`WidthSeed.merge`):
+the layer, its norm and the consumer get new, wider parameters, and no seed is left.
+
+Initialisations (`init`), both O(parameters) to build, with no data, gradient
+statistics or extra forward passes (so a growth step spends no FLOPs beyond training):
+
+- "net2wider" (the default): each new unit copies a randomly chosen host unit
+  (incoming weights, bias, norm entries and running statistics) plus Gaussian noise of
+  `noise` times the layer's weight std, to break the symmetry; the copied unit's
+  outgoing weights are split between it and its copies (Net2WiderNet): the seed's
+  `out_weight` takes W[:, j] / (copies + 1) and `split` (folded into the host's own
+  column on merge) takes away the same from the original, so at alpha 1 the function
+  is preserved up to the noise (exactly with noise 0). Default because the new units
+  start as trained features that the task gradient moves apart, where zero-outgoing
+  units start as random features whose incoming weights get no gradient until their
+  outgoing weights have moved (the field's function-preserving baseline: Net2Net, LEMON).
+- "zero": random incoming weights (the layer's default initialisation), zero outgoing
+  weights: the function is preserved at every alpha, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from esper.leyline import FossilReport
+
+INITS = ("net2wider", "zero")
+
+
+@dataclass(frozen=True)
+class WidthSite:
+    """Where a width seed at a slot grows: the modules that change with the layer's width.
+
+    `layer` produces the units (output channels or features), `norm` (optional) has an
+    entry per unit, `activation` maps the normalised units to what `consumer` takes
+    (e.g. ReLU and pooling: it must act on each unit alone). `at_slot`: the slot's
+    features are these units (so they widen too), not a width inside the stage.
+    """
+
+    layer: nn.Conv2d | nn.Linear
+    norm: nn.BatchNorm2d | None
+    activation: Callable[[Tensor], Tensor]
+    consumer: nn.Conv2d | nn.Linear
+    at_slot: bool = True
+
+    @property
+    def units(self) -> int:
+        return self.layer.weight.shape[0]
+
+
+@dataclass(frozen=True, slots=True)
+class WidthReport(FossilReport):
+    """A fossilized width seed, merged into its slot's layer: `units_added` units, making it
+    `width` wide (`params`: the parameters that added). Kept by the slot in `widenings`, not in
+    its stack, so a checkpoint can widen a fresh host the same way before its weights load;
+    a kept seed like any fossil for whoever reads what growth kept (`EpochSignals.fossils`)."""
+
+    units_added: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What a merge replaced, for the optimiser: each old parameter (the host's, or a
+    neighbouring live width seed's), its wider successor, the seed parameter that became the
+    new part (None: zeros, with no state) and the axis it was appended along."""
+
+    widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]]
+
+
+def _unit_axis(layer: nn.Module) -> int:
+    """The axis of a layer's input that holds the units: channels of a conv, features of a Linear."""
+    return 1 if isinstance(layer, nn.Conv2d) else -1
+
+
+def _consume(consumer: nn.Conv2d | nn.Linear, units: Tensor, weight: Tensor) -> Tensor:
+    """The consumer's operation on `units` with `weight` in its place, no bias."""
+    if isinstance(consumer, nn.Conv2d):
+        return F.conv2d(
+            units,
+            weight,
+            None,
+            consumer.stride,
+            consumer.padding,
+            consumer.dilation,
+            consumer.groups,
+        )
+    return F.linear(units, weight)
+
+
+def _produce(
+    layer: nn.Conv2d | nn.Linear, x: Tensor, weight: Tensor, bias: Tensor | None
+) -> Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return F.linear(x, weight, bias)
+
+
+class WidthSeed(nn.Module):
+    """`units` new units for the layer at a slot (see the module docstring).
+
+    Built without parameters (the blueprint factory knows only the slot's width);
+    `attach(host, slot)` (called by `SeedSlot.germinate`) finds the slot's `WidthSite`,
+    builds the new weights and places the hooks; `release()` removes them. Its own
+    forward, on the slot's features, is the identity: it acts at the consumer.
+    """
+
+    def __init__(
+        self, units: int | None = None, init: str = "net2wider", noise: float = 0.01
+    ) -> None:
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(
+                f"width seeds initialise by one of {', '.join(INITS)}, got init={init!r}"
+            )
+        if units is not None and units < 1:
+            raise ValueError(f"a width seed adds at least one unit, got units={units}")
+        if noise < 0:
+            raise ValueError(f"a width seed's noise must be >= 0, got {noise}")
+        self.units, self.init, self.noise = units, init, noise
+        self.site: WidthSite | None = None
+        self._handles: list[RemovableHandle] = []
+        self._x: Tensor | None = None
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+    # ------------------------------------------------------------------ building
+    def attach(self, host: nn.Module, slot: nn.Module) -> None:
+        """Build the new units for `slot`'s layer in `host` and place the hooks.
+
+        `host.width_site(slot_id)` names the layer; a host without one, or a slot whose
+        layer cannot be widened, raises `ValueError` saying why.
+        """
+        width_site = getattr(host, "width_site", None)
+        if width_site is None:
+            raise ValueError(
+                f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen "
+                "(width seeds grow the built-in hosts: CNNHost, MLPHost, TransformerHost)"
+            )
+        site = width_site(slot.slot_id)
+        if site.at_slot and len(slot.fossils):
+            raise ValueError(
+                f"slot '{slot.slot_id}': a width seed cannot widen a layer whose output goes "
+                f"through {len(slot.fossils)} fossilized seed(s) of its width; widen another slot"
+            )
+        units = self.build(site, site.layer.weight.device)
+        layer, consumer, like = site.layer, site.consumer, site.layer.weight
+        with torch.no_grad():
+            if self.init == "net2wider":
+                self._net2wider(site, units)
+            else:
+                scratch = type(layer)(
+                    *_layer_args(layer, units), device=like.device, dtype=like.dtype
+                )
+                self.weight.copy_(scratch.weight)
+                if self.bias is not None:
+                    self.bias.copy_(scratch.bias)
+        self._handles = [
+            layer.register_forward_pre_hook(_Capture(self)),
+            consumer.register_forward_hook(_AtConsumer(slot, self)),
+        ]
+
+    def build(self, site: WidthSite, device: torch.device | str) -> int:
+        """The new units' parameters for `site` on `device` (zeros; `attach` initialises them)."""
+        units = self.units or site.units  # default: double the layer
+        layer, consumer = site.layer, site.consumer
+        dtype = layer.weight.dtype
+        self.site = site
+        self.weight = nn.Parameter(
+            torch.zeros((units, *layer.weight.shape[1:]), device=device, dtype=dtype)
+        )
+        self.bias = (
+            None
+            if layer.bias is None
+            else nn.Parameter(torch.zeros(units, device=device, dtype=dtype))
+        )
+        self.norm = None
+        if site.norm is not None:
+            self.norm = nn.BatchNorm2d(
+                units, site.norm.eps, site.norm.momentum, device=device, dtype=dtype
+            )
+        out_shape = list(consumer.weight.shape)
+        out_shape[1] = units
+        self.out_weight = nn.Parameter(torch.zeros(out_shape, device=device, dtype=dtype))
+        self.split: nn.Parameter | None = None
+        if self.init == "net2wider":
+            self.register_buffer("idx", torch.zeros(units, device=device, dtype=torch.long))
+            self.split = nn.Parameter(torch.zeros_like(self.out_weight))
+        return units
+
+    def _net2wider(self, site: WidthSite, units: int) -> None:
+        layer, consumer = site.layer, site.consumer
+        width = site.units
+        generator_device = layer.weight.device
+        idx = torch.randperm(width, device=generator_device)[: min(units, width)]
+        if units > width:  # more new units than host units: some are copied more than once
+            idx = torch.cat([idx, torch.randint(width, (units - width,), device=generator_device)])
+        self.idx.copy_(idx)
+        copies = torch.bincount(idx, minlength=width).to(consumer.weight.dtype)
+        std = layer.weight.std() if layer.weight.numel() > 1 else layer.weight.new_ones(())
+        self.weight.copy_(layer.weight[idx] + self.noise * std * torch.randn_like(self.weight))
+        if self.bias is not None:
+            self.bias.copy_(layer.bias[idx])
+        if self.norm is not None:
+            norm = site.norm
+            self.norm.weight.copy_(norm.weight[idx])
+            self.norm.bias.copy_(norm.bias[idx])
+            self.norm.running_mean.copy_(norm.running_mean[idx])
+            self.norm.running_var.copy_(norm.running_var[idx])
+        shape = [1] * consumer.weight.dim()
+        shape[1] = units
+        share = consumer.weight.index_select(1, idx) / (copies[idx] + 1).view(shape)
+        self.out_weight.copy_(share)
+        self.split.copy_(-share)
+
+    def release(self) -> None:
+        """Remove the hooks (the seed was culled, merged or replaced)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._x = None
+
+    # ------------------------------------------------------------------ forward
+    def new_units(self, x: Tensor) -> Tensor:
+        """The new units as the consumer takes them, from the layer's input `x`."""
+        site = self.site
+        units = _produce(site.layer, x, self.weight, self.bias)
+        if self.norm is not None:
+            units = self.norm(units)
+        return site.activation(units)
+
+    def consumer_features(self, base: Tensor, x: Tensor, consumed: Tensor, isolate: bool) -> Tensor:
+        """The consumer's output with the new units in: `base` (the consumer's output, detached
+        when isolating) plus their contribution; `x` is the layer's input, `consumed` the
+        consumer's (both detached when isolating)."""
+        if isolate:
+            x, consumed = x.detach(), consumed.detach()
+        site = self.site
+        delta = _consume(site.consumer, self.new_units(x), self.out_weight)
+        if self.split is not None:
+            delta = delta + _consume(
+                site.consumer,
+                consumed.index_select(_unit_axis(site.consumer), self.idx),
+                self.split,
+            )
+        return base + delta
+
+    # ------------------------------------------------------------------ merging
+    def added_params(self) -> int:
+        """Parameters the merged units add to the host (`split` folds into existing weights)."""
+        return sum(p.numel() for name, p in self.named_parameters() if name != "split")
+
+    def merge(self) -> Merge:
+        """Make the layer, its norm and the consumer wider by the new units (the seed's weights
+        at full strength), in place of their old parameters; releases the hooks.
+
+        A live width seed next to this one (its consumer is this layer, or its layer is this
+        consumer) follows: its weights get zero rows or columns for the new units, so it
+        computes what it did and stays in step with the layers it reads and writes.
+        """
+        site = self.site
+        layer, norm, consumer = site.layer, site.norm, site.consumer
+        widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]] = []
+        units = self.weight.shape[0]
+        with torch.no_grad():
+            for hook in layer._forward_hooks.values():  # seeds adding to this layer's output
+                if isinstance(hook, _AtConsumer) and hook.seed is not self:
+                    hook.seed._pad("out_weight", 0, units, widened)
+                    if hook.seed.split is not None:
+                        hook.seed._pad("split", 0, units, widened)
+            for hook in consumer._forward_pre_hooks.values():  # seeds widening the consumer
+                if isinstance(hook, _Capture) and hook.seed is not self:
+                    hook.seed._pad("weight", 1, units, widened)
+
+        def grow(
+            module: nn.Module, name: str, extra: nn.Parameter, axis: int, base: Tensor | None = None
+        ) -> None:
+            old = getattr(module, name)
+            new = nn.Parameter(
+                torch.cat([old.detach() if base is None else base, extra.detach()], dim=axis)
+            )
+            setattr(module, name, new)
+            widened.append((old, new, extra, axis))
+
+        with torch.no_grad():
+            grow(layer, "weight", self.weight, 0)
+            if self.bias is not None:
+                grow(layer, "bias", self.bias, 0)
+            if norm is not None:
+                grow(norm, "weight", self.norm.weight, 0)
+                grow(norm, "bias", self.norm.bias, 0)
+                norm.running_mean = torch.cat([norm.running_mean, self.norm.running_mean])
+                norm.running_var = torch.cat([norm.running_var, self.norm.running_var])
+                norm.num_features += self.norm.num_features
+            kept = consumer.weight.detach()
+            if self.split is not None:
+                kept = kept.index_add(1, self.idx, self.split.detach())
+            grow(consumer, "weight", self.out_weight, 1, base=kept)
+        _set_width(layer, out=layer.weight.shape[0])
+        _set_width(consumer, inp=consumer.weight.shape[1])
+        self.release()
+        return Merge(widened)
+
+    def _pad(self, name: str, axis: int, units: int, widened: list) -> None:
+        """Append `units` zero entries to parameter `name` along `axis` (a neighbour merged)."""
+        old = getattr(self, name)
+        shape = list(old.shape)
+        shape[axis] = units
+        new = nn.Parameter(torch.cat([old.detach(), old.new_zeros(shape)], dim=axis))
+        setattr(self, name, new)
+        widened.append((old, new, None, axis))
+
+
+class _Capture:
+    """Forward pre-hook on the seed's layer: its input is what the new units read."""
+
+    __slots__ = ("seed",)
+
+    def __init__(self, seed: WidthSeed) -> None:
+        self.seed = seed
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.seed._x = args[0]
+
+
+class _AtConsumer:
+    """Forward hook on the consumer: its output through the slot's stage logic, the seed's
+    features being that output plus the new units' contribution."""
+
+    __slots__ = ("seed", "slot")
+
+    def __init__(self, slot: nn.Module, seed: WidthSeed) -> None:
+        self.slot, self.seed = slot, seed
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        seed, consumed = self.seed, args[0]
+
+        def features(base: Tensor, isolate: bool) -> Tensor:
+            if seed._x is None:
+                raise RuntimeError(
+                    "width seed: the consumer ran without the layer before it (a pass that starts "
+                    "between them must force the slot's alpha to 0)"
+                )
+            return seed.consumer_features(base, seed._x, consumed, isolate)
+
+        try:
+            return self.slot.run_seed(output, features)
+        finally:
+            seed._x = None
+
+
+def _layer_args(layer: nn.Conv2d | nn.Linear, units: int) -> tuple[Any, ...]:
+    """Constructor arguments of a layer like `layer` with `units` outputs (for its default init)."""
+    if isinstance(layer, nn.Conv2d):
+        return (layer.in_channels, units, layer.kernel_size, layer.stride, layer.padding,
+                layer.dilation, layer.groups, layer.bias is not None)  # fmt: skip
+    return (layer.in_features, units, layer.bias is not None)
+
+
+def _set_width(layer: nn.Module, out: int | None = None, inp: int | None = None) -> None:
+    """Keep a widened layer's size attributes in line with its weights."""
+    if isinstance(layer, nn.Conv2d):
+        layer.out_channels = out or layer.out_channels
+        layer.in_channels = inp or layer.in_channels
+    else:
+        layer.out_features = out or layer.out_features
+        layer.in_features = inp or layer.in_features
+
+
+def widen_fresh(host: nn.Module, slot: nn.Module, report: WidthReport) -> tuple[WidthSite, Merge | None]:
+    """Re-apply a recorded merge structurally (a checkpoint's host, built narrow): the layer
+    becomes `report.width` wide with placeholder weights for the state dict to overwrite.
+    A layer already that wide is left as it is (no merge). The merge is returned so the
+    optimisers, built over the narrow layers, can take the wide ones in their place."""
+    site = host.width_site(slot.slot_id)
+    if site.units >= report.width:
+        return site, None
+    seed = WidthSeed(report.width - site.units, init="zero")
+    seed.attach(host, slot)
+    return site, seed.merge()
+
+
+def carry_optimizer_state(
+    optimizers: tuple[torch.optim.Optimizer, ...] | list[torch.optim.Optimizer], merge: Merge
+) -> None:
+    """Put each merged parameter's successor in its place in the optimiser that held the old one.
+
+    Per-parameter state carries over: tensors shaped like the parameter (SGD's
+    momentum_buffer, Adam's exp_avg and exp_avg_sq) become the old state with the seed
+    parameter's state (from whichever optimiser held the seed; zeros if none) appended
+    along the widened axis; other entries (Adam's step) are the old parameter's. The
+    seed's own param group is left for its owner to remove.
+    """
+    states = {}
+    for optimizer in optimizers:
+        states.update({id(p): s for p, s in optimizer.state.items()})
+    successors = {id(old): (new, extra, axis) for old, new, extra, axis in merge.widened}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for i, param in enumerate(group["params"]):
+                found = successors.get(id(param))
+                if found is None:
+                    continue
+                new, extra, axis = found
+                group["params"][i] = new
+                old_state = optimizer.state.pop(param, None)
+                if not old_state:
+                    continue
+                extra_state = states.get(id(extra), {})
+                tail_shape = list(new.shape)
+                tail_shape[axis] -= param.shape[axis]
+                carried = {}
+                for key, value in old_state.items():
+                    if isinstance(value, Tensor) and value.shape == param.shape:
+                        tail = extra_state.get(key)
+                        if not isinstance(tail, Tensor) or list(tail.shape) != tail_shape:
+                            tail = value.new_zeros(tail_shape)
+                        value = torch.cat([value, tail.to(value.dtype)], dim=axis)
+                    carried[key] = value
+                optimizer.state[new] = carried
+
+
+def widen_static(host: nn.Module, slot_id: str, width: int) -> None:
+    """Make the layer a width seed at `slot_id` widens `width` units wide as static layers, freshly
+    initialised: the layer, its norm and the consumer get new parameters of the new shapes at
+    the host's own initialisation (`host.init_layers`). How compare's static arms build a
+    grown run's final widths."""
+    site = host.width_site(slot_id)
+    if width < site.units:
+        raise ValueError(f"slot '{slot_id}' is {site.units} wide already; it cannot be built {width} wide")
+    layer, norm, consumer = site.layer, site.norm, site.consumer
+    like = layer.weight
+    with torch.no_grad():
+        layer.weight = nn.Parameter(like.new_empty(width, *like.shape[1:]))
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(like.new_empty(width))
+        _set_units(layer, width, out=True)
+        if norm is not None:
+            norm.num_features = width
+            norm.weight = nn.Parameter(like.new_empty(width))
+            norm.bias = nn.Parameter(like.new_empty(width))
+            norm.running_mean = like.new_zeros(width)
+            norm.running_var = like.new_ones(width)
+        shape = list(consumer.weight.shape)
+        shape[1] = width
+        consumer.weight = nn.Parameter(consumer.weight.new_empty(shape))
+        _set_units(consumer, width, out=False)
+    host.init_layers([module for module in (layer, norm, consumer) if module is not None])
+
+
+def _set_units(module: nn.Conv2d | nn.Linear, width: int, out: bool) -> None:
+    """The size attribute a Conv2d or Linear keeps beside its weight (its repr and reset use it)."""
+    name = ("out_channels" if out else "in_channels") if isinstance(module, nn.Conv2d) else ("out_features" if out else "in_features")
+    setattr(module, name, width)
