@@ -248,7 +248,7 @@ def test_a_checkpoint_of_an_older_run_file_format_is_refused_not_skipped(finishe
     run_dir = tmp_path / "old-checkpoint"
     shutil.copytree(finished_run[0], run_dir)
     (run_dir / "checkpoints" / "final.pt").unlink()  # interrupted: resuming reads its last checkpoint
-    last = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))[-1]
+    last = max((run_dir / "checkpoints").glob("epoch_*.pt"))
     payload = torch.load(last, weights_only=True)
     del payload["run_format"]
     torch.save(payload, last)

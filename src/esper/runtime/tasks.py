@@ -394,6 +394,12 @@ register_task(
         lr_schedule="cosine",
         blueprints=_CNN_CAPACITY,
         heuristic=_GROW_EARLY,
+        # Toward the reference's widths: block2 8 -> 16 -> 32 and block3 16 -> 32 -> 64 channels
+        # (Net2Wider doublings, both slots at once; block1 has no slot and stays 4 wide).
+        schedule=(
+            (0.0, "block2", "widen"), (0.0, "block3", "widen"),
+            (0.3, "block2", "widen"), (0.3, "block3", "widen"),
+        ),
     )
 )
 register_task(
