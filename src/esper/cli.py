@@ -180,6 +180,18 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from esper.jobs.export import export_run
+
+    written = export_run(args.run_dir, args.out)
+    console.print(
+        f"Exported {args.run_dir}: {written['params']:,} parameters to {written['file']} (outputs within "
+        f"{written['max_difference']:.1g} of the grown model's); load it with torch.export.load(FILE).module()",
+        highlight=False,
+    )
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.runs_index import runs_table
 
@@ -294,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run folder, or several to compare")
     report.add_argument("--out", help="output folder (default RUN_DIR/report for one run, ./report for several)")
     report.set_defaults(func=_cmd_report)
+
+    export = commands.add_parser("export", help="the grown network of a finished run as a plain model file")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of esper train heuristic")
+    export.add_argument("--out", required=True, help="the file to write (torch.export's .pt2)")
+    export.set_defaults(func=_cmd_export)
 
     runs = commands.add_parser("runs", help="list the run folders in DIR")
     runs.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default ./runs)")
