@@ -43,21 +43,14 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _task_options(args: argparse.Namespace) -> dict:
-    options = {"data_dir": args.data_dir, "download": args.download or None, "path": args.text_path}
-    return {k: v for k, v in options.items() if v is not None}
-
-
-def _budget(args: argparse.Namespace, file_values: dict) -> dict | None:
-    """The config file's growth budget with the budget flags given on top (None: no flag)."""
-    flags = {"max_params_added": args.max_params_added, "max_inference_flops": args.max_inference_flops}
-    given = {key: value for key, value in flags.items() if value is not None}
-    return {**file_values.get("budget", {}), **given} if given else None
-
-
 def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
-    from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
+    from esper.jobs.config import (
+        HeuristicRunConfig,
+        build_config,
+        config_from_flags,
+        read_config_file,
+    )
     from esper.jobs.heuristic import check_processes, run_heuristic
     from esper.jobs.report import print_summary
     from esper.jobs.run_folder import RunFolder
@@ -66,26 +59,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     if args.resume:
         run_dir, config = Path(args.resume), None
     else:
-        file_values = read_config_file(args.config) if args.config else {}
-        overrides = {
-            "task": args.task,
-            "epochs": args.epochs,
-            "slots": args.slots,
-            "seed": args.seed,
-            "blueprints": args.blueprints,
-            "checkpoint_every": args.checkpoint_every,
-            "baseline": args.baseline or None,
-            "tensorboard": args.tensorboard or None,
-            "chooser": args.chooser,
-            "curriculum": args.curriculum,
-            "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
-            "model": args.model,
-            "device": args.device,
-            "precision": args.precision,
-            "budget": _budget(args, file_values),
-            "lr_schedule": args.lr_schedule,
-        }
-        config = build_config(HeuristicRunConfig, file_values, overrides)
+        config = config_from_flags(HeuristicRunConfig, args, read_config_file(args.config) if args.config else {})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/heuristic-{config.task}-{stamp}")
     if scaleout.wants_launch(args):
@@ -102,34 +76,17 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _compare_run_keys(args: argparse.Namespace) -> dict | None:
-    """The run-config keys every arm shares: --config's, then --device and --precision."""
-    from esper.jobs.config import read_config_file
-
-    keys = read_config_file(args.config) if args.config else {}
-    keys |= {key: value for key in ("device", "precision") if (value := getattr(args, key)) is not None}
-    return keys or None
-
-
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.compare import CompareConfig, run_compare
     from esper.jobs.compare_report import print_compare
-    from esper.jobs.config import build_config
+    from esper.jobs.config import config_from_flags, flag_values, read_config_file
 
-    controller = args.controller
-    if controller is not None and Path(controller).is_file():
-        controller = str(Path(controller).resolve())  # the arms' configs hold it; resume may run elsewhere
-    settings = {
-        "task": args.task,
-        "seeds": args.seeds,
-        "first_seed": args.first_seed,
-        "controller": controller,
-        "epochs": args.epochs,
-        "arms": args.arms,
-        "run": _compare_run_keys(args),
-    }
+    if args.controller is not None and Path(args.controller).is_file():
+        args.controller = str(Path(args.controller).resolve())  # the arms' configs hold it; resume may run elsewhere
     if args.resume:
-        given = [key for key, value in {**settings, "out": args.out}.items() if value is not None]
+        flagged = flag_values(CompareConfig, args)
+        given = [key for key in flagged if key != "run"] + list(flagged.get("run", {}))  # run.device: --device
+        given += [key for key in ("config", "out") if getattr(args, key)]
         if given:
             flags = ", ".join("--" + key.replace("_", "-") for key in given)
             raise ValueError(f"--resume DIR continues a compare with its own settings; drop {flags}")
@@ -137,7 +94,9 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     else:
         if not args.out:
             raise ValueError("give --out DIR, the folder for the compare (or --resume DIR to continue one)")
-        out, config = Path(args.out), build_config(CompareConfig, {}, settings)
+        # --config holds run-config keys for every arm: compare's "run" section.
+        run_keys = {"run": read_config_file(args.config)} if args.config else {}
+        out, config = Path(args.out), config_from_flags(CompareConfig, args, run_keys)
     with _resumable("compare", out):
         results = run_compare(config, out, resume=bool(args.resume), console=None if args.quiet else console)
     print_compare(results, console)
@@ -175,16 +134,15 @@ def _launch(args: argparse.Namespace, mode: str, run_dir: Path, console: Console
 
 def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
-    from esper.jobs.config import build_config, read_config_file
-    from esper.jobs.ppo import PPORunConfig, check_processes, overrides_from_args, run_ppo
+    from esper.jobs.config import build_config, config_from_flags, read_config_file
+    from esper.jobs.ppo import PPORunConfig, check_processes, run_ppo
     from esper.jobs.run_folder import RunFolder
 
     scaleout.check_launch(args)
     if args.resume:
         run_dir, config = Path(args.resume), None
     else:
-        file_values = read_config_file(args.config) if args.config else {}
-        config = build_config(PPORunConfig, file_values, overrides_from_args(args, file_values))
+        config = config_from_flags(PPORunConfig, args, read_config_file(args.config) if args.config else {})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/ppo-{config.task}-{stamp}")
     if scaleout.wants_launch(args):
@@ -205,12 +163,14 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
-    from esper.jobs.offline import config_from_args, run_offline
+    from esper.jobs.config import config_from_flags
+    from esper.jobs.offline import OfflineRunConfig, run_offline
     from esper.nissa.files import check_writable
 
     run_dir = Path(args.run_dir or f"runs/offline-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     check_writable(run_dir, "--run-dir", folder=True)
-    summary = run_offline(config_from_args(args), run_dir, console=None if args.quiet else console)
+    config = config_from_flags(OfflineRunConfig, args)
+    summary = run_offline(config, run_dir, console=None if args.quiet else console)
     last = summary["last_loss"]
     console.print(f"loss: td {last['td_loss']:.4f}, cql {last['cql']:.4f}, mean Q {last['q_mean']:+.3f}", highlight=False)
     console.print(f"Policy: {summary['policy']}\nRun folder: {run_dir}", highlight=False)
@@ -254,14 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--run-dir", help="run folder (default runs/heuristic-TASK-TIME)")
     heuristic.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
-    heuristic.add_argument("--baseline", action="store_true", help="also train the host alone and compare")
-    heuristic.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    heuristic.add_argument("--baseline", action="store_true", default=None, help="also train the host alone and compare")
+    heuristic.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tensorboard")
     heuristic.add_argument("--lr-schedule", choices=("constant", "cosine"),
                            help="learning rates constant, or annealed to 0 over the run (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
-    heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
-    heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")
-    heuristic.add_argument("--text-path", help="UTF-8 text file (textfile task)")
+    heuristic.add_argument("--data-dir", dest="task_options__data_dir", help="dataset folder (cifar10)")
+    heuristic.add_argument("--download", dest="task_options__download", action="store_true", default=None,
+                           help="download the dataset if missing (cifar10)")  # fmt: skip
+    heuristic.add_argument("--text-path", dest="task_options__path", help="UTF-8 text file (textfile task)")
     heuristic.add_argument(
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )
@@ -273,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_device_arguments(heuristic)
     heuristic.add_argument(
-        "--max-params-added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
+        "--max-params-added", dest="budget__max_params_added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
     )
     heuristic.add_argument(
         "--max-inference-flops",
+        dest="budget__max_inference_flops",
         type=float,
         metavar="F",
         help="growth budget: at most F inference FLOPs per sample for the whole grown network",
@@ -325,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and static-reference when the task has a reference host)",
     )  # fmt: skip
     compare.add_argument("--config", help="JSON or TOML file of run-config keys for every arm (as esper train heuristic --config)")
-    add_device_arguments(compare, "every arm")
+    add_device_arguments(compare, "every arm", section="run")
     compare.add_argument("--out", help="the compare folder (rerun the same command to continue it)")
     compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
     compare.add_argument("--quiet", action="store_true", help="no live progress")

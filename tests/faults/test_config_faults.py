@@ -43,7 +43,7 @@ def _fails_cleanly(capsys, argv: list[str], *expected: str) -> str:
         ({"budget": {"max_params_added": 1e4}}, ("'budget.max_params_added'", "integer", "10000.0")),
         ({"budget": {"max_inference_flops": "1e6"}}, ("'budget.max_inference_flops'", "number", "'1e6'")),
         ({"budget": {"max_params": 10}}, ("budget.max_params", "max_params_added")),
-        ({"budget": {"max_params_added": 0}}, ("budget.max_params_added must be >= 1",)),
+        ({"budget": {"max_params_added": 0}}, ("'budget.max_params_added' must be >= 1", "got 0")),
     ],
 )
 def test_heuristic_config_file_values_are_type_checked(values, expected, tmp_path, monkeypatch, capsys) -> None:
@@ -70,7 +70,7 @@ def test_toml_config_values_are_type_checked(tmp_path, monkeypatch, capsys) -> N
         ({"network": {"hidden": True}}, ("'network.hidden'", "integer", "True")),
         ({"reward": {"rent_weight": [0.1]}}, ("'reward.rent_weight'", "number", "[0.1]")),
         ({"ppo": {"gama": 0.9}}, ("ppo.gama", "gamma")),
-        ({"budget": {"max_inference_flops": -1.0}}, ("budget.max_inference_flops must be > 0",)),
+        ({"budget": {"max_inference_flops": -1.0}}, ("'budget.max_inference_flops' must be > 0", "got -1.0")),
     ],
 )
 def test_ppo_config_file_values_are_type_checked(values, expected, tmp_path, monkeypatch, capsys) -> None:

@@ -46,6 +46,7 @@ from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import prepare_run, run_heuristic
 from esper.jobs.report_figures import save_png
 from esper.jobs.run_folder import read_json, write_json
+from esper.leyline.ranges import MAX_SEED, AtLeastOne, Seed, check_fields
 from esper.nissa.files import check_writable
 from esper.runtime import get_task
 from esper.runtime.static_host import host_variant
@@ -68,21 +69,18 @@ ARM_ONLY_KEYS = {"schedule": "scheduled"}
 @dataclass(slots=True)
 class CompareConfig:
     task: str = "mnist5k-tiny"
-    seeds: int = 5  # seeds first_seed, first_seed + 1, ...
-    first_seed: int = 0
+    seeds: AtLeastOne = 5  # seeds first_seed, first_seed + 1, ...
+    first_seed: Seed = 0
     controller: str = "heuristic"  # "heuristic", or a policy.pt: then a policy arm grows beside the heuristic
-    epochs: int | None = None  # None: the task's default
+    epochs: AtLeastOne | None = None  # None: the task's default
     arms: list[str] | None = None  # None: every arm, static-reference if the task has a reference host
     # More run-config keys for every arm (task_options, heuristic, blueprints, slots, ...).
     run: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.first_seed < 0:
-            raise ValueError(f"--first-seed must be >= 0, got {self.first_seed}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        check_fields(self)
+        if self.first_seed + self.seeds - 1 > MAX_SEED:
+            raise ValueError(f"the last seed, first_seed + seeds - 1, must be <= {MAX_SEED}, got {self.first_seed + self.seeds - 1}")
         if self.controller == "none":
             raise ValueError("--controller must be 'heuristic' or a policy.pt: the grown arm grows")
         if self.arms is not None:
