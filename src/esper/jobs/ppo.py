@@ -194,6 +194,34 @@ def check_processes(config: PPORunConfig, processes: int) -> None:
         raise ValueError(too_many_processes(processes, config.envs))
 
 
+# What one environment holds at least, beyond its host's weights, gradients and two Adam moments
+# (its trainer, loaders, observer and reward tracker); well under what one really takes.
+ENV_OVERHEAD_BYTES = 1 << 20
+
+
+def check_envs_fit(config: PPORunConfig, spec: TaskSpec, data: TaskData, processes: int = 1) -> None:
+    """Refuse, before any work, more environments than this machine's memory can hold at once
+    (a lower bound per environment; the host's weights counted four times)."""
+    host = spec.build_host(data)
+    per_env = 4 * sum(p.numel() * p.element_size() for p in host.parameters()) + ENV_OVERHEAD_BYTES
+    needed, available = per_env * -(-config.envs // processes), available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"envs {config.envs:,} need at least {needed / 2**30:,.1f} GiB of memory "
+                         f"({per_env / 2**20:.1f} MiB each{' per process' if processes > 1 else ''}), "
+                         f"more than the {available / 2**30:,.1f} GiB available; use fewer envs")  # fmt: skip
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable; None where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_ppo(
     config: PPORunConfig | None,
     run_dir: str | Path,
@@ -220,6 +248,7 @@ def run_ppo(
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
+    check_envs_fit(config, spec, data, world.size)
     recorded: RecordedTransitions | None = None  # rank 0's warm-start data (a new run with warm_start_from)
     if config.warm_start_from and not resume:
 
