@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -331,7 +333,8 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     from esper.jobs.compare import CONFIG_FILE
     from esper.jobs.run_folder import RunFolder
     from esper.jobs.scaleout import LaunchFailed
-    from esper.tolaria.distributed import RankFailure
+    from esper.tolaria import TrainingFailed
+    from esper.tolaria.distributed import RankFailure, RankZeroFailed
 
     started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path
     command = "esper compare" if mode == "compare" else f"esper train {mode}"
@@ -349,6 +352,12 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
             message = f"{err}. The checkpoints so far are kept; continue with: {resume}"
         else:
             message = f"{err}. Nothing was written; run the command again"
+        raise _Stopped(message, 2) from None
+    except RuntimeError as err:
+        # A fault during the run (a forward that raised, a device error); not one said as it is.
+        if not started.exists() or isinstance(err, (TrainingFailed, RankZeroFailed)):
+            raise
+        message = f"{err}. What was written so far is kept; once that is fixed, continue with: {resume}"
         raise _Stopped(message, 2) from None
     except OSError as err:
         if err.errno is None:  # one of Esper's own messages (FileNotFoundError, FileExistsError)
@@ -388,15 +397,42 @@ def _print_error(console: Console, message: str) -> None:
     console.print(line, soft_wrap=True)
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """The first Ctrl-C stops the command; more while it winds down are ignored (a second one
+    landing in a `finally` or in the interpreter's exit would end it with a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """`_interrupt_once` as the Ctrl-C handler while the command runs (where Ctrl-C is Python's
+    default: an ignored SIGINT stays ignored). Once an interrupt came, SIGINT stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is _interrupt_once:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # what `--nproc` runs again on every process
-    if args.threads < 1:
-        raise SystemExit("esper: --threads must be >= 1")
-    torch.set_num_threads(args.threads)
     console = Console()
+    with _one_interrupt():
+        return _run(argv, console)
+
+
+def _run(argv: list[str], console: Console) -> int:
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv  # what `--nproc` runs again on every process
+        if args.threads < 1:
+            raise SystemExit("esper: --threads must be >= 1")
+        torch.set_num_threads(args.threads)
         return args.func(args, console)
     except _Stopped as stop:
         if stop.code == 130:

@@ -244,8 +244,13 @@ def collect(folder: CompareFolder, config: CompareConfig, arms: list[str]) -> di
 
 def _add_if_complete(runs: dict[str, list[ArmRun]], folder: CompareFolder, seed: int, arm: str) -> None:
     path = folder.run_path(seed, arm)
-    if arm_state(path) == "complete":
-        runs[arm].append(ArmRun.read(path, seed, str(path.relative_to(folder.path))))
+    try:
+        if arm_state(path) == "complete":
+            runs[arm].append(ArmRun.read(path, seed, str(path.relative_to(folder.path))))
+    except (ValueError, KeyError, TypeError) as err:
+        reason = str(err) if isinstance(err, ValueError) else f"{path}: its summary or metrics lack {err}"
+        raise ValueError(f"{reason}; that arm run is damaged: remove {path} to train it again, "
+                         "then run the command again") from None  # fmt: skip
 
 
 def write_results(
@@ -306,7 +311,9 @@ def run_compare(
     else:
         resume = folder.check_new(config)
     arms = check(config)
-    if not resume:
+    if resume:
+        collect(folder, config, arms)  # every finished arm run reads, before anything is rewritten
+    else:
         folder.path.mkdir(parents=True, exist_ok=True)
         write_json(folder.config_path, {"mode": "compare", "config": config.to_dict(), "esper_version": __version__})
     earlier = read_json(folder.results_path).get("wall_seconds", 0.0) if folder.results_path.exists() else 0.0
