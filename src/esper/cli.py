@@ -221,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     heuristic.add_argument("--lr-schedule", choices=("constant", "cosine"),
                            help="learning rates constant, or annealed to 0 over the run (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
-    heuristic.add_argument("--data-dir", dest="task_options__data_dir", help="dataset folder (cifar10)")
+    heuristic.add_argument("--data-dir", dest="task_options__data_dir", metavar="DIR", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", dest="task_options__download", action="store_true", default=None,
                            help="download the dataset if missing (cifar10)")  # fmt: skip
-    heuristic.add_argument("--text-path", dest="task_options__path", help="UTF-8 text file (textfile task)")
+    heuristic.add_argument("--text-path", dest="task_options__path", metavar="FILE", help="UTF-8 text file (textfile task)")
     heuristic.add_argument(
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )

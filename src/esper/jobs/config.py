@@ -31,6 +31,7 @@ import typing_extensions
 from esper.leyline import GrowthBudget
 from esper.leyline.ranges import AtLeastOne, PositiveFloat, Seed, check_fields, expectation
 from esper.runtime.user_model import check_factory_path
+from esper.simic.rewards import RewardConfig
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
 from esper.tolaria.trainer import LR_SCHEDULES
 
@@ -98,6 +99,7 @@ class HeuristicRunConfig:
             raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
         if self.model is not None and (self.host != "task" or self.built_in):
             raise ValueError("host and built_in vary the task's host; with model there is none to vary")
+        build_config(RewardConfig, self.reward, {}, section="reward")  # checked when made, before any work
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

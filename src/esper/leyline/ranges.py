@@ -24,14 +24,32 @@ NonNegativeInt = Annotated[int, Ge(0)]
 PositiveFloat = Annotated[float, Gt(0)]
 NonNegativeFloat = Annotated[float, Ge(0)]
 Fraction = Annotated[float, Interval(ge=0, le=1)]
+# The controllers' Adam step sizes (PPO, warm start, offline): above 1 nothing is learned.
+LearningRate = Annotated[float, Interval(gt=0, le=1)]
 # Random seeds: numpy's and torch's generators take any 32-bit unsigned seed.
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Interval(ge=0, le=MAX_SEED)]
 
 FINITE = pydantic.ConfigDict(allow_inf_nan=False)
 
-__all__ = ["FINITE", "MAX_SEED", "AtLeastOne", "Fraction", "Ge", "Gt", "Interval", "Le", "Lt",
-           "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "Seed", "check_fields", "expectation"]  # fmt: skip
+__all__ = [
+    "FINITE",
+    "MAX_SEED",
+    "AtLeastOne",
+    "Fraction",
+    "Ge",
+    "Gt",
+    "Interval",
+    "Le",
+    "LearningRate",
+    "Lt",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "Seed",
+    "check_fields",
+    "expectation",
+]  # fmt: skip
 
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 

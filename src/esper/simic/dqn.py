@@ -31,6 +31,7 @@ from esper.leyline.ranges import (
     AtLeastOne,
     Fraction,
     Interval,
+    LearningRate,
     NonNegativeFloat,
     PositiveFloat,
     Seed,
@@ -47,7 +48,7 @@ class OfflineConfig:
     # (see `learning_discount`).
     gamma: Annotated[float, Interval(ge=0, lt=1)] | None = None
     drop_shaping: bool = False  # learn without the potential-based terms (shaping; the contribution where recorded as one)
-    lr: PositiveFloat = 1e-3  # Adam learning rate
+    lr: LearningRate = 1e-3  # Adam learning rate
     batch_size: AtLeastOne = 128
     updates: AtLeastOne = 3000  # gradient steps over the whole dataset
     target_every: AtLeastOne = 200  # hard copy of the online net into the target net

@@ -35,6 +35,7 @@ from esper.leyline.ranges import (
     AtLeastOne,
     Fraction,
     Interval,
+    LearningRate,
     NonNegativeFloat,
     PositiveFloat,
     check_fields,
@@ -51,10 +52,10 @@ LOSS_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fractio
 
 @dataclass(frozen=True, slots=True)
 class PPOConfig:
-    learning_rate: PositiveFloat = 3e-3  # Adam step size (CleanRL's 3e-4 barely moves this small policy in 100 rounds)
+    learning_rate: LearningRate = 3e-3  # Adam step size (CleanRL's 3e-4 barely moves this small policy in 100 rounds)
     gamma: Annotated[float, Interval(gt=0, le=1)] = 0.99  # discount per epoch
     gae_lambda: Fraction = 0.95  # GAE bias/variance trade-off
-    clip_coef: PositiveFloat = 0.2  # e in the clipped surrogate
+    clip_coef: Annotated[float, Interval(gt=0, le=1)] = 0.2  # e in the clipped surrogate (ratios within 1 +- e)
     ent_coef: NonNegativeFloat = 0.01  # weight of the entropy bonus
     vf_coef: NonNegativeFloat = 0.5  # weight of the value loss
     max_grad_norm: PositiveFloat = 0.5  # global gradient-norm clip

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from esper.leyline.ranges import AtLeastOne, PositiveFloat, check_fields
+from esper.leyline.ranges import AtLeastOne, LearningRate, check_fields
 from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic
 from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
@@ -43,7 +43,7 @@ class WarmStartConfig:
 
     updates: AtLeastOne = 2000  # gradient steps for the actor and the critic each (Adam)
     batch_size: AtLeastOne = 256  # recorded steps per step, drawn with replacement
-    learning_rate: PositiveFloat = 1e-3
+    learning_rate: LearningRate = 1e-3
     target_every: AtLeastOne = 50  # critic: hard copy into the TD target net (a 30-step episode needs ~30 copies to propagate)
 
     def __post_init__(self) -> None:
