@@ -269,7 +269,7 @@ def test_a_seed_that_breaks_the_evaluation_is_found_culled_and_rolled_back() -> 
     for epoch in range(4):
         grower.end_epoch(train_loss=train_one_epoch(grown, optimizer, epoch))
     assert grown.seed_slots["3"].stage == S.BLENDING
-    good = {k: v.clone() for k, v in grown.state_dict().items()}
+    good = {k: v.clone() for k, v in grown.state_dict().items() if isinstance(v, torch.Tensor)}  # the weights
     train_one_epoch(grown, optimizer, 4)
     with torch.no_grad():  # the seed in slot 3 diverged in the user's last step
         next(grown.seed_slots["3"].seed.parameters()).fill_(math.inf)
@@ -517,7 +517,7 @@ def test_a_grower_with_a_stack_resumes_its_optimiser_groups_exactly() -> None:
     train_one_epoch(grown, optimizer, epoch)
     train_one_epoch(again, again_optimizer, epoch)
     for (name, a), b in zip(grown.state_dict().items(), again.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name  # weights, then the slots
 
 
 # One sample's FLOPs through the 64-16-16-10 MLP: a multiply-add is 2. Training adds the

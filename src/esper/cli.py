@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -43,21 +45,14 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _task_options(args: argparse.Namespace) -> dict:
-    options = {"data_dir": args.data_dir, "download": args.download or None, "path": args.text_path}
-    return {k: v for k, v in options.items() if v is not None}
-
-
-def _budget(args: argparse.Namespace, file_values: dict) -> dict | None:
-    """The config file's growth budget with the budget flags given on top (None: no flag)."""
-    flags = {"max_params_added": args.max_params_added, "max_inference_flops": args.max_inference_flops}
-    given = {key: value for key, value in flags.items() if value is not None}
-    return {**file_values.get("budget", {}), **given} if given else None
-
-
 def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
-    from esper.jobs.config import HeuristicRunConfig, build_config, read_config_file
+    from esper.jobs.config import (
+        HeuristicRunConfig,
+        build_config,
+        config_from_flags,
+        read_config_file,
+    )
     from esper.jobs.heuristic import check_processes, run_heuristic
     from esper.jobs.report import print_summary
     from esper.nissa.run_folder import RunFolder
@@ -67,26 +62,7 @@ def _cmd_train_heuristic(args: argparse.Namespace, console: Console) -> int:
         _check_resume_flags(args, "epochs")
         run_dir, config = Path(args.resume), None
     else:
-        file_values = read_config_file(args.config) if args.config else {}
-        overrides = {
-            "task": args.task,
-            "epochs": args.epochs,
-            "slots": args.slots,
-            "seed": args.seed,
-            "blueprints": args.blueprints,
-            "checkpoint_every": args.checkpoint_every,
-            "baseline": args.baseline or None,
-            "tensorboard": args.tensorboard or None,
-            "chooser": args.chooser,
-            "curriculum": args.curriculum,
-            "task_options": {**file_values.get("task_options", {}), **_task_options(args)} or None,
-            "model": args.model,
-            "device": args.device,
-            "precision": args.precision,
-            "budget": _budget(args, file_values),
-            "lr_schedule": args.lr_schedule,
-        }
-        config = build_config(HeuristicRunConfig, file_values, overrides)
+        config = config_from_flags(HeuristicRunConfig, args, read_config_file(args.config) if args.config else {})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/heuristic-{config.task}-{stamp}")
     if scaleout.wants_launch(args):
@@ -126,34 +102,17 @@ def _check_resume_flags(args: argparse.Namespace, extends: str) -> None:
         )
 
 
-def _compare_run_keys(args: argparse.Namespace) -> dict | None:
-    """The run-config keys every arm shares: --config's, then --device and --precision."""
-    from esper.jobs.config import read_config_file
-
-    keys = read_config_file(args.config) if args.config else {}
-    keys |= {key: value for key in ("device", "precision") if (value := getattr(args, key)) is not None}
-    return keys or None
-
-
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs.compare import CompareConfig, run_compare
     from esper.jobs.compare_report import print_compare
-    from esper.jobs.config import build_config
+    from esper.jobs.config import config_from_flags, flag_values, read_config_file
 
-    controller = args.controller
-    if controller is not None and Path(controller).is_file():
-        controller = str(Path(controller).resolve())  # the arms' configs hold it; resume may run elsewhere
-    settings = {
-        "task": args.task,
-        "seeds": args.seeds,
-        "first_seed": args.first_seed,
-        "controller": controller,
-        "epochs": args.epochs,
-        "arms": args.arms,
-        "run": _compare_run_keys(args),
-    }
+    if args.controller is not None and Path(args.controller).is_file():
+        args.controller = str(Path(args.controller).resolve())  # the arms' configs hold it; resume may run elsewhere
     if args.resume:
-        given = [key for key, value in {**settings, "out": args.out}.items() if value is not None]
+        flagged = flag_values(CompareConfig, args)
+        given = [key for key in flagged if key != "run"] + list(flagged.get("run", {}))  # run.device: --device
+        given += [key for key in ("config", "out") if getattr(args, key)]
         if given:
             flags = ", ".join("--" + key.replace("_", "-") for key in given)
             raise ValueError(f"--resume DIR continues a compare with its own settings; drop {flags}")
@@ -161,7 +120,9 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     else:
         if not args.out:
             raise ValueError("give --out DIR, the folder for the compare (or --resume DIR to continue one)")
-        out, config = Path(args.out), build_config(CompareConfig, {}, settings)
+        # --config holds run-config keys for every arm: compare's "run" section.
+        run_keys = {"run": read_config_file(args.config)} if args.config else {}
+        out, config = Path(args.out), config_from_flags(CompareConfig, args, run_keys)
     with _resumable("compare", out):
         results = run_compare(config, out, resume=bool(args.resume), console=None if args.quiet else console)
     print_compare(results, console)
@@ -211,8 +172,8 @@ def _launch(args: argparse.Namespace, mode: str, run_dir: Path, console: Console
 
 def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
     from esper.jobs import scaleout
-    from esper.jobs.config import build_config, read_config_file
-    from esper.jobs.ppo import PPORunConfig, check_processes, overrides_from_args, run_ppo
+    from esper.jobs.config import build_config, config_from_flags, read_config_file
+    from esper.jobs.ppo import PPORunConfig, check_processes, run_ppo
     from esper.nissa.run_folder import RunFolder
 
     scaleout.check_launch(args)
@@ -220,8 +181,7 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
         _check_resume_flags(args, "rounds")
         run_dir, config = Path(args.resume), None
     else:
-        file_values = read_config_file(args.config) if args.config else {}
-        config = build_config(PPORunConfig, file_values, overrides_from_args(args, file_values))
+        config = config_from_flags(PPORunConfig, args, read_config_file(args.config) if args.config else {})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or f"runs/ppo-{config.task}-{stamp}")
     if scaleout.wants_launch(args):
@@ -243,12 +203,14 @@ def _cmd_train_ppo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_train_offline(args: argparse.Namespace, console: Console) -> int:
-    from esper.jobs.offline import config_from_args, run_offline
+    from esper.jobs.config import config_from_flags
+    from esper.jobs.offline import OfflineRunConfig, run_offline
     from esper.nissa.files import check_writable
 
     run_dir = Path(args.run_dir or f"runs/offline-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     check_writable(run_dir, "--run-dir", folder=True)
-    summary = run_offline(config_from_args(args), run_dir, console=None if args.quiet else console)
+    config = config_from_flags(OfflineRunConfig, args)
+    summary = run_offline(config, run_dir, console=None if args.quiet else console)
     last = summary["last_loss"]
     console.print(f"loss: td {last['td_loss']:.4f}, cql {last['cql']:.4f}, mean Q {last['q_mean']:+.3f}", highlight=False)
     console.print(f"Policy: {summary['policy']}\nRun folder: {run_dir}", highlight=False)
@@ -329,14 +291,15 @@ def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
     heuristic.add_argument("--run-dir", help="run folder (default runs/heuristic-TASK-TIME)")
     heuristic.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
-    heuristic.add_argument("--baseline", action="store_true", help="also train the host alone and compare")
-    heuristic.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    heuristic.add_argument("--baseline", action="store_true", default=None, help="also train the host alone and compare")
+    heuristic.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tensorboard")
     heuristic.add_argument("--lr-schedule", choices=("constant", "cosine"),
                            help="learning rates constant, or annealed to 0 over the run (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
-    heuristic.add_argument("--data-dir", help="dataset folder (cifar10)")
-    heuristic.add_argument("--download", action="store_true", help="download the dataset if missing (cifar10)")
-    heuristic.add_argument("--text-path", help="UTF-8 text file (textfile task)")
+    heuristic.add_argument("--data-dir", dest="task_options__data_dir", metavar="DIR", help="dataset folder (cifar10)")
+    heuristic.add_argument("--download", dest="task_options__download", action="store_true", default=None,
+                           help="download the dataset if missing (cifar10)")  # fmt: skip
+    heuristic.add_argument("--text-path", dest="task_options__path", metavar="FILE", help="UTF-8 text file (textfile task)")
     heuristic.add_argument(
         "--chooser", choices=["curriculum", "rotation"], help="how blueprints are picked (default curriculum: UCB1)"
     )
@@ -348,10 +311,11 @@ def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
     )
     add_device_arguments(heuristic)
     heuristic.add_argument(
-        "--max-params-added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
+        "--max-params-added", dest="budget__max_params_added", type=int, metavar="N", help="growth budget: at most N params added by seeds"
     )
     heuristic.add_argument(
         "--max-inference-flops",
+        dest="budget__max_inference_flops",
         type=float,
         metavar="F",
         help="growth budget: at most F inference FLOPs per sample for the whole grown network",
@@ -393,7 +357,7 @@ def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
         "and static-reference when the task has a reference host)",
     )  # fmt: skip
     compare.add_argument("--config", help="JSON or TOML file of run-config keys for every arm (as esper train heuristic --config)")
-    add_device_arguments(compare, "every arm")
+    add_device_arguments(compare, "every arm", section="run")
     compare.add_argument("--out", help="the compare folder (rerun the same command to continue it)")
     compare.add_argument("--resume", metavar="DIR", help="continue the interrupted compare in DIR")
     compare.add_argument("--quiet", action="store_true", help="no live progress")
@@ -427,7 +391,8 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
     from esper.jobs.compare import CONFIG_FILE
     from esper.jobs.scaleout import LaunchFailed
     from esper.nissa.run_folder import RunFolder
-    from esper.tolaria.distributed import RankFailure
+    from esper.tolaria import TrainingFailed
+    from esper.tolaria.distributed import RankFailure, RankZeroFailed
 
     started = run_dir / CONFIG_FILE if mode == "compare" else RunFolder(run_dir).config_path
     command = "esper compare" if mode == "compare" else f"esper train {mode}"
@@ -445,6 +410,12 @@ def _resumable(mode: str, run_dir: Path, flags: str = "") -> Iterator[None]:
             message = f"{err}. The checkpoints so far are kept; continue with: {resume}"
         else:
             message = f"{err}. Nothing was written; run the command again"
+        raise _Stopped(message, 2) from None
+    except RuntimeError as err:
+        # A fault during the run (a forward that raised, a device error); not one said as it is.
+        if not started.exists() or isinstance(err, (TrainingFailed, RankZeroFailed)):
+            raise
+        message = f"{err}. What was written so far is kept; once that is fixed, continue with: {resume}"
         raise _Stopped(message, 2) from None
     except OSError as err:
         if err.errno is None:  # one of Esper's own messages (FileNotFoundError, FileExistsError)
@@ -484,15 +455,42 @@ def _print_error(console: Console, message: str) -> None:
     console.print(line, soft_wrap=True)
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """The first Ctrl-C stops the command; more while it winds down are ignored (a second one
+    landing in a `finally` or in the interpreter's exit would end it with a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """`_interrupt_once` as the Ctrl-C handler while the command runs (where Ctrl-C is Python's
+    default: an ignored SIGINT stays ignored). Once an interrupt came, SIGINT stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is _interrupt_once:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # what `--nproc` runs again on every process
-    if args.threads < 1:
-        raise SystemExit("esper: --threads must be >= 1")
-    torch.set_num_threads(args.threads)
     console = Console()
+    with _one_interrupt():
+        return _run(argv, console)
+
+
+def _run(argv: list[str], console: Console) -> int:
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv  # what `--nproc` runs again on every process
+        if args.threads < 1:
+            raise SystemExit("esper: --threads must be >= 1")
+        torch.set_num_threads(args.threads)
         return args.func(args, console)
     except _Stopped as stop:
         if stop.code == 130:

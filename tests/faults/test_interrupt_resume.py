@@ -131,3 +131,49 @@ def test_ctrl_c_before_the_run_folder_exists(tmp_path, monkeypatch, capsys) -> N
     assert main([*HEURISTIC, "--run-dir", str(tmp_path / "run")]) == 130
     assert "nothing was written" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+# A run whose first Ctrl-C arrives at the end of epoch 2 and whose second arrives while the first
+# is being reported (two Ctrl-C within a millisecond land in whatever runs then).
+_TWO_CTRL_C = """
+import os, signal, sys
+from esper import cli
+from esper.tolaria import MorphogeneticTrainer
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10_000):  # the handler runs between bytecodes
+        pass
+
+real_end_epoch, real_rank_zero = MorphogeneticTrainer.end_epoch, cli._is_rank_zero
+
+def end_epoch(self):
+    real_end_epoch(self)
+    if self.epoch == 2:
+        ctrl_c()
+
+def rank_zero():
+    ctrl_c()
+    return real_rank_zero()
+
+MorphogeneticTrainer.end_epoch, cli._is_rank_zero = end_epoch, rank_zero
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_second_ctrl_c_while_the_first_is_handled_changes_nothing(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(esper.__file__).parents[1])}
+    command = [sys.executable, "-c", _TWO_CTRL_C, "train", "heuristic", "--epochs", "4", "--checkpoint-every", "1", *BLUEPRINTS,
+               "--run-dir", str(run_dir), "--quiet"]  # fmt: skip
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see _stop_midway)
+    try:
+        stopped = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 130, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert f"continue with: esper train heuristic --resume {run_dir}" in " ".join(output.split())
+    assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0
+    assert _lines(run_dir / "metrics.jsonl") == 4

@@ -205,3 +205,32 @@ def test_after_an_explosion_the_surviving_seed_is_back_at_the_last_good_epoch() 
         assert all(torch.equal(a, b) for a, b in zip(now[name], last_good[name], strict=True)), name
     assert now["ratio"] == last_good["ratio"]
     assert trainer.optimizers.slot_order() == ["block2"]
+
+
+def test_a_forward_that_raises_midway_says_how_to_continue(tmp_path, monkeypatch, capsys) -> None:
+    """A user model whose forward raises in epoch 3 (a device error, say): one line, and the resume command."""
+    (tmp_path / "flaky_model.py").write_text(
+        "from torch import nn\n"
+        "class Flaky(nn.Module):\n"
+        "    forwards = 0\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))\n"
+        "    def forward(self, x):\n"
+        "        if self.training:\n"
+        "            Flaky.forwards += 1\n"
+        "            if Flaky.forwards == 30:\n"
+        "                raise RuntimeError('CUDA error: an illegal memory access was encountered')\n"
+        "        return self.body(x)\n"
+        "def flaky(data):\n"
+        "    return Flaky(), ['body.2']\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    argv = ["train", "heuristic", "--model", "flaky_model:flaky", "--epochs", "4", "--checkpoint-every", "1"]
+    assert main([*argv, "--run-dir", str(run_dir), "--quiet"]) == 2
+    output = " ".join(capsys.readouterr().out.split())
+    assert "Traceback" not in output and output.startswith("error: CUDA error: an illegal memory access")
+    assert output.endswith(f"continue with: esper train heuristic --resume {run_dir}")
+    assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0  # the fault is gone
+    assert len(_metrics(run_dir)) == 4

@@ -18,8 +18,8 @@ def _words(text: str) -> str:
     ("argv", "message"),
     [
         (["--task", "nope"], "Unknown task 'nope'. Available: digits"),
-        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
-        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--seeds", "0"], "'seeds' must be >= 1, got 0"),
+        (["--epochs", "0"], "'epochs' must be >= 1, got 0"),
         (["--controller", "missing/policy.pt"], "policy file missing/policy.pt does not exist"),
         (["--controller", "none"], "--controller must be 'heuristic' or a policy.pt"),
         (["--task", "digits", "--arms", "grown", "static-reference"],

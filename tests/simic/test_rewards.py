@@ -260,7 +260,7 @@ def test_a_priced_reward_needs_counted_flops_and_sane_prices():
     with pytest.raises(ValueError, match="does not count them"):
         RewardTracker(RewardConfig(flop_price_training=0.1)).reset(signals(0))
     for bad in (-0.1, math.nan, math.inf):
-        with pytest.raises(ValueError, match="flop_price_inference must be a finite number >= 0"):
+        with pytest.raises(ValueError, match="flop_price_inference must be (>= 0|a finite number)"):
             RewardConfig(flop_price_inference=bad)
 
 

@@ -91,7 +91,7 @@ def test_an_lstm_policy_is_refused(recorded: RecordedTransitions) -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="updates, batch_size and target_every must be >= 1"):
+    with pytest.raises(ValueError, match="updates must be >= 1"):
         WarmStartConfig(updates=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         WarmStartConfig(learning_rate=0.0)

@@ -45,6 +45,7 @@ from esper.jobs.compare_results import ARMS, ArmRun, compare_results
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import prepare_run, run_heuristic
 from esper.jobs.report_figures import save_png
+from esper.leyline.ranges import MAX_SEED, AtLeastOne, Seed, check_fields
 from esper.nissa.files import check_format, check_writable, with_format
 from esper.nissa.run_folder import read_json, write_json
 from esper.runtime import get_task
@@ -68,21 +69,18 @@ ARM_ONLY_KEYS = {"schedule": "scheduled"}
 @dataclass(slots=True)
 class CompareConfig:
     task: str = "mnist5k-tiny"
-    seeds: int = 5  # seeds first_seed, first_seed + 1, ...
-    first_seed: int = 0
+    seeds: AtLeastOne = 5  # seeds first_seed, first_seed + 1, ...
+    first_seed: Seed = 0
     controller: str = "heuristic"  # "heuristic", or a policy.pt: then a policy arm grows beside the heuristic
-    epochs: int | None = None  # None: the task's default
+    epochs: AtLeastOne | None = None  # None: the task's default
     arms: list[str] | None = None  # None: every arm, static-reference if the task has a reference host
     # More run-config keys for every arm (task_options, heuristic, blueprints, slots, ...).
     run: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.first_seed < 0:
-            raise ValueError(f"--first-seed must be >= 0, got {self.first_seed}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        check_fields(self)
+        if self.first_seed + self.seeds - 1 > MAX_SEED:
+            raise ValueError(f"the last seed, first_seed + seeds - 1, must be <= {MAX_SEED}, got {self.first_seed + self.seeds - 1}")
         if self.controller == "none":
             raise ValueError("--controller must be 'heuristic' or a policy.pt: the grown arm grows")
         if self.arms is not None:
@@ -250,8 +248,13 @@ def collect(folder: CompareFolder, config: CompareConfig, arms: list[str]) -> di
 
 def _add_if_complete(runs: dict[str, list[ArmRun]], folder: CompareFolder, seed: int, arm: str) -> None:
     path = folder.run_path(seed, arm)
-    if arm_state(path) == "complete":
-        runs[arm].append(ArmRun.read(path, seed, str(path.relative_to(folder.path))))
+    try:
+        if arm_state(path) == "complete":
+            runs[arm].append(ArmRun.read(path, seed, str(path.relative_to(folder.path))))
+    except (ValueError, KeyError, TypeError) as err:
+        reason = str(err) if isinstance(err, ValueError) else f"{path}: its summary or metrics lack {err}"
+        raise ValueError(f"{reason}; that arm run is damaged: remove {path} to train it again, "
+                         "then run the command again") from None  # fmt: skip
 
 
 def write_results(
@@ -312,7 +315,9 @@ def run_compare(
     else:
         resume = folder.check_new(config)
     arms = check(config)
-    if not resume:
+    if resume:
+        collect(folder, config, arms)  # every finished arm run reads, before anything is rewritten
+    else:
         folder.path.mkdir(parents=True, exist_ok=True)
         write_json(folder.config_path, with_format({"mode": "compare", "config": config.to_dict()}))
     earlier = read_json(folder.results_path).get("wall_seconds", 0.0) if folder.results_path.exists() else 0.0

@@ -2,13 +2,20 @@
 
 Every config built from a file or flags goes through `build_config`, which checks
 the values against the dataclass's own type hints with pydantic in strict mode
-(no "10" for an int, no 2.5 or true for an int; an int is fine for a float) and
+(no "10" for an int, no 2.5 or true for an int; an int is fine for a float), against
+the range each field's annotation states (`leyline.ranges`; every float finite), and
 refuses unknown keys by name, nested config dataclasses included. The classes
-themselves stay plain dataclasses: code that builds them directly is unaffected.
+themselves stay plain dataclasses that check their ranges when built in code.
+
+Flags reach a config one way for every command (`add_config_flags`, `config_from_flags`):
+a flag's destination is the config key it sets, "SECTION__key" for a key of a section
+(`--max-grad-norm` → ppo.max_grad_norm, `--data-dir` → task_options.data_dir), and a
+flag that is not given is None, so only what was given overrides the file's values.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -22,7 +29,9 @@ import pydantic
 import typing_extensions
 
 from esper.leyline import GrowthBudget
+from esper.leyline.ranges import AtLeastOne, PositiveFloat, Seed, check_fields, expectation
 from esper.runtime.user_model import check_factory_path
+from esper.simic.rewards import RewardConfig
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
 from esper.tolaria.trainer import LR_SCHEDULES
 
@@ -34,11 +43,11 @@ HOST_VARIANTS = ("task", "reference")  # HeuristicRunConfig.host
 @dataclass(slots=True)
 class HeuristicRunConfig:
     task: str = "digits"
-    epochs: int | None = None  # None: the task's default
+    epochs: AtLeastOne | None = None  # None: the task's default
     slots: list[str] | None = None  # None: the task's default slots
-    seed: int = 0
+    seed: Seed = 0
     blueprints: list[str] | None = None  # None: every blueprint of the task's topology
-    checkpoint_every: int = 5
+    checkpoint_every: AtLeastOne = 5
     baseline: bool = False
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard
     chooser: str = "curriculum"  # how the heuristic picks blueprints: "curriculum" (UCB1) or "rotation"
@@ -46,7 +55,7 @@ class HeuristicRunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     heuristic: dict[str, Any] = field(default_factory=dict)  # HeuristicConfig overrides
     # The run stops, "failed", after this many governor rollbacks in a row (a fault that stays).
-    max_consecutive_rollbacks: int = 3
+    max_consecutive_rollbacks: AtLeastOne = 3
     model: str | None = None  # "package.module:factory": a model of one's own instead of the task's host
     device: str = "cpu"  # cpu, cuda, cuda:N or mps
     precision: str = "fp32"  # fp32, bf16 (autocast) or fp16-mixed (autocast + loss scaling)
@@ -65,7 +74,7 @@ class HeuristicRunConfig:
     # (summary.json's architecture "widths", last entry: a grown run's merged widths).
     built_in_widths: dict[str, int] = field(default_factory=dict)
     # The run stops once its cumulative training FLOPs reach this (its last epoch may be partial).
-    max_training_flops: float | None = None
+    max_training_flops: PositiveFloat | None = None
     # How far the run may grow: params added and/or inference FLOPs per sample (null: no limit).
     budget: GrowthBudget = field(default_factory=GrowthBudget)
     # RewardConfig overrides for the reward the recorded transitions carry (e.g. the FLOP prices
@@ -75,21 +84,16 @@ class HeuristicRunConfig:
     lr_schedule: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_placement(self.device, self.precision)
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.model is not None:
             check_factory_path(self.model)
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.chooser not in ("curriculum", "rotation"):
             raise ValueError(f"chooser must be 'curriculum' or 'rotation', got '{self.chooser}'")
         if self.curriculum is not None and self.chooser != "curriculum":
             raise ValueError("a curriculum file needs chooser 'curriculum'")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.max_consecutive_rollbacks < 1:
-            raise ValueError(f"max_consecutive_rollbacks must be >= 1, got {self.max_consecutive_rollbacks}")
         if not self.controller:
             raise ValueError("controller must be 'heuristic', 'schedule', 'none' or the path of a policy.pt")
         if self.schedule is not None and self.controller != "schedule":
@@ -98,8 +102,7 @@ class HeuristicRunConfig:
             raise ValueError(f"host must be one of {', '.join(HOST_VARIANTS)}, got '{self.host}'")
         if self.model is not None and (self.host != "task" or self.built_in or self.built_in_widths):
             raise ValueError("host and built_in vary the task's host; with model there is none to vary")
-        if self.max_training_flops is not None and not self.max_training_flops > 0:
-            raise ValueError(f"max_training_flops must be > 0, got {self.max_training_flops}")
+        build_config(RewardConfig, self.reward, {}, section="reward")  # checked when made, before any work
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,7 +149,7 @@ def build_config(
     return _construct(cls, checked)
 
 
-_STRICT = pydantic.ConfigDict(strict=True, extra="forbid")
+_STRICT = pydantic.ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 @functools.cache
@@ -157,7 +160,7 @@ def _arguments(cls: type) -> type:
     dict a file gives, so the check runs on this TypedDict of the same fields; a
     nested config dataclass becomes its own TypedDict.
     """
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # the ranges ride on Annotated
     schema = {f.name: _nested(hints[f.name]) for f in fields(cls) if f.init}
     arguments = typing_extensions.TypedDict(f"{cls.__name__}Arguments", schema, total=False)  # type: ignore[operator]
     arguments.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
@@ -193,6 +196,45 @@ def _describe(cls: type, errors: list[Any], section: str) -> str:
         known = sorted(f.name for f in fields(owner))
         return f"Unknown config key(s): {', '.join(prefix + k for k in unknown)}. Known keys: {', '.join(known)}"
     key = ".".join(where + [str(p) for p in first["loc"]])
-    expected = first["msg"].removeprefix("Input should be ")
     value = first["input"]
-    return f"config key '{key}' must be {expected}, got {value!r} ({type(value).__name__})"
+    return f"config key '{key}' must be {expectation(first)}, got {value!r} ({type(value).__name__})"
+
+
+# A flag's value that sets its key to null (e.g. `--no-target-kl`: ppo.target_kl = None);
+# a flag's own None means "not given".
+NULL = "null"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, section: str, prefix: str = "--") -> None:
+    """One flag per field of the config dataclass `cls`, setting SECTION.FIELD (see `config_from_flags`)."""
+    group = parser.add_argument_group(f"{cls.__name__} (see its docstring)")
+    for f in fields(cls):
+        flag, dest = prefix + f.name.replace("_", "-"), f"{section}__{f.name}"
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=f"default {f.default}")
+        else:
+            kind = float if f.default is None else type(f.default)
+            group.add_argument(flag, dest=dest, type=kind, metavar=f.name.upper(), help=f"default {f.default}")
+
+
+def flag_values(cls: type, args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keys of `cls` the flags in `args` set: a flag "KEY" sets KEY, a flag "SECTION__key"
+    sets one key of the section SECTION, over that section's keys in `file_values`."""
+    names = {f.name for f in fields(cls)}
+    given: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        key, _, sub = dest.partition("__")
+        if value is None or key not in names:
+            continue
+        if sub:
+            section = given.setdefault(key, dict((file_values or {}).get(key, {})))
+            section[sub] = None if value == NULL else value
+        else:
+            given[key] = value
+    return given
+
+
+def config_from_flags(cls: type[T], args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> T:
+    """The config a command's flags and `--config` file give (flags over the file), checked by `build_config`."""
+    file_values = file_values or {}
+    return build_config(cls, file_values, flag_values(cls, args, file_values))

@@ -25,6 +25,7 @@ from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import make_heuristic, resolve_blueprints
 from esper.jobs.ppo import DEFAULT_EPISODE_LENGTH, mean_std
 from esper.leyline import Controller
+from esper.leyline.ranges import MAX_SEED
 from esper.nissa.files import check_writable, restore
 from esper.nissa.run_folder import write_json
 from esper.runtime import get_task
@@ -104,6 +105,9 @@ def evaluate(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    last_seed = MAX_SEED - EVAL_SEED_OFFSET - (episodes - 1)  # episode i plays seed EVAL_SEED_OFFSET + seed + i
+    if not 0 <= seed <= last_seed:
+        raise ValueError(f"seed must be >= 0 and <= {last_seed} for {episodes} episodes, got {seed}")
     Precision.on(precision, device)  # an unavailable device is refused before any work
     # Where the results go is checked before the work, which may take minutes.
     if json_path is not None:

@@ -20,7 +20,7 @@ from torch import nn
 from esper.jobs.config import HeuristicRunConfig, build_config
 from esper.jobs.heuristic import HeuristicCheckpoint, prepare_run
 from esper.kasmina.host import SeededModel, TransformerHost
-from esper.nissa.files import check_writable, load_torch_file, restore, write_atomic
+from esper.nissa.files import check_writable, load_torch_file, restore, save_torch_export
 from esper.nissa.run_folder import FINAL_CHECKPOINT, RunFolder, read_json
 
 TOLERANCE = 1e-5  # the largest |difference| allowed between the file's outputs and the grown model's
@@ -48,7 +48,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, object]:
             f"the exported network's outputs differ from the grown model's by {difference:.3g} "
             f"(more than {TOLERANCE:g}); nothing was written: please report this run"
         )
-    write_atomic(out, lambda file: torch.export.save(program, file), binary=True)
+    save_torch_export(program, out)
     return {
         "file": str(out),
         "params": sum(p.numel() for p in plain.parameters()),

@@ -43,8 +43,8 @@ from rich.console import Console
 from torch import Tensor
 
 from esper import __version__
-from esper.jobs.config import build_config
-from esper.jobs.ppo import POLICY_FILE, add_config_flags, config_flag_values
+from esper.jobs.config import add_config_flags, build_config
+from esper.jobs.ppo import POLICY_FILE
 from esper.nissa import JsonlWriter
 from esper.nissa.run_folder import RunFolder, write_json
 from esper.simic.dqn import OfflineConfig, Transitions, learning_discount, train_offline
@@ -68,6 +68,9 @@ class OfflineRunConfig:
         if unknown:
             raise ValueError(f"reward {unknown} cannot be changed offline (they shape the recorded quantities); "
                              f"only {', '.join(REWEIGHABLE)} can")  # fmt: skip
+        # Both sections are checked when the config is made, before the recordings are read.
+        build_config(OfflineConfig, self.offline, {}, section="offline")
+        build_config(RewardConfig, self.reward, {}, section="reward")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folders with recorded transitions (heuristic, ppo, evaluate --record)")  # fmt: skip
     parser.add_argument("--run-dir", help="run folder (default runs/offline-TIME)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--tensorboard", action="store_true", help="also write the loss history to RUN_DIR/tensorboard")
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also write the loss history to RUN_DIR/tensorboard")  # fmt: skip
     add_config_flags(parser, OfflineConfig, "offline")
     weights = parser.add_argument_group("re-weighing the recorded reward (simic.rewards; default: as recorded)")
     for name in REWEIGHABLE:
@@ -242,6 +246,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              help=f"learn with reward.{name} = X, recomputed from the recorded quantities")  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace) -> OfflineRunConfig:
-    return OfflineRunConfig(sources=list(args.sources), offline=config_flag_values(args, "offline"),
-                            reward=config_flag_values(args, "reward"), tensorboard=args.tensorboard)

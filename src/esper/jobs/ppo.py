@@ -30,9 +30,9 @@ import argparse
 import statistics
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import InstanceOf
@@ -41,11 +41,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
-from esper.jobs.config import build_config, check_placement
+from esper.jobs.config import NULL, add_config_flags, build_config, check_placement
 from esper.jobs.device_options import add_device_arguments
 from esper.jobs.heuristic import resolve_blueprints
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import GrowthBudget, TelemetryEvent, TelemetryEventType
+from esper.leyline.ranges import AtLeastOne, Ge, Seed, check_fields
 from esper.nissa import TelemetryHub, read_jsonl
 from esper.nissa.run_folder import RunFolder
 from esper.runtime import TaskData, TaskSpec, get_task
@@ -93,13 +94,13 @@ class PPOCheckpoint(TypedDict):
 @dataclass(slots=True)
 class PPORunConfig:
     task: str = "digits"
-    rounds: int = 100  # PPO updates; each plays one episode per environment
-    envs: int = 8  # K environments in lockstep
-    episode_length: int = DEFAULT_EPISODE_LENGTH  # host epochs per episode
-    seed: int = 0
+    rounds: AtLeastOne = 100  # PPO updates; each plays one episode per environment
+    envs: AtLeastOne = 8  # K environments in lockstep
+    episode_length: Annotated[int, Ge(2)] = DEFAULT_EPISODE_LENGTH  # host epochs per episode
+    seed: Seed = 0
     slots: list[str] | None = None  # None: the task's default slots
     blueprints: list[str] | None = None  # None: every blueprint of the task's topology
-    checkpoint_every: int = 5  # rounds
+    checkpoint_every: AtLeastOne = 5  # rounds
     ppo: dict[str, Any] = field(default_factory=dict)  # PPOConfig overrides
     network: dict[str, Any] = field(default_factory=dict)  # NetworkConfig overrides
     reward: dict[str, Any] = field(default_factory=dict)  # RewardConfig overrides
@@ -114,12 +115,9 @@ class PPORunConfig:
     warm_start: dict[str, Any] = field(default_factory=dict)  # WarmStartConfig overrides
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_placement(self.device, self.precision)
-        for name in ("rounds", "envs", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.episode_length < 2:
-            raise ValueError(f"episode_length must be >= 2, got {self.episode_length}")
+        self.parts()  # every section is checked when the config is made, before any work
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +224,34 @@ class PPOSession:
         return state["round"]
 
 
+# What one environment holds at least, beyond its host's weights, gradients and two Adam moments
+# (its trainer, loaders, observer and reward tracker); well under what one really takes.
+ENV_OVERHEAD_BYTES = 1 << 20
+
+
+def check_envs_fit(config: PPORunConfig, spec: TaskSpec, data: TaskData, processes: int = 1) -> None:
+    """Refuse, before any work, more environments than this machine's memory can hold at once
+    (a lower bound per environment; the host's weights counted four times)."""
+    host = spec.build_host(data)
+    per_env = 4 * sum(p.numel() * p.element_size() for p in host.parameters()) + ENV_OVERHEAD_BYTES
+    needed, available = per_env * -(-config.envs // processes), available_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"envs {config.envs:,} need at least {needed / 2**30:,.1f} GiB of memory "
+                         f"({per_env / 2**20:.1f} MiB each{' per process' if processes > 1 else ''}), "
+                         f"more than the {available / 2**30:,.1f} GiB available; use fewer envs")  # fmt: skip
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable; None where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_ppo(
     config: PPORunConfig | None,
     run_dir: str | Path,
@@ -270,6 +296,7 @@ def prepare_session(config: PPORunConfig, world: World, resume: bool, console: C
     spec = get_task(config.task)
     data = spec.load_data(**config.task_options)
     blueprints = resolve_blueprints(spec, config.blueprints)
+    check_envs_fit(config, spec, data, world.size)
     recorded = None if resume else read_warm_start(config, world, console)
     if "terminal_reference" not in config.reward:
         # Measured before the folder is made and kept in its config.json, so a resumed run
@@ -470,56 +497,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON or TOML file of config keys; flags override it")
     parser.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
-    parser.add_argument("--tensorboard", action="store_true", help="also log every round to RUN_DIR/tensorboard")
+    parser.add_argument("--tensorboard", action="store_true", default=None, help="also log every round to RUN_DIR/tensorboard")
     parser.add_argument("--warm-start", dest="warm_start_from", nargs="+", metavar="RUN_DIR",
                         help="fit the policy to these recorded runs (e.g. heuristic runs) before the first round")  # fmt: skip
     add_device_arguments(parser, "the environments' hosts")
     for cls, group_name, prefix in _FLAGGED:
         add_config_flags(parser, cls, group_name, prefix)
-    parser.add_argument("--no-target-kl", action="store_true", help="never stop an update early on KL")
+    parser.add_argument("--no-target-kl", dest="ppo__target_kl", action="store_const", const=NULL,
+                        help="never stop an update early on KL")  # fmt: skip
     prices = parser.add_argument_group("reward prices in FLOPs (simic.rewards; config keys reward.flop_price_*)")
-    prices.add_argument("--flop-price-training", type=float, metavar="PRICE",
+    prices.add_argument("--flop-price-training", dest="reward__flop_price_training", type=float, metavar="PRICE",
                         help="reward per extra host-episode of training FLOPs spent (default 0)")  # fmt: skip
-    prices.add_argument("--flop-price-inference", type=float, metavar="PRICE",
+    prices.add_argument("--flop-price-inference", dest="reward__flop_price_inference", type=float, metavar="PRICE",
                         help="reward per starting host's inference FLOPs per sample added (default 0)")  # fmt: skip
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, group_name: str, prefix: str = "--") -> None:
-    """One flag per field of the config dataclass `cls`, read back with `config_flag_values`."""
-    group = parser.add_argument_group(f"{cls.__name__} (see its docstring)")
-    for f in fields(cls):
-        flag, dest = prefix + f.name.replace("_", "-"), f"{group_name}__{f.name}"
-        metavar = f.name.upper()
-        if isinstance(f.default, bool):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, help=f"default {f.default}")
-        else:
-            kind = float if f.default is None else type(f.default)
-            group.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=f"default {f.default}")
-
-
-def config_flag_values(args: argparse.Namespace, group_name: str) -> dict[str, Any]:
-    """The fields given on the command line for the group `add_config_flags` made."""
-    return {
-        key.split("__", 1)[1]: value
-        for key, value in vars(args).items()
-        if key.startswith(f"{group_name}__") and value is not None
-    }
-
-
-def overrides_from_args(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
-    """CLI values for `build_config(PPORunConfig, ...)`; nested config flags merge over the file's."""
-    overrides: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in ("task", "rounds", "envs", "episode_length", "seed", "slots", "blueprints", "checkpoint_every",
-                     "device", "precision", "warm_start_from")
-    }
-    overrides["tensorboard"] = args.tensorboard or None
-    for _, group_name, _ in _FLAGGED:
-        given = config_flag_values(args, group_name)
-        overrides[group_name] = {**file_values.get(group_name, {}), **given} or None
-    if args.no_target_kl:
-        overrides["ppo"] = {**(overrides["ppo"] or {}), "target_kl": None}
-    prices = {name: value for name in ("flop_price_training", "flop_price_inference")
-              if (value := getattr(args, name)) is not None}  # fmt: skip
-    overrides["reward"] = {**file_values.get("reward", {}), **prices} or None
-    return overrides

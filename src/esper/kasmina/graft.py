@@ -10,7 +10,14 @@ checkpoint still loads into it and `model.layer2` is still your module. The
 returned `GraftedModel` wraps it: it owns the slots (`grown.slots`, so `.to()`,
 `state_dict()` and `parameters()` of `grown` include them; the model's own entries
 appear under `host.`), calls the model with the model's own arguments and returns
-what the model returns. Calling `model(...)` directly also runs the slots.
+what the model returns. Calling `model(...)` directly also runs the slots. A model
+is grafted once, on all its targets: a second graft of it is refused.
+
+`grown.state_dict()` also holds every slot's lifecycle (its stack of fossils and its
+live seed: blueprint, stage, alpha) as the module's extra state, so
+`grown.load_state_dict(sd)` on a fresh graft of the same model rebuilds them and loads
+their weights, with outputs equal (a slot whose lifecycle is already the saved one, as
+after a trainer checkpoint restored it, is left as it is).
 
 Topology and width of every slot come from one probe forward of `example_input`
 (in eval mode, without gradients; training flags are restored afterwards, so e.g.
@@ -103,6 +110,21 @@ class GraftedModel(SlotMount, SeededModel):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.host(*args, **kwargs)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """Every slot's lifecycle (plain data: `SeedSlot.lifecycle_state`), saved with the weights."""
+        return {target: slot.lifecycle_state() for target, slot in self.seed_slots.items()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Rebuild each slot's fossils and live seed from `state` before their weights load."""
+        slots = self.seed_slots
+        if not isinstance(state, dict) or set(state) != set(slots):
+            saved = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"this state was saved from a graft with slots on {saved}, not on {sorted(slots)}: "
+                             "load it into a graft of the same model on the same targets")  # fmt: skip
+        for target, slot in slots.items():
+            if slot.lifecycle_state() != state[target]:
+                slot.load_lifecycle_state(state[target], host_module=self.host)
+
 
 def graft(
     model: nn.Module,
@@ -124,8 +146,8 @@ def graft(
     (`task_config.topology` is replaced by each slot's inferred topology).
 
     Raises `ValueError` naming the culprit for an unknown target (with the closest
-    module names), a pattern matching nothing, a target named twice or already
-    grafted, a target that does not run on `example_input`, or one whose output is
+    module names), a pattern matching nothing, a target named twice, a model that
+    was grafted before, a target that does not run on `example_input`, or one whose output is
     not a single floating-point tensor of a known topology.
     """
     if not isinstance(model, nn.Module):
@@ -189,17 +211,18 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
                 by = f"'{chosen[name]}' and '{entry}'" if chosen[name] != entry else f"'{entry}' twice"
                 raise ValueError(f"Duplicate target '{name}': named by {by}; name each module once")
             chosen[name] = entry
+    grafted = [name for name in names if holds_slot(model.get_submodule(name))]
+    if grafted:
+        raise ValueError(
+            f"The model was grafted before (slots on {', '.join(grafted)}); use that grafted model, "
+            "or graft a fresh copy of the model on all its targets at once"
+        )
     seen: dict[int, str] = {}
     for name in chosen:
         module = model.get_submodule(name)
         if id(module) in seen:
             raise ValueError(
                 f"Duplicate target: '{seen[id(module)]}' and '{name}' are the same module; target one"
-            )
-        if holds_slot(module):
-            raise ValueError(
-                f"Target '{name}' already has a slot (the model was grafted before); use that "
-                "grafted model, or graft a fresh copy of the model"
             )
         seen[id(module)] = name
     return [name for name in names if name in chosen]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from esper.leyline.ranges import AtLeastOne, PositiveFloat, check_fields
+
 
 @dataclass(slots=True)
 class TaskConfig:
@@ -38,14 +40,11 @@ class GrowthBudget:
     None leaves that side unlimited. A germination that would pass either is refused.
     """
 
-    max_params_added: int | None = None
-    max_inference_flops: float | None = None
+    max_params_added: AtLeastOne | None = None
+    max_inference_flops: PositiveFloat | None = None
 
     def __post_init__(self) -> None:
-        if self.max_params_added is not None and self.max_params_added < 1:
-            raise ValueError(f"budget.max_params_added must be >= 1 (or null), got {self.max_params_added}")
-        if self.max_inference_flops is not None and not self.max_inference_flops > 0:
-            raise ValueError(f"budget.max_inference_flops must be > 0 (or null), got {self.max_inference_flops}")
+        check_fields(self)
 
     @property
     def limited(self) -> bool:

@@ -10,14 +10,17 @@ a `TypedDict` checked strictly by pydantic) before anyone indexes into it.
 Writing: `write_atomic` writes to a temporary name and renames, so a crash or a
 full disk never leaves a half-written file under the real name, and removes the
 temporary file when the write fails; a disk fault is an `OSError` with its errno
-and the file's path. `save_torch_file` writes through it, with a Python file
-object: torch's own file writer raises a `RuntimeError` with neither.
+and the file's path. `save_torch_file` writes through it the bytes torch.save made
+in memory: torch's own zip writer, handed a file on a disk that fills, stops with a
+`RuntimeError` ("unexpected pos ...") with neither errno nor path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import io
 import os
 import signal
 import tempfile
@@ -144,9 +147,32 @@ def check_writable(path: str | os.PathLike[str], what: str, folder: bool = False
 
 
 def save_torch_file(payload: dict[str, Any], path: Path) -> None:
-    """Write `payload` (stamped with the run-file format) to `path` with torch.save, atomically."""
+    """Write `payload` (stamped with the run-file format) to `path` with torch.save, atomically
+    (a full disk is an `OSError` naming `path`)."""
     stamped = with_format(payload)
-    write_atomic(path, lambda f: torch.save(stamped, f), binary=True)
+    write_atomic(path, lambda f: _write_all(f, _torch_bytes(lambda buffer: torch.save(stamped, buffer))), binary=True)
+
+
+def save_torch_export(program: Any, path: Path) -> None:
+    """Write a `torch.export` program to `path`, atomically (a full disk is an `OSError` naming `path`)."""
+    write_atomic(path, lambda f: _write_all(f, _torch_bytes(lambda buffer: torch.export.save(program, buffer))), binary=True)
+
+
+def _torch_bytes(save: Callable[[IO[bytes]], None]) -> memoryview:
+    """What a torch writer writes, in memory: torch's zip writer reports a short write on a full
+    disk as its own 'unexpected pos', naming no file; Python's write below names it."""
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getbuffer()
+
+
+def _write_all(f: IO[bytes], data: memoryview) -> None:
+    """Every byte of `data`: a raw file may take part of a write when the disk is nearly full."""
+    while data:
+        written = f.write(data)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data = data[written:]
 
 
 def _unreadable(path: Path, err: Exception) -> str:

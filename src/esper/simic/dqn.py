@@ -20,12 +20,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper.leyline.ranges import (
+    AtLeastOne,
+    Fraction,
+    Interval,
+    LearningRate,
+    NonNegativeFloat,
+    PositiveFloat,
+    Seed,
+    check_fields,
+)
 from esper.simic.actions import apply_mask
 from esper.simic.networks import NetworkConfig, init_layer, mlp_torso
 from esper.simic.prioritized_buffer import PrioritizedReplayBuffer
@@ -35,30 +46,24 @@ from esper.simic.prioritized_buffer import PrioritizedReplayBuffer
 class OfflineConfig:
     # Discount per epoch; None: the discount the recorded shaping term was computed with
     # (see `learning_discount`).
-    gamma: float | None = None
+    gamma: Annotated[float, Interval(ge=0, lt=1)] | None = None
     drop_shaping: bool = False  # learn without the potential-based terms (shaping; the contribution where recorded as one)
-    lr: float = 1e-3  # Adam learning rate
-    batch_size: int = 128
-    updates: int = 3000  # gradient steps over the whole dataset
-    target_every: int = 200  # hard copy of the online net into the target net
-    cql_weight: float = 1.0  # conservative penalty; 0 = plain masked Double DQN
-    rare_priority: float = 10.0  # initial priority of fossilize / cull / rollback steps
-    base_priority: float = 1.0  # initial priority of every other step
-    per_alpha: float = 0.6  # how strongly priorities shape sampling
-    per_beta: float = 0.4  # importance-sampling correction, annealed to 1 over the run
-    grad_clip: float = 10.0
-    hidden: int = 64
-    layers: int = 2
-    seed: int = 0
+    lr: LearningRate = 1e-3  # Adam learning rate
+    batch_size: AtLeastOne = 128
+    updates: AtLeastOne = 3000  # gradient steps over the whole dataset
+    target_every: AtLeastOne = 200  # hard copy of the online net into the target net
+    cql_weight: NonNegativeFloat = 1.0  # conservative penalty; 0 = plain masked Double DQN
+    rare_priority: PositiveFloat = 10.0  # initial priority of fossilize / cull / rollback steps
+    base_priority: PositiveFloat = 1.0  # initial priority of every other step
+    per_alpha: Fraction = 0.6  # how strongly priorities shape sampling
+    per_beta: Fraction = 0.4  # importance-sampling correction, annealed to 1 over the run
+    grad_clip: PositiveFloat = 10.0
+    hidden: AtLeastOne = 64
+    layers: AtLeastOne = 2
+    seed: Seed = 0
 
     def __post_init__(self) -> None:
-        if self.gamma is not None and not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        too_small = {k: v for k in ("updates", "batch_size", "target_every") if (v := getattr(self, k)) < 1}
-        if too_small:
-            raise ValueError(f"updates, batch_size and target_every must be >= 1, got {too_small}")
-        if self.cql_weight < 0:
-            raise ValueError(f"cql_weight must be >= 0, got {self.cql_weight}")
+        check_fields(self)
 
 
 def learning_discount(config: OfflineConfig, shaping_gamma: float, shaping_in_reward: bool) -> OfflineConfig:

@@ -20,6 +20,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from esper.leyline.ranges import AtLeastOne, check_fields
 from esper.simic.actions import apply_mask
 
 State = tuple[torch.Tensor, torch.Tensor] | None
@@ -28,14 +29,13 @@ State = tuple[torch.Tensor, torch.Tensor] | None
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
     kind: str = "mlp"  # "mlp" or "lstm"
-    hidden: int = 64  # width of every hidden layer (and the LSTM state)
-    layers: int = 2  # hidden layers in the torso (before the LSTM, if any)
+    hidden: AtLeastOne = 64  # width of every hidden layer (and the LSTM state)
+    layers: AtLeastOne = 2  # hidden layers in the torso (before the LSTM, if any)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.kind not in ("mlp", "lstm"):
             raise ValueError(f"network kind must be 'mlp' or 'lstm', got '{self.kind}'")
-        if self.hidden < 1 or self.layers < 1:
-            raise ValueError("network hidden and layers must be >= 1")
 
 
 def init_layer(in_features: int, out_features: int, gain: float = 2**0.5) -> nn.Linear:

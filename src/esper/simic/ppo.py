@@ -26,10 +26,20 @@ clipped step every rank takes: the step one process would take on the minibatch.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from esper.leyline.ranges import (
+    AtLeastOne,
+    Fraction,
+    Interval,
+    LearningRate,
+    NonNegativeFloat,
+    PositiveFloat,
+    check_fields,
+)
 from esper.simic.features import RunningNorm
 from esper.simic.networks import ActorCritic
 from esper.simic.rewards import COMPONENTS
@@ -42,26 +52,21 @@ LOSS_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fractio
 
 @dataclass(frozen=True, slots=True)
 class PPOConfig:
-    learning_rate: float = 3e-3  # Adam step size (CleanRL's 3e-4 barely moves this small policy in 100 rounds)
-    gamma: float = 0.99  # discount per epoch
-    gae_lambda: float = 0.95  # GAE bias/variance trade-off
-    clip_coef: float = 0.2  # e in the clipped surrogate
-    ent_coef: float = 0.01  # weight of the entropy bonus
-    vf_coef: float = 0.5  # weight of the value loss
-    max_grad_norm: float = 0.5  # global gradient-norm clip
-    update_epochs: int = 10  # passes over each round's batch (batches are small: K x (L-1) samples)
-    num_minibatches: int = 4  # minibatches per pass (over samples; over environments for the LSTM)
-    target_kl: float | None = 0.03  # stop the passes early once approx_kl exceeds this (None: never)
+    learning_rate: LearningRate = 3e-3  # Adam step size (CleanRL's 3e-4 barely moves this small policy in 100 rounds)
+    gamma: Annotated[float, Interval(gt=0, le=1)] = 0.99  # discount per epoch
+    gae_lambda: Fraction = 0.95  # GAE bias/variance trade-off
+    clip_coef: Annotated[float, Interval(gt=0, le=1)] = 0.2  # e in the clipped surrogate (ratios within 1 +- e)
+    ent_coef: NonNegativeFloat = 0.01  # weight of the entropy bonus
+    vf_coef: NonNegativeFloat = 0.5  # weight of the value loss
+    max_grad_norm: PositiveFloat = 0.5  # global gradient-norm clip
+    update_epochs: AtLeastOne = 10  # passes over each round's batch (batches are small: K x (L-1) samples)
+    num_minibatches: AtLeastOne = 4  # minibatches per pass (over samples; over environments for the LSTM)
+    target_kl: PositiveFloat | None = 0.03  # stop the passes early once approx_kl exceeds this (None: never)
     norm_adv: bool = True  # standardise advantages per minibatch
     clip_vloss: bool = True  # clip value updates like policy updates
 
     def __post_init__(self) -> None:
-        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
-        if self.update_epochs < 1 or self.num_minibatches < 1:
-            raise ValueError("update_epochs and num_minibatches must be >= 1")
-        if self.learning_rate <= 0 or self.clip_coef <= 0:
-            raise ValueError("learning_rate and clip_coef must be > 0")
+        check_fields(self)
 
 
 @dataclass(slots=True)

@@ -71,9 +71,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from esper.leyline import MEASURED_STAGES, EpochSignals, SeedStage
+from esper.leyline.ranges import Fraction, Interval, NonNegativeFloat, check_fields
 
 # The two priced FLOP components (0 while the reward prices no FLOPs).
 FLOP_COMPONENTS = ("training_flops", "inference_flops")
@@ -93,24 +94,21 @@ STAGE_POTENTIAL: dict[SeedStage, float] = {
 
 @dataclass(frozen=True, slots=True)
 class RewardConfig:
-    contribution_weight: float = 10.0  # potential per unit of credited accuracy
-    blended_credit: float = 0.25  # fraction of a blended, undecided seed's contribution in the credit
-    rent_weight: float = 0.0  # per epoch, times log(1 + seed params / host params)
-    shaping_weight: float = 1.0  # scale of the stage potentials
-    terminal_weight: float = 100.0  # reward per unit of final val accuracy over the reference
+    contribution_weight: NonNegativeFloat = 10.0  # potential per unit of credited accuracy
+    blended_credit: Fraction = 0.25  # fraction of a blended, undecided seed's contribution in the credit
+    rent_weight: NonNegativeFloat = 0.0  # per epoch, times log(1 + seed params / host params)
+    shaping_weight: NonNegativeFloat = 1.0  # scale of the stage potentials
+    terminal_weight: NonNegativeFloat = 100.0  # reward per unit of final val accuracy over the reference
     # The host alone's final val accuracy; None: the episode's first-epoch val accuracy.
-    terminal_reference: float | None = None
-    rollback_penalty: float = 1.0
-    gamma: float = 0.99  # discount for the shaping term; use PPO's gamma so shaping stays policy-invariant
+    terminal_reference: Fraction | None = None
+    rollback_penalty: NonNegativeFloat = 1.0
+    gamma: Annotated[float, Interval(gt=0, le=1)] = 0.99  # discount for the shaping term; use PPO's gamma so shaping stays policy-invariant
     # Reward per extra host-episode of training FLOPs, and per starting host's inference FLOPs added.
-    flop_price_training: float = 0.0
-    flop_price_inference: float = 0.0
+    flop_price_training: NonNegativeFloat = 0.0
+    flop_price_inference: NonNegativeFloat = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("flop_price_training", "flop_price_inference"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"reward.{name} must be a finite number >= 0, got {value}")
+        check_fields(self)
 
     @property
     def prices_flops(self) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from esper.leyline.ranges import AtLeastOne, LearningRate, check_fields
 from esper.simic.features import FeatureLayout, RunningNorm
 from esper.simic.networks import ActorCritic
 from esper.simic.recorded import RecordedTransitions, load_transitions, recorded_layout
@@ -40,17 +41,13 @@ from esper.simic.recorded import RecordedTransitions, load_transitions, recorded
 class WarmStartConfig:
     """How long and how fast the actor-critic is fitted to the recordings (flags --warm-start-*)."""
 
-    updates: int = 2000  # gradient steps for the actor and the critic each (Adam)
-    batch_size: int = 256  # recorded steps per step, drawn with replacement
-    learning_rate: float = 1e-3
-    target_every: int = 50  # critic: hard copy into the TD target net (a 30-step episode needs ~30 copies to propagate)
+    updates: AtLeastOne = 2000  # gradient steps for the actor and the critic each (Adam)
+    batch_size: AtLeastOne = 256  # recorded steps per step, drawn with replacement
+    learning_rate: LearningRate = 1e-3
+    target_every: AtLeastOne = 50  # critic: hard copy into the TD target net (a 30-step episode needs ~30 copies to propagate)
 
     def __post_init__(self) -> None:
-        too_small = {k: v for k in ("updates", "batch_size", "target_every") if (v := getattr(self, k)) < 1}
-        if too_small:
-            raise ValueError(f"warm start updates, batch_size and target_every must be >= 1, got {too_small}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"warm start learning_rate must be > 0, got {self.learning_rate}")
+        check_fields(self)
 
 
 def read_recordings_for(sources: Sequence[str], task: str) -> RecordedTransitions:

@@ -19,6 +19,7 @@ from esper.leyline import (
     SeedReport,
     SeedStage,
 )
+from esper.leyline.ranges import AtLeastOne, NonNegativeFloat, NonNegativeInt, check_fields
 from esper.tamiyo.blueprints import BlueprintChooser
 from esper.tamiyo.tracker import SignalTracker, TrackerConfig
 
@@ -30,18 +31,21 @@ class HeuristicConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     fossilize_above: float = 0.002  # counterfactual contribution needed to keep a seed
     cull_below: float = -0.01  # a blended seed whose contribution falls below this is culled
-    germination_cooldown: int = 2  # epochs between germinations
-    max_growing: int = 1  # seeds allowed in GERMINATED/TRAINING/BLENDING at once
+    germination_cooldown: NonNegativeInt = 2  # epochs between germinations
+    max_growing: AtLeastOne = 1  # seeds allowed in GERMINATED/TRAINING/BLENDING at once
     # No germination when fewer epochs remain: a seed needs time to reach its verdict and pay.
     # (The jobs set it from the task's lifecycle timings, `runtime.tasks.lifecycle_epochs`.)
-    min_epochs_left: int = 8
+    min_epochs_left: NonNegativeInt = 8
     # Growth pays while seeds are kept for a contribution of at least `min_payoff`; after
     # `max_unpaid_seeds` decided seeds in a row that were not (culled, or kept for less),
     # the controller stops growing.
     min_payoff: float = 0.005
-    max_unpaid_seeds: int = 2
+    max_unpaid_seeds: AtLeastOne = 2
     # Outcome reward, in accuracy points: 100 * (contribution - rent_weight * log(1 + params/host)).
-    rent_weight: float = 0.05
+    rent_weight: NonNegativeFloat = 0.05
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class HeuristicController:

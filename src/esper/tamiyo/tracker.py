@@ -7,23 +7,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from esper.leyline import EpochSignals
+from esper.leyline.ranges import (
+    AtLeastOne,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    check_fields,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    plateau_patience: int = 3  # epochs without a `min_delta` gain in best val accuracy
-    min_delta: float = 0.005
-    warmup_epochs: int = 3  # the host is left alone this long
-    stable_loss_change: float = 0.15  # relative train-loss change per epoch considered settled
-    history: int = 10
+    plateau_patience: NonNegativeInt = 3  # epochs without a `min_delta` gain in best val accuracy
+    min_delta: NonNegativeFloat = 0.005
+    warmup_epochs: NonNegativeInt = 3  # the host is left alone this long
+    stable_loss_change: NonNegativeFloat = 0.15  # relative train-loss change per epoch considered settled
+    history: AtLeastOne = 10
     # Short of capacity: over the last `progress_window` epochs the training loss fell by less
     # than `underfit_progress` per epoch (relative), while the training accuracy is still below
     # `fit_accuracy` (a network that fits its training data has the capacity it needs).
-    progress_window: int = 2
-    underfit_progress: float = 0.05
-    fit_accuracy: float = 0.995
+    progress_window: AtLeastOne = 2
+    underfit_progress: NonNegativeFloat = 0.05
+    fit_accuracy: Fraction = 0.995
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 1 <= self.progress_window < self.history:
             raise ValueError(
                 f"tracker.progress_window must be >= 1 and below tracker.history ({self.history}), "

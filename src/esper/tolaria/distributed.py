@@ -312,7 +312,7 @@ class World:
         """Rank 0's parameters and buffers on every rank (a new seed, the model at the start)."""
         if not self.distributed:
             return
-        tensors = list(module.state_dict().values())
+        tensors = [value for value in module.state_dict().values() if isinstance(value, Tensor)]  # not extra state
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         for tensor in tensors:
             by_dtype.setdefault(tensor.dtype, []).append(tensor)
@@ -348,7 +348,8 @@ class World:
         """Stop if the replicas of `module` have drifted apart (they must stay identical)."""
         if not self.distributed:
             return
-        sums = torch.stack([t.detach().double().sum() for t in module.state_dict().values() if t.is_floating_point()])
+        sums = torch.stack([t.detach().double().sum() for t in module.state_dict().values()
+                            if isinstance(t, Tensor) and t.is_floating_point()])  # fmt: skip
         gathered = self.all_gather(sums.to(self.device))
         drifted = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
         if drifted:

@@ -214,7 +214,12 @@ class Governor:
     def snapshot(self) -> None:
         """Remember the model, both optimisers and the live seeds' metrics as they are now."""
         self._snapshot = {
-            "model": {key: value.detach().clone() for key, value in self.model.state_dict().items()},
+            # The weights only: a graft's extra state (its slots' lifecycles) is not rolled back.
+            "model": {
+                key: value.detach().clone()
+                for key, value in self.model.state_dict().items()
+                if isinstance(value, torch.Tensor)
+            },
             "optimizers": [_optimizer_state(o) for o in self.optimizers.torch_optimizers()],
             "metrics": {s.state.seed_id: replace(s.state.metrics) for s in live_slots(self.model)},
         }
