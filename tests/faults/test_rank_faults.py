@@ -68,8 +68,10 @@ def test_a_killed_rank_stops_the_run_with_its_name_and_the_run_resumes(tmp_path)
     assert "Traceback" not in out
     assert not (run_dir / "summary.json").exists()
     # Resumed on one process (another number of processes than it started with).
+    assert json.loads((run_dir / "config.json").read_text())["processes"] == 2
     assert main(["train", "heuristic", "--resume", str(run_dir), "--quiet"]) == 0
     assert _epochs(run_dir) == list(range(16))
+    assert json.loads((run_dir / "config.json").read_text())["processes"] == 1  # what it runs on now
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
 
 

@@ -102,6 +102,9 @@ class RunRecorder:
                 self.folder.create(config)
             else:
                 self.resumed = self.folder.resume(schema, self._restored(restore))  # logs truncated before they open
+                saved = self.folder.read_config()
+                if saved.get("processes", self.world.size) != self.world.size:  # resumed on another number
+                    write_json(self.folder.config_path, {**saved, "processes": self.world.size})
             self.hub.add_output(JsonlEventOutput(self.folder.events_path))
             self.metrics = JsonlWriter(self.folder.metrics_path)
             resumed = self.resumed
