@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batches = _plain.image_batches(steps)
     host = CNNHost(n_blocks=3, base_channels=32)
     model = MorphogeneticModel(host)  # one DORMANT slot per injection point
-    optimizers = Optimizers(model, OptimConfig())
+    optimizers = Optimizers.from_config(model, OptimConfig())
     plain_optimizer = _plain.sgd(host)
 
     def baseline() -> None:

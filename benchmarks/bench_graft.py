@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batches = _plain.image_batches(steps)
     model = user_cnn()
     grafted = esper.graft(model, ["0", "1", "2"], batches[0][0][:2])
-    optimizers = Optimizers(grafted, OptimConfig())
+    optimizers = Optimizers.from_config(grafted, OptimConfig())
     plain_optimizer = _plain.sgd(model)
 
     def baseline() -> None:

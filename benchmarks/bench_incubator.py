@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     slot.germinate("conv_light", host_module=host)
     if not slot.advance_stage(SeedStage.TRAINING).passed:
         raise RuntimeError("G1 refused the freshly germinated seed")
-    optimizers = Optimizers(model, OptimConfig())
+    optimizers = Optimizers.from_config(model, OptimConfig())
     optimizers.add_seed((SLOT, slot.state.seed_id), list(slot.seed.parameters()))
     with _plain.slots_replaced(host, {SLOT: slot.seed}):
         plain_optimizer = _plain.sgd(host)
