@@ -77,10 +77,19 @@ class StagedHost(SlotMount):
         """Position in the trunk of the stage whose output `slot_id` receives."""
         return self._slot_stage[slot_id]
 
-    def width_site(self, slot_id: str) -> WidthSite:
-        """The layer a width seed at `slot_id` widens and the layer consuming its units; a
-        `ValueError` saying why when there is none (a subclass that can widen overrides this)."""
+    def width_site(self, slot_id: str, kind: str = "units") -> WidthSite:
+        """The layer a width seed of `kind` at `slot_id` widens and the layer consuming its
+        units; a `ValueError` saying why when there is none (a subclass that can widen
+        overrides this)."""
         raise ValueError(f"slot '{slot_id}': {type(self).__name__} has no layer Esper can widen there")
+
+    def _only_units(self, slot_id: str, kind: str) -> None:
+        """Refuse a width seed of another kind than "units" at `slot_id` (a host without heads)."""
+        if kind != "units":
+            raise ValueError(
+                f"slot '{slot_id}': {type(self).__name__} has no {kind} to widen; "
+                "widen its units ('widen', 'widen_zero')"
+            )
 
     def init_layers(self, modules: Iterable[nn.Module]) -> None:
         """Initialise `modules` (layers of this host) as the host initialises its own: PyTorch's
@@ -137,9 +146,10 @@ class CNNHost(StagedHost):
     def head(self, x: Tensor) -> Tensor:
         return self.classifier(x.mean(dim=(2, 3)))
 
-    def width_site(self, slot_id: str) -> WidthSite:
+    def width_site(self, slot_id: str, kind: str = "units") -> WidthSite:
         """Block i's conv output channels (and BatchNorm entries), consumed by the next block's
         conv, or by the classifier after global mean pooling for the last block."""
+        self._only_units(slot_id, kind)
         i = self.stage_index(slot_id)
         block = self.blocks[i]
         last = i + 1 == len(self.blocks)
@@ -200,11 +210,19 @@ class TransformerHost(StagedHost):
     def head(self, x: Tensor) -> Tensor:
         return self.lm_head(self.ln_f(x))
 
-    def width_site(self, slot_id: str) -> WidthSite:
-        """The hidden units of layer i's MLP: mlp[0]'s outputs, consumed by mlp[2]. (The layer's
+    def width_site(self, slot_id: str, kind: str = "units") -> WidthSite:
+        """Kind "units": the hidden units of layer i's MLP, mlp[0]'s outputs, consumed by mlp[2].
+        Kind "heads": its attention heads, their rows of q, k and v in `attn.qkv` (three parts,
+        head_dim rows each), consumed by `attn.proj` (head_dim columns each). (The layer's
         output width is the residual stream's, which every layer shares: it cannot widen alone.)"""
-        mlp = self.layers[self.stage_index(slot_id)].mlp
-        return WidthSite(mlp[0], None, F.gelu, mlp[2], at_slot=False)
+        layer = self.layers[self.stage_index(slot_id)]
+        if kind == "heads":
+            attn = layer.attn
+            return WidthSite(
+                attn.qkv, None, attn.attend, attn.proj, at_slot=False, parts=3, unit_size=attn.head_dim
+            )
+        self._only_units(slot_id, kind)
+        return WidthSite(layer.mlp[0], None, F.gelu, layer.mlp[2], at_slot=False)
 
 
 class MLPHost(StagedHost):
@@ -235,8 +253,9 @@ class MLPHost(StagedHost):
     def head(self, x: Tensor) -> Tensor:
         return self.classifier(x)
 
-    def width_site(self, slot_id: str) -> WidthSite:
+    def width_site(self, slot_id: str, kind: str = "units") -> WidthSite:
         """Hidden layer i's units, consumed by the next hidden Linear or the classifier."""
+        self._only_units(slot_id, kind)
         i = self.stage_index(slot_id)
         consumer = self.classifier if i + 1 == len(self.layers) else self.layers[i + 1][0]
         return WidthSite(self.layers[i][0], None, F.relu, consumer)

@@ -34,24 +34,39 @@ class ConvBlock(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention, GPT-2's: `qkv` holds every head's query rows, then
+    every head's key rows, then every head's value rows; `proj` takes the heads' outputs
+    side by side. The head count is read from `qkv`'s width (`n_head`), so a width seed that
+    merges new heads into `qkv` and `proj` (`kasmina.width`, kind "heads") makes the layer
+    wider with nothing else to update; the heads then span more than the residual width."""
+
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head = n_head
+        self.head_dim = n_embd // n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+    @property
+    def n_head(self) -> int:
+        return self.qkv.weight.shape[0] // (3 * self.head_dim)
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Heads of `head_dim` from (B, T, 3 * heads * head_dim) queries|keys|values (as `qkv`
+        lays them out) to their outputs side by side, (B, T, heads * head_dim); each head alone."""
+        B, T, width = qkv.shape
+        d = self.head_dim
+        q, k, v = (t.view(B, T, -1, d).transpose(1, 2) for t in qkv.split(width // 3, dim=2))
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
-        return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        return y.transpose(1, 2).reshape(B, T, width // 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.resid_dropout(self.proj(self.attend(self.qkv(x))))
 
 
 def init_gpt_weights(module: nn.Module) -> None:

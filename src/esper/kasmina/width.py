@@ -30,6 +30,13 @@ statistics or extra forward passes (so a growth step spends no FLOPs beyond trai
   outgoing weights have moved (the field's function-preserving baseline: Net2Net, LEMON).
 - "zero": random incoming weights (the layer's default initialisation), zero outgoing
   weights: the function is preserved at every alpha, exactly.
+
+A slot's layer may offer more than one site (`kind`): "units" (the layer's own units: a
+CNN block's channels, an MLP layer's or a transformer MLP's hidden units) and "heads" (a
+transformer layer's attention heads). A unit may span several rows of the layer and columns
+of the consumer (`WidthSite.unit_size`: a head's head_dim) and the layer's output may hold
+`parts` blocks of every unit's rows (attention's queries | keys | values); everything here
+(copying, merging, the optimiser's state) works on units in that layout.
 """
 
 from __future__ import annotations
@@ -46,16 +53,20 @@ from torch.utils.hooks import RemovableHandle
 from esper.leyline import FossilReport
 
 INITS = ("net2wider", "zero")
+KINDS = ("units", "heads")
 
 
 @dataclass(frozen=True)
 class WidthSite:
     """Where a width seed at a slot grows: the modules that change with the layer's width.
 
-    `layer` produces the units (output channels or features), `norm` (optional) has an
-    entry per unit, `activation` maps the normalised units to what `consumer` takes
-    (e.g. ReLU and pooling: it must act on each unit alone). `at_slot`: the slot's
-    features are these units (so they widen too), not a width inside the stage.
+    `layer` produces the units (output channels or features), `norm` (optional, with
+    `unit_size` 1) has an entry per unit, `activation` maps the normalised units to what
+    `consumer` takes (e.g. ReLU and pooling, or attention: it must act on each unit alone).
+    `at_slot`: the slot's features are these units (so they widen too), not a width inside
+    the stage. A unit is `unit_size` consecutive rows in each of the `parts` equal blocks of
+    the layer's output, and `unit_size` consecutive inputs of the consumer (an attention
+    head: head_dim rows of each of q, k and v, head_dim columns of the output projection).
     """
 
     layer: nn.Conv2d | nn.Linear
@@ -63,30 +74,67 @@ class WidthSite:
     activation: Callable[[Tensor], Tensor]
     consumer: nn.Conv2d | nn.Linear
     at_slot: bool = True
+    parts: int = 1
+    unit_size: int = 1
 
     @property
     def units(self) -> int:
-        return self.layer.weight.shape[0]
+        return self.layer.weight.shape[0] // (self.parts * self.unit_size)
+
+    def rows(self, tensor: Tensor, idx: Tensor) -> Tensor:
+        """The layer rows (of its weight, bias or their state) of units `idx`, in the layer's
+        layout: each part's rows of those units, part after part."""
+        blocks = tensor.reshape(self.parts, -1, self.unit_size, *tensor.shape[1:])
+        return blocks[:, idx].reshape(-1, *tensor.shape[1:])
+
+    def columns(self, idx: Tensor) -> Tensor:
+        """The consumer's inputs that units `idx` feed."""
+        size = self.unit_size
+        return (idx[:, None] * size + torch.arange(size, device=idx.device)).flatten()
 
 
 @dataclass(frozen=True, slots=True)
 class WidthReport(FossilReport):
-    """A fossilized width seed, merged into its slot's layer: `units_added` units, making it
-    `width` wide (`params`: the parameters that added). Kept by the slot in `widenings`, not in
-    its stack, so a checkpoint can widen a fresh host the same way before its weights load;
-    a kept seed like any fossil for whoever reads what growth kept (`EpochSignals.fossils`)."""
+    """A fossilized width seed, merged into its slot's layer: `units_added` units of `kind`,
+    making it `width` wide (`params`: the parameters that added). Kept by the slot in
+    `widenings`, not in its stack, so a checkpoint can widen a fresh host the same way before
+    its weights load; a kept seed like any fossil for whoever reads what growth kept
+    (`EpochSignals.fossils`)."""
 
     units_added: int
     width: int
+    kind: str = "units"
+
+
+def width_key(slot_id: str, kind: str) -> str:
+    """How a run's summary and a compare's static arms name the site of `kind` at `slot_id`:
+    the slot id for its units (as before there were kinds), "heads@layer1" for the rest."""
+    return slot_id if kind == "units" else f"{kind}@{slot_id}"
+
+
+def parse_width_key(key: str) -> tuple[str, str]:
+    """(slot_id, kind) from a `width_key`."""
+    kind, at, slot_id = key.rpartition("@")
+    return (slot_id, kind) if at else (key, "units")
 
 
 @dataclass(frozen=True)
 class Merge:
     """What a merge replaced, for the optimiser: each old parameter (the host's, or a
     neighbouring live width seed's), its wider successor, the seed parameter that became the
-    new part (None: zeros, with no state) and the axis it was appended along."""
+    new part (None: zeros, with no state), the axis it was joined along and in how many
+    parts (`join`)."""
 
-    widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]]
+    widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int, int]]
+
+
+def join(old: Tensor, new: Tensor, axis: int, parts: int = 1) -> Tensor:
+    """`old` with `new` appended along `axis`, both read as `parts` equal blocks there: each of
+    old's blocks followed by the matching block of new (parts 1: a plain concatenation). How
+    merged units enter a layer laid out in parts (attention's q | k | v), and their state."""
+    old, new = old.movedim(axis, 0), new.movedim(axis, 0)
+    blocks = [t.reshape(parts, -1, *t.shape[1:]) for t in (old, new)]
+    return torch.cat(blocks, dim=1).reshape(-1, *old.shape[1:]).movedim(0, axis)
 
 
 def _unit_axis(layer: nn.Module) -> int:
@@ -127,9 +175,15 @@ class WidthSeed(nn.Module):
     """
 
     def __init__(
-        self, units: int | None = None, init: str = "net2wider", noise: float = 0.01
+        self,
+        units: int | None = None,
+        init: str = "net2wider",
+        noise: float = 0.01,
+        kind: str = "units",
     ) -> None:
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"width seeds widen one of {', '.join(KINDS)}, got kind={kind!r}")
         if init not in INITS:
             raise ValueError(
                 f"width seeds initialise by one of {', '.join(INITS)}, got init={init!r}"
@@ -138,7 +192,7 @@ class WidthSeed(nn.Module):
             raise ValueError(f"a width seed adds at least one unit, got units={units}")
         if noise < 0:
             raise ValueError(f"a width seed's noise must be >= 0, got {noise}")
-        self.units, self.init, self.noise = units, init, noise
+        self.units, self.init, self.noise, self.kind = units, init, noise, kind
         self.site: WidthSite | None = None
         self._handles: list[RemovableHandle] = []
         self._x: Tensor | None = None
@@ -150,8 +204,8 @@ class WidthSeed(nn.Module):
     def attach(self, host: nn.Module, slot: nn.Module) -> None:
         """Build the new units for `slot`'s layer in `host` and place the hooks.
 
-        `host.width_site(slot_id)` names the layer; a host without one, or a slot whose
-        layer cannot be widened, raises `ValueError` saying why.
+        `host.width_site(slot_id, kind)` names the layer; a host without one, or a slot whose
+        layer cannot be widened that way, raises `ValueError` saying why.
         """
         width_site = getattr(host, "width_site", None)
         if width_site is None:
@@ -159,7 +213,7 @@ class WidthSeed(nn.Module):
                 f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen "
                 "(width seeds grow the built-in hosts: CNNHost, MLPHost, TransformerHost)"
             )
-        site = width_site(slot.slot_id)
+        site = width_site(slot.slot_id, self.kind)
         if site.at_slot and len(slot.fossils):
             raise ValueError(
                 f"slot '{slot.slot_id}': a width seed cannot widen a layer whose output goes "
@@ -172,7 +226,7 @@ class WidthSeed(nn.Module):
                 self._net2wider(site, units)
             else:
                 scratch = type(layer)(
-                    *_layer_args(layer, units), device=like.device, dtype=like.dtype
+                    *_layer_args(layer, self.weight.shape[0]), device=like.device, dtype=like.dtype
                 )
                 self.weight.copy_(scratch.weight)
                 if self.bias is not None:
@@ -188,13 +242,14 @@ class WidthSeed(nn.Module):
         layer, consumer = site.layer, site.consumer
         dtype = layer.weight.dtype
         self.site = site
+        rows = site.parts * units * site.unit_size
         self.weight = nn.Parameter(
-            torch.zeros((units, *layer.weight.shape[1:]), device=device, dtype=dtype)
+            torch.zeros((rows, *layer.weight.shape[1:]), device=device, dtype=dtype)
         )
         self.bias = (
             None
             if layer.bias is None
-            else nn.Parameter(torch.zeros(units, device=device, dtype=dtype))
+            else nn.Parameter(torch.zeros(rows, device=device, dtype=dtype))
         )
         self.norm = None
         if site.norm is not None:
@@ -202,7 +257,7 @@ class WidthSeed(nn.Module):
                 units, site.norm.eps, site.norm.momentum, device=device, dtype=dtype
             )
         out_shape = list(consumer.weight.shape)
-        out_shape[1] = units
+        out_shape[1] = units * site.unit_size
         self.out_weight = nn.Parameter(torch.zeros(out_shape, device=device, dtype=dtype))
         self.split: nn.Parameter | None = None
         if self.init == "net2wider":
@@ -220,9 +275,11 @@ class WidthSeed(nn.Module):
         self.idx.copy_(idx)
         copies = torch.bincount(idx, minlength=width).to(consumer.weight.dtype)
         std = layer.weight.std() if layer.weight.numel() > 1 else layer.weight.new_ones(())
-        self.weight.copy_(layer.weight[idx] + self.noise * std * torch.randn_like(self.weight))
+        self.weight.copy_(
+            site.rows(layer.weight, idx) + self.noise * std * torch.randn_like(self.weight)
+        )
         if self.bias is not None:
-            self.bias.copy_(layer.bias[idx])
+            self.bias.copy_(site.rows(layer.bias, idx))
         if self.norm is not None:
             norm = site.norm
             self.norm.weight.copy_(norm.weight[idx])
@@ -230,8 +287,9 @@ class WidthSeed(nn.Module):
             self.norm.running_mean.copy_(norm.running_mean[idx])
             self.norm.running_var.copy_(norm.running_var[idx])
         shape = [1] * consumer.weight.dim()
-        shape[1] = units
-        share = consumer.weight.index_select(1, idx) / (copies[idx] + 1).view(shape)
+        shape[1] = units * site.unit_size
+        shares = (copies[idx] + 1).repeat_interleave(site.unit_size)
+        share = consumer.weight.index_select(1, site.columns(idx)) / shares.view(shape)
         self.out_weight.copy_(share)
         self.split.copy_(-share)
 
@@ -262,12 +320,17 @@ class WidthSeed(nn.Module):
         if self.split is not None:
             delta = delta + _consume(
                 site.consumer,
-                consumed.index_select(_unit_axis(site.consumer), self.idx),
+                consumed.index_select(_unit_axis(site.consumer), site.columns(self.idx)),
                 self.split,
             )
         return base + delta
 
     # ------------------------------------------------------------------ merging
+    @property
+    def units_added(self) -> int:
+        """How many units the seed adds (built: `units`, or the layer's width by default)."""
+        return self.weight.shape[0] // (self.site.parts * self.site.unit_size)
+
     def added_params(self) -> int:
         """Parameters the merged units add to the host (`split` folds into existing weights)."""
         return sum(p.numel() for name, p in self.named_parameters() if name != "split")
@@ -282,32 +345,36 @@ class WidthSeed(nn.Module):
         """
         site = self.site
         layer, norm, consumer = site.layer, site.norm, site.consumer
-        widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int]] = []
-        units = self.weight.shape[0]
+        widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int, int]] = []
+        rows, columns = self.weight.shape[0], self.out_weight.shape[1]
         with torch.no_grad():
             for hook in layer._forward_hooks.values():  # seeds adding to this layer's output
                 if isinstance(hook, _AtConsumer) and hook.seed is not self:
-                    hook.seed._pad("out_weight", 0, units, widened)
+                    hook.seed._pad("out_weight", 0, rows, site.parts, widened)
                     if hook.seed.split is not None:
-                        hook.seed._pad("split", 0, units, widened)
+                        hook.seed._pad("split", 0, rows, site.parts, widened)
             for hook in consumer._forward_pre_hooks.values():  # seeds widening the consumer
                 if isinstance(hook, _Capture) and hook.seed is not self:
-                    hook.seed._pad("weight", 1, units, widened)
+                    hook.seed._pad("weight", 1, columns, 1, widened)
 
         def grow(
-            module: nn.Module, name: str, extra: nn.Parameter, axis: int, base: Tensor | None = None
+            module: nn.Module,
+            name: str,
+            extra: nn.Parameter,
+            axis: int,
+            parts: int = 1,
+            base: Tensor | None = None,
         ) -> None:
             old = getattr(module, name)
-            new = nn.Parameter(
-                torch.cat([old.detach() if base is None else base, extra.detach()], dim=axis)
-            )
+            kept = old.detach() if base is None else base
+            new = nn.Parameter(join(kept, extra.detach(), axis, parts))
             setattr(module, name, new)
-            widened.append((old, new, extra, axis))
+            widened.append((old, new, extra, axis, parts))
 
         with torch.no_grad():
-            grow(layer, "weight", self.weight, 0)
+            grow(layer, "weight", self.weight, 0, site.parts)
             if self.bias is not None:
-                grow(layer, "bias", self.bias, 0)
+                grow(layer, "bias", self.bias, 0, site.parts)
             if norm is not None:
                 grow(norm, "weight", self.norm.weight, 0)
                 grow(norm, "bias", self.norm.bias, 0)
@@ -316,21 +383,22 @@ class WidthSeed(nn.Module):
                 norm.num_features += self.norm.num_features
             kept = consumer.weight.detach()
             if self.split is not None:
-                kept = kept.index_add(1, self.idx, self.split.detach())
+                kept = kept.index_add(1, site.columns(self.idx), self.split.detach())
             grow(consumer, "weight", self.out_weight, 1, base=kept)
-        _set_width(layer, out=layer.weight.shape[0])
-        _set_width(consumer, inp=consumer.weight.shape[1])
+        sync_size(layer)
+        sync_size(consumer)
         self.release()
         return Merge(widened)
 
-    def _pad(self, name: str, axis: int, units: int, widened: list) -> None:
-        """Append `units` zero entries to parameter `name` along `axis` (a neighbour merged)."""
+    def _pad(self, name: str, axis: int, count: int, parts: int, widened: list) -> None:
+        """Join `count` zero entries to parameter `name` along `axis` in `parts` (a neighbour
+        merged)."""
         old = getattr(self, name)
         shape = list(old.shape)
-        shape[axis] = units
-        new = nn.Parameter(torch.cat([old.detach(), old.new_zeros(shape)], dim=axis))
+        shape[axis] = count
+        new = nn.Parameter(join(old.detach(), old.new_zeros(shape), axis, parts))
         setattr(self, name, new)
-        widened.append((old, new, None, axis))
+        widened.append((old, new, None, axis, parts))
 
 
 class _Capture:
@@ -379,14 +447,14 @@ def _layer_args(layer: nn.Conv2d | nn.Linear, units: int) -> tuple[Any, ...]:
     return (layer.in_features, units, layer.bias is not None)
 
 
-def _set_width(layer: nn.Module, out: int | None = None, inp: int | None = None) -> None:
-    """Keep a widened layer's size attributes in line with its weights."""
-    if isinstance(layer, nn.Conv2d):
-        layer.out_channels = out or layer.out_channels
-        layer.in_channels = inp or layer.in_channels
+def sync_size(module: nn.Conv2d | nn.Linear) -> None:
+    """Keep the size attributes a Conv2d or Linear keeps beside its weight (its repr and reset
+    use them) in line with a weight that was made wider or narrower."""
+    out, inp = module.weight.shape[:2]
+    if isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = out, inp * module.groups
     else:
-        layer.out_features = out or layer.out_features
-        layer.in_features = inp or layer.in_features
+        module.out_features, module.in_features = out, inp
 
 
 def widen_fresh(host: nn.Module, slot: nn.Module, report: WidthReport) -> tuple[WidthSite, Merge | None]:
@@ -394,10 +462,10 @@ def widen_fresh(host: nn.Module, slot: nn.Module, report: WidthReport) -> tuple[
     becomes `report.width` wide with placeholder weights for the state dict to overwrite.
     A layer already that wide is left as it is (no merge). The merge is returned so the
     optimisers, built over the narrow layers, can take the wide ones in their place."""
-    site = host.width_site(slot.slot_id)
+    site = host.width_site(slot.slot_id, report.kind)
     if site.units >= report.width:
         return site, None
-    seed = WidthSeed(report.width - site.units, init="zero")
+    seed = WidthSeed(report.width - site.units, init="zero", kind=report.kind)
     seed.attach(host, slot)
     return site, seed.merge()
 
@@ -409,21 +477,21 @@ def carry_optimizer_state(
 
     Per-parameter state carries over: tensors shaped like the parameter (SGD's
     momentum_buffer, Adam's exp_avg and exp_avg_sq) become the old state with the seed
-    parameter's state (from whichever optimiser held the seed; zeros if none) appended
-    along the widened axis; other entries (Adam's step) are the old parameter's. The
+    parameter's state (from whichever optimiser held the seed; zeros if none) joined
+    along the widened axis as the parameters were (`join`); other entries (Adam's step) are the old parameter's. The
     seed's own param group is left for its owner to remove.
     """
     states = {}
     for optimizer in optimizers:
         states.update({id(p): s for p, s in optimizer.state.items()})
-    successors = {id(old): (new, extra, axis) for old, new, extra, axis in merge.widened}
+    successors = {id(old): (new, extra, axis, parts) for old, new, extra, axis, parts in merge.widened}
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             for i, param in enumerate(group["params"]):
                 found = successors.get(id(param))
                 if found is None:
                     continue
-                new, extra, axis = found
+                new, extra, axis, parts = found
                 group["params"][i] = new
                 old_state = optimizer.state.pop(param, None)
                 if not old_state:
@@ -437,26 +505,26 @@ def carry_optimizer_state(
                         tail = extra_state.get(key)
                         if not isinstance(tail, Tensor) or list(tail.shape) != tail_shape:
                             tail = value.new_zeros(tail_shape)
-                        value = torch.cat([value, tail.to(value.dtype)], dim=axis)
+                        value = join(value, tail.to(value.dtype), axis, parts)
                     carried[key] = value
                 optimizer.state[new] = carried
 
 
-def widen_static(host: nn.Module, slot_id: str, width: int) -> None:
-    """Make the layer a width seed at `slot_id` widens `width` units wide as static layers, freshly
-    initialised: the layer, its norm and the consumer get new parameters of the new shapes at
-    the host's own initialisation (`host.init_layers`). How compare's static arms build a
-    grown run's final widths."""
-    site = host.width_site(slot_id)
+def widen_static(host: nn.Module, slot_id: str, width: int, kind: str = "units") -> None:
+    """Make the layer a width seed of `kind` at `slot_id` widens `width` units wide as static
+    layers, freshly initialised: the layer, its norm and the consumer get new parameters of the
+    new shapes at the host's own initialisation (`host.init_layers`). How compare's static arms
+    build a grown run's final widths."""
+    site = host.width_site(slot_id, kind)
     if width < site.units:
         raise ValueError(f"slot '{slot_id}' is {site.units} wide already; it cannot be built {width} wide")
     layer, norm, consumer = site.layer, site.norm, site.consumer
     like = layer.weight
+    rows = site.parts * width * site.unit_size
     with torch.no_grad():
-        layer.weight = nn.Parameter(like.new_empty(width, *like.shape[1:]))
+        layer.weight = nn.Parameter(like.new_empty(rows, *like.shape[1:]))
         if layer.bias is not None:
-            layer.bias = nn.Parameter(like.new_empty(width))
-        _set_units(layer, width, out=True)
+            layer.bias = nn.Parameter(like.new_empty(rows))
         if norm is not None:
             norm.num_features = width
             norm.weight = nn.Parameter(like.new_empty(width))
@@ -464,13 +532,8 @@ def widen_static(host: nn.Module, slot_id: str, width: int) -> None:
             norm.running_mean = like.new_zeros(width)
             norm.running_var = like.new_ones(width)
         shape = list(consumer.weight.shape)
-        shape[1] = width
+        shape[1] = width * site.unit_size
         consumer.weight = nn.Parameter(consumer.weight.new_empty(shape))
-        _set_units(consumer, width, out=False)
+    sync_size(layer)
+    sync_size(consumer)
     host.init_layers([module for module in (layer, norm, consumer) if module is not None])
-
-
-def _set_units(module: nn.Conv2d | nn.Linear, width: int, out: bool) -> None:
-    """The size attribute a Conv2d or Linear keeps beside its weight (its repr and reset use it)."""
-    name = ("out_channels" if out else "in_channels") if isinstance(module, nn.Conv2d) else ("out_features" if out else "in_features")
-    setattr(module, name, width)

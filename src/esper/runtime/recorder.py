@@ -34,6 +34,7 @@ from rich.console import Console
 from torch import nn
 
 from esper import __version__
+from esper.kasmina.width import width_key
 from esper.leyline import SeedLedger, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import (
     BlueprintAnalytics,
@@ -376,12 +377,16 @@ def stack_snapshot(trainer: MorphogeneticTrainer) -> dict[str, list[dict[str, An
 def grown_architecture(host: str, trainer: MorphogeneticTrainer) -> dict[str, Any]:
     """The static-final network: the `host` (what built it) and, per slot, the blueprints of its
     fossils in order (live seeds are not in it: they were not kept); where width seeds were merged,
-    "widths": per such slot, its layer's width after each merge."""
+    "widths": per such slot (`width_key`: "heads@layer1" for its attention heads), its layer's
+    width after each merge."""
     architecture: dict[str, Any] = {
         "host": host,
         "slots": {slot_id: [f.blueprint_id for f in slot.fossil_reports] for slot_id, slot in trainer.slots.items()},
     }
-    widths = {slot_id: [r.width for r in slot.widenings] for slot_id, slot in trainer.slots.items() if slot.widenings}
+    widths: dict[str, list[int]] = {}
+    for slot_id, slot in trainer.slots.items():
+        for report in slot.widenings:
+            widths.setdefault(width_key(slot_id, report.kind), []).append(report.width)
     if widths:
         architecture["widths"] = widths
     return architecture

@@ -18,7 +18,7 @@ from torch import nn
 
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
-from esper.kasmina.width import widen_static
+from esper.kasmina.width import parse_width_key, widen_static
 from esper.runtime.data import TaskData
 from esper.runtime.tasks import TaskSpec, list_tasks
 
@@ -53,13 +53,14 @@ class StaticSeedsHostFactory:
     build_host: Callable[[TaskData], nn.Module]
     seeds: tuple[tuple[str, str], ...]
     blueprint_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # (slot_id, width): the layer a width seed at the slot widens, built that wide (first).
+    # (width_key, width): the layer a width seed at the slot widens, built that wide (first).
     widths: tuple[tuple[str, int], ...] = ()
 
     def __call__(self, data: TaskData) -> nn.Module:
         host = self.build_host(data)
-        for slot_id, width in self.widths:
-            widen_static(host, slot_id, width)
+        for key, width in self.widths:
+            slot_id, kind = parse_width_key(key)
+            widen_static(host, slot_id, width, kind)
         for slot_id, blueprint in self.seeds:
             plant_static(host, slot_id, blueprint, **self.blueprint_kwargs.get(blueprint, {}))
         return host

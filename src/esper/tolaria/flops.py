@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
 from esper.kasmina.slot import SeedSlot
-from esper.kasmina.width import WidthSeed, WidthSite
+from esper.kasmina.width import KINDS, WidthSeed, WidthSite
 from esper.leyline import MEASURED_STAGES, SeedStage
 from esper.tolaria.trainer import loss_and_correct
 
@@ -177,9 +177,9 @@ def _slot_signature(slot: Any) -> tuple[Hashable, ...]:
     return (stack, stage_class, slot.state.blueprint_id, slot.state.seed_id, bool(slot.isolate_gradients))
 
 
-def _widths(slot: Any) -> tuple[int, ...]:
-    """The widths the slot's merged width seeds made its layer: part of the host's structure."""
-    return tuple(report.width for report in slot.widenings)
+def _widths(slot: Any) -> tuple[tuple[str, int], ...]:
+    """The widths the slot's merged width seeds made its layers: part of the host's structure."""
+    return tuple((report.kind, report.width) for report in slot.widenings)
 
 
 def architecture_signature(model: nn.Module) -> tuple[Hashable, ...]:
@@ -262,7 +262,7 @@ def width_cost(seed: WidthSeed, site: WidthSite, shapes: tuple[tuple[int, ...], 
     (`shapes`: the layer's input, the consumer's input and output, per sample) of the new units
     and their contribution to the consumer, counted on meta tensors. Its merge adds the same
     units to the host (which is then measured as it is)."""
-    probe = WidthSeed(seed.units, seed.init, seed.noise)
+    probe = WidthSeed(seed.units, seed.init, seed.noise, seed.kind)
     probe.build(site, "meta")
     x, z, out = (torch.empty((_PAIR, *shape), device="meta") for shape in shapes)
     counts = []
@@ -293,8 +293,8 @@ class _HostCosts:
     training: float
     tails: dict[str, float] | None  # None: not a StagedHost (counterfactuals take the naive path)
     shapes: dict[str, tuple[int, ...]]
-    # Per slot whose layer can widen: one sample's layer input, consumer input and output.
-    width_shapes: dict[str, tuple[tuple[int, ...], ...]]
+    # Per (slot, kind) whose layer can widen: one sample's layer input, consumer input and output.
+    width_shapes: dict[tuple[str, str], tuple[tuple[int, ...], ...]]
 
 
 # The host's costs depend only on its structure and the input's shape: kept for the process.
@@ -433,7 +433,7 @@ class FlopMeter:
         self._targets = None if targets is None else torch.empty_like(targets, device="meta")
         self._cache: dict[tuple[Hashable, ...], FlopProfile] = {}
         self._host_costs: _HostCosts | None = None
-        self._host_widths: tuple[tuple[int, ...], ...] = ()  # the merged widths it was measured at
+        self._host_widths: tuple[tuple[tuple[str, int], ...], ...] = ()  # the merged widths it was measured at
         self.measurements = 0  # profiles composed (not served from the cache)
 
     @property
@@ -454,9 +454,10 @@ class FlopMeter:
         with torch.device("meta"):
             seed = factory(slot.channels, **options)
         if isinstance(seed, WidthSeed):
-            if slot_id not in host.width_shapes:
+            key = (slot_id, seed.kind)
+            if key not in host.width_shapes:
                 raise ValueError(f"slot '{slot_id}': '{blueprint}' finds no layer to widen there")
-            return width_cost(seed, self.model.host.width_site(slot_id), host.width_shapes[slot_id])
+            return width_cost(seed, self.model.host.width_site(*key), host.width_shapes[key])
         shape = host.shapes[slot_id]
         return module_cost(slot.task_config.topology, blueprint, slot.channels, slot.blueprint_kwargs(blueprint), shape)
 
@@ -526,7 +527,7 @@ class FlopMeter:
         tails: dict[str, float] | None = None
         host = getattr(model, "host", None)
         sites = _width_sites(host, slots)
-        width_shapes: dict[str, list[tuple[int, ...]]] = {key: [(), (), ()] for key in sites}
+        width_shapes: dict[tuple[str, str], list[tuple[int, ...]]] = {key: [(), (), ()] for key in sites}
 
         call, targets = self._call, self._targets
 
@@ -597,14 +598,15 @@ def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor
     shapes[key] = tuple(features.shape[1:])
 
 
-def _width_sites(host: Any, slots: dict[str, Any]) -> dict[str, WidthSite]:
-    """The slots whose layer a width seed can widen (a host without `width_site` has none)."""
+def _width_sites(host: Any, slots: dict[str, Any]) -> dict[tuple[str, str], WidthSite]:
+    """The (slot, kind) sites a width seed can widen (a host without `width_site` has none)."""
     sites = {}
     for key in slots:
-        try:
-            sites[key] = host.width_site(key)
-        except (AttributeError, ValueError):
-            continue
+        for kind in KINDS:
+            try:
+                sites[key, kind] = host.width_site(key, kind)
+            except (AttributeError, ValueError):
+                continue
     return sites
 
 

@@ -20,6 +20,7 @@ from esper.kasmina.blueprints.registry import BlueprintRegistry
 from esper.kasmina.blueprints.transformer import default_n_head
 from esper.kasmina.layers import CausalSelfAttention, TransformerBlock, init_gpt_weights
 from esper.kasmina.placement import injected_module
+from esper.kasmina.width import sync_size
 
 
 class StackedBlockSeed(nn.Module):
@@ -42,19 +43,19 @@ class StackedBlockSeed(nn.Module):
                 f"that is a {type(source).__name__}: stack it on a slot after a TransformerBlock, "
                 "or grow with 'block' (a zero-initialised block)"
             )
-        # Neither the head count nor the dropout is in the weights' shapes: take both from the
-        # source, so the copy computes exactly what the original does. (Not copy.deepcopy: the
-        # host's layer carries the slot's forward hook, which the copy must not.)
+        # Neither the head size nor the dropout is in the weights' shapes: take both from the
+        # source, so the copy computes exactly what the original does; a layer a merged width
+        # seed widened (MLP units, attention heads) takes the source's shape. (Not
+        # copy.deepcopy: the host's layer carries the slot's forward hook, which the copy must not.)
         for mine, theirs in zip(self.block.modules(), source.modules(), strict=True):
             if isinstance(mine, CausalSelfAttention):
-                mine.n_head, mine.dropout = theirs.n_head, theirs.dropout
+                mine.head_dim, mine.dropout = theirs.head_dim, theirs.dropout
             elif isinstance(mine, nn.Dropout):
                 mine.p = theirs.p
-        mlp, hidden = self.block.mlp, source.mlp[0].out_features
-        if mlp[0].out_features != hidden:  # the source's MLP was widened (a merged width seed)
-            like = {"device": mlp[0].weight.device, "dtype": mlp[0].weight.dtype}
-            mlp[0] = nn.Linear(mlp[0].in_features, hidden, **like)
-            mlp[2] = nn.Linear(hidden, mlp[2].out_features, **like)
+            elif isinstance(mine, nn.Linear) and mine.weight.shape != theirs.weight.shape:
+                for name, param in theirs.named_parameters(recurse=False):
+                    setattr(mine, name, nn.Parameter(torch.empty_like(param)))
+                sync_size(mine)
         self.block.load_state_dict(source.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,10 @@ the 4 -> 8 -> 16 channel plans toward a reference) double, and a fixed number wo
 different fraction of every layer. `noise` is the Net2Wider symmetry breaking (see
 `kasmina.width`). Built unattached, the module has no parameters yet, so the parameter
 counts here are estimates at a 64-unit layer, doubled.
+
+"widen_heads" and "widen_heads_zero" (transformer) do the same to the attention heads of the
+layer before the slot: new heads of the layer's head size (their rows of q, k and v, their
+columns of the output projection); the residual width stays. `units` counts heads there.
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ def widen(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
 
 def widen_zero(dim: int, units: int | None = None) -> nn.Module:
     return WidthSeed(units, "zero")
+
+
+def widen_heads(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
+    return WidthSeed(units, "net2wider", noise, kind="heads")
+
+
+def widen_heads_zero(dim: int, units: int | None = None) -> nn.Module:
+    return WidthSeed(units, "zero", kind="heads")
 
 
 _ESTIMATES = {
@@ -45,3 +57,16 @@ for _name, (_factory, _start) in _KINDS.items():
             f"Widen the slot's layer (doubling it): new units from {_start}, merged when kept",
             from_host=True,
         )(_factory)
+
+for _name, _factory, _start in (
+    ("widen_heads", widen_heads, "copies of host heads (Net2WiderNet)"),
+    ("widen_heads_zero", widen_heads_zero, "zero outgoing weights"),
+):
+    BlueprintRegistry.register(
+        _name,
+        "transformer",
+        4 * 64 * 64 + 3 * 64,  # 64 new channels of heads: q, k, v rows and bias, proj columns
+        f"Add attention heads to the slot's layer (doubling them): new heads from {_start}, "
+        "merged when kept",
+        from_host=True,
+    )(_factory)
