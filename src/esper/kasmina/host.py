@@ -97,24 +97,40 @@ class StagedHost(SlotMount):
         for module in modules:
             module.reset_parameters()
 
+    def resume_stage(self, slot_id: str) -> int:
+        """The stage a counterfactual for `slot_id`'s live seed resumes at (see `run`): the one
+        after the slot's, or the slot's own where the live seed acts inside it (a width seed
+        in a transformer layer's MLP or attention changes the stage's own output)."""
+        return self._slot_stage[slot_id] + (0 if self.placed_slots()[slot_id].seed_acts_in_stage else 1)
+
     def run(self, x: Tensor, start: int = 0, taps: dict[str, Tensor] | None = None) -> Tensor:
         """Stages `start..` (slots included) and the head, from the stem's output or a stage's.
 
-        For each key already in `taps` (a placed slot), the features entering that
-        slot's live seed (the stage's output through the slot's fossils) are stored
-        there: `run(taps[key], stage_index(key) + 1)` is then the output with that
-        slot's live seed switched off, computed without the stages before it.
+        For each key already in `taps` (a placed slot), the features a counterfactual for that
+        slot resumes from are stored there: those entering its live seed (the stage's output
+        through the slot's fossils), or, where the seed acts inside the stage, the stage's
+        input. With that slot's alpha forced to 0, `run(taps[key], resume_stage(key))` is then
+        the output with its live seed switched off, computed without the stages before it.
         """
         if taps:
             slots = self.placed_slots()
             with contextlib.ExitStack() as recording:
                 for key in taps:
                     sink = functools.partial(taps.__setitem__, key)
-                    recording.enter_context(slots[key].recording_seed_input(sink))
+                    if slots[key].seed_acts_in_stage:
+                        stage = self.trunk[self._slot_stage[key]]
+                        handle = stage.register_forward_pre_hook(functools.partial(_record_input, sink))
+                        recording.callback(handle.remove)
+                    else:
+                        recording.enter_context(slots[key].recording_seed_input(sink))
                 return self.run(x, start)
         for i in range(start, len(self.trunk)):
             x = self.trunk[i](x)
         return self.head(x)
+
+
+def _record_input(sink: Callable[[Tensor], object], module: nn.Module, args: tuple[Tensor, ...]) -> None:
+    sink(args[0])
 
 
 class CNNHost(StagedHost):

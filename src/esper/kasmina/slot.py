@@ -226,6 +226,12 @@ class SeedSlot(nn.Module):
         return self.state.stage if self.state is not None else SeedStage.DORMANT
 
     @property
+    def seed_acts_in_stage(self) -> bool:
+        """The live seed changes the stage before the slot, not the features after it: a width
+        seed whose units are inside the stage (a transformer layer's MLP units or heads)."""
+        return isinstance(self.seed, WidthSeed) and not self.seed.site.at_slot
+
+    @property
     def stack_depth(self) -> int:
         """How many fossilized seeds the slot's stack holds."""
         return len(self.fossils)

@@ -292,6 +292,8 @@ class _HostCosts:
     inference: float
     training: float
     tails: dict[str, float] | None  # None: not a StagedHost (counterfactuals take the naive path)
+    # Per slot, its stage alone (a counterfactual resuming at the stage runs it again); None as tails.
+    stages: dict[str, float] | None
     shapes: dict[str, tuple[int, ...]]
     # Per (slot, kind) whose layer can widen: one sample's layer input, consumer input and output.
     width_shapes: dict[tuple[str, str], tuple[tuple[int, ...], ...]]
@@ -502,10 +504,11 @@ class FlopMeter:
         fast = None
         if host.tails is not None:
             stage = self.model.host.stage_index
-            fast = {
-                slot_id: host.tails[slot_id] + sum(at[j] for j in self.slots if stage(j) > stage(slot_id))
-                for slot_id in measured
-            }
+            fast = {}
+            for slot_id in measured:
+                fast[slot_id] = host.tails[slot_id] + sum(at[j] for j in self.slots if stage(j) > stage(slot_id))
+                if self.slots[slot_id].seed_acts_in_stage:  # resumed at its stage: it and the fossils run
+                    fast[slot_id] += host.stages[slot_id] + at[slot_id] - live[slot_id]
         return FlopProfile(inference, training, fast, naive)
 
     def _host(self) -> _HostCosts:
@@ -525,6 +528,7 @@ class FlopMeter:
         model, slots = self.model, self.slots
         shapes: dict[str, tuple[int, ...]] = {}
         tails: dict[str, float] | None = None
+        stages: dict[str, float] | None = None
         host = getattr(model, "host", None)
         sites = _width_sites(host, slots)
         width_shapes: dict[tuple[str, str], list[tuple[int, ...]]] = {key: [(), (), ()] for key in sites}
@@ -542,11 +546,20 @@ class FlopMeter:
         def tails_pass() -> None:
             with _bare(slots.values()):
                 taps: dict[str, Tensor | None] = dict.fromkeys(slots)
-                host.run(host.stem(*call.args), taps=taps)  # the shared pass: validation, not extra
+                entering: dict[str, Tensor] = {}
+                with ExitStack() as recording:
+                    for key in slots:
+                        stage = host.trunk[host.stage_index(key)]
+                        hook = functools.partial(_record_entry, entering, key)
+                        recording.callback(stage.register_forward_pre_hook(hook).remove)
+                    host.run(host.stem(*call.args), taps=taps)  # the shared pass: validation, not extra
                 for key, features in taps.items():
                     with flop_counter() as counter:
                         host.run(features, host.stage_index(key) + 1)
                     tails[key] = counter.get_total_flops() / batch
+                    with flop_counter() as counter:
+                        host.trunk[host.stage_index(key)](entering[key])
+                    stages[key] = counter.get_total_flops() / batch
 
         def train_step() -> None:
             with _bare(slots.values()):
@@ -559,13 +572,13 @@ class FlopMeter:
             with torch.no_grad():
                 inference = self._count(inference_pass)
                 if isinstance(host, StagedHost) and slots:
-                    tails = {}
+                    tails, stages = {}, {}
                     self._run_on_meta(tails_pass)
             model.train()
             with torch.enable_grad():
                 training = self._count(train_step)
         widths = {key: tuple(found) for key, found in width_shapes.items()}
-        return _HostCosts(inference / batch, training / batch, tails, shapes, widths)
+        return _HostCosts(inference / batch, training / batch, tails, stages, shapes, widths)
 
     def _count(self, fn: Callable[[], None]) -> int:
         with flop_counter() as counter:
@@ -592,6 +605,10 @@ class FlopMeter:
                 f"tensors ({type(err).__name__}: {first}); FLOPs are measured without data, so the "
                 "forward must not read tensor values (e.g. .item() or data-dependent branches)"
             ) from err
+
+
+def _record_entry(entering: dict[str, Tensor], key: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+    entering[key] = args[0]
 
 
 def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor) -> None:

@@ -455,7 +455,8 @@ def validate_with_counterfactuals(
 
     The fast path runs the trunk once per batch, keeps the features entering each
     measured slot, and for a slot's counterfactual recomputes only the stages
-    after it (alpha 0 makes the slot pass those features through). It computes
+    after it (alpha 0 makes the slot pass those features through), or from its own
+    stage for a width seed that acts inside it (`StagedHost.resume_stage`). It computes
     exactly what the naive path (`naive=True`: one full pass per measured slot
     with `force_alpha(0.0)`) computes, the same ops on the same values, so the
     contributions are identical; its cost is one pass plus the tails. Hosts that
@@ -473,8 +474,8 @@ def validate_with_counterfactuals(
             taps: dict[str, Tensor] = dict.fromkeys(measured)
             base.add(*loss_and_correct(host.run(host.stem(inputs), taps=taps), targets), targets)
             for key, features in taps.items():
-                with measured[key].force_alpha(0.0):  # a width seed acts in the stages after it
-                    _, correct = loss_and_correct(host.run(features, host.stage_index(key) + 1), targets)
+                with measured[key].force_alpha(0.0):  # a width seed acts in a stage it resumes at
+                    _, correct = loss_and_correct(host.run(features, host.resume_stage(key)), targets)
                 without[key] = without[key] + correct if key in without else correct
     stats = base.stats("validate", world)
     result = ValidationResult(stats.loss, stats.accuracy, batch_losses=stats.batch_losses)
