@@ -57,7 +57,10 @@ def test_builtin_blueprints_are_registered() -> None:
         "norm", "attention", "depthwise", "conv_light", "conv_heavy", "inverted_bottleneck",
         "residual_block", "deepen", "widen", "widen_zero",
     }  # fmt: skip
-    assert transformer == {"norm", "lora", "attention", "mlp", "flex_attention", "block", "stack", "widen", "widen_zero"}
+    assert transformer == {
+        "norm", "lora", "attention", "mlp", "flex_attention", "block", "stack",
+        "widen", "widen_zero", "widen_heads", "widen_heads_zero",
+    }  # fmt: skip
     assert mlp == {"norm", "lowrank", "mlp", "deepen", "widen", "widen_zero"}
 
 

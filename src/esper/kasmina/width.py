@@ -179,6 +179,7 @@ class WidthSeed(nn.Module):
         units: int | None = None,
         init: str = "net2wider",
         noise: float = 0.01,
+        *,
         kind: str = "units",
     ) -> None:
         super().__init__()
