@@ -15,6 +15,10 @@ from esper.kasmina.width import WidthSeed, carry_optimizer_state
 from esper.leyline import TaskConfig
 
 HOSTS = {
+    "cnn-first": (
+        lambda: CNNHost(num_classes=5, n_blocks=3, base_channels=4, in_channels=1),
+        "block1",
+    ),
     "cnn-middle": (
         lambda: CNNHost(num_classes=5, n_blocks=3, base_channels=4, in_channels=1),
         "block2",
@@ -256,6 +260,8 @@ def test_counterfactual_fast_path_measures_a_width_seed_as_the_naive_one() -> No
 @pytest.mark.parametrize(
     ("name", "order"),
     [
+        ("cnn-first", ("block1", "block2")),
+        ("cnn-first", ("block2", "block1")),
         ("cnn-middle", ("block2", "block3")),
         ("cnn-middle", ("block3", "block2")),
         ("mlp-middle", ("layer1", "layer2")),

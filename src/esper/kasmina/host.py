@@ -134,7 +134,12 @@ def _record_input(sink: Callable[[Tensor], object], module: nn.Module, args: tup
 
 
 class CNNHost(StagedHost):
-    """Conv blocks doubling the channels; a slot after every block but the first."""
+    """Conv blocks doubling the channels; a slot after every block.
+
+    The first block's slot (`block1`) is where a width seed widens the first conv, so a
+    schedule can grow the whole network into a wider one; the built-in tasks' own slots
+    stay `block2` and `block3` (their controllers and policies act there).
+    """
 
     topology = "cnn"
 
@@ -153,7 +158,7 @@ class CNNHost(StagedHost):
             ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)
         )
         self.classifier = nn.Linear(widths[-1], num_classes)
-        self._set_injection_points({f"block{i + 1}": (i, widths[i]) for i in range(1, n_blocks)})
+        self._set_injection_points({f"block{i + 1}": (i, width) for i, width in enumerate(widths)})
 
     @property
     def trunk(self) -> nn.ModuleList:
