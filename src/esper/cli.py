@@ -293,8 +293,9 @@ def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
     heuristic.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     heuristic.add_argument("--baseline", action="store_true", default=None, help="also train the host alone and compare")
     heuristic.add_argument("--tensorboard", action="store_true", default=None, help="also log to RUN_DIR/tensorboard")
-    heuristic.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                           help="learning rates constant, or annealed to 0 over the run (default: the task's)")  # fmt: skip
+    heuristic.add_argument("--lr-schedule", choices=("constant", "cosine", "cosine-restarts"),
+                           help="learning rates constant, or annealed to 0 over the run (cosine-restarts: from the "
+                                "peak again at each growth step of a schedule plan) (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
     heuristic.add_argument("--data-dir", dest="task_options__data_dir", metavar="DIR", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", dest="task_options__download", action="store_true", default=None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esper.jobs.config import HeuristicRunConfig
-from esper.jobs.heuristic import run_heuristic
+from esper.jobs.heuristic import prepare_run, run_heuristic
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.nissa import read_jsonl
 from esper.nissa.run_folder import read_json
@@ -150,3 +150,14 @@ def test_a_schedule_the_run_cannot_carry_out_is_refused_before_any_folder(tmp_pa
     with pytest.raises(ValueError, match=message):
         _run(tmp_path, controller="schedule", schedule=schedule, epochs=20)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_schedule_run_adds_the_slots_its_plan_grows_and_restarts_its_cosine_there() -> None:
+    plan = [{"at": 0.0, "slot": "block1", "blueprint": "widen"}, {"at": 0.5, "slot": "block2", "blueprint": "widen"}]
+    config = HeuristicRunConfig(task="digits", controller="schedule", schedule=plan, epochs=20, lr_schedule="cosine-restarts")
+    run = prepare_run(config)
+    # block1 is no slot of the task's (its heuristic and policies act at block2 and block3).
+    assert run.slots == ("block1", "block2", "block3")
+    assert get_task("digits").slots == ("block2", "block3")
+    assert prepare_run(HeuristicRunConfig(task="digits")).slots == ("block2", "block3")
+    assert run.trainer.optimizers.config.lr_restarts == (0.5,)  # the growth steps after the start

@@ -13,7 +13,7 @@ from esper.runtime import get_task
 from esper.runtime.session import build_trainer
 from esper.tolaria import EpochLoop
 from esper.tolaria.flops_cap import TrainingFlopsCap
-from esper.tolaria.trainer import OptimConfig
+from esper.tolaria.trainer import OptimConfig, lr_scale
 
 EPOCHS = 4
 
@@ -63,3 +63,22 @@ def test_a_capped_run_anneals_over_its_cap() -> None:
 def test_an_unknown_schedule_is_refused() -> None:
     with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
         OptimConfig(lr_schedule="linear")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "progress", "expected"),
+    [
+        ("cosine", 0.75, 0.5 * (1 + math.cos(math.pi * 0.75))),  # restarts do not move a plain cosine
+        ("cosine-restarts", 0.4, 0.5 * (1 + math.cos(math.pi * 0.4))),  # before: the run's cosine
+        ("cosine-restarts", 0.5, 1.0),  # back at the peak at a growth step
+        ("cosine-restarts", 0.75, 0.5),  # then annealed to 0 by the end
+        ("cosine-restarts", 1.0, 0.0),
+    ],
+)
+def test_cosine_restarts_at_the_plans_growth_steps(schedule: str, progress: float, expected: float) -> None:
+    assert lr_scale(schedule, progress, restarts=(0.5,)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_restart_outside_the_run_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"lr_restarts are fractions of the run in \[0, 1\), got \[1.0\]"):
+        OptimConfig(lr_schedule="cosine-restarts", lr_restarts=(1.0,))

@@ -80,7 +80,8 @@ class HeuristicRunConfig:
     # RewardConfig overrides for the reward the recorded transitions carry (e.g. the FLOP prices
     # of a PPO run whose recordings `esper train offline` should learn from together with these).
     reward: dict[str, Any] = field(default_factory=dict)
-    # "constant" or "cosine" (every learning rate annealed to 0 over the run); null: the task's.
+    # "constant", "cosine" (every learning rate annealed to 0 over the run) or "cosine-restarts"
+    # (the cosine from the peak again at each growth step of the schedule's plan); null: the task's.
     lr_schedule: str | None = None
 
     def __post_init__(self) -> None:

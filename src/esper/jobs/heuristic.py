@@ -114,11 +114,17 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: 
     policy = None if config.controller in BUILT_IN_CONTROLLERS else load_policy(config)
     slots = config.slots if policy is None else policy.info["slot_ids"]
     asked = config.blueprints if policy is None else list(policy.info["blueprints"])
-    if config.controller == "schedule" and asked is None:
-        asked = list(dict.fromkeys(step.blueprint for step in schedule_plan(spec, config)))
+    restarts: tuple[float, ...] = ()
+    if config.controller == "schedule":
+        plan = schedule_plan(spec, config)
+        restarts = tuple(sorted({step.at for step in plan if 0.0 < step.at < 1.0}))  # check_plan names the others
+        if asked is None:
+            asked = list(dict.fromkeys(step.blueprint for step in plan))
+        if slots is None and config.model is None:
+            slots = schedule_slots(spec, data, plan)
     hub = TelemetryHub()
     trainer = build_trainer(spec, data, config.seed, slots, on_telemetry=hub, world=world,
-                            budget=config.budget, blueprints=asked, **model_options(config))  # fmt: skip
+                            budget=config.budget, blueprints=asked, lr_restarts=restarts, **model_options(config))  # fmt: skip
     if config.model is not None:
         spec = spec_for_model(spec, trainer.model)
     if trainer.budget is not None and not resume:
@@ -178,6 +184,15 @@ def schedule_plan(spec: TaskSpec, config: HeuristicRunConfig) -> list[PlannedGro
             '(e.g. "schedule": [{"at": 0.1, "slot": "...", "blueprint": "..."}])'
         )
     return [PlannedGrowth(at, slot, blueprint) for at, slot, blueprint in spec.schedule]
+
+
+def schedule_slots(spec: TaskSpec, data: TaskData, plan: list[PlannedGrowth]) -> tuple[str, ...]:
+    """A schedule run's slots: the task's, and any other injection point of its host that the
+    plan grows (mnist5k-tiny's plan widens `block1`, where its heuristic and policies do not
+    act), in the host's order. A slot the host lacks is left for `check_plan` to name."""
+    planned = {step.slot for step in plan}
+    points = spec.build_host(data).injection_points
+    return tuple(key for key in points if key in spec.slots or key in planned)
 
 
 def load_policy(config: HeuristicRunConfig) -> PolicyController:

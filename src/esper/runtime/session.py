@@ -33,6 +33,7 @@ def build_trainer(
     precision: str = "fp32",
     budget: GrowthBudget | None = None,
     blueprints: Sequence[str] | None = None,
+    lr_restarts: Sequence[float] = (),
 ) -> MorphogeneticTrainer:
     """Seeded host + slots + loaders + optimisers: the same seed gives the same run.
 
@@ -72,7 +73,8 @@ def build_trainer(
     train, val = data.loaders(
         spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches, placement, world.rank, world.size
     )
-    optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr, lr_schedule=spec.lr_schedule)
+    optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr, lr_schedule=spec.lr_schedule,
+                        lr_restarts=tuple(lr_restarts))
     example = (data.train_inputs[:2], data.train_targets[:2])  # shapes for the FLOPs meter
     return MorphogeneticTrainer(
         grown, train, val, optim, on_telemetry=on_telemetry, precision=computing, world=world,

@@ -29,16 +29,25 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 SeedKey = tuple[str, str]
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "cosine-restarts")
 
 
-def lr_scale(schedule: str, progress: float) -> float:
+def lr_scale(schedule: str, progress: float, restarts: Sequence[float] = ()) -> float:
     """The factor on every learning rate `progress` (0 at the start, 1 at the end) of the way
     through a run's planned training. Hand-written rather than torch's CosineAnnealingLR: a
-    scheduler fixes its param groups when made, and seeds come and go during the run."""
+    scheduler fixes its param groups when made, and seeds come and go during the run.
+
+    "cosine-restarts": from each of `restarts` (fractions of the run: a plan's growth steps) on,
+    the cosine starts again at the peak and anneals to 0 by the end, as LEMON does after an
+    expansion (the same peak, a faster decay): a network widened late learns at a rate its new
+    units can use, not at the tail of the run's cosine."""
     if schedule == "constant":
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    progress = min(max(progress, 0.0), 1.0)
+    start = 0.0
+    if schedule == "cosine-restarts":
+        start = max((point for point in restarts if point <= progress), default=0.0)
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - start) / (1.0 - start)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +61,20 @@ class OptimConfig:
     grad_stats_every: int = 4
     # "constant", or "cosine": every learning rate follows half a cosine from its value to 0 over
     # the run's planned training (`Optimizers.set_progress`), so a run ends converged rather
-    # than at a random point of a noisy trajectory, and its final metric is a fair one to judge.
+    # than at a random point of a noisy trajectory, and its final metric is a fair one to judge;
+    # "cosine-restarts": the same, started again from the peak at each of `lr_restarts` (`lr_scale`).
     lr_schedule: str = "constant"
+    # Where "cosine-restarts" starts again: fractions of the run in [0, 1) (a schedule run's
+    # growth steps after the first); the other schedules ignore them.
+    lr_restarts: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got '{self.optimizer}'")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        if not all(0.0 <= point < 1.0 for point in self.lr_restarts):
+            raise ValueError(f"lr_restarts are fractions of the run in [0, 1), got {list(self.lr_restarts)}")
         if self.host_lr <= 0 or self.seed_lr <= 0:
             raise ValueError("learning rates must be > 0")
 
@@ -188,7 +203,7 @@ class Optimizers:
         config = self.config
         if config is None or config.lr_schedule == "constant":
             return
-        scale = lr_scale(config.lr_schedule, progress)
+        scale = lr_scale(config.lr_schedule, progress, config.lr_restarts)
         for group in self.host.param_groups:
             group["lr"] = config.host_lr * scale
         for group in self.seeds.param_groups:
