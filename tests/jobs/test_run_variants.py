@@ -154,10 +154,13 @@ def test_a_schedule_the_run_cannot_carry_out_is_refused_before_any_folder(tmp_pa
 
 def test_a_schedule_run_adds_the_slots_its_plan_grows_and_restarts_its_cosine_there() -> None:
     plan = [{"at": 0.0, "slot": "block1", "blueprint": "widen"}, {"at": 0.5, "slot": "block2", "blueprint": "widen"}]
-    config = HeuristicRunConfig(task="digits", controller="schedule", schedule=plan, epochs=20, lr_schedule="cosine-restarts")
+    config = HeuristicRunConfig(task="mnist5k-tiny", controller="schedule", schedule=plan, epochs=20, lr_schedule="cosine-restarts")
     run = prepare_run(config)
     # block1 is no slot of the task's (its heuristic and policies act at block2 and block3).
     assert run.slots == ("block1", "block2", "block3")
-    assert get_task("digits").slots == ("block2", "block3")
-    assert prepare_run(HeuristicRunConfig(task="digits")).slots == ("block2", "block3")
+    assert get_task("mnist5k-tiny").slots == ("block2", "block3")
+    assert prepare_run(HeuristicRunConfig(task="mnist5k-tiny")).slots == ("block2", "block3")
+    # A host without a first-block slot refuses a plan that names one.
+    with pytest.raises(ValueError, match="block1"):
+        prepare_run(HeuristicRunConfig(task="digits", controller="schedule", schedule=plan, epochs=20))
     assert run.trainer.optimizers.config.lr_restarts == (0.5,)  # the growth steps after the start

@@ -66,10 +66,12 @@ def test_cnn_host_output_shape() -> None:
 def test_cnn_host_slot_keys_and_injection_points() -> None:
     host = CNNHost(n_blocks=3, base_channels=8)
     # The tuple of injection-point keys in trunk order: _slot_keys[0] is the first slot's key.
-    assert host._slot_keys == ("block1", "block2", "block3") == tuple(host.injection_points)
+    assert host._slot_keys == ("block2", "block3") == tuple(host.injection_points)
     assert isinstance(host.injection_points, dict)
-    # A slot after every block (the first's is where a width seed widens the first conv).
-    assert len(host.injection_points) == 3
+    # A slot after every block but the first, unless asked for (a width seed widens the first conv there).
+    assert len(host.injection_points) == 2
+    wide_open = CNNHost(n_blocks=3, base_channels=8, first_block_slot=True)
+    assert wide_open._slot_keys == ("block1", "block2", "block3") == tuple(wide_open.injection_points)
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in host.injection_points.items())
     # Each injection point reports the channel count of the features seen there.
     recorders = {key: Recorder() for key in host.injection_points}
@@ -80,7 +82,7 @@ def test_cnn_host_slot_keys_and_injection_points() -> None:
         assert len(rec.shapes) == 1
         assert rec.shapes[0][1] == host.injection_points[key]
     # The points follow the blocks: channels double after each one.
-    assert sorted(host.injection_points.values()) == [8, 16, 32]
+    assert sorted(host.injection_points.values()) == [16, 32]
 
 
 def test_cnn_host_forward_does_no_string_formatting() -> None:
@@ -273,15 +275,15 @@ def test_run_taps_record_the_features_entering_a_slot() -> None:
     taps = dict.fromkeys([first])
     with torch.no_grad():
         assert torch.equal(host.run(host.stem(x), taps=taps), model(x))  # recording changes nothing
-        stage = host.trunk[host.stage_index(first)]
+        stage_input = host.trunk[0](host.stem(x))
         # The tap holds the stage's own output, before the slot acts on it ...
-        assert torch.equal(taps[first], stage.forward(host.stem(x)))
-        assert not torch.equal(taps[first], stage(host.stem(x)))  # the call applies the slot
+        assert torch.equal(taps[first], host.trunk[1].forward(stage_input))
+        assert not torch.equal(taps[first], host.trunk[1](stage_input))  # the call applies the slot
         # ... so resuming after the stage gives the output with that slot passing its input through.
         with slots[0].force_alpha(0.0):
             without_first = model(x)
         assert torch.equal(host.run(taps[first], host.stage_index(first) + 1), without_first)
-    assert [len(block._forward_hooks) for block in host.trunk] == [1, 1, 1]  # recorders removed
+    assert [len(block._forward_hooks) for block in host.trunk] == [0, 1, 1]  # recorders removed
 
 
 def test_deepcopy_gives_independent_slots() -> None:
@@ -328,7 +330,7 @@ def test_model_unknown_slot_raises() -> None:
 def test_model_germinate_and_parameter_split() -> None:
     model = _cnn_model()
     keys = list(model.seed_slots)
-    assert len(keys) == 3
+    assert len(keys) == 2
     assert model.seed_parameters() == []
     host_ids = {id(p) for p in model.host_parameters()}
     assert host_ids == {id(p) for p in model.parameters()}
@@ -379,7 +381,7 @@ def test_model_germinated_seed_in_the_incubator_leaves_output_unchanged() -> Non
 
 def test_model_with_training_and_blending_seeds_compiles() -> None:
     model = _cnn_model()
-    k_train, k_blend = list(model.seed_slots)[-2:]
+    k_train, k_blend = list(model.seed_slots)
     grow(model.seed_slots[k_train], SeedStage.TRAINING, "conv_light", host_module=model.host)
     grow(model.seed_slots[k_blend], SeedStage.BLENDING, "depthwise", host_module=model.host)
     for i, key in enumerate((k_train, k_blend)):

@@ -16,7 +16,7 @@ from esper.leyline import TaskConfig
 
 HOSTS = {
     "cnn-first": (
-        lambda: CNNHost(num_classes=5, n_blocks=3, base_channels=4, in_channels=1),
+        lambda: CNNHost(num_classes=5, n_blocks=3, base_channels=4, in_channels=1, first_block_slot=True),
         "block1",
     ),
     "cnn-middle": (

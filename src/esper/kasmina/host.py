@@ -134,11 +134,11 @@ def _record_input(sink: Callable[[Tensor], object], module: nn.Module, args: tup
 
 
 class CNNHost(StagedHost):
-    """Conv blocks doubling the channels; a slot after every block.
+    """Conv blocks doubling the channels; a slot after every block but the first.
 
-    The first block's slot (`block1`) is where a width seed widens the first conv, so a
-    schedule can grow the whole network into a wider one; the built-in tasks' own slots
-    stay `block2` and `block3` (their controllers and policies act there).
+    `first_block_slot=True` adds one after the first block too (`block1`): where a width seed
+    widens the first conv, so a schedule can grow the whole network into a wider one
+    (mnist5k-tiny's host has it; its heuristic and policies still act at `block2`/`block3`).
     """
 
     topology = "cnn"
@@ -149,6 +149,7 @@ class CNNHost(StagedHost):
         n_blocks: int = 3,
         base_channels: int = 32,
         in_channels: int = 3,
+        first_block_slot: bool = False,
     ) -> None:
         super().__init__()
         if n_blocks < 1:
@@ -158,7 +159,10 @@ class CNNHost(StagedHost):
             ConvBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)
         )
         self.classifier = nn.Linear(widths[-1], num_classes)
-        self._set_injection_points({f"block{i + 1}": (i, width) for i, width in enumerate(widths)})
+        first = 0 if first_block_slot else 1
+        self._set_injection_points(
+            {f"block{i + 1}": (i, widths[i]) for i in range(first, n_blocks)}
+        )
 
     @property
     def trunk(self) -> nn.ModuleList:

@@ -34,6 +34,7 @@ class CNNHostFactory:
 
     n_blocks: int = 3
     base_channels: int = 32
+    first_block_slot: bool = False  # `CNNHost`: a slot after the first block too
 
     def __call__(self, data: TaskData) -> CNNHost:
         return CNNHost(
@@ -41,6 +42,7 @@ class CNNHostFactory:
             n_blocks=self.n_blocks,
             base_channels=self.base_channels,
             in_channels=data.metadata["in_channels"],
+            first_block_slot=self.first_block_slot,
         )
 
     def __str__(self) -> str:
@@ -373,7 +375,8 @@ register_task(
         description="mnist5k from a 4-channel CNN, judged against a 16-channel one",
         topology="cnn",
         load=load_mnist5k,
-        build_host=CNNHostFactory(n_blocks=3, base_channels=4),
+        # block1's slot: the plan below widens the first block too (its controllers act at 2 and 3).
+        build_host=CNNHostFactory(n_blocks=3, base_channels=4, first_block_slot=True),
         reference_host=CNNHostFactory(n_blocks=3, base_channels=16),
         batch_size=128,
         host_lr=0.05,
