@@ -56,7 +56,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn, Self, TypeVar
 
 import torch
 from rich.console import Console
@@ -75,7 +75,7 @@ from esper.leyline import (
 from esper.nissa import TelemetryHub
 from esper.nissa.run_folder import RunFolder
 from esper.runtime.recorder import GrowthRecorder
-from esper.runtime.session import blueprints_for
+from esper.runtime.session import blueprints_for, operators_for
 from esper.simic.curriculum import make_chooser
 from esper.simic.policy import PolicyController
 from esper.tamiyo import HeuristicController
@@ -86,6 +86,7 @@ from esper.tolaria.trainer import Optimizers, live_slots
 from esper.tolaria.user_loop import Evaluate, UserLoop
 
 MODE = "grower"
+T = TypeVar("T")
 # The horizon the heuristic plans for when the user names no number of epochs: far enough
 # that it never holds back a germination for lack of time.
 _OPEN_ENDED = 1_000_000
@@ -255,10 +256,12 @@ class Grower:
 
     # ------------------------------------------------------------------ inside
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Read the live seeds' gradient norms (one device sync) every `grad_stats_every` steps."""
+        """Read the live seeds' gradient norms (one device sync) and each slot's gradient pressure
+        (`tolaria.pressure`, where the heuristic grows) every `grad_stats_every` steps."""
         if self._steps % self.grad_stats_every == 0:
             for slot in live_slots(self.model):
                 slot.record_gradient_norms()
+            self.trainer.pressure.read()
         self._steps += 1
 
     def _on_epoch(
@@ -363,7 +366,7 @@ def _resolve_controller(
     if str(controller) == "heuristic":
         chosen = blueprints_for(topology, blueprints)
         return (
-            HeuristicController(make_chooser(topology, chosen)),
+            HeuristicController(make_chooser(topology, chosen), operators=operators_for(topology, chosen)),
             chosen,
             None,
         )
@@ -417,9 +420,9 @@ class _RenamedSlots:
                 rename[k]: [dataclasses.replace(f, slot_id=rename[k]) for f in stack]
                 for k, stack in signals.fossils.items()
             },
-            affordable=None
-            if signals.affordable is None
-            else {rename[k]: names for k, names in signals.affordable.items()},
+            affordable=_renamed(signals.affordable, rename),
+            pressure=_renamed(signals.pressure, rename),
+            costs=_renamed(signals.costs, rename),
         )
         return [
             a if a.slot_id is None else dataclasses.replace(a, slot_id=self.to_model[a.slot_id])
@@ -431,6 +434,11 @@ class _RenamedSlots:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state)
+
+
+def _renamed(per_slot: dict[str, T] | None, rename: dict[str, str]) -> dict[str, T] | None:
+    """A per-slot map of the signals under the policy's slot names."""
+    return None if per_slot is None else {rename[k]: value for k, value in per_slot.items()}
 
 
 def _state_of(controller: object) -> dict[str, Any]:

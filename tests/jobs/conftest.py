@@ -7,7 +7,7 @@
   metrics stopping after 4 epochs with a half-written line).
 - ``ppo_run``: a synthetic folder in the format `esper train ppo`
   (src/esper/jobs/ppo.py) writes, the fixture that documents what the report
-  reads: config.json ``{"mode": "ppo", "config": {"rounds": N, ...}, "run_format": 2}``;
+  reads: config.json ``{"mode": "ppo", "config": {"rounds": N, ...}, "run_format": 3}``;
   metrics.jsonl one record per round with ``round``, ``return``,
   ``final_val_accuracy`` and ``params_added`` (each ``{"mean", "std"}`` over the
   round's episodes), ``policy_loss``, ``value_loss``, ``entropy``,
@@ -109,7 +109,7 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "ppo"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(
-        json.dumps({"mode": "ppo", "config": {"task": "digits", "rounds": PPO_ROUNDS}, "run_format": 2})
+        json.dumps({"mode": "ppo", "config": {"task": "digits", "rounds": PPO_ROUNDS}, "run_format": 3})
     )
     records = [_ppo_record(r) for r in range(PPO_ROUNDS)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -40,7 +40,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _write_arm_run(path: Path, final: float, per_epoch: float, params: int, epochs: int) -> None:
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {"task": "mnist5k-tiny"}, "epochs": EPOCHS, "run_format": 2}))
+    (path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {"task": "mnist5k-tiny"}, "epochs": EPOCHS, "run_format": 3}))
     lines = []
     for epoch in range(epochs):
         accuracy = final - 0.1 * (epochs - 1 - epoch) / epochs
@@ -66,7 +66,7 @@ def make_compare_folder(root: Path, task: str = "mnist5k-tiny") -> Path:
     config = CompareConfig(task=task, seeds=3, epochs=EPOCHS)
     folder = CompareFolder(root)
     root.mkdir(parents=True)
-    folder.config_path.write_text(json.dumps({"mode": "compare", "config": config.to_dict(), "run_format": 2}))
+    folder.config_path.write_text(json.dumps({"mode": "compare", "config": config.to_dict(), "run_format": 3}))
     arms = planned_arms(config)
     for seed in config.seed_list:
         for arm in arms:

@@ -79,7 +79,7 @@ def test_run_that_stopped_before_its_first_epoch_still_gets_a_page(tmp_path: Pat
     run_dir = tmp_path / "early"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(
-        '{"mode": "heuristic", "config": {"task": "digits"}, "epochs": 5, "run_format": 2}'
+        '{"mode": "heuristic", "config": {"task": "digits"}, "epochs": 5, "run_format": 3}'
     )
     html = write_report([run_dir]).read_text(encoding="utf-8")
     assert "metrics.jsonl is missing" in html and "stopped after 0 of 5 epochs" in html

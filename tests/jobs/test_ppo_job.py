@@ -51,7 +51,7 @@ def test_resume_continues_from_the_saved_round(tmp_path):
 
 
 def test_resume_refuses_a_heuristic_folder(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {}, "run_format": 2}))
+    (tmp_path / "config.json").write_text(json.dumps({"mode": "heuristic", "config": {}, "run_format": 3}))
     with pytest.raises(ValueError, match="not a ppo run"):
         run_ppo(None, tmp_path, resume=True)
 

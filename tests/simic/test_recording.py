@@ -196,5 +196,5 @@ def test_a_log_resumes_under_another_release_of_its_format_and_refuses_another_f
         TransitionLog(tmp_path, other)
     older = {k: v for k, v in meta.items() if k != "run_format"}
     (tmp_path / META_FILE).write_text(json.dumps(older))
-    with pytest.raises(RunFormatError, match=r"in run-file format 1; this Esper .* reads format 2 only"):
+    with pytest.raises(RunFormatError, match=r"in run-file format 1; this Esper .* reads format 3 only"):
         TransitionLog(tmp_path, meta)

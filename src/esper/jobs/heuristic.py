@@ -39,7 +39,7 @@ from esper.nissa.run_folder import RunFolder, read_json, write_json
 from esper.runtime import get_task
 from esper.runtime.data import TaskData
 from esper.runtime.recorder import GrowthRecorder, run_config
-from esper.runtime.session import build_trainer, resolve_blueprints, spec_for_model
+from esper.runtime.session import build_trainer, operators_for, resolve_blueprints, spec_for_model
 from esper.runtime.static_host import host_variant
 from esper.runtime.tasks import TaskSpec
 from esper.simic.curriculum import BlueprintCurriculum, make_chooser
@@ -222,7 +222,9 @@ def heuristic_config(spec: TaskSpec, overrides: dict[str, Any]) -> HeuristicConf
 def make_heuristic(spec: TaskSpec, blueprints: list[str], config: HeuristicRunConfig) -> HeuristicController:
     """The controller `esper train heuristic` runs with `config` (and `esper evaluate` by default)."""
     chooser = make_chooser(spec.topology, blueprints, config.chooser, config.curriculum)
-    return HeuristicController(chooser, heuristic_config(spec, config.heuristic))
+    return HeuristicController(
+        chooser, heuristic_config(spec, config.heuristic), operators_for(spec.topology, blueprints)
+    )
 
 
 def train_host_only(

@@ -744,6 +744,17 @@ class SeedSlot(nn.Module):
         """The task's options for `blueprint_id` (how every seed of it in this slot is built)."""
         return self.task_config.blueprint_kwargs.get(blueprint_id, {})
 
+    def plant_refusal(self, blueprint_id: str, host_module: nn.Module) -> str | None:
+        """Why a seed of `blueprint_id` that starts from the host's layers cannot be planted here
+        now (a width seed needs a layer it can widen, a stack a block below to copy); None when
+        it can. Asks the seed's own `refusal(host, slot)`, the check its `attach` makes, on a
+        seed built on the meta device: nothing is computed and no random number is drawn."""
+        topology = self._topology(host_module)
+        with torch.device("meta"):
+            seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **self.blueprint_kwargs(blueprint_id))
+        refusal = getattr(seed, "refusal", None)
+        return None if refusal is None else refusal(host_module, self)
+
     def _build_seed(self, topology: str, blueprint_id: str, **kwargs: Any) -> nn.Module:
         """A fresh seed module on the device and in the dtype of this slot's features."""
         seed = BlueprintRegistry.create(topology, blueprint_id, self.channels, **kwargs)

@@ -179,6 +179,7 @@ class WidthSeed(nn.Module):
         units: int | None = None,
         init: str = "net2wider",
         noise: float = 0.01,
+        fraction: float = 1.0,
         *,
         kind: str = "units",
     ) -> None:
@@ -193,7 +194,9 @@ class WidthSeed(nn.Module):
             raise ValueError(f"a width seed adds at least one unit, got units={units}")
         if noise < 0:
             raise ValueError(f"a width seed's noise must be >= 0, got {noise}")
-        self.units, self.init, self.noise, self.kind = units, init, noise, kind
+        if not fraction > 0:
+            raise ValueError(f"a width seed adds a fraction > 0 of its layer's units, got fraction={fraction}")
+        self.units, self.init, self.noise, self.fraction, self.kind = units, init, noise, fraction, kind
         self.site: WidthSite | None = None
         self._handles: list[RemovableHandle] = []
         self._x: Tensor | None = None
@@ -208,18 +211,10 @@ class WidthSeed(nn.Module):
         `host.width_site(slot_id, kind)` names the layer; a host without one, or a slot whose
         layer cannot be widened that way, raises `ValueError` saying why.
         """
-        width_site = getattr(host, "width_site", None)
-        if width_site is None:
-            raise ValueError(
-                f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen "
-                "(width seeds grow the built-in hosts: CNNHost, MLPHost, TransformerHost)"
-            )
-        site = width_site(slot.slot_id, self.kind)
-        if site.at_slot and len(slot.fossils):
-            raise ValueError(
-                f"slot '{slot.slot_id}': a width seed cannot widen a layer whose output goes "
-                f"through {len(slot.fossils)} fossilized seed(s) of its width; widen another slot"
-            )
+        refused = self.refusal(host, slot)
+        if refused is not None:
+            raise ValueError(refused)
+        site = host.width_site(slot.slot_id, self.kind)
         units = self.build(site, site.layer.weight.device)
         layer, consumer, like = site.layer, site.consumer, site.layer.weight
         with torch.no_grad():
@@ -237,9 +232,32 @@ class WidthSeed(nn.Module):
             consumer.register_forward_hook(_AtConsumer(slot, self)),
         ]
 
+    def refusal(self, host: nn.Module, slot: nn.Module) -> str | None:
+        """Why this width seed cannot grow at `slot` in `host` now; None when it can."""
+        width_site = getattr(host, "width_site", None)
+        if width_site is None:
+            return (
+                f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen "
+                "(width seeds grow the built-in hosts: CNNHost, MLPHost, TransformerHost)"
+            )
+        try:
+            site = width_site(slot.slot_id, self.kind)
+        except ValueError as err:
+            return str(err)
+        if site.at_slot and len(slot.fossils):
+            return (
+                f"slot '{slot.slot_id}': a width seed cannot widen a layer whose output goes "
+                f"through {len(slot.fossils)} fossilized seed(s) of its width; widen another slot"
+            )
+        return None
+
+    def units_for(self, site: WidthSite) -> int:
+        """The units this seed adds at `site`: `units`, else `fraction` of the layer's (default all: doubling)."""
+        return self.units or max(1, round(self.fraction * site.units))
+
     def build(self, site: WidthSite, device: torch.device | str) -> int:
         """The new units' parameters for `site` on `device` (zeros; `attach` initialises them)."""
-        units = self.units or site.units  # default: double the layer
+        units = self.units_for(site)
         layer, consumer = site.layer, site.consumer
         dtype = layer.weight.dtype
         self.site = site

@@ -1,6 +1,6 @@
 """Shared contracts: stages, gates, actions, telemetry, reports. Imports nothing from esper."""
 
-from esper.leyline.actions import WAIT, Action, ActionKind
+from esper.leyline.actions import WAIT, Action, ActionKind, Operator
 from esper.leyline.config import GrowthBudget, TaskConfig
 from esper.leyline.gates import GateLevel, GateResult
 from esper.leyline.outcomes import (
@@ -53,6 +53,7 @@ __all__ = [
     "GateLevel",
     "GateResult",
     "GrowthBudget",
+    "Operator",
     "PlantedSeed",
     "SeedLedger",
     "SeedReport",

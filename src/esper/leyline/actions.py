@@ -28,3 +28,14 @@ class Action:
 
 
 WAIT = Action(ActionKind.WAIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """How a blueprint grows the network, for a controller that decides what and how much:
+    `kind` "branch" (a new module beside the host's features), "width" (units added to the
+    slot's layer) or "depth" (a layer inserted, starting from the host's function); `scale`
+    the size of the step (for "width", the fraction of the layer's units it adds)."""
+
+    kind: str = "branch"
+    scale: float = 1.0

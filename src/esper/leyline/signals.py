@@ -32,12 +32,20 @@ class EpochSignals:
     # The epoch's FLOPs, the run's so far, and the inference FLOPs per sample of the network;
     # None when the run cannot count them (a model whose forward does not run on meta tensors).
     flops: FlopsReport | None = None
-    # Per slot, the run's blueprints a germination there may plant within its growth budget;
-    # None when the run has no budget (every blueprint may be planted).
+    # Per slot, the run's blueprints a germination there may plant now: those the slot can take
+    # (a width seed needs a layer to widen, a stack a block to copy) within the run's growth
+    # budget; None when the trainer was told neither (every blueprint may be planted).
     affordable: dict[str, list[str]] | None = None
     # Per limit the run's growth budget sets ("max_params_added", "max_inference_flops"), the
     # fraction of it still unused, in [0, 1]; None when the run has no budget.
     budget_left: dict[str, float] | None = None
+    # Per slot, how hard the loss pushes on the host layers whose output the slot receives
+    # (||grad|| / ||weight|| over the epoch, `tolaria.pressure`): where growth is most wanted.
+    # None when it was not measured.
+    pressure: dict[str, float] | None = None
+    # Per slot, per blueprint in `affordable`, the inference FLOPs per sample a seed of it
+    # would add there (the FLOPs meter's price); None when the run cannot count FLOPs.
+    costs: dict[str, dict[str, float]] | None = None
 
 
 class Controller(Protocol):

@@ -38,7 +38,8 @@ T = TypeVar("T")
 # The format of every file a run writes and reads back (config.json, checkpoints, policy.pt,
 # transitions_meta.json, compare_config.json): bumped whenever what they hold changes. A file
 # of another format is refused in one line, never half-read: there are no legacy branches.
-RUN_FORMAT = 2
+# 3: the observations gained each slot's gradient pressure and each blueprint's price there.
+RUN_FORMAT = 3
 FORMAT_KEY = "run_format"
 
 

@@ -10,7 +10,7 @@ import torch
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import MorphogeneticModel, SeededModel
 from esper.kasmina.slot import QualityGates
-from esper.leyline import GrowthBudget, TelemetryEvent
+from esper.leyline import GrowthBudget, Operator, TelemetryEvent
 from esper.runtime.data import TaskData
 from esper.runtime.tasks import TaskSpec
 from esper.runtime.user_model import build_user_model
@@ -113,3 +113,9 @@ def blueprints_for(topology: str, requested: Sequence[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"Unknown blueprint(s) {unknown} for {topology}. Available: {', '.join(available)}")
     return list(requested)
+
+
+def operators_for(topology: str, blueprints: Sequence[str]) -> dict[str, Operator]:
+    """What each of `blueprints` grows (the registry's `Operator`), for the heuristic's choice of
+    what and how much to plant."""
+    return {name: BlueprintRegistry.get(topology, name).operator for name in blueprints}

@@ -30,7 +30,12 @@ Layout (`FeatureLayout.names()` spells it out):
   alpha, epochs in the current stage, counterfactual contribution (0 until
   measured), a "contribution measured" flag, seed gradient ratio, seed params /
   host params; the slot's stack depth (fossils kept) and fossil params / host
-  params; the live seed's blueprint one-hot (all zero without one).
+  params; its gradient pressure (`EpochSignals.pressure`, how hard the loss pushes
+  on the host layers there: where to grow); the live seed's blueprint one-hot (all
+  zero without one); then per blueprint the price of planting it there now, the
+  inference FLOPs per sample it would add over the starting host's
+  (`EpochSignals.costs`: what a widening by x2 or x1.5 or a stacked block costs; 0
+  where it cannot be planted, which the mask forbids anyway).
 
 Every feature is finite: a non-finite value (a loss that overflowed, a ratio of
 a diverged seed) becomes 0, so one bad epoch cannot poison the normaliser or the
@@ -86,6 +91,7 @@ SLOT_SCALARS = (
     "params_ratio",
     "stack_depth",
     "fossil_params_ratio",
+    "gradient_pressure",
 )
 STAGES = tuple(SeedStage)
 
@@ -99,7 +105,7 @@ class FeatureLayout:
 
     @property
     def per_slot(self) -> int:
-        return len(STAGES) + len(SLOT_SCALARS) + len(self.blueprints)
+        return len(STAGES) + len(SLOT_SCALARS) + 2 * len(self.blueprints)
 
     @property
     def size(self) -> int:
@@ -109,6 +115,7 @@ class FeatureLayout:
         # Per blueprint: the episode's seeds of it that reached each fate.
         outcome_names = [f"{b}.{fate}" for b in self.blueprints for fate in FATES]
         slot_names = [f"stage_{s.name}" for s in STAGES] + list(SLOT_SCALARS) + [f"blueprint_{b}" for b in self.blueprints]
+        slot_names += [f"cost_{b}" for b in self.blueprints]
         return list(RUN_FEATURES) + outcome_names + [f"{slot}.{name}" for slot in self.slot_ids for name in slot_names]
 
 
@@ -224,7 +231,14 @@ class Observer:
         stage_onehot = [float(stage == s) for s in STAGES]
         blueprint_onehot = [float(report is not None and report.blueprint_id == b) for b in self.layout.blueprints]
         stack = signals.fossils.get(slot_id, [])
-        stack_features = [float(len(stack)), sum(fossil.params for fossil in stack) / host]
+        stack_features = [
+            float(len(stack)),
+            sum(fossil.params for fossil in stack) / host,
+            (signals.pressure or {}).get(slot_id, 0.0),
+        ]
+        costs = (signals.costs or {}).get(slot_id, {})
+        start = self.start_flops[1] if self.start_flops is not None and self.start_flops[1] > 0 else None
+        cost_features = [0.0 if start is None else costs.get(b, 0.0) / start for b in self.layout.blueprints]
         if report is None:
             scalars = [0.0, float(clock[2]), 0.0, 0.0, 0.0, 0.0]
         else:
@@ -237,7 +251,7 @@ class Observer:
                 report.seed_gradient_norm_ratio,
                 report.params / host,
             ]
-        return stage_onehot + scalars + stack_features + blueprint_onehot
+        return stage_onehot + scalars + stack_features + blueprint_onehot + cost_features
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -4,6 +4,7 @@ cull what hurts, and stop when growth stops paying or the budget is spent."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from esper.leyline import (
     Action,
     ActionKind,
     EpochSignals,
+    Operator,
     PlantedSeed,
     SeedLedger,
     SeedReport,
@@ -52,12 +54,20 @@ class HeuristicController:
     """Implements the `Controller` protocol with fixed rules.
 
     The blueprint chooser is injected (the jobs pass simic's UCB1 curriculum by
-    default, or `BlueprintRotation`), so tamiyo never imports upward.
+    default, or `BlueprintRotation`), so tamiyo never imports upward; so is what each
+    blueprint grows (`operators`, from the registry: `runtime.session.operators_for`),
+    which decides what it may plant when (`_offer`). Without it every blueprint is a branch.
     """
 
-    def __init__(self, chooser: BlueprintChooser, config: HeuristicConfig | None = None) -> None:
+    def __init__(
+        self,
+        chooser: BlueprintChooser,
+        config: HeuristicConfig | None = None,
+        operators: Mapping[str, Operator] | None = None,
+    ) -> None:
         self.chooser = chooser
         self.config = config or HeuristicConfig()
+        self.operators = dict(operators or {})
         self.tracker = SignalTracker(self.config.tracker)
         self.last_germination_epoch: int | None = None
         # The seeds planted and decided: a decided seed's outcome goes to the chooser once.
@@ -100,8 +110,11 @@ class HeuristicController:
     def _maybe_germinate(self, signals: EpochSignals) -> Action | None:
         """Plant a seed when the network is short of capacity (its training loss has all but
         stopped falling while it does not fit its data yet) or on a validation plateau, in a
-        slot without a live seed (on top of its stack) that the budget still affords, with
-        time left for the seed's whole lifecycle, and while growth pays."""
+        slot without a live seed (on top of its stack) that can still take one within the
+        budget, with time left for the seed's whole lifecycle, and while growth pays.
+
+        Where: the free slot whose host layers the loss pushes hardest (`signals.pressure`),
+        else the first. What and how much: `_offer`."""
         config = self.config
         reports = signals.slots.values()
         affordable = signals.affordable
@@ -125,11 +138,35 @@ class HeuristicController:
             or not self.growth_pays
         ):
             return None
-        allowed = None if affordable is None else {b for slot_id in free for b in affordable[slot_id]}
-        blueprint = self.chooser.select_blueprint(allowed)
-        slot_id = next(s for s in free if affordable is None or blueprint in affordable[s])
+        pressure = signals.pressure or {}
+        slot_id = max(free, key=lambda s: pressure.get(s, 0.0))  # the first of equals: no signal, the first
+        if pressure:
+            reason += f"; {slot_id} pushed hardest (gradient {pressure.get(slot_id, 0.0):.3g})"
+        allowed = None if affordable is None else affordable[slot_id]
+        blueprint = self.chooser.select_blueprint(self._offer(allowed, self.tracker.short_of_capacity))
         self.last_germination_epoch = signals.epoch
         return Action(ActionKind.GERMINATE, slot_id, blueprint, reason=reason)
+
+    def _offer(self, allowed: list[str] | None, short_of_capacity: bool) -> list[str] | None:
+        """The blueprints the chooser may pick from, among `allowed` (None: any).
+
+        What: a network short of capacity grows its own layers (width and depth operators,
+        when there are any to plant): it cannot fit its data, and more of what it has is the
+        capacity it lacks, where a branch at the same width adds a detour; on a validation
+        plateau every blueprint is offered, and the chooser's record decides. How much: of the
+        width steps the slot can take within the budget (`allowed` holds only those), the
+        largest (widen x2 before widen_half's x1.5): the literature's steps double, and a
+        smaller one needs more lifecycles to get as far; the smaller is planted when the
+        budget left does not afford the larger.
+        """
+        names = list(self.operators) if allowed is None else list(allowed)
+        if not names or not self.operators:
+            return allowed
+        kind = {b: self.operators.get(b, Operator()).kind for b in names}
+        widths = [self.operators[b].scale for b in names if kind[b] == "width"]
+        names = [b for b in names if kind[b] != "width" or self.operators[b].scale == max(widths)]
+        own_layers = [b for b in names if kind[b] != "branch"]
+        return own_layers if short_of_capacity and own_layers else names
 
     def _why_grow(self) -> str | None:
         tracker = self.tracker

@@ -66,6 +66,7 @@ from esper.tolaria.flop_account import CountedBatches, FlopAccount
 from esper.tolaria.flops_cap import TrainingFlopsCap
 from esper.tolaria.governor import Governor, GovernorConfig
 from esper.tolaria.precision import FP32, Precision
+from esper.tolaria.pressure import PressureMeter
 from esper.tolaria.trainer import (
     Batches,
     EpochStats,
@@ -97,6 +98,8 @@ class EpochRecord:
     rollback: str | None = None
     seconds: float = 0.0
     flops: FlopsReport | None = None  # None: the run cannot count its FLOPs (tolaria.flops)
+    # Per slot, the relative gradient norm of its host layers over the epoch (`tolaria.pressure`).
+    pressure: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,7 +148,9 @@ class LoaderEpochs:
         trainer.governor.inspect_parameters()
         _set_epoch(self.train_loader, trainer.epoch)
         batches = CountedBatches(self.train_loader, on_first=trainer.flops.observe)
-        stats = train_epoch(trainer.model, batches, trainer.optimizers, trainer.precision, trainer.scaler, trainer.world)
+        stats = train_epoch(
+            trainer.model, batches, trainer.optimizers, trainer.precision, trainer.scaler, trainer.world, trainer.pressure
+        )
         trainer.flops.trained(batches.samples)
         return stats
 
@@ -214,6 +219,8 @@ class MorphogeneticTrainer:
         self.governor = Governor(model, self.optimizers, governor)
         self.flops = FlopAccount(model, example_batch, self.world)
         self.budget = None if budget is None or not budget.limited else BudgetGuard(model, self.flops, budget, blueprints)
+        self.blueprints = tuple(blueprints)
+        self.pressure = PressureMeter(model)
         self.on_telemetry = on_telemetry
         self.epoch = 0
         self.last_record: EpochRecord | None = None
@@ -294,12 +301,14 @@ class MorphogeneticTrainer:
             rollback=rollback,
             seconds=time.perf_counter() - start,
             flops=self.flops.close_epoch(),
+            pressure=self.pressure.close_epoch(),
         )
         self.last_record = record
         return record
 
     def signals(self, record: EpochRecord, total_epochs: int) -> EpochSignals:
         """What a controller sees after `record`'s epoch; hands out the moves since the last call."""
+        affordable = self.plantable()
         return EpochSignals(
             epoch=record.epoch,
             total_epochs=total_epochs,
@@ -314,9 +323,40 @@ class MorphogeneticTrainer:
             transitions=self.drain_transitions(),
             fossils={slot_id: [*slot.widenings, *slot.fossil_reports] for slot_id, slot in self.slots.items()},
             flops=record.flops,
-            affordable=None if self.budget is None else self.budget.affordable(),
+            affordable=affordable,
             budget_left=None if self.budget is None else self.budget.left(),
+            pressure=record.pressure or None,
+            costs=self._costs(affordable),
         )
+
+    def plantable(self) -> dict[str, list[str]] | None:
+        """Per slot, the run's blueprints a germination there may plant now: those the slot can
+        take (`SeedSlot.plant_refusal`: a width seed needs a layer to widen, a stack a block to
+        copy) within the growth budget. None for a trainer told no blueprints and no budget."""
+        if not self.blueprints:
+            return None if self.budget is None else self.budget.affordable()
+        grown = None if self.budget is None else self.budget.grown()
+        host = self.model.host
+        return {
+            slot_id: [
+                b
+                for b in self.blueprints
+                if slot.plant_refusal(b, host) is None
+                and (self.budget is None or self.budget.refusal(slot_id, b, grown) is None)
+            ]
+            for slot_id, slot in self.slots.items()
+        }
+
+    def _costs(self, plantable: dict[str, list[str]] | None) -> dict[str, dict[str, float]] | None:
+        """Per slot, the inference FLOPs per sample each plantable blueprint would add there (the
+        FLOPs meter's `seed_cost`); None when the run cannot count FLOPs or knows no blueprints."""
+        if plantable is None or not self.flops.counting:
+            return None
+        try:
+            meter = self.flops.measured()
+        except RuntimeError:
+            return None
+        return {slot_id: {b: meter.seed_cost(slot_id, b).inference for b in names} for slot_id, names in plantable.items()}
 
     def apply(self, actions: Iterable[Action]) -> list[Outcome]:
         """Phase "apply": carry out a controller's actions; returns (action, done, message) for each."""

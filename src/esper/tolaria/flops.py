@@ -262,7 +262,7 @@ def width_cost(seed: WidthSeed, site: WidthSite, shapes: tuple[tuple[int, ...], 
     (`shapes`: the layer's input, the consumer's input and output, per sample) of the new units
     and their contribution to the consumer, counted on meta tensors. Its merge adds the same
     units to the host (which is then measured as it is)."""
-    probe = WidthSeed(seed.units, seed.init, seed.noise, kind=seed.kind)
+    probe = WidthSeed(seed.units, seed.init, seed.noise, seed.fraction, kind=seed.kind)
     probe.build(site, "meta")
     x, z, out = (torch.empty((_PAIR, *shape), device="meta") for shape in shapes)
     counts = []

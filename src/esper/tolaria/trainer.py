@@ -23,6 +23,7 @@ from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
 from esper.tolaria.distributed import World
 from esper.tolaria.precision import FP32, Precision
+from esper.tolaria.pressure import PressureMeter
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 # A seed's param group is keyed by (slot id, seed id): seed ids are unique within a slot.
@@ -387,11 +388,13 @@ def train_epoch(
     precision: Precision = FP32,
     scaler: torch.amp.GradScaler | None = None,
     world: World | None = None,
+    pressure: PressureMeter | None = None,
 ) -> EpochStats:
     """Train host and live seeds for one pass over `batches`.
 
     Live seeds' gradient norms (relative to the host's) are read every
-    `grad_stats_every` steps into their metrics; this is what G2 checks. The
+    `grad_stats_every` steps into their metrics; this is what G2 checks. On the same
+    steps `pressure`, when given, reads each slot's host layers' relative gradient norm. The
     forward pass and the loss run under `precision`'s autocast; with a `scaler`
     (fp16-mixed) the loss is scaled for backward and the gradients unscaled before
     they are read, clipped and stepped.
@@ -423,6 +426,8 @@ def train_epoch(
         if totals.steps % config.grad_stats_every == 0:
             for slot in live:
                 slot.record_gradient_norms()
+            if pressure is not None:
+                pressure.read()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizers.step(scaler)

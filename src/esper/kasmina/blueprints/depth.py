@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.kasmina.blueprints.registry import BlueprintRegistry
+from esper.kasmina.blueprints.registry import BlueprintRegistry, Operator
 from esper.kasmina.blueprints.transformer import default_n_head
 from esper.kasmina.layers import CausalSelfAttention, TransformerBlock, init_gpt_weights
 from esper.kasmina.placement import injected_module
@@ -33,16 +33,30 @@ class StackedBlockSeed(nn.Module):
         # static arms), it is a fresh GPT layer, initialised as the host's layers are.
         self.block.apply(init_gpt_weights)
 
+    @staticmethod
+    def _source(host: nn.Module, slot: nn.Module) -> nn.Module:
+        """The block a stack at `slot` copies: the slot's top fossil, else the host's layer."""
+        below = slot.fossils[-1] if len(slot.fossils) else injected_module(host, slot.slot_id)
+        return below.block if isinstance(below, StackedBlockSeed) else below
+
+    @classmethod
+    def refusal(cls, host: nn.Module, slot: nn.Module) -> str | None:
+        """Why no block can be stacked at `slot` now (nothing below it to copy); None when one can."""
+        source = cls._source(host, slot)
+        if isinstance(source, TransformerBlock):
+            return None
+        return (
+            f"blueprint 'stack' copies the transformer block below slot '{slot.slot_id}', but "
+            f"that is a {type(source).__name__}: stack it on a slot after a TransformerBlock, "
+            "or grow with 'block' (a zero-initialised block)"
+        )
+
     def attach(self, host: nn.Module, slot: nn.Module) -> None:
         """Copy the block this seed is stacked on: the slot's top fossil, else the host's layer."""
-        below = slot.fossils[-1] if len(slot.fossils) else injected_module(host, slot.slot_id)
-        source = below.block if isinstance(below, StackedBlockSeed) else below
-        if not isinstance(source, TransformerBlock):
-            raise ValueError(  # noqa: TRY004 (a user's choice of slot, refused like any bad input)
-                f"blueprint 'stack' copies the transformer block below slot '{slot.slot_id}', but "
-                f"that is a {type(source).__name__}: stack it on a slot after a TransformerBlock, "
-                "or grow with 'block' (a zero-initialised block)"
-            )
+        refused = self.refusal(host, slot)
+        if refused is not None:
+            raise ValueError(refused)
+        source = self._source(host, slot)
         # Neither the head size nor the dropout is in the weights' shapes: take both from the
         # source, so the copy computes exactly what the original does; a layer a merged width
         # seed widened (MLP units, attention heads) takes the source's shape. (Not
@@ -92,21 +106,23 @@ class IdentityLinearSeed(nn.Module):
 
 @BlueprintRegistry.register(
     "stack", "transformer", 49_984, "A copy of the trained block below (adds a layer, stacking)",
-    from_host=True,
+    from_host=True, operator=Operator("depth"),
 )
 def stack(dim: int, n_head: int | None = None) -> nn.Module:
     return StackedBlockSeed(dim, n_head)
 
 
 @BlueprintRegistry.register(
-    "deepen", "cnn", 36_864, "A 3x3 conv + ReLU starting as the identity", from_host=True
+    "deepen", "cnn", 36_864, "A 3x3 conv + ReLU starting as the identity", from_host=True,
+    operator=Operator("depth"),
 )
 def deepen_cnn(dim: int) -> nn.Module:
     return IdentityConvSeed(dim)
 
 
 @BlueprintRegistry.register(
-    "deepen", "mlp", 4_160, "A Linear + ReLU starting as the identity", from_host=True
+    "deepen", "mlp", 4_160, "A Linear + ReLU starting as the identity", from_host=True,
+    operator=Operator("depth"),
 )
 def deepen_mlp(dim: int) -> nn.Module:
     return IdentityLinearSeed(dim)

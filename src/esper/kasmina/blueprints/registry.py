@@ -14,6 +14,8 @@ from typing import ClassVar
 
 from torch import nn
 
+from esper.leyline import Operator
+
 TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer", "mlp")
 
 # The features each topology's seeds take and return: (rank, channel axis). The one
@@ -41,6 +43,7 @@ def infer_topology(shape: tuple[int, ...]) -> tuple[str, int] | None:
     return None
 
 BlueprintFactory = Callable[..., nn.Module]
+BRANCH = Operator()  # what a blueprint grows unless it says otherwise: a module beside the host's features
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class BlueprintSpec:
     # post-ReLU features) rather than as a zero branch: planted only where asked for by name,
     # since not every model has the layers it starts from.
     from_host: bool = False
+    # What it grows (a branch, the layer's width, depth) and by how much: for controllers.
+    operator: Operator = BRANCH
 
     def actual_param_count(self, dim: int) -> int:
         """Build the module with default options and count its parameters."""
@@ -74,7 +79,14 @@ class BlueprintRegistry:
 
     @classmethod
     def register(
-        cls, name: str, topology: str, param_estimate: int, description: str = "", *, from_host: bool = False
+        cls,
+        name: str,
+        topology: str,
+        param_estimate: int,
+        description: str = "",
+        *,
+        from_host: bool = False,
+        operator: Operator | None = None,
     ) -> Callable[[BlueprintFactory], BlueprintFactory]:
         """Decorator registering a factory; returns the factory unchanged."""
         specs = cls._topology(topology)
@@ -82,7 +94,9 @@ class BlueprintRegistry:
         def decorator(factory: BlueprintFactory) -> BlueprintFactory:
             if name in specs:
                 raise ValueError(f"Blueprint '{name}' already registered for topology '{topology}'")
-            specs[name] = BlueprintSpec(name, topology, factory, param_estimate, description, from_host)
+            specs[name] = BlueprintSpec(
+                name, topology, factory, param_estimate, description, from_host, operator or BRANCH
+            )
             return factory
 
         return decorator

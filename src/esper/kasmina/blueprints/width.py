@@ -3,8 +3,10 @@
 One factory per initialisation, for every topology (`kasmina.width.WidthSeed`; the host
 names the layer: `StagedHost.width_site`): "widen" starts the new units as noisy copies of
 host units (Net2WiderNet, the default), "widen_zero" with random incoming and zero
-outgoing weights; two names, so a run or a compare can plant either. `units` defaults to
-the layer's current width, i.e. doubling it: the field's width-growth steps (Net2WiderNet,
+outgoing weights; two names, so a run or a compare can plant either; "widen_half" is
+"widen" adding half the layer's units (x1.5), a sized variant a controller picks when the
+budget does not afford a doubling. `units` defaults to `fraction` (1) of the layer's current
+width, i.e. doubling it: the field's width-growth steps (Net2WiderNet,
 the 4 -> 8 -> 16 channel plans toward a reference) double, and a fixed number would be a
 different fraction of every layer. `noise` is the Net2Wider symmetry breaking (see
 `kasmina.width`). Built unattached, the module has no parameters yet, so the parameter
@@ -19,16 +21,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from esper.kasmina.blueprints.registry import BlueprintRegistry
+from esper.kasmina.blueprints.registry import BlueprintRegistry, Operator
 from esper.kasmina.width import WidthSeed
 
 
-def widen(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
-    return WidthSeed(units, "net2wider", noise)
+def widen(dim: int, units: int | None = None, noise: float = 0.01, fraction: float = 1.0) -> nn.Module:
+    return WidthSeed(units, "net2wider", noise, fraction)
 
 
-def widen_zero(dim: int, units: int | None = None) -> nn.Module:
-    return WidthSeed(units, "zero")
+def widen_half(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
+    return WidthSeed(units, "net2wider", noise, HALF)
+
+
+def widen_zero(dim: int, units: int | None = None, fraction: float = 1.0) -> nn.Module:
+    return WidthSeed(units, "zero", fraction=fraction)
+
+
+HALF = 0.5  # `widen_half` adds half the layer's units (x1.5): the step a tighter budget still affords
 
 
 def widen_heads(dim: int, units: int | None = None, noise: float = 0.01) -> nn.Module:
@@ -44,18 +53,21 @@ _ESTIMATES = {
     "mlp": 64 * 64 * 2 + 64,
     "transformer": 256 * 64 * 2 + 256,
 }
+# name: (factory, the new units' start, the fraction of the layer's units added)
 _KINDS = {
-    "widen": (widen, "copies of host units (Net2WiderNet)"),
-    "widen_zero": (widen_zero, "zero outgoing weights"),
+    "widen": (widen, "copies of host units (Net2WiderNet)", 1.0),
+    "widen_half": (widen_half, "copies of host units (Net2WiderNet)", HALF),
+    "widen_zero": (widen_zero, "zero outgoing weights", 1.0),
 }
-for _name, (_factory, _start) in _KINDS.items():
+for _name, (_factory, _start, _fraction) in _KINDS.items():
     for _topology, _estimate in _ESTIMATES.items():
         BlueprintRegistry.register(
             _name,
             _topology,
-            _estimate,
-            f"Widen the slot's layer (doubling it): new units from {_start}, merged when kept",
+            round(_estimate * _fraction),
+            f"Widen the slot's layer (x{1 + _fraction:g}): new units from {_start}, merged when kept",
             from_host=True,
+            operator=Operator("width", _fraction),
         )(_factory)
 
 for _name, _factory, _start in (
@@ -69,4 +81,5 @@ for _name, _factory, _start in (
         f"Add attention heads to the slot's layer (doubling them): new heads from {_start}, "
         "merged when kept",
         from_host=True,
+        operator=Operator("width"),
     )(_factory)
