@@ -585,3 +585,42 @@ def test_a_policy_sees_stacks_and_budget_under_its_own_slot_names() -> None:
     assert action.slot_id == "3"  # back to the grafted name
     assert policy.seen.affordable == {"layer1": [], "layer2": ["norm"]}
     assert [(f.slot_id, f.seed_id) for f in policy.seen.fossils["layer1"]] == [("layer1", "1-seed1")]
+
+
+# --------------------------------------------------------------------------- the host's own layers
+def test_a_built_in_host_widens_in_the_users_loop_where_the_loss_pushes_hardest() -> None:
+    from esper.kasmina.host import MLPHost, MorphogeneticModel
+    from esper.leyline import TaskConfig
+    from esper.runtime.session import operators_for
+    from esper.tamiyo import BlueprintRotation, HeuristicConfig, HeuristicController, TrackerConfig
+
+    torch.manual_seed(0)
+    clock = TaskConfig(topology="mlp", blending_epochs=2)
+    grown = MorphogeneticModel(MLPHost(64, hidden=16, n_layers=2), gates=SCHEDULE_GATES, task_config=clock)
+    optimizer = torch.optim.SGD(grown.parameters(), lr=0.05, momentum=0.9)
+    blueprints = ["widen", "widen_half"]
+    # The heuristic as `controller="heuristic"` builds it, made to grow at once and keep what it grew.
+    always_short = TrackerConfig(warmup_epochs=1, progress_window=1, underfit_progress=1.0)
+    config = HeuristicConfig(tracker=always_short, min_epochs_left=0, fossilize_above=-1.0, cull_below=-1.0)
+    heuristic = HeuristicController(BlueprintRotation(blueprints), config, operators_for("mlp", blueprints))
+    grower = esper.Grower(grown, optimizer, accuracy, controller=heuristic, blueprints=blueprints, epochs=10)
+    germinated = None
+    for epoch in range(10):
+        loss = train_one_epoch(grown, optimizer, epoch)
+        with torch.no_grad():  # the heuristic judges capacity by how well the network fits
+            fit = (grown(TRAIN_X).argmax(1) == TRAIN_Y).float().mean().item()
+        record = grower.end_epoch(train_loss=loss, train_accuracy=fit)
+        live = {k: s.state.blueprint_id for k, s in grown.seed_slots.items() if s.state is not None}
+        if germinated is None and live:
+            (germinated,) = live
+            assert live[germinated] == "widen"  # no budget: the doubling
+            assert germinated == max(record.pressure, key=record.pressure.__getitem__)
+        if germinated is not None and grown.seed_slots[germinated].widenings:
+            break
+    assert germinated is not None, "the heuristic planted no width seed"
+    (merged,) = grown.seed_slots[germinated].widenings
+    assert merged.width == 32 and grown.host.width_site(germinated).layer.out_features == 32
+    # The user's loop goes on training the wider layer with the same optimiser.
+    assert math.isfinite(train_one_epoch(grown, optimizer, 99))
+    grower.close()
+    assert grown.export()(VAL_X).shape == (len(VAL_X), 10)

@@ -103,3 +103,43 @@ def test_masked_logits_keep_log_softmax_and_entropy_finite():
     entropy.backward()
     assert torch.isfinite(logp).all() and torch.isfinite(entropy)
     assert logits[1].item() == MASKED_LOGIT
+
+
+def test_the_mask_allows_a_width_seed_only_where_the_slots_layer_can_widen():
+    from seed_lifecycle import grow
+
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    blueprints = ("residual_block", "widen", "widen_half")
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0, blueprints=blueprints)
+    space = ActionSpace(("block2", "block3"), blueprints)
+
+    def allowed() -> set[str]:
+        signals = trainer.signals(trainer.run_epoch(), total_epochs=10)
+        return {name for name, ok in zip(space.names(), space.mask(signals).tolist(), strict=True) if ok}
+
+    assert {f"GERMINATE {s} {b}" for s in ("block2", "block3") for b in blueprints} <= allowed()
+    # A branch kept in block2: its output now goes through a fossil of that width, so block2's
+    # layer cannot widen; block3's still can, and block2 still takes branches.
+    grow(trainer.slots["block2"], SeedStage.FOSSILIZED, "residual_block", host_module=trainer.model.host)
+    trainer.end_epoch()
+    now = allowed()
+    assert "GERMINATE block2 widen" not in now and "GERMINATE block2 widen_half" not in now
+    assert {"GERMINATE block2 residual_block", "GERMINATE block3 widen", "GERMINATE block3 widen_half"} <= now
+
+
+def test_a_stack_is_plantable_only_after_a_transformer_block():
+    from torch import nn
+
+    import esper
+    from esper.kasmina.host import MorphogeneticModel, TransformerHost
+
+    gpt = MorphogeneticModel(TransformerHost(vocab_size=16, n_embd=16, n_head=2, n_layer=1, block_size=8), ["layer1"])
+    assert gpt.seed_slots["layer1"].plant_refusal("stack", gpt.host) is None
+    tokens = torch.zeros(2, 8, dtype=torch.long)
+    model = nn.Sequential(nn.Embedding(16, 16), nn.Linear(16, 16), nn.Linear(16, 16))
+    grafted = esper.graft(model, ["1"], tokens)
+    why = grafted.seed_slots["1"].plant_refusal("stack", grafted.host)
+    assert why is not None and "copies the transformer block below slot '1'" in why and "Linear" in why

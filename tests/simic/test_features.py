@@ -163,3 +163,28 @@ def test_every_feature_is_finite_after_a_diverged_epoch():
     assert torch.isfinite(observer.observe(bad)).all()
 
 
+
+
+def test_the_policy_sees_each_slots_pressure_and_the_price_of_each_operator_there():
+    from esper.runtime import get_task
+    from esper.runtime.session import build_trainer
+
+    blueprints = ("residual_block", "widen", "widen_half")
+    spec = get_task("digits")
+    trainer = build_trainer(spec, spec.load_data(), seed=0, blueprints=blueprints)
+    signals = trainer.signals(trainer.run_epoch(), total_epochs=10)
+    layout = FeatureLayout(("block2", "block3"), blueprints)
+    obs = Observer(layout).observe(signals)
+    assert obs.shape == (layout.size,) == (len(layout.names()),)
+
+    def seen(name: str) -> float:
+        return obs[layout.names().index(name)].item()
+
+    host = signals.flops.inference_per_sample
+    for slot in ("block2", "block3"):
+        assert seen(f"{slot}.gradient_pressure") == pytest.approx(signals.pressure[slot]) and seen(f"{slot}.gradient_pressure") > 0
+        for blueprint in blueprints:
+            expected = signals.costs[slot][blueprint] / host
+            assert seen(f"{slot}.cost_{blueprint}") == pytest.approx(expected, rel=1e-5) and expected > 0
+        # A doubling costs more than a widening by half of the same layer.
+        assert seen(f"{slot}.cost_widen") > seen(f"{slot}.cost_widen_half")
