@@ -55,13 +55,13 @@ def test_builtin_blueprints_are_registered() -> None:
     mlp = {n for t, n in ALL_BLUEPRINTS if t == "mlp"}
     assert cnn == {
         "norm", "attention", "depthwise", "conv_light", "conv_heavy", "inverted_bottleneck",
-        "residual_block", "deepen", "widen", "widen_zero",
+        "residual_block", "deepen", "widen", "widen_half", "widen_zero",
     }  # fmt: skip
     assert transformer == {
         "norm", "lora", "attention", "mlp", "flex_attention", "block", "stack",
-        "widen", "widen_zero", "widen_heads", "widen_heads_zero",
+        "widen", "widen_half", "widen_zero", "widen_heads", "widen_heads_zero",
     }  # fmt: skip
-    assert mlp == {"norm", "lowrank", "mlp", "deepen", "widen", "widen_zero"}
+    assert mlp == {"norm", "lowrank", "mlp", "deepen", "widen", "widen_half", "widen_zero"}
 
 
 @pytest.mark.parametrize(("topology", "name"), BRANCH_BLUEPRINTS)

@@ -393,3 +393,20 @@ def test_the_static_arms_build_a_merged_width_freshly_initialised(name: str) -> 
     site = static.width_site(slot_id)
     assert not torch.equal(site.layer.weight, grown.width_site(slot_id).layer.weight)
     assert site.layer.weight[: width // 2].std() > 0 and site.layer.weight[width // 2 :].std() > 0
+
+
+@pytest.mark.parametrize("name", ["cnn-middle", "mlp-last", "transformer"])
+def test_widen_half_adds_half_the_layers_units_and_keeps_the_function_when_merged(name: str) -> None:
+    build, slot_id = HOSTS[name]
+    torch.manual_seed(0)
+    host = build()
+    config = TaskConfig(topology=host.topology, blueprint_kwargs={"widen_half": {"noise": 0.0}})
+    model = MorphogeneticModel(host, task_config=config)
+    slot, x = model.seed_slots[slot_id], _inputs(host)
+    width = host.width_site(slot_id).units
+    model.eval()
+    before = model(x)
+    grow(slot, S.FOSSILIZED, "widen_half", host_module=model.host)
+    assert host.width_site(slot_id).units == width + width // 2
+    assert slot.widenings[-1].units_added == width // 2
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
