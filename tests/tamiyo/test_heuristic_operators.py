@@ -81,3 +81,22 @@ def test_on_a_plateau_every_plantable_blueprint_is_offered_with_one_width_step()
     assert offered == ["residual_block", "widen", "deepen"]
     # Without any own-layer operator to plant, a network short of capacity grows a branch.
     assert controller._offer(["residual_block"], short_of_capacity=True) == ["residual_block"]
+
+
+def test_a_width_seed_that_does_not_hurt_is_kept_where_a_branch_must_show_a_contribution() -> None:
+    from conftest import epoch_signals, seed_report
+
+    from esper.leyline import SeedStage
+
+    def decision(blueprint: str, contribution: float) -> list:
+        controller = _heuristic(BlueprintRotation(BLUEPRINTS))
+        report = seed_report(SeedStage.PROBATIONARY, blueprint_id=blueprint, slot_id="block2", contribution=contribution)
+        signals = epoch_signals(12, total_epochs=20, slots={"block2": report, "block3": None})
+        return [(a.kind, a.slot_id) for a in controller.decide(signals) if a.kind != ActionKind.GERMINATE]
+
+    kept = [(ActionKind.FOSSILIZE, "block2")]
+    # Net2Wider starts as the host's function: alpha 0 and 1 agree, so ~0 is what it shows.
+    assert decision("widen", 0.0) == kept and decision("deepen", 0.0) == kept
+    assert decision("residual_block", 0.0) == []  # below fossilize_above: not yet
+    assert decision("residual_block", 0.05) == kept
+    assert decision("widen", -0.05) == [(ActionKind.CULL, "block2")]  # it hurts

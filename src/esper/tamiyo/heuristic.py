@@ -97,7 +97,13 @@ class HeuristicController:
             return None
         contribution = report.counterfactual_contribution
         config = self.config
-        if report.stage == SeedStage.PROBATIONARY and contribution > config.fossilize_above:
+        # A width or depth seed starts as the host's own function (alpha 0 and 1 compute the
+        # same), so its counterfactual shows only what training has moved since, not the
+        # capacity it adds for the rest of the run: it is kept unless it hurts, as a fixed
+        # plan keeps its steps; a branch must show `fossilize_above`.
+        own_layers = self.operators.get(report.blueprint_id, Operator()).kind != "branch"
+        keep_above = config.cull_below if own_layers else config.fossilize_above
+        if report.stage == SeedStage.PROBATIONARY and contribution > keep_above:
             return Action(ActionKind.FOSSILIZE, slot_id, reason=f"contribution {contribution:+.4f}")
         if report.stage in MEASURED_STAGES and contribution < config.cull_below:
             return Action(ActionKind.CULL, slot_id, reason=f"hurts: contribution {contribution:+.4f}")
