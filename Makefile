@@ -37,7 +37,7 @@ VISION_TORCH := torch==2.14.1 torchvision==0.29.1
 VISION_TESTS := tests/kasmina/test_graft_vision.py tests/examples
 
 test-vision:
-	@VENV=$(VISION_VENV) TORCH_SPEC="$(VISION_TORCH)" EXTRAS=dev,vision bash scripts/setup.sh
+	@VENV=$(VISION_VENV) TORCH_SPEC="$(VISION_TORCH)" EXTRAS=dev,vision,graft-widen bash scripts/setup.sh
 	$(VISION_VENV)/bin/python -c "import torchvision"  # fails loudly rather than skipping every test
 	$(VISION_VENV)/bin/python -m pytest -q $(VISION_TESTS)
 

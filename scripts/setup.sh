@@ -5,16 +5,16 @@
 # TORCH_SPEC picks the PyTorch build; the default pins 2.13.0: for Python 3.11 this kind of machine
 # carries the CPU wheel on local disk (a bare range would pull a ~5 GB CUDA build); for another
 # Python pip takes the registry's build of the same version, a CUDA build that runs on CPU.
-# EXTRAS are the optional dependency groups installed with Esper (default dev,docs: the test tools
-# and mkdocs, with which the tests build the documentation site); `make test-vision` uses
+# EXTRAS are the optional dependency groups installed with Esper (default dev,docs,graft-widen: the test tools
+# and mkdocs, with which the tests build the documentation site, and torch-pruning for esper.graft(widen=...)); `make test-vision` uses
 # VENV=.venv-vision, TORCH_SPEC="torch==2.14.1 torchvision==0.29.1" (a matching pair: torchvision
-# only imports with the torch it was built for) and EXTRAS=dev,vision.
+# only imports with the torch it was built for) and EXTRAS=dev,vision,graft-widen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-dev,docs}
+EXTRAS=${EXTRAS:-dev,docs,graft-widen}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"

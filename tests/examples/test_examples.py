@@ -42,3 +42,11 @@ def test_grow_resnet_runs_at_tiny_settings(tmp_path: Path) -> None:
     assert "validation accuracy" in out and "layer2:" in out and "layer3:" in out
     summary = _summary(tmp_path / "run")
     assert summary["task"] == "ResNet (own loop)" and summary["status"] == "complete"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_pruning") is None, reason="needs the graft-widen extra")
+def test_grow_mlp_wider_runs_at_tiny_settings(tmp_path: Path) -> None:
+    out = _run("grow_mlp_wider.py", *TINY, "--run-dir", str(tmp_path / "run"))
+    assert "validation accuracy" in out and "fc1 widths 8" in out and "exported: fc1 Linear" in out
+    summary = _summary(tmp_path / "run")
+    assert summary["mode"] == "grower" and summary["status"] == "complete" and summary["epochs"] == 2

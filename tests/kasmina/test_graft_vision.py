@@ -57,3 +57,29 @@ def test_resnet18_is_bitwise_unchanged_until_blending_and_trains() -> None:
     for key, slot in grafted.seed_slots.items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in slot.seed.parameters()), key
     assert grafted.host_param_count() == sum(p.numel() for p in reference.parameters())
+
+
+def test_resnet18_widens_a_block_s_conv_and_the_residual_group_of_its_stem_keeping_the_function() -> None:
+    pytest.importorskip("torch_pruning")
+    from seed_lifecycle import grow
+
+    from esper.leyline import TaskConfig
+
+    model, x = _resnet18().eval(), _images()
+    with torch.no_grad():
+        expected = model(x)
+    config = TaskConfig(blueprint_kwargs={"widen": {"noise": 0.0}})
+    grown = esper.graft(model, [], x, widen=["conv1", "layer2.0.conv1"], task_config=config)
+    block = grown.seed_slots["layer2.0.conv1"].width_site
+    assert (block.norm, block.consumer, block.tied) == (model.layer2[0].bn1, model.layer2[0].conv2, ())
+    stem = grown.seed_slots["conv1"].width_site  # added to every layer1 block's output
+    assert [layer for layer, _ in stem.tied] == [model.layer1[0].conv2, model.layer1[1].conv2]
+    assert stem.more_consumers == (model.layer1[1].conv1, model.layer2[0].conv1, model.layer2[0].downsample[0])
+    for slot in grown.seed_slots.values():
+        grow(slot, SeedStage.FOSSILIZED, "widen", host_module=model)
+    assert model.conv1.out_channels == 128 and model.layer1[1].conv2.out_channels == 128
+    assert model.layer2[0].conv1.out_channels == 256 and model.layer2[0].downsample[0].in_channels == 128
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval()(x), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="Cannot widen 'fc'.*the model's output"):
+        esper.graft(_resnet18(), [], x, widen=["fc"])

@@ -25,6 +25,12 @@ BatchNorm statistics are untouched): a 4-D target output is "cnn" (B, C, H, W), 
 "transformer" (B, T, C), 2-D "mlp" (B, C). A 3-D output is always read as
 (B, T, C): a Conv1d's (B, C, L) output would get a slot over its last axis. Seeds
 are created on the device and in the dtype of the features the probe saw.
+
+`widen` names layers whose output width may grow: each gets a slot of its own (keyed by
+its name) for width seeds (`widen`, `widen_zero`), and what must grow with it is found once,
+here (`kasmina.width_group`, with torch-pruning): its BatchNorm, the ops after it, the
+layers consuming it, and the layers its output is added to (a residual group) with theirs.
+A layer Esper cannot widen is refused, naming what stands in the way.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from esper.kasmina.blueprints.registry import infer_topology
 from esper.kasmina.host import SeededModel
 from esper.kasmina.placement import SlotMount, holds_slot, record_output
 from esper.kasmina.slot import QualityGates, SeedSlot
+from esper.kasmina.width import WidthSite
+from esper.kasmina.width_group import check_carried, dependency_graph, width_site
 from esper.leyline import TaskConfig, TelemetryEvent
 
 _PATTERN_CHARS = frozenset("*?[")
@@ -75,6 +83,7 @@ class GraftedModel(SlotMount, SeededModel):
         on_telemetry: Callable[[TelemetryEvent], None] | None = None,
         task_config: TaskConfig | None = None,
         fast_mode: bool = False,
+        sites: dict[str, WidthSite] | None = None,
     ) -> None:
         super().__init__()
         self.host = model
@@ -91,6 +100,7 @@ class GraftedModel(SlotMount, SeededModel):
                 task_config=dataclasses.replace(config, topology=point.topology),
                 dtype=point.dtype,
             )
+            slot.width_site = (sites or {}).get(target)
             self.register_slot(target, slot)
 
     def injection_module(self, key: str) -> nn.Module:
@@ -135,6 +145,7 @@ def graft(
     on_telemetry: Callable[[TelemetryEvent], None] | None = None,
     task_config: TaskConfig | None = None,
     fast_mode: bool = False,
+    widen: str | Sequence[str] = (),
 ) -> GraftedModel:
     """Put a seed slot on the output of each target module of `model`.
 
@@ -144,18 +155,46 @@ def graft(
     tuple of positional arguments, or a dict of keyword arguments for one forward.
     The keyword options configure every slot as for `MorphogeneticModel`
     (`task_config.topology` is replaced by each slot's inferred topology).
+    `widen`: names of layers (nn.Linear, nn.Conv2d) whose output width seeds may grow, each
+    with a slot of its own for width blueprints (`widen`, `widen_zero`); with `widen`,
+    `targets` may be empty.
 
     Raises `ValueError` naming the culprit for an unknown target (with the closest
     module names), a pattern matching nothing, a target named twice, a model that
     was grafted before, a target that does not run on `example_input`, or one whose output is
-    not a single floating-point tensor of a known topology.
+    not a single floating-point tensor of a known topology; for `widen`, an unknown name, a
+    name also in `targets`, and a layer that cannot be widened (saying why).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"graft needs a torch.nn.Module, got {type(model).__name__}")
-    names = resolve_targets(model, targets)
-    outputs = _probe(model, names, example_input)
-    points = {name: _point(name, model.get_submodule(name), outputs[name]) for name in names}
-    return GraftedModel(model, points, gates, on_telemetry, task_config, fast_mode)
+    layers = _widen_names(model, widen)
+    names = resolve_targets(model, targets, allow_empty=bool(layers))
+    both = sorted(set(names) & set(layers))
+    if both:
+        raise ValueError(f"'{both[0]}' is in both targets and widen: a layer gets a slot for seeds on its output "
+                         "or for width seeds, not both; name it once")  # fmt: skip
+    sites = {}
+    if layers:
+        graph = dependency_graph(model, example_input, _call)
+        for name in layers:
+            sites[name] = width_site(model, name, graph)
+            check_carried(model, name, sites[name], example_input, _call)
+    everything = [name for name, _ in model.named_modules(remove_duplicate=False) if name in {*names, *layers}]
+    outputs = _probe(model, everything, example_input)
+    points = {name: _point(name, model.get_submodule(name), outputs[name]) for name in everything}
+    return GraftedModel(model, points, gates, on_telemetry, task_config, fast_mode, sites)
+
+
+def _widen_names(model: nn.Module, widen: str | Sequence[str]) -> list[str]:
+    """The layers `widen` names, each once (exact module names: a width slot is a choice per layer)."""
+    layers = [widen] if isinstance(widen, str) else list(widen)
+    names = [name for name, _ in model.named_modules() if name]
+    for entry in layers:
+        if not isinstance(entry, str) or entry not in names:
+            raise ValueError(f"Unknown layer to widen {entry!r}: the model has no such module; {_closest(str(entry), names)}")
+        if layers.count(entry) > 1:
+            raise ValueError(f"Layer '{entry}' is named twice in widen; name each layer once")
+    return layers
 
 
 # ---------------------------------------------------------------------- targets
@@ -181,13 +220,14 @@ def _closest(target: str, names: list[str]) -> str:
     return f"top-level modules: {', '.join(top[:12])}" + (", ..." if len(top) > 12 else "")
 
 
-def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
-    """The module names `targets` select, each exactly once, in `named_modules()` order."""
+def resolve_targets(model: nn.Module, targets: str | Sequence[str], allow_empty: bool = False) -> list[str]:
+    """The module names `targets` select, each exactly once, in `named_modules()` order
+    (none only where `allow_empty`: the graft widens layers instead)."""
     if isinstance(targets, str):
         targets = [targets]
     targets = list(targets)
-    if not targets:
-        raise ValueError("graft needs at least one target: a module name or pattern")
+    if not targets and not allow_empty:
+        raise ValueError("graft needs at least one target: a module name or pattern (or layers to widen)")
     # remove_duplicate=False: a module registered under two names can be targeted by either.
     names = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
     known = set(names)

@@ -183,6 +183,9 @@ class SeedSlot(nn.Module):
         # (a checkpoint re-applies them), and the merges the optimisers have yet to follow.
         self.widenings: list[WidthReport] = []
         self.pending_merges: list[Merge] = []
+        # The layer a width seed here widens, where the slot itself names it (`esper.graft`'s
+        # `widen`); None: the host names it (`width.site_of`).
+        self.width_site: WidthSite | None = None
         # Called with the features entering the live seed (after the fossils) on each forward,
         # while `recording_seed_input` is active: where a counterfactual resumes from.
         self._seed_input_sink: Callable[[Tensor], object] | None = None

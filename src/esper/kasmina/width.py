@@ -9,7 +9,11 @@ entries) and feeds them into the layer that consumes them (`WidthSite.consumer`)
     delta = consumer_new(n) [+ split(z[idx])]      z: the consumer's input (host units)
 
 and hands `consumer_out + delta` to the slot's stage logic (`SeedSlot.run_seed`) as the
-seed's features, from a forward hook on the consumer. So alpha 0 (TRAINING, or the
+seed's features, from a forward hook on the consumer. At a site without an `activation`
+(an `esper.graft`ed model's layer, whose own code runs between the layer and its consumer)
+the new units travel with the layer's output instead: appended to it after the norm, carried
+by the model's code (element-wise ops, pooling: they act on each unit alone) and split off
+again before the consumer, which gets exactly the host's input. So alpha 0 (TRAINING, or the
 counterfactual) gives the host's output bitwise, TRAINING gives the new weights the
 task gradient (straight-through) and the host its own, and BLENDING scales exactly the
 new units' outgoing contribution. On FOSSILIZED the seed is merged (`WidthSeed.merge`):
@@ -67,15 +71,22 @@ class WidthSite:
     the stage. A unit is `unit_size` consecutive rows in each of the `parts` equal blocks of
     the layer's output, and `unit_size` consecutive inputs of the consumer (an attention
     head: head_dim rows of each of q, k and v, head_dim columns of the output projection).
+    `activation` None: the model's own code does, on the units appended to the norm's output
+    (`esper.graft`'s sites, found by `kasmina.width_group`). A group (a residual network's
+    layers whose outputs are added together) has more producers, each with its norm (`tied`:
+    they grow the same units, which the additions then sum), and more consumers
+    (`more_consumers`); only at a site without `activation`, where the model's code adds.
     """
 
     layer: nn.Conv2d | nn.Linear
-    norm: nn.BatchNorm2d | None
-    activation: Callable[[Tensor], Tensor]
+    norm: nn.BatchNorm2d | nn.BatchNorm1d | None
+    activation: Callable[[Tensor], Tensor] | None
     consumer: nn.Conv2d | nn.Linear
     at_slot: bool = True
     parts: int = 1
     unit_size: int = 1
+    tied: tuple[tuple[nn.Conv2d | nn.Linear, nn.BatchNorm2d | nn.BatchNorm1d | None], ...] = ()
+    more_consumers: tuple[nn.Conv2d | nn.Linear, ...] = ()
 
     @property
     def units(self) -> int:
@@ -91,6 +102,21 @@ class WidthSite:
         """The consumer's inputs that units `idx` feed."""
         size = self.unit_size
         return (idx[:, None] * size + torch.arange(size, device=idx.device)).flatten()
+
+
+def site_of(host: nn.Module, slot: nn.Module, kind: str = "units") -> WidthSite:
+    """The layer a width seed of `kind` at `slot` widens: the slot's own site (`esper.graft`'s
+    `widen` fixes its units when the slot is made), else the one the host names
+    (`width_site(slot_id, kind)`); a `ValueError` saying why when there is none."""
+    if kind == "units" and getattr(slot, "width_site", None) is not None:
+        return slot.width_site
+    width_site = getattr(host, "width_site", None)
+    if width_site is None:
+        raise ValueError(
+            f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen there "
+            "(width seeds grow the built-in hosts' layers and those named in esper.graft(..., widen=[...]))"
+        )
+    return width_site(slot.slot_id, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +191,33 @@ def _produce(
     return F.linear(x, weight, bias)
 
 
+class _Units(nn.Module):
+    """The new units of one more producer of a group (`WidthSite.tied`): its `weight`, `bias`
+    and `norm`, as `WidthSeed` holds them for the site's own layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._x: Tensor | None = None
+
+
+class _Outputs(nn.Module):
+    """The new units' weights into one more consumer of a group (`WidthSite.more_consumers`):
+    `out_weight` and `split`, as `WidthSeed` holds them for the site's own consumer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in_flight: Tensor | None = None
+
+
 class WidthSeed(nn.Module):
     """`units` new units for the layer at a slot (see the module docstring).
 
     Built without parameters (the blueprint factory knows only the slot's width);
     `attach(host, slot)` (called by `SeedSlot.germinate`) finds the slot's `WidthSite`,
     builds the new weights and places the hooks; `release()` removes them. Its own
-    forward, on the slot's features, is the identity: it acts at the consumer.
+    forward, on the slot's features, is the identity: it acts at the consumer. The site's
+    own layer and consumer have their weights here (`weight`, `bias`, `norm`, `out_weight`,
+    `split`); a group's further producers and consumers in `tied_units` and `more_outputs`.
     """
 
     def __init__(
@@ -198,50 +244,67 @@ class WidthSeed(nn.Module):
             raise ValueError(f"a width seed adds a fraction > 0 of its layer's units, got fraction={fraction}")
         self.units, self.init, self.noise, self.fraction, self.kind = units, init, noise, fraction, kind
         self.site: WidthSite | None = None
+        self.tied_units = nn.ModuleList()
+        self.more_outputs = nn.ModuleList()
         self._handles: list[RemovableHandle] = []
         self._x: Tensor | None = None
+        self._in_flight: Tensor | None = None  # the new units as they reached the consumer
 
     def forward(self, features: Tensor) -> Tensor:
         return features
+
+    def producers(self) -> list[tuple[nn.Module, nn.Conv2d | nn.Linear, nn.Module | None]]:
+        """(where its new units' weights are, the layer, its norm) for every producer."""
+        site = self.site
+        tied = [(part, layer, norm) for part, (layer, norm) in zip(self.tied_units, site.tied)]
+        return [(self, site.layer, site.norm), *tied]
+
+    def consumers(self) -> list[tuple[nn.Module, nn.Conv2d | nn.Linear]]:
+        """(where the new units' weights into it are, the consumer) for every consumer."""
+        site = self.site
+        return [(self, site.consumer), *zip(self.more_outputs, site.more_consumers)]
 
     # ------------------------------------------------------------------ building
     def attach(self, host: nn.Module, slot: nn.Module) -> None:
         """Build the new units for `slot`'s layer in `host` and place the hooks.
 
-        `host.width_site(slot_id, kind)` names the layer; a host without one, or a slot whose
-        layer cannot be widened that way, raises `ValueError` saying why.
+        `site_of(host, slot, kind)` names the layer; a slot whose layer cannot be widened
+        that way raises `ValueError` saying why.
         """
         refused = self.refusal(host, slot)
         if refused is not None:
             raise ValueError(refused)
-        site = host.width_site(slot.slot_id, self.kind)
+        site = site_of(host, slot, self.kind)
         units = self.build(site, site.layer.weight.device)
-        layer, consumer, like = site.layer, site.consumer, site.layer.weight
         with torch.no_grad():
             if self.init == "net2wider":
                 self._net2wider(site, units)
             else:
-                scratch = type(layer)(
-                    *_layer_args(layer, self.weight.shape[0]), device=like.device, dtype=like.dtype
-                )
-                self.weight.copy_(scratch.weight)
-                if self.bias is not None:
-                    self.bias.copy_(scratch.bias)
-        self._handles = [
-            layer.register_forward_pre_hook(_Capture(self)),
-            consumer.register_forward_hook(_AtConsumer(slot, self)),
-        ]
+                for part, layer, _ in self.producers():
+                    like = layer.weight
+                    scratch = type(layer)(
+                        *_layer_args(layer, part.weight.shape[0]), device=like.device, dtype=like.dtype
+                    )
+                    part.weight.copy_(scratch.weight)
+                    if part.bias is not None:
+                        part.bias.copy_(scratch.bias)
+        self._handles = []
+        for part, layer, norm in self.producers():
+            self._handles.append(layer.register_forward_pre_hook(_Capture(self, part)))
+            if site.activation is None:  # the units travel through the model's own code
+                self._handles.append((norm or layer).register_forward_hook(_Append(slot, self, part)))
+        for part, consumer in self.consumers():
+            if site.activation is None:
+                # First: the consumer's other hooks (another seed's capture) see the host's input.
+                self._handles.append(consumer.register_forward_pre_hook(_Split(self, part), prepend=True))
+            # First: a hook that follows on the consumer's output (its own slot, or its own width
+            # seed appending units) sees the output with these units' contribution in.
+            self._handles.append(consumer.register_forward_hook(_AtConsumer(slot, self, part), prepend=True))
 
     def refusal(self, host: nn.Module, slot: nn.Module) -> str | None:
         """Why this width seed cannot grow at `slot` in `host` now; None when it can."""
-        width_site = getattr(host, "width_site", None)
-        if width_site is None:
-            return (
-                f"slot '{slot.slot_id}': {type(host).__name__} has no layers Esper can widen "
-                "(width seeds grow the built-in hosts: CNNHost, MLPHost, TransformerHost)"
-            )
         try:
-            site = width_site(slot.slot_id, self.kind)
+            site = site_of(host, slot, self.kind)
         except ValueError as err:
             return str(err)
         if site.at_slot and len(slot.fossils):
@@ -258,89 +321,115 @@ class WidthSeed(nn.Module):
     def build(self, site: WidthSite, device: torch.device | str) -> int:
         """The new units' parameters for `site` on `device` (zeros; `attach` initialises them)."""
         units = self.units_for(site)
-        layer, consumer = site.layer, site.consumer
-        dtype = layer.weight.dtype
+        dtype = site.layer.weight.dtype
         self.site = site
+        self.tied_units = nn.ModuleList(_Units() for _ in site.tied)
+        self.more_outputs = nn.ModuleList(_Outputs() for _ in site.more_consumers)
         rows = site.parts * units * site.unit_size
-        self.weight = nn.Parameter(
-            torch.zeros((rows, *layer.weight.shape[1:]), device=device, dtype=dtype)
-        )
-        self.bias = (
-            None
-            if layer.bias is None
-            else nn.Parameter(torch.zeros(rows, device=device, dtype=dtype))
-        )
-        self.norm = None
-        if site.norm is not None:
-            self.norm = nn.BatchNorm2d(
-                units, site.norm.eps, site.norm.momentum, device=device, dtype=dtype
+        for part, layer, norm in self.producers():
+            part.weight = nn.Parameter(
+                torch.zeros((rows, *layer.weight.shape[1:]), device=device, dtype=dtype)
             )
-        out_shape = list(consumer.weight.shape)
-        out_shape[1] = units * site.unit_size
-        self.out_weight = nn.Parameter(torch.zeros(out_shape, device=device, dtype=dtype))
-        self.split: nn.Parameter | None = None
+            part.bias = (
+                None
+                if layer.bias is None
+                else nn.Parameter(torch.zeros(rows, device=device, dtype=dtype))
+            )
+            part.norm = None
+            if norm is not None:
+                part.norm = type(norm)(units, norm.eps, norm.momentum, device=device, dtype=dtype)
+        for part, consumer in self.consumers():
+            out_shape = list(consumer.weight.shape)
+            out_shape[1] = units * site.unit_size
+            part.out_weight = nn.Parameter(torch.zeros(out_shape, device=device, dtype=dtype))
+            part.split = None
+            if self.init == "net2wider":
+                part.split = nn.Parameter(torch.zeros_like(part.out_weight))
         if self.init == "net2wider":
             self.register_buffer("idx", torch.zeros(units, device=device, dtype=torch.long))
-            self.split = nn.Parameter(torch.zeros_like(self.out_weight))
         return units
 
     def _net2wider(self, site: WidthSite, units: int) -> None:
-        layer, consumer = site.layer, site.consumer
+        """Every producer's new units copy the same host units (`idx`: the group's units are
+        added together) and every consumer takes the copies' share of their outgoing weights."""
         width = site.units
-        generator_device = layer.weight.device
+        generator_device = site.layer.weight.device
         idx = torch.randperm(width, device=generator_device)[: min(units, width)]
         if units > width:  # more new units than host units: some are copied more than once
             idx = torch.cat([idx, torch.randint(width, (units - width,), device=generator_device)])
         self.idx.copy_(idx)
-        copies = torch.bincount(idx, minlength=width).to(consumer.weight.dtype)
-        std = layer.weight.std() if layer.weight.numel() > 1 else layer.weight.new_ones(())
-        self.weight.copy_(
-            site.rows(layer.weight, idx) + self.noise * std * torch.randn_like(self.weight)
-        )
-        if self.bias is not None:
-            self.bias.copy_(site.rows(layer.bias, idx))
-        if self.norm is not None:
-            norm = site.norm
-            self.norm.weight.copy_(norm.weight[idx])
-            self.norm.bias.copy_(norm.bias[idx])
-            self.norm.running_mean.copy_(norm.running_mean[idx])
-            self.norm.running_var.copy_(norm.running_var[idx])
-        shape = [1] * consumer.weight.dim()
-        shape[1] = units * site.unit_size
+        copies = torch.bincount(idx, minlength=width)
+        for part, layer, norm in self.producers():
+            std = layer.weight.std() if layer.weight.numel() > 1 else layer.weight.new_ones(())
+            part.weight.copy_(
+                site.rows(layer.weight, idx) + self.noise * std * torch.randn_like(part.weight)
+            )
+            if part.bias is not None:
+                part.bias.copy_(site.rows(layer.bias, idx))
+            if part.norm is not None:
+                part.norm.weight.copy_(norm.weight[idx])
+                part.norm.bias.copy_(norm.bias[idx])
+                part.norm.running_mean.copy_(norm.running_mean[idx])
+                part.norm.running_var.copy_(norm.running_var[idx])
         shares = (copies[idx] + 1).repeat_interleave(site.unit_size)
-        share = consumer.weight.index_select(1, site.columns(idx)) / shares.view(shape)
-        self.out_weight.copy_(share)
-        self.split.copy_(-share)
+        for part, consumer in self.consumers():
+            shape = [1] * consumer.weight.dim()
+            shape[1] = units * site.unit_size
+            share = consumer.weight.index_select(1, site.columns(idx)) / shares.to(consumer.weight.dtype).view(shape)
+            part.out_weight.copy_(share)
+            part.split.copy_(-share)
 
     def release(self) -> None:
         """Remove the hooks (the seed was culled, merged or replaced)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._x = None
+        for part, _, _ in self.producers() if self.site is not None else ():
+            part._x = None
+        for part, _ in self.consumers() if self.site is not None else ():
+            part._in_flight = None
 
     # ------------------------------------------------------------------ forward
-    def new_units(self, x: Tensor) -> Tensor:
-        """The new units as the consumer takes them, from the layer's input `x`."""
-        site = self.site
-        units = _produce(site.layer, x, self.weight, self.bias)
-        if self.norm is not None:
-            units = self.norm(units)
-        return site.activation(units)
+    def produced(self, x: Tensor, part: nn.Module | None = None) -> Tensor:
+        """The new units out of a producer (the site's layer, or `part`'s) and its norm, from
+        that layer's input `x`."""
+        part = part or self
+        layer = next(layer for held, layer, _ in self.producers() if held is part)
+        units = _produce(layer, x, part.weight, part.bias)
+        return units if part.norm is None else part.norm(units)
 
-    def consumer_features(self, base: Tensor, x: Tensor, consumed: Tensor, isolate: bool) -> Tensor:
-        """The consumer's output with the new units in: `base` (the consumer's output, detached
-        when isolating) plus their contribution; `x` is the layer's input, `consumed` the
-        consumer's (both detached when isolating)."""
+    def new_units(self, x: Tensor | None, consumed: Tensor, part: nn.Module | None = None) -> Tensor:
+        """The new units as a consumer (the site's, or `part`'s) takes them: from the layer's
+        input `x` through the site's activation, or as they reached it through the model's own
+        code. (Priced on meta tensors, `flops.width_cost`, nothing has travelled: zeros of the
+        consumer's input shape stand in, the code in between uncounted as the host's
+        activations are.)"""
+        site, part = self.site, part or self
+        if site.activation is not None:
+            return site.activation(self.produced(x))
+        units, part._in_flight = part._in_flight, None
+        if units is None:
+            shape = list(consumed.shape)
+            shape[_unit_axis(site.consumer)] = part.out_weight.shape[1]
+            units = consumed.new_zeros(shape)
+        return units
+
+    def consumer_features(
+        self, base: Tensor, x: Tensor | None, consumed: Tensor, isolate: bool, part: nn.Module | None = None
+    ) -> Tensor:
+        """A consumer's output (the site's, or `part`'s) with the new units in: `base` (its
+        output, detached when isolating) plus their contribution; `x` is the layer's input
+        (None where the units travel with the model's own code), `consumed` the consumer's
+        (both detached when isolating)."""
         if isolate:
-            x, consumed = x.detach(), consumed.detach()
-        site = self.site
-        delta = _consume(site.consumer, self.new_units(x), self.out_weight)
-        if self.split is not None:
+            x = None if x is None else x.detach()
+            consumed = consumed.detach()
+        part = part or self
+        consumer = next(consumer for held, consumer in self.consumers() if held is part)
+        delta = _consume(consumer, self.new_units(x, consumed, part), part.out_weight)
+        if part.split is not None:
             delta = delta + _consume(
-                site.consumer,
-                consumed.index_select(_unit_axis(site.consumer), site.columns(self.idx)),
-                self.split,
+                consumer, consumed.index_select(_unit_axis(consumer), self.site.columns(self.idx)), part.split
             )
         return base + delta
 
@@ -352,29 +441,31 @@ class WidthSeed(nn.Module):
 
     def added_params(self) -> int:
         """Parameters the merged units add to the host (`split` folds into existing weights)."""
-        return sum(p.numel() for name, p in self.named_parameters() if name != "split")
+        return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("split"))
 
     def merge(self) -> Merge:
-        """Make the layer, its norm and the consumer wider by the new units (the seed's weights
-        at full strength), in place of their old parameters; releases the hooks.
+        """Make every producer, its norm and every consumer wider by the new units (the seed's
+        weights at full strength), in place of their old parameters; releases the hooks.
 
-        A live width seed next to this one (its consumer is this layer, or its layer is this
-        consumer) follows: its weights get zero rows or columns for the new units, so it
-        computes what it did and stays in step with the layers it reads and writes.
+        A live width seed next to this one (its consumer is one of these producers, or its
+        layer one of these consumers) follows: its weights get zero rows or columns for the
+        new units, so it computes what it did and stays in step with the layers it reads and
+        writes.
         """
         site = self.site
-        layer, norm, consumer = site.layer, site.norm, site.consumer
         widened: list[tuple[nn.Parameter, nn.Parameter, nn.Parameter | None, int, int]] = []
         rows, columns = self.weight.shape[0], self.out_weight.shape[1]
         with torch.no_grad():
-            for hook in layer._forward_hooks.values():  # seeds adding to this layer's output
-                if isinstance(hook, _AtConsumer) and hook.seed is not self:
-                    hook.seed._pad("out_weight", 0, rows, site.parts, widened)
-                    if hook.seed.split is not None:
-                        hook.seed._pad("split", 0, rows, site.parts, widened)
-            for hook in consumer._forward_pre_hooks.values():  # seeds widening the consumer
-                if isinstance(hook, _Capture) and hook.seed is not self:
-                    hook.seed._pad("weight", 1, columns, 1, widened)
+            for _, layer, _ in self.producers():
+                for hook in layer._forward_hooks.values():  # seeds adding to this layer's output
+                    if isinstance(hook, _AtConsumer) and hook.seed is not self:
+                        _pad(hook.part, "out_weight", 0, rows, site.parts, widened)
+                        if hook.part.split is not None:
+                            _pad(hook.part, "split", 0, rows, site.parts, widened)
+            for _, consumer in self.consumers():
+                for hook in consumer._forward_pre_hooks.values():  # seeds widening the consumer
+                    if isinstance(hook, _Capture) and hook.seed is not self:
+                        _pad(hook.part, "weight", 1, columns, 1, widened)
 
         def grow(
             module: nn.Module,
@@ -391,71 +482,115 @@ class WidthSeed(nn.Module):
             widened.append((old, new, extra, axis, parts))
 
         with torch.no_grad():
-            grow(layer, "weight", self.weight, 0, site.parts)
-            if self.bias is not None:
-                grow(layer, "bias", self.bias, 0, site.parts)
-            if norm is not None:
-                grow(norm, "weight", self.norm.weight, 0)
-                grow(norm, "bias", self.norm.bias, 0)
-                norm.running_mean = torch.cat([norm.running_mean, self.norm.running_mean])
-                norm.running_var = torch.cat([norm.running_var, self.norm.running_var])
-                norm.num_features += self.norm.num_features
-            kept = consumer.weight.detach()
-            if self.split is not None:
-                kept = kept.index_add(1, site.columns(self.idx), self.split.detach())
-            grow(consumer, "weight", self.out_weight, 1, base=kept)
-        sync_size(layer)
-        sync_size(consumer)
+            for part, layer, norm in self.producers():
+                grow(layer, "weight", part.weight, 0, site.parts)
+                if part.bias is not None:
+                    grow(layer, "bias", part.bias, 0, site.parts)
+                if norm is not None:
+                    grow(norm, "weight", part.norm.weight, 0)
+                    grow(norm, "bias", part.norm.bias, 0)
+                    norm.running_mean = torch.cat([norm.running_mean, part.norm.running_mean])
+                    norm.running_var = torch.cat([norm.running_var, part.norm.running_var])
+                    norm.num_features += part.norm.num_features
+                sync_size(layer)
+            for part, consumer in self.consumers():
+                kept = consumer.weight.detach()
+                if part.split is not None:
+                    kept = kept.index_add(1, site.columns(self.idx), part.split.detach())
+                grow(consumer, "weight", part.out_weight, 1, base=kept)
+                sync_size(consumer)
         self.release()
         return Merge(widened)
 
-    def _pad(self, name: str, axis: int, count: int, parts: int, widened: list) -> None:
-        """Join `count` zero entries to parameter `name` along `axis` in `parts` (a neighbour
-        merged)."""
-        old = getattr(self, name)
-        shape = list(old.shape)
-        shape[axis] = count
-        new = nn.Parameter(join(old.detach(), old.new_zeros(shape), axis, parts))
-        setattr(self, name, new)
-        widened.append((old, new, None, axis, parts))
+
+def _pad(part: nn.Module, name: str, axis: int, count: int, parts: int, widened: list) -> None:
+    """Join `count` zero entries to `part`'s parameter `name` along `axis` in `parts` (a
+    neighbour merged)."""
+    old = getattr(part, name)
+    shape = list(old.shape)
+    shape[axis] = count
+    new = nn.Parameter(join(old.detach(), old.new_zeros(shape), axis, parts))
+    setattr(part, name, new)
+    widened.append((old, new, None, axis, parts))
 
 
 class _Capture:
-    """Forward pre-hook on the seed's layer: its input is what the new units read."""
+    """Forward pre-hook on a producer: its input is what its new units read."""
 
-    __slots__ = ("seed",)
+    __slots__ = ("part", "seed")
 
-    def __init__(self, seed: WidthSeed) -> None:
-        self.seed = seed
+    def __init__(self, seed: WidthSeed, part: nn.Module) -> None:
+        self.seed, self.part = seed, part
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.seed._x = args[0]
+        self.part._x = args[0]
+
+
+class _Append:
+    """Forward hook on a producer's norm (or the producer): its output with its new units
+    appended, for the model's own code to carry to the consumers (a site without an
+    `activation`). Their input is detached while the slot isolates the seed, as at the consumer."""
+
+    __slots__ = ("part", "seed", "slot")
+
+    def __init__(self, slot: nn.Module, seed: WidthSeed, part: nn.Module) -> None:
+        self.slot, self.seed, self.part = slot, seed, part
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        part = self.part
+        x, part._x = part._x, None
+        if self.slot.isolate_gradients:
+            x = x.detach()
+        units = self.seed.produced(x, part).to(output.dtype)
+        return torch.cat([output, units], dim=_unit_axis(self.seed.site.layer))
+
+
+class _Split:
+    """Forward pre-hook on a consumer: the appended new units come off its input (kept for
+    `WidthSeed.new_units`), so it computes exactly what the host's does."""
+
+    __slots__ = ("part", "seed")
+
+    def __init__(self, seed: WidthSeed, part: nn.Module) -> None:
+        self.seed, self.part = seed, part
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        consumed = args[0]
+        axis, units = _unit_axis(module), self.part.out_weight.shape[1]
+        host = consumed.shape[axis] - units
+        self.part._in_flight = consumed.narrow(axis, host, units)
+        # contiguous: the consumer then computes on the very layout the host's input has (a
+        # strided view may take another kernel, and the host's output would not be bitwise its own).
+        return (consumed.narrow(axis, 0, host).contiguous(), *args[1:])
 
 
 class _AtConsumer:
-    """Forward hook on the consumer: its output through the slot's stage logic, the seed's
+    """Forward hook on a consumer: its output through the slot's stage logic, the seed's
     features being that output plus the new units' contribution."""
 
-    __slots__ = ("seed", "slot")
+    __slots__ = ("part", "seed", "slot")
 
-    def __init__(self, slot: nn.Module, seed: WidthSeed) -> None:
-        self.slot, self.seed = slot, seed
+    def __init__(self, slot: nn.Module, seed: WidthSeed, part: nn.Module) -> None:
+        self.slot, self.seed, self.part = slot, seed, part
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-        seed, consumed = self.seed, args[0]
+        seed, part, consumed = self.seed, self.part, args[0]
+        carried = seed.site.activation is None  # no layer input needed: the units came along
 
         def features(base: Tensor, isolate: bool) -> Tensor:
-            if seed._x is None:
+            if seed._x is None and not carried:
                 raise RuntimeError(
                     "width seed: the consumer ran without the layer before it (a pass that starts "
                     "between them must force the slot's alpha to 0)"
                 )
-            return seed.consumer_features(base, seed._x, consumed, isolate)
+            return seed.consumer_features(base, None if carried else seed._x, consumed, isolate, part)
 
         try:
             return self.slot.run_seed(output, features)
         finally:
-            seed._x = None
+            part._in_flight = None
+            if not carried:
+                seed._x = None
 
 
 def _layer_args(layer: nn.Conv2d | nn.Linear, units: int) -> tuple[Any, ...]:
@@ -481,7 +616,7 @@ def widen_fresh(host: nn.Module, slot: nn.Module, report: WidthReport) -> tuple[
     becomes `report.width` wide with placeholder weights for the state dict to overwrite.
     A layer already that wide is left as it is (no merge). The merge is returned so the
     optimisers, built over the narrow layers, can take the wide ones in their place."""
-    site = host.width_site(slot.slot_id, report.kind)
+    site = site_of(host, slot, report.kind)
     if site.units >= report.width:
         return site, None
     seed = WidthSeed(report.width - site.units, init="zero", kind=report.kind)

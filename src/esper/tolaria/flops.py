@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from esper.kasmina.blueprints import BlueprintRegistry
 from esper.kasmina.host import StagedHost
 from esper.kasmina.slot import SeedSlot
-from esper.kasmina.width import KINDS, WidthSeed, WidthSite
+from esper.kasmina.width import KINDS, WidthSeed, WidthSite, site_of
 from esper.leyline import MEASURED_STAGES, SeedStage
 from esper.tolaria.trainer import loss_and_correct
 
@@ -257,23 +257,33 @@ def module_cost(
     return cost
 
 
-def width_cost(seed: WidthSeed, site: WidthSite, shapes: tuple[tuple[int, ...], ...]) -> ModuleCost:
+# Per sample, as a width seed's cost needs them: each producer's input shape, each consumer's
+# input and output shapes.
+WidthShapes = tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]
+
+
+def width_cost(seed: WidthSeed, site: WidthSite, shapes: WidthShapes) -> ModuleCost:
     """The cost of a width seed like `seed` at `site`: its parameters and one sample's FLOPs
-    (`shapes`: the layer's input, the consumer's input and output, per sample) of the new units
-    and their contribution to the consumer, counted on meta tensors. Its merge adds the same
-    units to the host (which is then measured as it is)."""
+    (`shapes`: each producer's input, each consumer's input and output, per sample) of the new
+    units and their contribution to the consumers, counted on meta tensors. Its merge adds the
+    same units to the host (which is then measured as it is)."""
     probe = WidthSeed(seed.units, seed.init, seed.noise, seed.fraction, kind=seed.kind)
     probe.build(site, "meta")
-    x, z, out = (torch.empty((_PAIR, *shape), device="meta") for shape in shapes)
+    xs, zs, outs = ([torch.empty((_PAIR, *shape), device="meta") for shape in group] for group in shapes)
     counts = []
     for train, through in ((False, False), (True, False), (True, True)):
         probe.train(train)
         with torch.set_grad_enabled(train), flop_counter() as counter:
-            features = probe.consumer_features(
-                out, x.requires_grad_(through), z.requires_grad_(through), isolate=not through
-            )
+            for x in (*xs, *zs):
+                x.requires_grad_(through)
+            features = [
+                probe.consumer_features(out, xs[0], z, isolate=not through, part=part)
+                for (part, _), z, out in zip(probe.consumers(), zs, outs)
+            ]
+            if site.activation is None:  # the units travel: each producer makes its own
+                features += [probe.produced(x, part) for (part, _, _), x in zip(probe.producers(), xs)]
             if train:
-                features.sum().backward()
+                sum(f.sum() for f in features).backward()
         counts.append(counter.get_total_flops() / _PAIR)
     return ModuleCost(sum(p.numel() for p in probe.parameters()), *counts)
 
@@ -295,8 +305,8 @@ class _HostCosts:
     # Per slot, its stage alone (a counterfactual resuming at the stage runs it again); None as tails.
     stages: dict[str, float] | None
     shapes: dict[str, tuple[int, ...]]
-    # Per (slot, kind) whose layer can widen: one sample's layer input, consumer input and output.
-    width_shapes: dict[tuple[str, str], tuple[tuple[int, ...], ...]]
+    # Per (slot, kind) whose layer can widen: one sample's producer inputs, consumer inputs and outputs.
+    width_shapes: dict[tuple[str, str], WidthShapes]
 
 
 # The host's costs depend only on its structure and the input's shape: kept for the process.
@@ -459,7 +469,7 @@ class FlopMeter:
             key = (slot_id, seed.kind)
             if key not in host.width_shapes:
                 raise ValueError(f"slot '{slot_id}': '{blueprint}' finds no layer to widen there")
-            return width_cost(seed, self.model.host.width_site(*key), host.width_shapes[key])
+            return width_cost(seed, site_of(self.model.host, slot, seed.kind), host.width_shapes[key])
         shape = host.shapes[slot_id]
         return module_cost(slot.task_config.topology, blueprint, slot.channels, slot.blueprint_kwargs(blueprint), shape)
 
@@ -531,7 +541,10 @@ class FlopMeter:
         stages: dict[str, float] | None = None
         host = getattr(model, "host", None)
         sites = _width_sites(host, slots)
-        width_shapes: dict[tuple[str, str], list[tuple[int, ...]]] = {key: [(), (), ()] for key in sites}
+        width_shapes = {
+            key: ([()] * (1 + len(site.tied)), [()] * (1 + len(site.more_consumers)), [()] * (1 + len(site.more_consumers)))
+            for key, site in sites.items()
+        }
 
         call, targets = self._call, self._targets
 
@@ -577,7 +590,7 @@ class FlopMeter:
             model.train()
             with torch.enable_grad():
                 training = self._count(train_step)
-        widths = {key: tuple(found) for key, found in width_shapes.items()}
+        widths = {key: tuple(tuple(group) for group in found) for key, found in width_shapes.items()}
         return _HostCosts(inference / batch, training / batch, tails, stages, shapes, widths)
 
     def _count(self, fn: Callable[[], None]) -> int:
@@ -616,28 +629,35 @@ def _record_shape(shapes: dict[str, tuple[int, ...]], key: str, features: Tensor
 
 
 def _width_sites(host: Any, slots: dict[str, Any]) -> dict[tuple[str, str], WidthSite]:
-    """The (slot, kind) sites a width seed can widen (a host without `width_site` has none)."""
+    """The (slot, kind) sites a width seed can widen (`width.site_of`; others have none, as a
+    stage the host no longer finds its layers in, e.g. one a built-in seed replaced)."""
     sites = {}
-    for key in slots:
+    for key, slot in slots.items():
         for kind in KINDS:
             try:
-                sites[key, kind] = host.width_site(key, kind)
+                sites[key, kind] = site_of(host, slot, kind)
             except (AttributeError, ValueError):
                 continue
     return sites
 
 
 @contextmanager
-def _recording_site(site: WidthSite, found: list[tuple[int, ...]]) -> Iterator[None]:
-    """Record one sample's shape of `site`'s layer input, consumer input and consumer output."""
+def _recording_site(site: WidthSite, found: tuple[list[tuple[int, ...]], ...]) -> Iterator[None]:
+    """Record one sample's shape of the input of each of `site`'s producers, and of the input and
+    output of each of its consumers (`found`: three lists, one entry per producer or consumer)."""
 
-    def layer(module: nn.Module, args: tuple[Any, ...]) -> None:
-        found[0] = tuple(args[0].shape[1:])
+    def layer(i: int, module: nn.Module, args: tuple[Any, ...]) -> None:
+        found[0][i] = tuple(args[0].shape[1:])
 
-    def consumer(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-        found[1], found[2] = tuple(args[0].shape[1:]), tuple(output.shape[1:])
+    def consumer(i: int, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        found[1][i], found[2][i] = tuple(args[0].shape[1:]), tuple(output.shape[1:])
 
-    handles = [site.layer.register_forward_pre_hook(layer), site.consumer.register_forward_hook(consumer)]
+    producers = [site.layer, *(tied for tied, _ in site.tied)]
+    handles = [module.register_forward_pre_hook(functools.partial(layer, i)) for i, module in enumerate(producers)]
+    handles += [
+        module.register_forward_hook(functools.partial(consumer, i))
+        for i, module in enumerate([site.consumer, *site.more_consumers])
+    ]
     try:
         yield
     finally:
