@@ -82,3 +82,32 @@ def test_cosine_restarts_at_the_plans_growth_steps(schedule: str, progress: floa
 def test_a_restart_outside_the_run_is_refused() -> None:
     with pytest.raises(ValueError, match=r"lr_restarts are fractions of the run in \[0, 1\), got \[1.0\]"):
         OptimConfig(lr_schedule="cosine-restarts", lr_restarts=(1.0,))
+
+
+def _step_rates(trainer, epochs: int) -> list[float]:
+    """The host's learning rate at every optimiser step of an `epochs`-epoch run (nothing planted)."""
+    seen: list[float] = []
+    trainer.optimizers.host.register_step_pre_hook(lambda optimizer, *_: seen.append(optimizer.param_groups[0]["lr"]))
+    loop = EpochLoop(trainer, epochs)
+    result = loop.start()
+    while result is not None:
+        result = loop.step([])
+    return seen
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_warmup_ramps_every_step_linearly_then_follows_the_schedule(schedule: str) -> None:
+    # 4 epochs of 2 steps, a warmup over half the run: steps 1-4 ramp by quarters (the rate at
+    # each step's end, so the first is above 0); then the schedule's rate at each epoch's start.
+    spec = dataclasses.replace(get_task("digits"), lr_schedule=schedule, lr_warmup=0.5, max_train_batches=2, max_val_batches=1)
+    rates = _step_rates(build_trainer(spec, spec.load_data(), seed=0), EPOCHS)
+    assert len(rates) == 2 * EPOCHS
+    for step, rate in enumerate(rates):
+        at = (step + 1) / 8 if step < 4 else step // 2 / EPOCHS
+        factor = 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * at))
+        assert rate == pytest.approx(spec.host_lr * factor * min(1.0, at / 0.5))
+
+
+def test_a_warmup_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="lr_warmup must be <= 1"):
+        OptimConfig(lr_warmup=1.5)

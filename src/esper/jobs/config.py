@@ -29,7 +29,14 @@ import pydantic
 import typing_extensions
 
 from esper.leyline import GrowthBudget
-from esper.leyline.ranges import AtLeastOne, PositiveFloat, Seed, check_fields, expectation
+from esper.leyline.ranges import (
+    AtLeastOne,
+    Fraction,
+    PositiveFloat,
+    Seed,
+    check_fields,
+    expectation,
+)
 from esper.runtime.user_model import check_factory_path
 from esper.simic.rewards import RewardConfig
 from esper.tolaria.precision import DEVICE_TYPES, PRECISIONS
@@ -83,6 +90,9 @@ class HeuristicRunConfig:
     # "constant", "cosine" (every learning rate annealed to 0 over the run) or "cosine-restarts"
     # (the cosine from the peak again at each growth step of the schedule's plan); null: the task's.
     lr_schedule: str | None = None
+    # A linear learning-rate warmup over this share of the planned training, then the schedule
+    # (0: none); null: the task's.
+    lr_warmup: Fraction | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)

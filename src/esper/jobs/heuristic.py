@@ -110,6 +110,8 @@ def prepare_run(config: HeuristicRunConfig, world: World | None = None, resume: 
     spec = host_variant(get_task(config.task), config.host, config.built_in, config.built_in_widths)
     if config.lr_schedule is not None:
         spec = dataclasses.replace(spec, lr_schedule=config.lr_schedule)
+    if config.lr_warmup is not None:
+        spec = dataclasses.replace(spec, lr_warmup=config.lr_warmup)
     data = spec.load_data(**config.task_options)
     policy = None if config.controller in BUILT_IN_CONTROLLERS else load_policy(config)
     slots = config.slots if policy is None else policy.info["slot_ids"]

@@ -74,7 +74,7 @@ def build_trainer(
         spec.batch_size, seed, spec.max_train_batches, spec.max_val_batches, placement, world.rank, world.size
     )
     optim = OptimConfig(optimizer=spec.optimizer, host_lr=spec.host_lr, seed_lr=spec.seed_lr, lr_schedule=spec.lr_schedule,
-                        lr_restarts=tuple(lr_restarts))
+                        lr_restarts=tuple(lr_restarts), lr_warmup=spec.lr_warmup)
     example = (data.train_inputs[:2], data.train_targets[:2])  # shapes for the FLOPs meter
     return MorphogeneticTrainer(
         grown, train, val, optim, on_telemetry=on_telemetry, precision=computing, world=world,

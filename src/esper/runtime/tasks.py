@@ -127,6 +127,7 @@ class TaskSpec:
     blueprints: tuple[str, ...] | None = None
     heuristic: dict[str, Any] = field(default_factory=dict)
     lr_schedule: str = "constant"  # or "cosine", "cosine-restarts" (`tolaria.trainer.OptimConfig`)
+    lr_warmup: float = 0.0  # a linear warmup over this share of the run (`OptimConfig.lr_warmup`)
     # The `schedule` controller's default plan, toward the reference host: (fraction of the
     # run, slot, blueprint) steps, as `tamiyo.PlannedGrowth`. Empty: the task has none.
     schedule: tuple[tuple[float, str, str], ...] = ()

@@ -38,6 +38,7 @@ and the signals say what each slot can still afford.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -243,10 +244,12 @@ class MorphogeneticTrainer:
     def val_loader(self) -> Batches:
         return self.epochs.val_loader
 
-    def schedule(self, progress: float) -> None:
-        """Learning rates for a run `progress` (0..1) of the way through its planned training
-        (`Optimizers.set_progress`)."""
-        self.optimizers.set_progress(progress)
+    def schedule(self, progress: float, epoch_share: float = 0.0) -> None:
+        """Learning rates for a run `progress` (0..1) of the way through its planned training,
+        an epoch adding `epoch_share` (`Optimizers.set_progress`: a warmup ramps batch by batch;
+        a training loader without a length counts as one batch)."""
+        steps = max(1, operator.length_hint(self.train_loader, 1))
+        self.optimizers.set_progress(progress, epoch_share / steps)
 
     # ------------------------------------------------------------------ the phases
     def train_phase(self) -> EpochStats:
@@ -535,6 +538,7 @@ class EpochLoop:
         self.max_consecutive_rollbacks = max_consecutive_rollbacks
         self.cap = cap
         self.current: EpochResult | None = None
+        self._started_at: float | None = None  # the progress as the last epoch started
 
     @property
     def done(self) -> bool:
@@ -546,10 +550,20 @@ class EpochLoop:
         progress = self.trainer.epoch / self.total_epochs
         return progress if self.cap is None else max(progress, self.cap.progress())
 
+    @property
+    def epoch_share(self) -> float:
+        """The progress an epoch adds: one of `total_epochs`, or under a cap what the last
+        epoch added if more (the first epoch of a capped run counts as one of `total_epochs`)."""
+        share = 1 / self.total_epochs
+        if self.cap is not None and self._started_at is not None:
+            share = max(share, self.progress - self._started_at)
+        return share
+
     def start(self) -> EpochResult:
         """Train, measure and guard the current epoch."""
         trainer = self.trainer
-        trainer.schedule(self.progress)
+        trainer.schedule(self.progress, self.epoch_share)
+        self._started_at = self.progress
         record = trainer.run_epoch()
         result = self.current = EpochResult(record, trainer.signals(record, self.total_epochs))
         limit = self.max_consecutive_rollbacks

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from esper.kasmina.host import MorphogeneticModel, StagedHost
 from esper.kasmina.slot import SeedSlot
 from esper.leyline import ACTIVE_STAGES, MEASURED_STAGES, SeedStage
+from esper.leyline.ranges import Fraction, check_fields
 from esper.tolaria.distributed import World
 from esper.tolaria.precision import FP32, Precision
 from esper.tolaria.pressure import PressureMeter
@@ -33,7 +34,7 @@ SeedKey = tuple[str, str]
 LR_SCHEDULES = ("constant", "cosine", "cosine-restarts")
 
 
-def lr_scale(schedule: str, progress: float, restarts: Sequence[float] = ()) -> float:
+def lr_scale(schedule: str, progress: float, restarts: Sequence[float] = (), warmup: float = 0.0) -> float:
     """The factor on every learning rate `progress` (0 at the start, 1 at the end) of the way
     through a run's planned training. Hand-written rather than torch's CosineAnnealingLR: a
     scheduler fixes its param groups when made, and seeds come and go during the run.
@@ -41,14 +42,18 @@ def lr_scale(schedule: str, progress: float, restarts: Sequence[float] = ()) -> 
     "cosine-restarts": from each of `restarts` (fractions of the run: a plan's growth steps) on,
     the cosine starts again at the peak and anneals to 0 by the end, as LEMON does after an
     expansion (the same peak, a faster decay): a network widened late learns at a rate its new
-    units can use, not at the tail of the run's cosine."""
-    if schedule == "constant":
-        return 1.0
+    units can use, not at the tail of the run's cosine.
+
+    With a `warmup` share of the run, the schedule's factor is first ramped linearly from 0
+    (at progress 0) to its full value (at progress `warmup`), as nanoGPT and GPT-2 warm up."""
     progress = min(max(progress, 0.0), 1.0)
-    start = 0.0
-    if schedule == "cosine-restarts":
-        start = max((point for point in restarts if point <= progress), default=0.0)
-    return 0.5 * (1.0 + math.cos(math.pi * (progress - start) / (1.0 - start)))
+    factor = 1.0
+    if schedule != "constant":
+        start = 0.0
+        if schedule == "cosine-restarts":
+            start = max((point for point in restarts if point <= progress), default=0.0)
+        factor = 0.5 * (1.0 + math.cos(math.pi * (progress - start) / (1.0 - start)))
+    return factor * progress / warmup if progress < warmup else factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +73,12 @@ class OptimConfig:
     # Where "cosine-restarts" starts again: fractions of the run in [0, 1) (a schedule run's
     # growth steps after the first); the other schedules ignore them.
     lr_restarts: tuple[float, ...] = ()
+    # A linear warmup over this share of the planned training (0: none; `lr_scale`), stepped
+    # batch by batch: the first steps of a deep transformer at the peak rate can strand it.
+    lr_warmup: Fraction = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got '{self.optimizer}'")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -142,6 +151,7 @@ class Optimizers:
         self.seed_lr = seed_lr if seed_lr is not None else float(self.seeds.param_groups[0]["lr"])
         self.fossil_lr = fossil_lr
         self.config = config  # None: a user's optimiser (stepped and scheduled by the user's loop)
+        self._progress, self._step_share = 0.0, 0.0  # where the schedule is (`set_progress`)
 
     @classmethod
     def from_config(cls, model: MorphogeneticModel, config: OptimConfig) -> Optimizers:
@@ -196,15 +206,25 @@ class Optimizers:
     def torch_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return (self.host,) if self.seeds is self.host else (self.host, self.seeds)
 
-    def set_progress(self, progress: float) -> None:
+    def set_progress(self, progress: float, step_share: float = 0.0) -> None:
         """Learning rates for a run `progress` of the way through (`OptimConfig.lr_schedule`):
         host and fossil groups at host_lr, live seeds at seed_lr, times the schedule's factor.
-        Called as each epoch starts, so a checkpoint resumes with the same rates. A user's
-        optimiser follows the user's own scheduler, untouched."""
+        Called as each epoch starts, so a checkpoint resumes with the same rates. During a
+        warmup (`OptimConfig.lr_warmup`) every step advances the run by `step_share` (an
+        epoch's share over its batches) and its rates are those at the step's end, so the
+        first step's are above 0. A user's optimiser follows the user's own scheduler, untouched."""
+        self._progress, self._step_share = progress, step_share
+        self._set_rates()
+
+    def _warming(self) -> bool:
+        return self.config is not None and self._progress < self.config.lr_warmup
+
+    def _set_rates(self) -> None:
         config = self.config
-        if config is None or config.lr_schedule == "constant":
+        if config is None or (config.lr_schedule == "constant" and config.lr_warmup == 0):
             return
-        scale = lr_scale(config.lr_schedule, progress, config.lr_restarts)
+        at = self._progress + self._step_share if self._warming() else self._progress
+        scale = lr_scale(config.lr_schedule, at, config.lr_restarts, config.lr_warmup)
         for group in self.host.param_groups:
             group["lr"] = config.host_lr * scale
         for group in self.seeds.param_groups:
@@ -229,6 +249,9 @@ class Optimizers:
                     scaler.step(optimizer)
             elif optimizer.param_groups:
                 optimizer.step()
+        if self._warming():
+            self._progress += self._step_share
+            self._set_rates()
 
     def state_dict(self) -> dict[str, Any]:
         return {
