@@ -25,10 +25,11 @@ import bench_graft
 import bench_incubator
 import bench_recompiles
 import bench_vec_env
+import bench_width_seed
 import per
 
 FIGURES = (bench_dormant, bench_graft, bench_incubator, bench_counterfactual, bench_recompiles, bench_epoch, bench_vec_env, per,
-           bench_distributed, bench_export)  # fmt: skip
+           bench_distributed, bench_export, bench_width_seed)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
