@@ -247,8 +247,8 @@ class MorphogeneticTrainer:
     def schedule(self, progress: float, epoch_share: float = 0.0) -> None:
         """Learning rates for a run `progress` (0..1) of the way through its planned training,
         an epoch adding `epoch_share` (`Optimizers.set_progress`: a warmup ramps batch by batch;
-        a training loader without a length counts as one batch)."""
-        steps = max(1, operator.length_hint(self.train_loader, 1))
+        a training loader without a length, or a user's loop, counts as one batch)."""
+        steps = max(1, operator.length_hint(getattr(self.epochs, "train_loader", None), 1))
         self.optimizers.set_progress(progress, epoch_share / steps)
 
     # ------------------------------------------------------------------ the phases
