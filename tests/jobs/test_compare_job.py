@@ -9,9 +9,12 @@ import pytest
 
 from esper.cli import main
 from esper.jobs import compare as compare_job
-from esper.jobs.compare import CompareConfig, run_compare
+from esper.jobs.compare import CompareConfig, arm_config, run_compare
+from esper.jobs.compare_results import ARMS
+from esper.jobs.heuristic import prepare_run
 from esper.nissa import read_jsonl
 from esper.nissa.run_folder import read_json
+from esper.runtime import get_task
 
 EPOCHS = 4
 # Plants at the first chance and keeps any measured seed, so a 4-epoch run grows.
@@ -133,3 +136,16 @@ def test_a_policy_grows_beside_the_heuristic_on_the_same_seeds(tmp_path: Path) -
     assert "Where, what and when heuristic and policy ppo grew" in (tmp_path / "report" / "report.html").read_text()
     with pytest.raises(ValueError, match="give --controller POLICY.pt"):
         _config(arms=["host-only", "policy"])
+
+
+def test_every_arm_warms_up_as_the_task_does() -> None:
+    """One schedule for every arm, the reference's and the static-final ones' host variants
+    included (a run-config `lr_warmup` replaces the task's the same way, in `prepare_run`)."""
+    config = CompareConfig(task="pydoc-chars-tiny")
+    grown = {"architecture": {"slots": {"layer1": ["block"]}}, "flops": {"training": 1e12}}
+    warmups = {
+        arm: prepare_run(arm_config(config, arm, 7, grown)).trainer.optimizers.config.lr_warmup
+        for arm in ARMS
+        if arm != "policy"
+    }
+    assert set(warmups.values()) == {get_task("pydoc-chars-tiny").lr_warmup} != {0.0}
