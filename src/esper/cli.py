@@ -296,6 +296,8 @@ def _add_heuristic_parser(modes: argparse._SubParsersAction) -> None:
     heuristic.add_argument("--lr-schedule", choices=("constant", "cosine", "cosine-restarts"),
                            help="learning rates constant, or annealed to 0 over the run (cosine-restarts: from the "
                                 "peak again at each growth step of a schedule plan) (default: the task's)")  # fmt: skip
+    heuristic.add_argument("--lr-warmup", type=float, metavar="FRACTION",
+                           help="warm learning rates up linearly over this share of the run, in [0, 1] (default: the task's)")  # fmt: skip
     heuristic.add_argument("--checkpoint-every", type=int, help="checkpoint every K epochs (default 5)")
     heuristic.add_argument("--data-dir", dest="task_options__data_dir", metavar="DIR", help="dataset folder (cifar10)")
     heuristic.add_argument("--download", dest="task_options__download", action="store_true", default=None,
