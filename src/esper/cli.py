@@ -31,7 +31,10 @@ def _cmd_blueprints(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column)
     for topology in [args.topology] if args.topology else TOPOLOGIES:
         for spec in BlueprintRegistry.list_specs(topology):
-            actual = f"{spec.actual_param_count(dims[topology]):,} @ dim {dims[topology]}"
+            count = spec.actual_param_count(dims[topology])
+            # A seed built from the host (a width seed, a stacked copy) has its weights only once
+            # it is planted: their number is the host layer's, not the slot width's.
+            actual = "sized by the host's layer" if spec.from_host and count == 0 else f"{count:,} @ dim {dims[topology]}"
             table.add_row(topology, spec.name, f"{spec.param_estimate:,}", actual, spec.description)
     console.print(table)
     return 0

@@ -22,6 +22,8 @@ def test_blueprints_lists_registry_with_param_counts(capsys) -> None:
     for name in ("norm", "attention", "depthwise", "conv_light", "conv_heavy"):
         assert name in out
     assert "flex_attention" not in out
+    # A width seed's weights are sized by the host layer it widens, not the slot width: no "0 params".
+    assert "sized by the" in out and " 0 @ dim" not in out
 
 
 def test_blueprints_lists_the_mlp_topology(capsys) -> None:
