@@ -9,7 +9,10 @@ contribution for G4 and G5). Alpha and `isolate_gradients` may be set after.
 
 from __future__ import annotations
 
-from torch import nn
+import copy
+
+import torch
+from torch import Tensor, nn
 
 from esper.kasmina.slot import SeedSlot, SeedState
 from esper.leyline import SeedStage
@@ -55,3 +58,32 @@ def grow(
         if slot.state is not state:
             break
     raise AssertionError(f"{state.seed_id} did not reach {stage.name}: it is {state.stage.name}")
+
+
+def grow_configured(model: nn.Module, slot: SeedSlot, stage: SeedStage) -> SeedState:
+    """Move `slot`'s seed (of the one blueprint its model was configured for) to `stage`, the
+    host given to it (a width seed widens a host layer)."""
+    (blueprint,) = slot.task_config.blueprint_kwargs
+    return grow(slot, stage, blueprint, host_module=model.host)
+
+
+def host_grads(model: nn.Module) -> dict[str, Tensor]:
+    """The gradients of the host's own parameters (not its slots')."""
+    return {name: p.grad.clone() for name, p in model.host.named_parameters() if not name.startswith("slots.")}
+
+
+def train_step_leaves_host_bitwise(model: nn.Module, slot: SeedSlot, x: Tensor) -> nn.Module:
+    """Grow `slot`'s seed to TRAINING, take a training pass, and check the output and the host's
+    gradients are bitwise those of the model without it; returns the seed."""
+    bare = copy.deepcopy(model)
+    bare.train()
+    expected = bare(x)
+    expected.square().sum().backward()
+    grow_configured(model, slot, S.TRAINING)
+    model.train()
+    out = model(x)
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    bare_grads = host_grads(bare)
+    assert all(torch.equal(g, bare_grads[name]) for name, g in host_grads(model).items())
+    return slot.seed
