@@ -356,6 +356,8 @@ def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--seeds", type=int, help="number of seeds (default 5)")
     compare.add_argument("--first-seed", type=int, help="seeds FIRST, FIRST+1, ... (default 0)")
     compare.add_argument("--controller", help="a policy.pt from esper train ppo/offline: a policy arm grows beside the heuristic's grown arm")
+    compare.add_argument("--transfer", dest="run__transfer", action="store_true", default=None,
+                         help="the --controller policy was trained on another task: apply it to this one unchanged")  # fmt: skip
     compare.add_argument("--epochs", type=int, help="epochs of every arm (default: the task's)")
     compare.add_argument(
         "--arms", nargs="+", metavar="ARM",

@@ -15,18 +15,26 @@
   term -> mean per episode) and ``actions`` (action -> count per episode, named
   "KIND [slot [blueprint]]"); events.jsonl with one ``ppo_update`` event per
   round; summary.json. Every key is optional: the report plots those present.
+- ``digits_policy``: an untrained policy.pt for digits, as `esper train ppo` writes it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from esper.cli import main
 from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.simic.actions import ActionSpace
+from esper.simic.features import FeatureLayout, RunningNorm
+from esper.simic.networks import ActorCritic, NetworkConfig
+from esper.simic.policy import policy_payload
+from esper.simic.rewards import RewardConfig
 
 EPOCHS = 8
 INTERRUPTED_AFTER = 4
@@ -119,3 +127,16 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         json.dumps({"mode": "ppo", "task": "digits", "rounds": PPO_ROUNDS, "status": "complete"})
     )
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def digits_policy(tmp_path_factory) -> Path:
+    """An untrained policy.pt for digits, as `esper train ppo` writes it."""
+    slots, blueprints = ("block2", "block3"), ("norm", "attention")
+    layout, space = FeatureLayout(slots, blueprints), ActionSpace(slots, blueprints)
+    model = ActorCritic(layout.size, len(space), NetworkConfig())
+    payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
+                             episode_length=4, reward=asdict(RewardConfig()))  # fmt: skip
+    path = tmp_path_factory.mktemp("policy") / "policy.pt"
+    torch.save(payload, path)
+    return path

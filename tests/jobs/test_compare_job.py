@@ -138,6 +138,19 @@ def test_a_policy_grows_beside_the_heuristic_on_the_same_seeds(tmp_path: Path) -
         _config(arms=["host-only", "policy"])
 
 
+def test_a_policy_from_another_task_is_compared_only_when_transferred(tmp_path: Path, digits_policy: Path, capsys) -> None:
+    argv = ["compare", "--task", "mnist5k", "--seeds", "1", "--first-seed", "10000", "--epochs", "1",
+            "--controller", str(digits_policy), "--arms", "grown", "policy", "--quiet"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert "trained on task 'digits', not 'mnist5k'" in capsys.readouterr().out
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "transfer"
+    assert main([*argv, "--transfer", "--out", str(out)]) == 0
+    configs = {arm: read_json(out / "seed-10000" / arm / "config.json")["config"] for arm in ("grown", "policy")}
+    assert configs["policy"]["transfer"] and not configs["grown"]["transfer"]  # the heuristic is not a transfer
+    assert read_json(out / "compare.json")["status"] == "complete"
+
+
 def test_every_arm_warms_up_as_the_task_does() -> None:
     """One schedule for every arm, the reference's and the static-final ones' host variants
     included (a run-config `lr_warmup` replaces the task's the same way, in `prepare_run`)."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from esper.jobs.config import HeuristicRunConfig
 from esper.jobs.heuristic import prepare_run, run_heuristic
@@ -14,11 +12,6 @@ from esper.kasmina.blueprints import BlueprintRegistry
 from esper.nissa import read_jsonl
 from esper.nissa.run_folder import read_json
 from esper.runtime import get_task
-from esper.simic.actions import ActionSpace
-from esper.simic.features import FeatureLayout, RunningNorm
-from esper.simic.networks import ActorCritic, NetworkConfig
-from esper.simic.policy import policy_payload
-from esper.simic.rewards import RewardConfig
 
 # Plants a seed at the first chance, so a run that grows nothing is the controller's doing.
 EAGER = {"min_epochs_left": 0, "germination_cooldown": 1,
@@ -86,19 +79,6 @@ def test_config_checks_the_variant_fields() -> None:
         HeuristicRunConfig(model="examples.models:tiny", built_in={"block2": ["norm"]})
 
 
-@pytest.fixture(scope="module")
-def digits_policy(tmp_path_factory) -> Path:
-    """An untrained policy.pt for digits, as `esper train ppo` writes it."""
-    slots, blueprints = ("block2", "block3"), ("norm", "attention")
-    layout, space = FeatureLayout(slots, blueprints), ActionSpace(slots, blueprints)
-    model = ActorCritic(layout.size, len(space), NetworkConfig())
-    payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
-                             episode_length=4, reward=asdict(RewardConfig()))  # fmt: skip
-    path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    torch.save(payload, path)
-    return path
-
-
 def test_a_policy_controls_the_run_on_its_own_slots_and_blueprints(tmp_path: Path, digits_policy: Path) -> None:
     summary = _run(tmp_path, controller=str(digits_policy))
     assert summary["status"] == "complete"
@@ -107,8 +87,19 @@ def test_a_policy_controls_the_run_on_its_own_slots_and_blueprints(tmp_path: Pat
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 4
     with pytest.raises(ValueError, match="acts on blueprints"):
         _run(tmp_path, "other", controller=str(digits_policy), blueprints=["norm"])
-    with pytest.raises(ValueError, match="was trained on task 'digits', not 'mnist5k'"):
+    with pytest.raises(ValueError, match="was trained on task 'digits', not 'mnist5k'; .* pass --transfer"):
         _run(tmp_path, "other", controller=str(digits_policy), task="mnist5k")
+
+
+def test_a_transfer_applies_a_policy_to_another_task_of_its_topology(tmp_path: Path, digits_policy: Path) -> None:
+    summary = _run(tmp_path, controller=str(digits_policy), task="mnist5k", transfer=True, epochs=2)
+    assert summary["status"] == "complete"
+    assert read_json(tmp_path / "run" / "transitions_meta.json")["task"] == "mnist5k"
+    with pytest.raises(ValueError, match="block2"):  # a transformer has no such slot
+        _run(tmp_path, "lm", controller=str(digits_policy), task="pydoc-chars-tiny", transfer=True, epochs=2)
+    assert not (tmp_path / "lm").exists()
+    with pytest.raises(ValueError, match="transfer applies a policy.pt"):
+        HeuristicRunConfig(transfer=True)
 
 
 def test_a_training_flops_cap_stops_the_run_within_a_batch_past_it(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ OWNED_KEYS = ("task", "seed", "epochs", "controller", "host", "built_in", "built
 # An arm that is trained from what the grown run ended with.
 NEEDS_GROWN = ("static-final", "static-final-matched", "static-reference-matched")
 # Run-config keys that only the arm they configure takes.
-ARM_ONLY_KEYS = {"schedule": "scheduled"}
+ARM_ONLY_KEYS = {"schedule": "scheduled", "transfer": "policy"}
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ from esper.tolaria.trainer import LR_SCHEDULES
 T = TypeVar("T")
 
 HOST_VARIANTS = ("task", "reference")  # HeuristicRunConfig.host
+BUILT_IN_CONTROLLERS = ("heuristic", "schedule", "none")  # any other `controller` is a policy.pt
 
 
 @dataclass(slots=True)
@@ -70,6 +71,9 @@ class HeuristicRunConfig:
     # "heuristic", "schedule" (a fixed plan: `schedule`), "none" (nothing is grown: the host
     # alone) or the path of a policy.pt.
     controller: str = "heuristic"
+    # With a policy.pt trained on another task: let it act on this one anyway (a transfer; its
+    # slots must be this host's and its blueprints this topology's). False: such a policy is refused.
+    transfer: bool = False
     # The schedule controller's plan: [{"at": fraction of the run, "slot": ..., "blueprint": ...}]
     # in order; null: the task's plan toward its reference (`esper tasks`).
     schedule: list[dict[str, Any]] | None = None
@@ -107,6 +111,8 @@ class HeuristicRunConfig:
             raise ValueError("a curriculum file needs chooser 'curriculum'")
         if not self.controller:
             raise ValueError("controller must be 'heuristic', 'schedule', 'none' or the path of a policy.pt")
+        if self.transfer and self.controller in BUILT_IN_CONTROLLERS:
+            raise ValueError("transfer applies a policy.pt trained on another task; set controller to its path")
         if self.schedule is not None and self.controller != "schedule":
             raise ValueError("schedule is the plan of controller 'schedule'; set controller too")
         if self.host not in HOST_VARIANTS:

@@ -31,7 +31,7 @@ from rich.console import Console
 from typing_extensions import TypedDict  # pydantic checks typing's TypedDict only on Python >= 3.12
 
 from esper import __version__
-from esper.jobs.config import HeuristicRunConfig, build_config
+from esper.jobs.config import BUILT_IN_CONTROLLERS, HeuristicRunConfig, build_config
 from esper.jobs.scaleout import run_fingerprint
 from esper.leyline import Controller, StageTransition, TelemetryEvent, TelemetryEventType
 from esper.nissa import RichConsoleOutput, TelemetryHub
@@ -60,7 +60,6 @@ from esper.tolaria.engine import Outcome
 from esper.tolaria.flops_cap import TrainingFlopsCap
 
 CURRICULUM_FILE = "curriculum.json"
-BUILT_IN_CONTROLLERS = ("heuristic", "schedule", "none")  # any other `controller` is a policy.pt
 
 
 class HeuristicCheckpoint(TypedDict):
@@ -199,11 +198,14 @@ def schedule_slots(spec: TaskSpec, data: TaskData, plan: list[PlannedGrowth]) ->
 
 def load_policy(config: HeuristicRunConfig) -> PolicyController:
     """The policy.pt the config names; it brings its slots and blueprints, and a config naming
-    others (or another task) is refused."""
+    others is refused, as is another task unless the config asks for a transfer."""
     policy = PolicyController.load(config.controller)
     info = policy.info
-    if info["task"] != config.task:
-        raise ValueError(f"{config.controller} was trained on task '{info['task']}', not '{config.task}'")
+    if info["task"] != config.task and not config.transfer:
+        raise ValueError(
+            f"{config.controller} was trained on task '{info['task']}', not '{config.task}'; to apply it "
+            "to this task unchanged, pass --transfer (config key transfer)"
+        )
     for key, own, asked in (("slots", info["slot_ids"], config.slots), ("blueprints", info["blueprints"], config.blueprints)):
         if asked is not None and list(asked) != list(own):
             raise ValueError(f"{config.controller} acts on {key} {list(own)}, not {list(asked)}; leave {key} unset")
