@@ -134,6 +134,19 @@ def test_a_policy_arm_is_judged_against_the_heuristics_grown_arm(arms) -> None:
     assert len(compare_results(arms, with_loss=False)["targets"]) == 3  # no policy arm: no policy targets
 
 
+def test_a_policy_is_judged_against_the_better_of_the_heuristic_and_the_schedule(arms) -> None:
+    # Grown finals 0.95, 0.97, 0.96 at 50, 60, 70 FLOPs; the plan ends a point higher for 100.
+    scheduled = [_run(s, [0.9, a], 100.0) for s, a in ((0, 0.96), (1, 0.98), (2, 0.97))]
+    policy = [_run(s, [0.9, a], 75.0) for s, a in ((0, 0.965), (1, 0.975), (2, 0.97))]
+    results = compare_results({**arms, "scheduled": scheduled, "policy": policy}, with_loss=False)
+    better, as_good_for_less = (t for t in results["targets"] if t["target"].startswith("policy"))
+    assert better["rival"] == as_good_for_less["rival"] == "scheduled"
+    assert as_good_for_less["difference"]["mean"] == pytest.approx(0.0)
+    assert results["policy_training_flops_over_scheduled"]["mean"] == pytest.approx(0.75)
+    assert as_good_for_less["met"] is True and better["met"] is False  # within 1 SE at 75% of its FLOPs
+    assert results["differences"]["policy - grown"]["final_val_accuracy"]["mean"] == pytest.approx(0.01)
+
+
 def test_growth_is_judged_against_the_reference_on_its_flops_and_on_its_final_metric(arms) -> None:
     reference = [_run(s, [0.90, 0.96], 200.0, params=5000) for s in range(3)]
     matched = [_run(s, [0.93], 60.0, params=5000) for s in range(3)]

@@ -73,6 +73,7 @@ def difference_rows(results: dict[str, Any]) -> Rows:
         rows.append(row)
     for key, label in (("grown_training_flops_over_static_final", "grown training FLOPs / static-final's"),
                        ("policy_training_flops_over_grown", "policy training FLOPs / grown's"),
+                       ("policy_training_flops_over_scheduled", "policy training FLOPs / scheduled's"),
                        ("grown_training_flops_over_static_reference", "grown training FLOPs / static-reference's"),
                        ("scheduled_training_flops_over_static_reference",
                         "scheduled training FLOPs / static-reference's")):  # fmt: skip

@@ -23,13 +23,16 @@ from esper.nissa.run_folder import RunFolder, read_json
 ARMS = ("host-only", "grown", "policy", "scheduled", "static-final", "static-final-matched",
         "static-reference", "static-reference-matched")  # fmt: skip
 PAIRS = (("grown", "host-only"), ("grown", "static-final-matched"), ("grown", "static-final"),
-         ("policy", "host-only"), ("policy", "grown"), ("scheduled", "host-only"), ("scheduled", "grown"),
+         ("policy", "host-only"), ("policy", "grown"), ("policy", "scheduled"),
+         ("scheduled", "host-only"), ("scheduled", "grown"),
          ("grown", "static-reference-matched"), ("grown", "static-reference"),
-         ("scheduled", "static-reference"))  # fmt: skip
+         ("scheduled", "static-reference"), ("policy", "static-reference"))  # fmt: skip
 # The arms that grow the host, judged against the task's static reference (issue 20's targets).
 GROWING_ARMS = ("grown", "scheduled")
 REFERENCE_WIN_SE = 2.0  # grown beats the reference trained on its FLOPs by at least this many SE
-# A learned controller's targets against the heuristic (`policy` against `grown`, paired by seed).
+# A learned controller's targets against the better of the heuristic (`grown`) and the fixed plan
+# (`scheduled`), whichever of them the compare trains (paired by seed).
+POLICY_RIVALS = {"grown": "the heuristic's grown network", "scheduled": "the scheduled arm"}
 POLICY_WIN_SE = 2.0  # better final metric by at least this many SE, at no more training FLOPs
 POLICY_FLOPS_FRACTION = 0.8  # or the same metric (within 1 SE) for at most this share of the FLOPs
 REACH_FRACTION = 0.99  # "training FLOPs to first reach 99% of static-final's final metric"
@@ -151,8 +154,8 @@ def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]], arm: str = "grown", of
 
 
 def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
-             policy_fraction: Mapping[str, Any] | None, planned: Collection[str]) -> list[dict[str, Any]]:  # fmt: skip
-    """Issue 11's targets (and issue 14's, with a policy arm), those whose arms are `planned`,
+             policy_fractions: Mapping[str, Mapping[str, Any] | None], planned: Collection[str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Issue 11's targets (and issue 22's, with a policy arm), those whose arms are `planned`,
     each with the numbers it is judged on; `met` is None while an arm has no finished runs or
     there are too few seeds to have an SE."""
 
@@ -184,8 +187,12 @@ def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
     }  # fmt: skip
     targets = [target for pair, target in zip(PAIRS[:3], (beats_host, matches_matched, reaches_final), strict=True)
                if set(pair) <= set(planned)]  # fmt: skip
-    if {"policy", "grown"} <= set(planned):
-        targets += _policy_targets(diff("policy - grown"), policy_fraction)
+    rivals = [arm for arm in POLICY_RIVALS if arm in planned]
+    if "policy" in planned and rivals:
+        # The better rival is the one the policy's paired difference is lowest against.
+        judged = [arm for arm in rivals if diff(f"policy - {arm}")["mean"] is not None]
+        rival = min(judged, key=lambda arm: diff(f"policy - {arm}")["mean"]) if judged else rivals[0]
+        targets += _policy_targets(rival, rivals, diff(f"policy - {rival}"), policy_fractions.get(rival))
     return targets
 
 
@@ -234,23 +241,27 @@ def _reference_targets(
     return targets
 
 
-def _policy_targets(over_heuristic: dict[str, Any], fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The learned controller against the heuristic: better at no more compute, or as good for less."""
-    mean, se = over_heuristic["mean"], over_heuristic["se"]
+def _policy_targets(rival: str, rivals: Sequence[str], over: dict[str, Any],
+                    fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The learned controller against its better rival: better at no more compute, or as good for less."""
+    mean, se = over["mean"], over["se"]
     ratio = None if fraction is None else fraction["mean"]
     known = mean is not None and se is not None and ratio is not None
+    against = POLICY_RIVALS[rival] if len(rivals) == 1 else f"the better of {' and '.join(rivals)} ({rival})"
     return [
         {
-            "target": f"policy beats the heuristic's grown network by at least {POLICY_WIN_SE:g} SE "
+            "target": f"policy beats {against} by at least {POLICY_WIN_SE:g} SE "
                       "(final val accuracy, paired) with no more training FLOPs",
-            "difference": over_heuristic,
+            "rival": rival,
+            "difference": over,
             "training_flops_fraction": fraction,
             "met": mean > 0 and mean >= POLICY_WIN_SE * se and ratio <= 1.0 if known else None,
         },
         {
-            "target": "policy reaches the heuristic's final val accuracy within 1 SE with at most "
+            "target": f"policy reaches the final val accuracy of {against} within 1 SE with at most "
                       f"{POLICY_FLOPS_FRACTION:.0%} of its training FLOPs",
-            "difference": over_heuristic,
+            "rival": rival,
+            "difference": over,
             "training_flops_fraction": fraction,
             "met": mean >= -se and ratio <= POLICY_FLOPS_FRACTION if known else None,
         },
@@ -275,7 +286,7 @@ def compare_results(
     present = {arm: runs for arm, runs in arms.items() if runs}
     differences = _differences(present, with_loss)
     fraction = _flops_fraction(present)
-    policy_fraction = _flops_fraction(present, "policy", "grown")
+    policy_fractions = {arm: _flops_fraction(present, "policy", arm) for arm in POLICY_RIVALS}
     over_reference = {arm: _flops_fraction(present, arm, "static-reference") for arm in GROWING_ARMS}
     return {
         "reach": {
@@ -287,8 +298,8 @@ def compare_results(
         "arms": {arm: _arm_section(runs, with_loss, threshold) for arm, runs in present.items()},
         "differences": differences,
         "grown_training_flops_over_static_final": fraction,
-        **({"policy_training_flops_over_grown": policy_fraction} if policy_fraction is not None else {}),
+        **{f"policy_training_flops_over_{arm}": f for arm, f in policy_fractions.items() if f is not None},
         **{f"{arm}_training_flops_over_static_reference": f for arm, f in over_reference.items() if f is not None},
-        "targets": _targets(differences, fraction, policy_fraction, planned=list(arms))
+        "targets": _targets(differences, fraction, policy_fractions, planned=list(arms))
         + _reference_targets(differences, over_reference, list(arms), with_loss, reach_fractions),
     }

@@ -266,7 +266,7 @@ def _compare_page(path: Path, out: Path | None) -> Path:
     sections = _compare_sections(folder, config, arms, results)
     built = compare.build_figures(compare.collect(folder, config, arms), config)
     sections += [_figure(fig, out, name, compare.FIGURES[name]) for name, fig in built.items()]
-    growers = {"heuristic": "grown", f"policy {Path(config.controller).parent.name}": "policy"}
+    growers = {"heuristic": "grown", "schedule": "scheduled", f"policy {Path(config.controller).parent.name}": "policy"}
     grown = {name: [load_run(folder.run_path(seed, arm)) for seed in config.seed_list
                     if compare.arm_state(folder.run_path(seed, arm)) == "complete"]
              for name, arm in growers.items() if arm in arms}  # fmt: skip
