@@ -14,19 +14,14 @@ import logging
 import pickle
 import re
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from policy_files import write_untrained_policy
 
 from esper.cli import main
 from esper.nissa.run_folder import RunFolder
-from esper.simic.actions import ActionSpace
-from esper.simic.features import FeatureLayout, RunningNorm
-from esper.simic.networks import ActorCritic, NetworkConfig
-from esper.simic.policy import policy_payload
-from esper.simic.rewards import RewardConfig
 
 HEURISTIC_EPOCHS = 6
 PPO_ROUNDS = 3
@@ -93,14 +88,8 @@ BAD_KINDS = ["random bytes", "empty", "truncated", "pickle payload", "torch payl
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory) -> Path:
     """A real policy.pt for digits, as `esper train ppo` writes it (untrained: the format is what matters)."""
-    slots = ("block2", "block3")
-    layout, space = FeatureLayout(slots, CNN_BLUEPRINTS), ActionSpace(slots, CNN_BLUEPRINTS)
-    model = ActorCritic(layout.size, len(space), NetworkConfig())
-    payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
-                             episode_length=3, reward=asdict(RewardConfig()))  # fmt: skip
-    path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    torch.save(payload, path)
-    return path
+    return write_untrained_policy(tmp_path_factory.mktemp("policy") / "policy.pt", ("block2", "block3"), CNN_BLUEPRINTS,
+                                  episode_length=3)  # fmt: skip
 
 
 def test_a_good_policy_file_evaluates(policy_file, tmp_path, capsys) -> None:

@@ -22,19 +22,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
+from policy_files import write_untrained_policy
 
 from esper.cli import main
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.simic.actions import ActionSpace
-from esper.simic.features import FeatureLayout, RunningNorm
-from esper.simic.networks import ActorCritic, NetworkConfig
-from esper.simic.policy import policy_payload
-from esper.simic.rewards import RewardConfig
 
 EPOCHS = 8
 INTERRUPTED_AFTER = 4
@@ -131,12 +125,4 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_policy(tmp_path_factory) -> Path:
-    """An untrained policy.pt for digits, as `esper train ppo` writes it."""
-    slots, blueprints = ("block2", "block3"), ("norm", "attention")
-    layout, space = FeatureLayout(slots, blueprints), ActionSpace(slots, blueprints)
-    model = ActorCritic(layout.size, len(space), NetworkConfig())
-    payload = policy_payload(model, RunningNorm(layout.size), layout, space, task="digits", round=0,
-                             episode_length=4, reward=asdict(RewardConfig()))  # fmt: skip
-    path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    torch.save(payload, path)
-    return path
+    return write_untrained_policy(tmp_path_factory.mktemp("policy") / "policy.pt", ("block2", "block3"), ("norm", "attention"))
