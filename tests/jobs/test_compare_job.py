@@ -148,7 +148,9 @@ def test_a_policy_from_another_task_is_compared_only_when_transferred(tmp_path: 
     assert main([*argv, "--transfer", "--out", str(out)]) == 0
     configs = {arm: read_json(out / "seed-10000" / arm / "config.json")["config"] for arm in ("grown", "policy")}
     assert configs["policy"]["transfer"] and not configs["grown"]["transfer"]  # the heuristic is not a transfer
-    assert read_json(out / "compare.json")["status"] == "complete"
+    results = read_json(out / "compare.json")
+    assert results["status"] == "complete"
+    assert [t["target"].split(",")[:2] for t in results["targets"]] == [["policy", " trained on another task"]]
 
 
 def test_every_arm_warms_up_as_the_task_does() -> None:

@@ -145,6 +145,9 @@ def test_a_policy_is_judged_against_the_better_of_the_heuristic_and_the_schedule
     assert results["policy_training_flops_over_scheduled"]["mean"] == pytest.approx(0.75)
     assert as_good_for_less["met"] is True and better["met"] is False  # within 1 SE at 75% of its FLOPs
     assert results["differences"]["policy - grown"]["final_val_accuracy"]["mean"] == pytest.approx(0.01)
+    (transferred,) = (t for t in compare_results({**arms, "scheduled": scheduled, "policy": policy}, with_loss=False,
+                                                  transfer=True)["targets"] if t["target"].startswith("policy"))  # fmt: skip
+    assert transferred["rival"] == "scheduled" and transferred["met"] is True  # as good within 1 SE, FLOPs aside
 
 
 def test_growth_is_judged_against_the_reference_on_its_flops_and_on_its_final_metric(arms) -> None:

@@ -282,7 +282,8 @@ def write_results(
         "failed": failed,
         "metrics": ["val_accuracy", "val_loss"] if _with_loss(config) else ["val_accuracy"],
         "wall_seconds": round(seconds, 1),
-        **compare_results(runs, with_loss=_with_loss(config), reach_fractions=spec.reach_fractions),
+        **compare_results(runs, with_loss=_with_loss(config), reach_fractions=spec.reach_fractions,
+                          transfer=bool(config.run.get("transfer"))),
         "esper_version": __version__,
     }
     write_json(folder.results_path, results)

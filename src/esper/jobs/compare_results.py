@@ -154,10 +154,12 @@ def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]], arm: str = "grown", of
 
 
 def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
-             policy_fractions: Mapping[str, Mapping[str, Any] | None], planned: Collection[str]) -> list[dict[str, Any]]:  # fmt: skip
+             policy_fractions: Mapping[str, Mapping[str, Any] | None], planned: Collection[str],
+             transfer: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Issue 11's targets (and issue 22's, with a policy arm), those whose arms are `planned`,
     each with the numbers it is judged on; `met` is None while an arm has no finished runs or
-    there are too few seeds to have an SE."""
+    there are too few seeds to have an SE. A transferred policy (trained on another task) has
+    one target instead of two: as good as its rival within 1 SE, whatever it spends."""
 
     def diff(name: str) -> dict[str, Any]:
         return differences.get(name, {}).get("final_val_accuracy", mean_se([]))
@@ -192,7 +194,7 @@ def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
         # The better rival is the one the policy's paired difference is lowest against.
         judged = [arm for arm in rivals if diff(f"policy - {arm}")["mean"] is not None]
         rival = min(judged, key=lambda arm: diff(f"policy - {arm}")["mean"]) if judged else rivals[0]
-        targets += _policy_targets(rival, rivals, diff(f"policy - {rival}"), policy_fractions.get(rival))
+        targets += _policy_targets(rival, rivals, diff(f"policy - {rival}"), policy_fractions.get(rival), transfer)
     return targets
 
 
@@ -242,12 +244,22 @@ def _reference_targets(
 
 
 def _policy_targets(rival: str, rivals: Sequence[str], over: dict[str, Any],
-                    fraction: Mapping[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
-    """The learned controller against its better rival: better at no more compute, or as good for less."""
+                    fraction: Mapping[str, Any] | None, transfer: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """The learned controller against its better rival: better at no more compute, or as good for
+    less; transferred from another task, as good."""
     mean, se = over["mean"], over["se"]
     ratio = None if fraction is None else fraction["mean"]
     known = mean is not None and se is not None and ratio is not None
     against = POLICY_RIVALS[rival] if len(rivals) == 1 else f"the better of {' and '.join(rivals)} ({rival})"
+    if transfer:
+        return [{
+            "target": f"policy, trained on another task, is at least as good as {against} within 1 SE "
+                      "(final val accuracy, paired)",
+            "rival": rival,
+            "difference": over,
+            "training_flops_fraction": fraction,
+            "met": mean >= -se if known else None,
+        }]  # fmt: skip
     return [
         {
             "target": f"policy beats {against} by at least {POLICY_WIN_SE:g} SE "
@@ -269,7 +281,8 @@ def _policy_targets(rival: str, rivals: Sequence[str], over: dict[str, Any],
 
 
 def compare_results(
-    arms: Mapping[str, Sequence[ArmRun]], with_loss: bool, reach_fractions: tuple[float, float] = (0.5, 0.3)
+    arms: Mapping[str, Sequence[ArmRun]], with_loss: bool, reach_fractions: tuple[float, float] = (0.5, 0.3),
+    transfer: bool = False,
 ) -> dict[str, Any]:
     """compare.json's results from the finished runs of each planned arm (an arm may have none yet);
     the targets are those whose arms are planned.
@@ -278,7 +291,8 @@ def compare_results(
     tasks' second metric. "Training FLOPs to reach" is measured against the static reference's
     final val accuracy where the compare trains it, else against static-final's.
     `reach_fractions` are the task's (target, moonshot) shares of the reference's training
-    FLOPs for reaching its final metric (`TaskSpec.reach_fractions`).
+    FLOPs for reaching its final metric (`TaskSpec.reach_fractions`). `transfer`: the policy arm
+    is a policy trained on another task (`esper compare --transfer`).
     """
     goal = "static-reference" if arms.get("static-reference") else "static-final"
     reference = mean_se(run.val_accuracy[-1] for run in arms.get(goal) or [])["mean"]
@@ -300,6 +314,6 @@ def compare_results(
         "grown_training_flops_over_static_final": fraction,
         **{f"policy_training_flops_over_{arm}": f for arm, f in policy_fractions.items() if f is not None},
         **{f"{arm}_training_flops_over_static_reference": f for arm, f in over_reference.items() if f is not None},
-        "targets": _targets(differences, fraction, policy_fractions, planned=list(arms))
+        "targets": _targets(differences, fraction, policy_fractions, planned=list(arms), transfer=transfer)
         + _reference_targets(differences, over_reference, list(arms), with_loss, reach_fractions),
     }
