@@ -98,6 +98,11 @@ def test_a_good_policy_file_evaluates(policy_file, tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["task"] == "digits"
 
 
+def test_a_policy_on_another_task_is_refused_with_the_way_to_transfer_it(policy_file, capsys) -> None:
+    argv = ["evaluate", "--policy", str(policy_file), "--task", "mnist5k", "--episodes", "1"]
+    _fails_cleanly(capsys, argv, "trained on task 'digits', not 'mnist5k'", "esper compare --transfer")
+
+
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_a_bad_policy_file_is_one_clear_line(kind, policy_file, tmp_path, capsys) -> None:
     path = tmp_path / "policy.pt"

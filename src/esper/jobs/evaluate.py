@@ -70,7 +70,8 @@ def resolve(policy: str, task: str | None, episode_length: int | None) -> Evalua
     loaded = PolicyController.load(policy)
     info = loaded.info
     if task is not None and task != info["task"]:
-        raise ValueError(f"{policy} was trained on task '{info['task']}', not '{task}'")
+        raise ValueError(f"{policy} was trained on task '{info['task']}', not '{task}' (its return is priced against "
+                         "that task's host; to judge it on another task, use esper compare --transfer)")  # fmt: skip
 
     def make(seed: int) -> Controller:
         loaded.reset()  # greedy, so one loaded policy with its history cleared is a fresh one
