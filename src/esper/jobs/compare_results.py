@@ -155,7 +155,7 @@ def _flops_fraction(arms: Mapping[str, Sequence[ArmRun]], arm: str = "grown", of
 
 def _targets(differences: Mapping[str, Any], fraction: Mapping[str, Any] | None,
              policy_fractions: Mapping[str, Mapping[str, Any] | None], planned: Collection[str],
-             transfer: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+             transfer: bool) -> list[dict[str, Any]]:  # fmt: skip
     """Issue 11's targets (and issue 22's, with a policy arm), those whose arms are `planned`,
     each with the numbers it is judged on; `met` is None while an arm has no finished runs or
     there are too few seeds to have an SE. A transferred policy (trained on another task) has

@@ -110,7 +110,7 @@ class HeuristicRunConfig:
         if self.curriculum is not None and self.chooser != "curriculum":
             raise ValueError("a curriculum file needs chooser 'curriculum'")
         if not self.controller:
-            raise ValueError("controller must be 'heuristic', 'schedule', 'none' or the path of a policy.pt")
+            raise ValueError(f"controller must be {', '.join(repr(c) for c in BUILT_IN_CONTROLLERS)} or the path of a policy.pt")
         if self.transfer and self.controller in BUILT_IN_CONTROLLERS:
             raise ValueError("transfer applies a policy.pt trained on another task; set controller to its path")
         if self.schedule is not None and self.controller != "schedule":
